@@ -1,0 +1,3 @@
+from ptmkit.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Entry point of the `ptm` command: one module per sub-command, each with add_parser() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under ptmkit.cli; each module defines add_parser(subparsers) and run(args) -> int.
+# Modules are imported lazily so `ptm --help` stays fast and a broken optional import only affects its command.
+COMMANDS = {
+    "convert": "ptmkit.cli.convert",
+    "generate": "ptmkit.cli.generate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptm",
+        description="ptmkit: build, pre-train, adapt, compress and analyse Transformer PTMs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Library errors carry messages written for users; show them without a traceback.
+        print(f"ptm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Load and save model directories in the Hugging Face layout (config.json + model.safetensors + tokenizer).
+
+A directory saved here loads in `transformers` unchanged, and any supported HF directory loads here.
+Weights are read with safetensors, or `torch.load(weights_only=True)` for legacy `.bin` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ptmkit.models.convert.base import CheckpointError, Reader, expect_shapes, strip_prefix
+from ptmkit.models.heads import CausalLM
+from ptmkit.models.registry import FAMILIES, backbone_of, build_model, task_of
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+    "merges.txt", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json",
+)
+
+
+def _family_for(model_type: str | None) -> str:
+    for name, fam in FAMILIES.items():
+        if fam.adapter.model_type == model_type:
+            return name
+    supported = sorted(f.adapter.model_type for f in FAMILIES.values())
+    raise CheckpointError(f"unsupported model_type {model_type!r} in config.json; supported: {supported}")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model directory: single or sharded safetensors, else legacy pytorch_model.bin."""
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_file),
+        ("pytorch_model.bin.index.json", lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    ):
+        if (path / index_name).is_file():
+            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(loader(path / shard))
+            return state
+    if (path / "pytorch_model.bin").is_file():
+        # weights_only=True: a pickle can run code; this refuses anything but tensors and plain containers.
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {path}: looked for model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin.index.json and pytorch_model.bin"
+    )
+
+
+def read_gguf(path: Path, gguf_file: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Dequantise a GGUF checkpoint through transformers' reader (an optional dependency)."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading GGUF files needs the optional extra: pip install 'ptmkit[hf]'") from e
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), gguf_file=gguf_file, dtype=torch.float32)
+    config = hf_model.config.to_dict()
+    config["architectures"] = [type(hf_model).__name__]
+    return config, dict(hf_model.state_dict())
+
+
+def _head_table(adapter, model, task: str, fmt: str) -> dict[str, str]:
+    table = {ours: theirs.format(p=fmt) for ours, theirs in adapter.heads.get(task, {}).items()}
+    if isinstance(model, CausalLM) and model.tied:
+        table.pop("lm_head.weight", None)  # shares the input embedding; nothing separate to load or save
+    return table
+
+
+def load_model(
+    path: str | os.PathLike,
+    task: str | None = None,
+    num_labels: int | None = None,
+    dtype: torch.dtype | None = None,
+    gguf_file: str | None = None,
+):
+    """Build the model a directory describes and load its weights.
+
+    task: None = the checkpoint's own head; another task keeps the backbone and starts a new head
+    (the usual start of fine-tuning), reporting the head tensors it created and dropped.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    if gguf_file is not None:
+        hf_config, state = read_gguf(path, gguf_file)
+    else:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json; is it a model directory?")
+        hf_config = json.loads((path / "config.json").read_text())
+        state = read_weights(path)
+    fam_name = _family_for(hf_config.get("model_type"))
+    adapter = FAMILIES[fam_name].adapter
+    cfg = adapter.config_from_hf(hf_config)
+    ckpt_task = adapter.task_of(hf_config.get("architectures"))
+    task = task or ckpt_task
+    if task in ("sequence-classification", "token-classification") and num_labels is None:
+        num_labels = hf_config.get("num_labels") or len(hf_config.get("id2label") or {}) or None
+        if task != ckpt_task or num_labels is None:
+            raise CheckpointError(f"loading {path} for {task} needs num_labels (the number of classes; 1 = regression)")
+    model = build_model(fam_name, cfg, task, num_labels)
+    if task in ("sequence-classification", "token-classification") and "id2label" in hf_config and task == ckpt_task:
+        model.label_names = [hf_config["id2label"][str(i)] if str(i) in hf_config["id2label"]
+                             else hf_config["id2label"][i] for i in range(num_labels)]
+
+    r = Reader(strip_prefix(state, adapter.prefix))
+    ours = adapter.backbone_from_hf(r, cfg)
+    bb_prefix = "backbone." if task != "base" else ""
+    ours = {bb_prefix + k: v for k, v in ours.items()}
+    missing = [f"{adapter.prefix}{m}" for m in r.missing]
+
+    fresh: list[str] = []
+    table = _head_table(adapter, model, task, "")
+    present = [theirs for theirs in table.values() if r.has(theirs)]
+    if table and not present and task != ckpt_task:
+        fresh = list(table)  # a new head for a new task: keep its random initialisation
+    else:
+        for mine, theirs in table.items():
+            t = r.take(theirs)
+            if t is None:
+                missing.append(theirs)
+            else:
+                ours[mine] = t
+
+    dropped, unexpected = [], []
+    for name in r.state:
+        if adapter.is_ignored(name):
+            continue
+        (dropped if task != ckpt_task and adapter.is_head_key(name) else unexpected).append(name)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit {fam_name} ({task}):"
+            + (f"\n  missing tensors: {missing}" if missing else "")
+            + (f"\n  unexpected tensors: {unexpected}" if unexpected else "")
+            + "\n  check that config.json matches the weights and that model_type/architectures are right"
+        )
+
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expect_shapes(ours, expected, {})
+    result = model.load_state_dict(ours, strict=False)
+    tied = {"lm_head.weight"} if isinstance(model, CausalLM) and model.tied else set()
+    not_loaded = [k for k in result.missing_keys if k not in tied and k not in fresh]
+    if not_loaded or result.unexpected_keys:
+        raise CheckpointError(
+            f"internal conversion error for {fam_name}: not loaded {not_loaded}, unknown {result.unexpected_keys}"
+        )
+    if fresh:
+        log.warning("%s: new %s head initialised (%s)", path, task, ", ".join(fresh))
+    if dropped:
+        log.warning("%s: dropped the checkpoint's %s head tensors: %s", path, ckpt_task, ", ".join(dropped))
+    model.load_report = {"fresh": fresh, "dropped": dropped, "checkpoint_task": ckpt_task}
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The model's config.json dict and its tensors under Hugging Face names."""
+    backbone, task = backbone_of(model), task_of(model)
+    adapter = FAMILIES[backbone.family].adapter
+    cfg = backbone.config
+    hf_config = adapter.config_to_hf(cfg)
+    hf_config["architectures"] = [adapter.architecture(task)]
+    hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if task in ("sequence-classification", "token-classification"):
+        names = getattr(model, "label_names", None) or [f"LABEL_{i}" for i in range(model.num_labels)]
+        hf_config.update(num_labels=model.num_labels, id2label={str(i): n for i, n in enumerate(names)},
+                         label2id={n: i for i, n in enumerate(names)})
+        if task == "sequence-classification" and model.num_labels == 1:
+            hf_config["problem_type"] = "regression"
+    sd = {k: v for k, v in model.state_dict().items()}
+    bb_prefix = "backbone." if task != "base" else ""
+    bb = {k[len(bb_prefix):]: v for k, v in sd.items() if k.startswith(bb_prefix)}
+    out = {(adapter.prefix if task != "base" else "") + k: v for k, v in adapter.backbone_to_hf(bb, cfg).items()}
+    fmt = adapter.prefix if task != "base" else ""
+    for mine, theirs in _head_table(adapter, model, task, fmt).items():
+        out[theirs] = sd[mine]
+    return hf_config, out
+
+
+def save_model(model, path: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
+    """Write config.json + model.safetensors (HF names); copy tokenizer files from `tokenizer_from`.
+
+    Files are written under temporary names and renamed, so an interrupted save never leaves a torn file.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    hf_config, tensors = hf_state_dict(model)
+    # safetensors refuses tensors that share storage (fused-qkv splits are views): give each its own copy.
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    tmp = path / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path / "model.safetensors")
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
+    os.replace(tmp, path / "config.json")
+    if tokenizer_from is not None:
+        copy_tokenizer(tokenizer_from, path)
+    return path
+
+
+def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    src, dst = Path(src), Path(dst)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and src.resolve() != dst.resolve():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,177 @@
+"""Multi-head self-attention with grouped-query heads, rotary positions and a KV cache.
+
+Vaswani et al. 2017 (multi-head attention); Ainslie et al. 2023 (GQA); Shazeer 2019 (MQA).
+Dimension legend: B batch, T query length, S key length, H query heads, K key/value heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptmkit.config import ConfigError, check_positive
+from ptmkit.nn.positions import apply_rotary
+
+
+def sdpa_kernel(q, k, v, mask, is_causal: bool, dropout_p: float, scale: float) -> torch.Tensor:
+    """Fused attention (flash / memory-efficient / math, chosen by PyTorch). q (B,H,T,D), k/v (B,K,S,D)."""
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa
+    )
+
+
+def eager_kernel(q, k, v, mask, is_causal: bool, dropout_p: float, scale: float) -> torch.Tensor:
+    """Reference attention written out (softmax(QK^T)V); the ground truth kernels are tested against."""
+    if q.shape[1] != k.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if is_causal:
+        t, s = scores.shape[-2:]
+        causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = scores.float().softmax(dim=-1).to(q.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    return probs @ v  # (B, H, T, D)
+
+
+# The attention kernel registry: every kernel takes (q, k, v, mask, is_causal, dropout_p, scale).
+ATTENTION: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa_kernel, "eager": eager_kernel}
+
+
+@dataclass
+class AttentionConfig:
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int | None = None  # None = num_heads (MHA); 1 = MQA; otherwise GQA
+    head_dim: int | None = None  # None = hidden_size // num_heads
+    bias: bool = True  # bias on q/k/v projections
+    out_bias: bool = True
+    dropout: float = 0.0
+    kernel: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        check_positive("attention", hidden_size=self.hidden_size, num_heads=self.num_heads)
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        check_positive("attention", num_kv_heads=self.num_kv_heads)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(
+                    f"attention: hidden_size {self.hidden_size} is not divisible by num_heads "
+                    f"{self.num_heads}; change one of them (or set head_dim explicitly)"
+                )
+            self.head_dim = self.hidden_size // self.num_heads
+        check_positive("attention", head_dim=self.head_dim)
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"attention: num_kv_heads {self.num_kv_heads} must divide num_heads {self.num_heads} "
+                "(each key/value head serves an equal group of query heads)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"attention: dropout must be in [0, 1), got {self.dropout}")
+        if self.kernel not in ATTENTION:
+            raise ConfigError(f"attention: unknown kernel {self.kernel!r}; choose one of {sorted(ATTENTION)}")
+
+
+class KVCache:
+    """Pre-allocated keys/values for incremental decoding: (layers, B, K, max_len, D) each.
+
+    Pre-allocation avoids re-copying the whole cache at every generated token (torch.cat would).
+    """
+
+    def __init__(self, num_layers, batch, num_kv_heads, head_dim, max_len, dtype, device):
+        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # tokens already stored (same for every layer once a forward pass completes)
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B,K,T,D) after the cached prefix; return all keys/values so far (B,K,S,D)."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {end} tokens > max_len {self.max_len}; allocate a larger cache")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (used when some sequences finish or for beam search)."""
+        self.k, self.v = self.k[:, index], self.v[:, index]
+
+
+class SelfAttention(nn.Module):
+    """Fused-QKV self-attention. One matmul projects q, k and v: faster than three on small models."""
+
+    def __init__(self, cfg: AttentionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.h, self.kv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
+        self.out = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.out_bias)
+        self.scale = 1.0 / math.sqrt(self.d)
+        self.kernel = ATTENTION[cfg.kernel]
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, hidden)
+        mask: torch.Tensor | None = None,  # bool (B, 1, T|1, S), True = may attend
+        is_causal: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos/sin (B|1, T, D)
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
+        q = q.view(b, t, self.h, self.d).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, t, self.kv, self.d).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(b, t, self.kv, self.d).transpose(1, 2)  # (B, K, T, D)
+        if rotary is not None:
+            q, k = apply_rotary(q, k, *rotary)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        p = self.cfg.dropout if self.training else 0.0
+        y = self.kernel(q, k, v, mask, is_causal and mask is None, p, self.scale)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(b, t, self.h * self.d)  # (B, T, H*D)
+        return self.out(y)
+
+
+def build_mask(
+    attention_mask: torch.Tensor | None,  # (B, S) 1 = real token, 0 = padding; S counts cached tokens too
+    q_len: int,
+    kv_len: int,
+    causal: bool,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, bool]:
+    """Turn a padding mask and causality into what the kernel needs: (bool mask (B,1,T,S) or None, is_causal).
+
+    Without padding and without a cache the kernel's own causal path is used (fastest: no mask tensor).
+    With a cache (S > T) the queries are the last T positions, so causality is offset by S - T.
+    """
+    keep = None if attention_mask is None else attention_mask.to(torch.bool)
+    if keep is not None and bool(keep.all()):
+        keep = None  # no padding: drop the mask so SDPA can pick its fastest kernel
+    if not causal:
+        return (None if keep is None else keep[:, None, None, :]), False  # (B, 1, 1, S)
+    if keep is None and (q_len == kv_len or q_len == 1):
+        # square causal, or one new token that may see the whole cache
+        return None, q_len == kv_len and q_len > 1
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(kv_len, device=device)[None, :]  # (1, S)
+    allowed = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    if keep is not None:
+        # A fully padded query row (left padding) would softmax over nothing and give NaN; let it see itself.
+        allowed = (allowed & keep[:, None, None, :]) | (q_pos == k_pos)[None, None]  # (B, 1, T, S)
+    return allowed, False

@@ -1,0 +1,55 @@
+"""Position-wise feed-forward networks: two-layer MLP (GELU/ReLU) and gated SwiGLU (Shazeer 2020).
+
+Dimension legend: B batch, T length, H hidden size, F intermediate size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# "gelu" is the exact erf form (BERT); "gelu_new"/"gelu_tanh" the tanh approximation (GPT-2).
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def get_activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+    """Linear(H→F) → activation → Linear(F→H)."""
+
+    def __init__(self, hidden: int, intermediate: int, activation: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.up = nn.Linear(hidden, intermediate, bias=bias)
+        self.down = nn.Linear(intermediate, hidden, bias=bias)
+        self.act = get_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x)); gate and up share one fused matmul."""
+
+    def __init__(self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False):
+        super().__init__()
+        self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=bias)  # rows: [gate; up]
+        self.down = nn.Linear(intermediate, hidden, bias=bias)
+        self.act = get_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.down(self.act(gate) * up)

@@ -257,19 +257,22 @@ def iter_documents(
     """Yield the documents of a corpus spec (file, directory, glob, or list of them), in file order.
 
     ``stats`` (optional, updated in place) receives file/document counts and bad lines by reason.
-    Raises FileNotFoundError for a missing path and EmptyCorpusError when the whole corpus yields
-    no document (the message includes the bad-line summary so the cause is visible).
+    A missing path (FileNotFoundError) or bad argument is raised at call time; EmptyCorpusError is
+    raised when iteration ends without any document (its message carries the bad-line summary).
     """
     if txt_mode not in TXT_MODES:
         raise ValueError(f"txt_mode={txt_mode!r} is not one of {list(TXT_MODES)}")
     if not isinstance(text_field, str) or not text_field:
         raise ValueError(f"text_field must be a non-empty string, got {text_field!r}")
-    files = resolve_files(spec)  # raise before the first next() would, so errors surface early
-    stats = stats if stats is not None else CorpusStats()
+    files = resolve_files(spec)
+    return _documents(spec, files, text_field, txt_mode, stats if stats is not None else CorpusStats())
+
+
+def _documents(spec: Any, files: list[Path], text_field: str, txt_mode: str, stats: CorpusStats) -> Iterator[str]:
     start_docs = stats.documents
     for path in files:
         stats.files += 1
-        suffix = _suffix(path)
+        suffix = _suffix(path) or ""
         docs: Iterable[str] = (
             _iter_jsonl(path, text_field, stats) if suffix.startswith(".jsonl") else _iter_txt(path, txt_mode, stats)
         )

@@ -31,6 +31,7 @@ class GPT2Config:
     initializer_range: float = 0.02
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    pad_token_id: int | None = None  # GPT-2 has no padding token; set one for batched classification
     attention_kernel: str = "sdpa"
 
     def __post_init__(self) -> None:

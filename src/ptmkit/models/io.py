@@ -100,6 +100,19 @@ def load_model(
             raise FileNotFoundError(f"{path} has no config.json; is it a model directory?")
         hf_config = json.loads((path / "config.json").read_text())
         state = read_weights(path)
+    return from_hf(hf_config, state, task, num_labels, dtype, source=str(path))
+
+
+def from_hf(
+    hf_config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    task: str | None = None,
+    num_labels: int | None = None,
+    dtype: torch.dtype | None = None,
+    source: str = "checkpoint",
+):
+    """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model)."""
+    path = source
     fam_name = _family_for(hf_config.get("model_type"))
     adapter = FAMILIES[fam_name].adapter
     cfg = adapter.config_from_hf(hf_config)
@@ -133,11 +146,17 @@ def load_model(
             else:
                 ours[mine] = t
 
+    if isinstance(model, CausalLM) and model.tied and r.has("lm_head.weight"):
+        r.take("lm_head.weight")  # a tied copy (state_dict() of a tied HF model lists it): same tensor
+
     dropped, unexpected = [], []
     for name in r.state:
         if adapter.is_ignored(name):
             continue
-        (dropped if task != ckpt_task and adapter.is_head_key(name) else unexpected).append(name)
+        # Head tensors of another task are dropped on purpose; so is BertModel's pooler when only the
+        # backbone is wanted (ptmkit's pooler lives in SequenceClassifier).
+        droppable = adapter.is_head_key(name) and (task != ckpt_task or task == "base")
+        (dropped if droppable else unexpected).append(name)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit {fam_name} ({task}):"
@@ -158,7 +177,7 @@ def load_model(
     if fresh:
         log.warning("%s: new %s head initialised (%s)", path, task, ", ".join(fresh))
     if dropped:
-        log.warning("%s: dropped the checkpoint's %s head tensors: %s", path, ckpt_task, ", ".join(dropped))
+        log.warning("%s: dropped %s-checkpoint head tensors: %s", path, ckpt_task, ", ".join(dropped))
     model.load_report = {"fresh": fresh, "dropped": dropped, "checkpoint_task": ckpt_task}
     if dtype is not None:
         model.to(dtype)

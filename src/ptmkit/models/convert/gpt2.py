@@ -45,6 +45,7 @@ _CONFIG_KEYS = {
     "initializer_range": "initializer_range",
     "bos_token_id": "bos_token_id",
     "eos_token_id": "eos_token_id",
+    "pad_token_id": "pad_token_id",
 }
 # Variants of GPT-2 attention that this family does not implement; refusing beats silently differing.
 _UNSUPPORTED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}

@@ -1,0 +1,60 @@
+"""Tiny random reference models in transformers, one per family and task (litgpt tests/test_model.py habit)."""
+
+from __future__ import annotations
+
+import transformers as T
+
+V = 101
+
+
+def hf_config(family: str):
+    if family == "bert":
+        return T.BertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0)
+    if family == "roberta":
+        return T.RobertaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, max_position_embeddings=66, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0, pad_token_id=1)
+    if family == "gpt2":
+        return T.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
+                            eos_token_id=0, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if family == "llama":
+        return T.LlamaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    if family == "llama-tied-mqa":
+        return T.LlamaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=1, intermediate_size=96, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=True,
+                             rope_theta=500.0)
+    raise KeyError(family)
+
+
+HF_CLASSES = {
+    ("bert", "base"): T.BertModel,
+    ("bert", "masked-lm"): T.BertForMaskedLM,
+    ("bert", "sequence-classification"): T.BertForSequenceClassification,
+    ("bert", "token-classification"): T.BertForTokenClassification,
+    ("roberta", "base"): T.RobertaModel,
+    ("roberta", "masked-lm"): T.RobertaForMaskedLM,
+    ("roberta", "sequence-classification"): T.RobertaForSequenceClassification,
+    ("roberta", "token-classification"): T.RobertaForTokenClassification,
+    ("gpt2", "base"): T.GPT2Model,
+    ("gpt2", "causal-lm"): T.GPT2LMHeadModel,
+    ("gpt2", "sequence-classification"): T.GPT2ForSequenceClassification,
+    ("gpt2", "token-classification"): T.GPT2ForTokenClassification,
+    ("llama", "base"): T.LlamaModel,
+    ("llama", "causal-lm"): T.LlamaForCausalLM,
+    ("llama-tied-mqa", "causal-lm"): T.LlamaForCausalLM,
+    ("llama", "sequence-classification"): T.LlamaForSequenceClassification,
+    ("llama", "token-classification"): T.LlamaForTokenClassification,
+}
+
+
+def make_reference(family: str, task: str):
+    cfg = hf_config(family)
+    if task in ("sequence-classification", "token-classification"):
+        cfg.num_labels = 3
+    model = HF_CLASSES[(family, task)](cfg).eval()
+    return model

@@ -27,7 +27,9 @@ from ptmkit.config import ConfigError
 
 def _to_numpy(x: Any, what: str) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, possibly on an accelerator; no torch import needed
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        # bf16 / fp8 have no numpy dtype: score floats in float64
+        x = (x.double() if x.is_floating_point() else x).numpy()
     a = np.asarray(x)
     if a.dtype == object:
         raise ValueError(
@@ -139,8 +141,9 @@ def macro_f1(predictions: Any, references: Any) -> float:
 def matthews_corrcoef(predictions: Any, references: Any) -> float:
     """Matthews correlation, general K-class form (Gorodkin 2004); 0.0 when either side is constant.
 
-    MCC = (c·s − t·p) / sqrt((s² − p·p)(s² − t·t)) with t, p the per-class true / predicted counts,
-    c the number correct and s the number of examples. For K = 2 it is the familiar phi coefficient.
+    MCC = (c·s − t·p) / sqrt((s² − p·p)(s² − t·t)) with t, p the per-class true / predicted
+    counts, c the number correct and s the number of examples. For K = 2 it is the phi
+    coefficient.
     """
     p, r = _pair(predictions, references, regression=False)
     cm, _ = _confusion(p, r)
@@ -213,7 +216,9 @@ _TAG_RE = re.compile(r"^([BIES])-(.+)$")
 
 def _sequences(tags: Any, what: str, tag_names: Sequence[str] | None) -> list[Any]:
     if isinstance(tags, str) or hasattr(tags, "detach"):
-        raise ValueError(f"{what} must be a list of tag sequences (one per sentence), got {type(tags).__name__}")
+        raise ValueError(
+            f"{what} must be a list of tag sequences (one per sentence), got {type(tags).__name__}"
+        )
     seqs = list(tags)
     if seqs and isinstance(seqs[0], (str, int, np.integer)):
         seqs = [seqs]  # a single sentence, as seqeval accepts
@@ -234,7 +239,9 @@ def _flat_tags(seqs: list[Any], what: str, tag_names: Sequence[str] | None) -> n
         for s in seqs:
             flat.extend(s)
         return np.array(flat, dtype=str)
-    ids = np.concatenate([np.asarray(s, dtype=np.int64).ravel() for s in seqs] or [np.zeros(0, np.int64)])
+    ids = np.concatenate(
+        [np.asarray(s, dtype=np.int64).ravel() for s in seqs] or [np.zeros(0, np.int64)]
+    )
     bad = np.flatnonzero((ids < 0) | (ids >= len(tag_names)))
     if len(bad):
         raise ValueError(
@@ -251,7 +258,9 @@ def _encode(seqs: list[Any], what: str, scheme: str, tag_names: Sequence[str] | 
     entities never cross sentences and positions are global offsets into the flattened array.
     """
     if scheme not in _SCHEME_PREFIXES:
-        raise ConfigError(f"unknown tag scheme {scheme!r}; choose one of {sorted(_SCHEME_PREFIXES)}")
+        raise ConfigError(
+            f"unknown tag scheme {scheme!r}; choose one of {sorted(_SCHEME_PREFIXES)}"
+        )
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     tags = _flat_tags(seqs, what, tag_names)
     uniq, inv = np.unique(tags, return_inverse=True)
@@ -294,8 +303,8 @@ def _chunks(code: np.ndarray, typ: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
     A chunk ends before token i when (seqeval ``end_of_chunk``): the previous tag is E or S; the
     previous is B/I and this one is B, S or O; or the previous is inside an entity of another type.
-    A chunk starts at token i when (``start_of_chunk``): the tag is B or S; an I/E follows O, E or S;
-    or the type changes. So an I- after O or after another type opens an entity, in IOB1 and (as
+    A chunk starts at token i when (``start_of_chunk``): the tag is B or S; an I/E follows O, E or
+    S; or the type changes. So an I- after O or after another type opens an entity, in IOB1 and (as
     conlleval does) in IOB2. Starts and ends alternate, so the k-th start pairs with the k-th end.
     """
     prev = np.full_like(code, _O)  # (L,) previous token's prefix; "O" before the first token
@@ -322,10 +331,13 @@ def _chunks(code: np.ndarray, typ: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def extract_entities(tags: Sequence[str], scheme: str = "iob2") -> list[tuple[str, int, int]]:
-    """Entities of one tag sequence as ``(type, start, end_inclusive)``, like seqeval's ``get_entities``."""
+    """Entities of one tag sequence as ``(type, start, end_inclusive)``: seqeval's get_entities."""
     code, typ, names, _ = _encode(_sequences(list(tags), "tags", None), "tags", scheme, None)
     starts, stops, types = _chunks(code, typ)
-    return [(names[t], int(a), int(b)) for a, b, t in zip(starts.tolist(), stops.tolist(), types.tolist())]
+    return [
+        (names[t], int(a), int(b))
+        for a, b, t in zip(starts.tolist(), stops.tolist(), types.tolist(), strict=True)
+    ]
 
 
 def entity_scores(
@@ -337,9 +349,10 @@ def entity_scores(
     """Micro precision / recall / F1 over exact-match entities, plus a per-type breakdown.
 
     ``predictions`` / ``references``: one tag sequence per sentence (strings, or integer ids with
-    ``tag_names``). An entity counts as correct only when its type, start and end all match. IOB1 and
-    IOB2 decode identically under conlleval; ``scheme`` decides which prefixes are legal ("iobes"
-    adds E-/S-). Returns ``{"precision", "recall", "f1", "per_type": {type: {..., "support"}}}``.
+    ``tag_names``). An entity counts as correct only when its type, start and end all match. IOB1
+    and IOB2 decode identically under conlleval; ``scheme`` decides which prefixes are legal
+    ("iobes" adds E-/S-). Returns ``{"precision", "recall", "f1", "per_type"}``, where
+    ``per_type[type]`` holds precision, recall, f1 and support (the number of reference entities).
     """
     ps = _sequences(predictions, "predictions", tag_names)
     rs = _sequences(references, "references", tag_names)
@@ -432,7 +445,8 @@ def compute_metrics(names: Sequence[str], predictions: Any, references: Any) -> 
         hints = {n: difflib.get_close_matches(n, METRICS, n=1) for n in unknown}
         hint = "; ".join(f"{n!r} -> did you mean {h[0]!r}?" for n, h in hints.items() if h)
         raise ConfigError(
-            f"unknown metric(s) {unknown}; available: {sorted(METRICS)}" + (f" ({hint})" if hint else "")
+            f"unknown metric(s) {unknown}; available: {sorted(METRICS)}"
+            + (f" ({hint})" if hint else "")
         )
     out: dict[str, float] = {}
     entity: dict[str, Any] | None = None

@@ -1,5 +1,5 @@
-"""Task readers for fine-tuning: GLUE in its standard layouts, CoNLL-2003 NER, and user CSV/TSV/JSONL.
-Readers return plain examples with integer label ids; TASK_METRICS names the metrics that score a task."""
+"""Task readers for fine-tuning: GLUE in its standard layouts, CoNLL-2003 NER, user CSV/TSV/JSONL.
+They return plain examples with integer label ids; TASK_METRICS names the metrics of each task."""
 
 # GLUE: Wang et al. 2019 (https://gluebenchmark.com), files as written by the original download
 # script. CoNLL-2003: Tjong Kim Sang & De Meulder 2003. Every reader is strict by default: a missing
@@ -110,51 +110,95 @@ GLUE_TASKS: dict[str, GlueTaskSpec] = {
     # no header: source, label, original label (* if unacceptable), sentence; the test file of the
     # GLUE download is `index<TAB>sentence` with a header and no labels
     "cola": GlueTaskSpec(
-        "CoLA", "sentence", None, "label", ("0", "1"), ("matthews_corrcoef",),
+        "CoLA",
+        "sentence",
+        None,
+        "label",
+        ("0", "1"),
+        ("matthews_corrcoef",),
         columns=("source", "label", "original_label", "sentence"),
         description="grammatical acceptability (1 = acceptable)",
     ),
     # `sentence<TAB>label`; GLUE's test file is `index<TAB>sentence`
     "sst2": GlueTaskSpec(
-        "SST-2", "sentence", None, "label", ("0", "1"), ("accuracy",),
+        "SST-2",
+        "sentence",
+        None,
+        "label",
+        ("0", "1"),
+        ("accuracy",),
         description="binary sentiment (1 = positive)",
     ),
-    # `Quality  #1 ID  #2 ID  #1 String  #2 String`; test: `index  #1 ID  #2 ID  #1 String  #2 String`
+    # `Quality  #1 ID  #2 ID  #1 String  #2 String`; test: `index` in place of `Quality`
     "mrpc": GlueTaskSpec(
-        "MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"),
+        "MRPC",
+        "#1 String",
+        "#2 String",
+        "Quality",
+        ("0", "1"),
+        ("f1", "accuracy"),
         description="paraphrase (1 = equivalent)",
     ),
     # 10 columns: index genre filename year old_index source1 source2 sentence1(7) sentence2(8)
     # score(last); test has the first 9
     "stsb": GlueTaskSpec(
-        "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman"),
+        "STS-B",
+        "sentence1",
+        "sentence2",
+        "score",
+        None,
+        ("pearson", "spearman"),
         description="semantic similarity, a score in [0, 5] (regression)",
     ),
     # `id qid1 qid2 question1 question2 is_duplicate`; test: `id question1 question2`
     "qqp": GlueTaskSpec(
-        "QQP", "question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"),
+        "QQP",
+        "question1",
+        "question2",
+        "is_duplicate",
+        ("0", "1"),
+        ("f1", "accuracy"),
         description="duplicate question (1 = duplicate)",
     ),
     # index promptID pairID genre 4×parses sentence1(8) sentence2(9) label1 [label2..5] gold_label
     "mnli": GlueTaskSpec(
-        "MNLI", "sentence1", "sentence2", "gold_label",
-        ("contradiction", "entailment", "neutral"), ("accuracy",),
+        "MNLI",
+        "sentence1",
+        "sentence2",
+        "gold_label",
+        ("contradiction", "entailment", "neutral"),
+        ("accuracy",),
         splits=("train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched"),
         description="3-way entailment; matched / mismatched genres",
     ),
     # `index question sentence label`
     "qnli": GlueTaskSpec(
-        "QNLI", "question", "sentence", "label", _NLI, ("accuracy",),
+        "QNLI",
+        "question",
+        "sentence",
+        "label",
+        _NLI,
+        ("accuracy",),
         description="does the sentence answer the question",
     ),
     # `index sentence1 sentence2 label`
     "rte": GlueTaskSpec(
-        "RTE", "sentence1", "sentence2", "label", _NLI, ("accuracy",),
+        "RTE",
+        "sentence1",
+        "sentence2",
+        "label",
+        _NLI,
+        ("accuracy",),
         description="2-way textual entailment",
     ),
     # `index sentence1 sentence2 label` with 0/1 labels (1 = entailment)
     "wnli": GlueTaskSpec(
-        "WNLI", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",),
+        "WNLI",
+        "sentence1",
+        "sentence2",
+        "label",
+        ("0", "1"),
+        ("accuracy",),
         description="Winograd NLI (1 = entailment)",
     ),
 }
@@ -205,11 +249,15 @@ def _glue_missing(spec: GlueTaskSpec, data_dir: Path, split: str, path: Path) ->
         msg += f"; {spec.name}'s standard splits are {list(spec.splits)}"
     nested = data_dir / spec.name / f"{split}.tsv"
     if nested.is_file():
-        return msg + f"; data_dir looks like the GLUE root: pass data_dir={str(data_dir / spec.name)!r}"
+        return (
+            msg
+            + f"; data_dir looks like the GLUE root: pass data_dir={str(data_dir / spec.name)!r}"
+        )
+    fix = f"Point data_dir at the folder with {spec.name}'s .tsv files"
     if data_dir.is_dir():
         present = sorted(p.name for p in data_dir.iterdir() if p.is_file())[:20]
-        return msg + f"; {data_dir} holds {present}. Point data_dir at the folder with {spec.name}'s .tsv files"
-    return msg + f"; the directory {data_dir} does not exist. Point data_dir at the folder with {spec.name}'s .tsv files"
+        return msg + f"; {data_dir} holds {present}. {fix}"
+    return msg + f"; the directory {data_dir} does not exist. {fix}"
 
 
 def read_glue(
@@ -265,14 +313,17 @@ def read_glue(
     def bad(msg: str) -> None:
         if not skip_bad_rows:
             raise ValueError(
-                msg + ". Fix or delete the line, or pass skip_bad_rows=True to skip (and count) bad rows"
+                msg + ". Fix or delete the line, or pass skip_bad_rows=True to skip (and count) "
+                "bad rows"
             )
         skipped.append(msg)
 
     for line, row in itertools.chain(pending, rows):
         if len(row) != ncols:
-            fewer = "missing a field" if len(row) < ncols else "a tab inside a text"
-            bad(f"{path}:{line}: row has {len(row)} columns, expected {ncols} as in {where} ({fewer}?)")
+            why = "a missing field?" if len(row) < ncols else "a tab inside a text?"
+            bad(
+                f"{path}:{line}: row has {len(row)} columns, expected {ncols} as in {where} ({why})"
+            )
             continue
         label: int | float | None = None
         if il is not None:
@@ -357,7 +408,9 @@ def read_conll(
         raise ConfigError(f"tag_scheme must be 'auto', 'iob1' or 'iob2', got {tag_scheme!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass the path of a CoNLL-2003 file (e.g. train.txt)")
+        raise FileNotFoundError(
+            f"{path} not found; pass the path of a CoNLL-2003 file (e.g. train.txt)"
+        )
 
     sentences: list[list[str]] = []
     raw_tags: list[list[str]] = []
@@ -472,7 +525,7 @@ def _int_or_text_order(keys: set[str]) -> list[str]:
 
 
 def _records(path: Path, fmt: str, needed: list[str], bad) -> Iterator[tuple[int, dict]]:
-    """(line, {column: value}) per record; a missing column raises, a malformed row goes to bad()."""
+    """(line, {column: value}) per record; a missing column raises, a malformed row goes to bad."""
     if fmt == "jsonl":
         first = True
         for line, text in enumerate(_lines(path), start=1):
@@ -488,7 +541,9 @@ def _records(path: Path, fmt: str, needed: list[str], bad) -> Iterator[tuple[int
                 continue
             missing = [c for c in needed if c not in rec]
             if missing:
-                msg = f"{path}:{line}: field(s) {missing} not found; available fields: {sorted(rec)}"
+                msg = (
+                    f"{path}:{line}: field(s) {missing} not found; available fields: {sorted(rec)}"
+                )
                 if first:  # the first record decides: a wrong field name, not a bad row
                     raise ValueError(msg + "; pass the right names as text_fields / label_field")
                 bad(msg)
@@ -496,8 +551,11 @@ def _records(path: Path, fmt: str, needed: list[str], bad) -> Iterator[tuple[int
             first = False
             yield line, rec
         return
-    rows = _csv_rows(path, delimiter="," if fmt == "csv" else "\t",
-                     quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
+    rows = _csv_rows(
+        path,
+        delimiter="," if fmt == "csv" else "\t",
+        quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+    )
     first_row = next(rows, None)
     if first_row is None:
         raise ValueError(f"{path}: the file is empty; expected a header line naming the columns")
@@ -510,9 +568,12 @@ def _records(path: Path, fmt: str, needed: list[str], bad) -> Iterator[tuple[int
         )
     for line, row in rows:
         if len(row) != len(header):
-            bad(f"{path}:{line}: row has {len(row)} columns, expected {len(header)} as in the header on line {hline}")
+            bad(
+                f"{path}:{line}: row has {len(row)} columns, expected {len(header)} as in the "
+                f"header on line {hline}"
+            )
             continue
-        yield line, dict(zip(header, row))
+        yield line, dict(zip(header, row, strict=True))
 
 
 def read_table(
@@ -527,29 +588,37 @@ def read_table(
     """Read your own task from CSV, TSV (no quoting) or JSON lines, chosen by extension (.gz ok).
 
     ``text_fields``: one or two column names (text_a, text_b). ``label_field``: the label column, or
-    None for unlabelled data. Classes map to ids in ``label_names`` (unknown labels are errors); when
-    not given they are the sorted distinct labels of the file (numeric order for integer labels), so
-    read dev/test with the train split's ``label_names``. ``regression=True`` reads float scores.
+    None for unlabelled data. Classes map to ids in ``label_names`` (unknown labels are errors);
+    when not given they are the sorted distinct labels of the file (numeric order for integer
+    labels), so read dev/test with the train split's ``label_names``. ``regression=True`` reads
+    float scores.
     """
     path = Path(path)
     text_fields = [text_fields] if isinstance(text_fields, str) else list(text_fields)
     if not 1 <= len(text_fields) <= 2:
-        raise ConfigError(f"text_fields must name 1 or 2 columns (text_a, text_b), got {text_fields}")
+        raise ConfigError(
+            f"text_fields must name 1 or 2 columns (text_a, text_b), got {text_fields}"
+        )
     if regression and label_names is not None:
-        raise ConfigError("regression=True reads float scores; drop label_names (they are for classes)")
+        raise ConfigError(
+            "regression=True reads float scores; drop label_names (they are for classes)"
+        )
     names = list(label_names) if label_names is not None else None
     if names is not None and len(set(names)) != len(names):
         raise ConfigError(f"label_names has duplicates: {names}")
     fmt = _table_format(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass the path of your .csv / .tsv / .jsonl file")
+        raise FileNotFoundError(
+            f"{path} not found; pass the path of your .csv / .tsv / .jsonl file"
+        )
 
     skipped: list[str] = []
 
     def bad(msg: str) -> None:
         if not skip_bad_rows:
             raise ValueError(
-                msg + ". Fix or delete the line, or pass skip_bad_rows=True to skip (and count) bad rows"
+                msg + ". Fix or delete the line, or pass skip_bad_rows=True to skip (and count) "
+                "bad rows"
             )
         skipped.append(msg)
 
@@ -559,7 +628,7 @@ def read_table(
     labels: list[int | float | str | None] = []
     for line, rec in _records(path, fmt, needed, bad):
         values = [rec[c] for c in text_fields]
-        wrong = [(c, v) for c, v in zip(text_fields, values) if not isinstance(v, str)]
+        wrong = [(c, v) for c, v in zip(text_fields, values, strict=True) if not isinstance(v, str)]
         if wrong:
             c, v = wrong[0]
             bad(f"{path}:{line}: field {c!r} is {v!r}, expected a string")
@@ -583,7 +652,10 @@ def read_table(
                 if label_id is not None:
                     label = label_id.get(key)
                     if label is None:
-                        bad(f"{path}:{line}: unknown label {key!r} in {label_field!r}; allowed labels: {names}")
+                        bad(
+                            f"{path}:{line}: unknown label {key!r} in {label_field!r}; "
+                            f"allowed labels: {names}"
+                        )
                         continue
                 else:
                     label = key  # mapped to an id once every label is known
@@ -596,7 +668,7 @@ def read_table(
         labels = [label_id[k] for k in labels]
     _report_skipped(path, skipped)
     return TaskData(
-        examples=[Example(a, b, y) for (a, b), y in zip(texts, labels)],
+        examples=[Example(a, b, y) for (a, b), y in zip(texts, labels, strict=True)],
         label_names=None if regression else names,
         is_regression=regression,
         text_fields=tuple(text_fields),
@@ -627,7 +699,9 @@ def _lines(path: Path) -> Iterator[str]:
                     text = text[1:]  # byte-order mark (e.g. MRPC's msr_paraphrase files)
                 yield text
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}:{i + 1}: not a readable gzip file ({e}); re-compress it or drop .gz") from None
+            raise ValueError(
+                f"{path}:{i + 1}: not a readable gzip file ({e}); re-compress it or drop .gz"
+            ) from None
 
 
 def _csv_rows(path: Path, delimiter: str, quoting: int) -> Iterator[tuple[int, list[str]]]:
@@ -659,6 +733,7 @@ def _parse_float(raw: str) -> float | None:
 def _report_skipped(path: Path, skipped: list[str]) -> None:
     if skipped:
         warnings.warn(
-            f"{path}: skipped {len(skipped)} bad row(s) (listed in TaskData.skipped); first: {skipped[0]}",
+            f"{path}: skipped {len(skipped)} bad row(s) (listed in TaskData.skipped); "
+            f"first: {skipped[0]}",
             stacklevel=3,
         )

@@ -166,7 +166,10 @@ def from_hf(
         )
 
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    expect_shapes(ours, expected, {})
+    prefix = adapter.prefix if task != "base" else ""
+    hf_names = {k: prefix + r.origin[id(v)] if not adapter.is_head_key(r.origin[id(v)]) else r.origin[id(v)]
+                for k, v in ours.items() if id(v) in r.origin}
+    expect_shapes(ours, expected, hf_names)
     result = model.load_state_dict(ours, strict=False)
     tied = {"lm_head.weight"} if isinstance(model, CausalLM) and model.tied else set()
     not_loaded = [k for k in result.missing_keys if k not in tied and k not in fresh]

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in fp32 and cast back (as LLaMA does), so bf16 runs stay stable."""
+    """x / rms(x) * weight, computed in fp32 and cast back to the input dtype, so bf16 runs stay stable."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -16,8 +16,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * y
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return (self.weight.float() * y).to(x.dtype)
 
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": RMSNorm}

@@ -1,5 +1,5 @@
-"""Tests for ptmkit.adapt.metrics: hand-computed values, degenerate cases, and literals computed once
-with scikit-learn 1.9 / scipy 1.17 / seqeval 1.2.2 (none of them is a dependency)."""
+"""Tests for ptmkit.adapt.metrics: hand-computed values, degenerate cases, and literals computed
+once with scikit-learn 1.9 / scipy 1.17 / seqeval 1.2.2 (none of them is a dependency)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ def test_matthews_hand_and_reference():
     assert matthews_corrcoef([1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]) == pytest.approx(1 / 3)
     assert matthews_corrcoef([0, 1, 1, 0], [0, 1, 1, 0]) == pytest.approx(1.0)
     assert matthews_corrcoef([1, 0, 0, 1], [0, 1, 1, 0]) == pytest.approx(-1.0)
-    assert matthews_corrcoef([0, 1, 2, 2, 1, 0], [0, 1, 1, 2, 2, 2]) == pytest.approx(0.26111648393354675)
+    assert matthews_corrcoef([0, 1, 2, 2, 1, 0], [0, 1, 1, 2, 2, 2]) == pytest.approx(
+        0.26111648393354675
+    )
     assert matthews_corrcoef(P3, R3) == pytest.approx(-0.2760353347844234)
     assert matthews_corrcoef(PB, RB) == pytest.approx(0.0, abs=1e-12)
 
@@ -139,16 +141,28 @@ def test_entities_iob1():
     tags = ["I-PER", "I-PER", "B-PER", "I-PER", "O", "I-LOC", "I-ORG", "O", "B-MISC"]
     # seqeval get_entities, verbatim
     assert extract_entities(tags, "iob1") == [
-        ("PER", 0, 1), ("PER", 2, 3), ("LOC", 5, 5), ("ORG", 6, 6), ("MISC", 8, 8)
+        ("PER", 0, 1),
+        ("PER", 2, 3),
+        ("LOC", 5, 5),
+        ("ORG", 6, 6),
+        ("MISC", 8, 8),
     ]
 
 
 def test_entities_iob2_stray_inside_starts_entity():
     tags = ["O", "I-PER", "I-PER", "B-PER", "O", "B-LOC", "I-ORG", "I-ORG"]
-    assert extract_entities(tags, "iob2") == [("PER", 1, 2), ("PER", 3, 3), ("LOC", 5, 5), ("ORG", 6, 7)]
+    assert extract_entities(tags, "iob2") == [
+        ("PER", 1, 2),
+        ("PER", 3, 3),
+        ("LOC", 5, 5),
+        ("ORG", 6, 7),
+    ]
     # a type change inside a chunk splits it
     assert extract_entities(["B-PER", "I-LOC", "I-LOC", "B-LOC", "B-LOC"]) == [
-        ("PER", 0, 0), ("LOC", 1, 2), ("LOC", 3, 3), ("LOC", 4, 4)
+        ("PER", 0, 0),
+        ("LOC", 1, 2),
+        ("LOC", 3, 3),
+        ("LOC", 4, 4),
     ]
     assert extract_entities([]) == []
     assert extract_entities(["O", "O"]) == []
@@ -156,7 +170,12 @@ def test_entities_iob2_stray_inside_starts_entity():
 
 def test_entities_iobes():
     tags = ["S-PER", "B-LOC", "E-LOC", "B-ORG", "I-ORG", "E-ORG", "O", "S-MISC"]
-    assert extract_entities(tags, "iobes") == [("PER", 0, 0), ("LOC", 1, 2), ("ORG", 3, 5), ("MISC", 7, 7)]
+    assert extract_entities(tags, "iobes") == [
+        ("PER", 0, 0),
+        ("LOC", 1, 2),
+        ("ORG", 3, 5),
+        ("MISC", 7, 7),
+    ]
 
 
 def test_entity_scores_hand_and_seqeval():
@@ -167,10 +186,16 @@ def test_entity_scores_hand_and_seqeval():
     assert s["per_type"]["LOC"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert s["per_type"]["PER"]["f1"] == 0.0
 
-    refs = [["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-LOC", "O", "I-ORG"],
-            ["B-MISC", "I-MISC", "O", "I-PER"], ["O", "O"]]
-    preds = [["I-PER", "I-PER", "I-PER", "O", "I-LOC", "B-LOC", "O", "I-MISC"],
-             ["B-MISC", "I-MISC", "O", "B-PER"], ["I-ORG", "O"]]
+    refs = [
+        ["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-LOC", "O", "I-ORG"],
+        ["B-MISC", "I-MISC", "O", "I-PER"],
+        ["O", "O"],
+    ]
+    preds = [
+        ["I-PER", "I-PER", "I-PER", "O", "I-LOC", "B-LOC", "O", "I-MISC"],
+        ["B-MISC", "I-MISC", "O", "B-PER"],
+        ["I-ORG", "O"],
+    ]
     # by hand: 6 true, 7 predicted, 2 correct; seqeval: 0.2857142857142857 0.3333333333333333
     assert entity_precision(preds, refs) == pytest.approx(2 / 7)
     assert entity_recall(preds, refs) == pytest.approx(1 / 3)
@@ -197,7 +222,7 @@ def test_entity_scores_integer_ids():
 
 
 def _seqeval_entities(seq):
-    """Literal port of seqeval 1.2.2 get_entities (default mode) as an oracle for random sequences."""
+    """Literal port of seqeval 1.2.2 get_entities (default mode): an oracle for random input."""
     prev_tag, prev_type, begin, chunks = "O", "", 0, []
     for i, chunk in enumerate(list(seq) + ["O"]):
         tag, type_ = chunk[0], chunk[1:].split("-", maxsplit=1)[-1] or "_"
@@ -244,11 +269,16 @@ def test_entity_errors():
 
 
 def test_compute_metrics():
-    out = compute_metrics(["f1", "accuracy", "matthews_corrcoef"], [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0])
+    out = compute_metrics(
+        ["f1", "accuracy", "matthews_corrcoef"], [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]
+    )
     assert list(out) == ["f1", "accuracy", "matthews_corrcoef"]
     assert out == pytest.approx({"f1": 2 / 3, "accuracy": 4 / 6, "matthews_corrcoef": 1 / 3})
-    ent = compute_metrics(["entity_f1", "entity_precision", "entity_recall"],
-                          [["B-PER", "O", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "B-LOC"]])
+    ent = compute_metrics(
+        ["entity_f1", "entity_precision", "entity_recall"],
+        [["B-PER", "O", "O", "B-LOC"]],
+        [["B-PER", "I-PER", "O", "B-LOC"]],
+    )
     assert ent == {"entity_f1": 0.5, "entity_precision": 0.5, "entity_recall": 0.5}
     assert compute_metrics(["pearson", "spearman"], X, Y) == pytest.approx(
         {"pearson": 0.7970127341083719, "spearman": 0.8217944733749097}

@@ -23,10 +23,13 @@ class Reader:
     def __init__(self, state: dict[str, torch.Tensor]):
         self.state = dict(state)
         self.missing: list[str] = []
+        self.origin: dict[int, str] = {}  # id(tensor) -> checkpoint name, for error messages
 
     def take(self, name: str) -> torch.Tensor | None:
         if name in self.state:
-            return self.state.pop(name)
+            t = self.state.pop(name)
+            self.origin[id(t)] = name
+            return t
         self.missing.append(name)
         return None
 
@@ -100,7 +103,7 @@ def split_rows(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
 def expect_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], hf_names: dict[str, str]) -> None:
     """Compare converted tensors against the model's own; raise one error listing every mismatch."""
     bad = [
-        f"  {hf_names.get(k, k)} -> {k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k])}"
+        f"  {hf_names.get(k, 'fused/transposed tensor')} -> {k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k])}"
         for k, v in tensors.items()
         if k in expected and tuple(v.shape) != tuple(expected[k])
     ]

@@ -1,0 +1,59 @@
+"""Norms, feed-forward layers, positions and embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ptmkit.nn import MLP, Embeddings, GatedMLP, RMSNorm, SinusoidalPositions
+from ptmkit.nn.positions import positions_from_mask
+
+
+def test_rmsnorm_matches_formula_and_keeps_dtype():
+    norm = RMSNorm(8, eps=1e-6)
+    norm.weight.data = torch.linspace(0.5, 2, 8)
+    x = torch.randn(3, 8)
+    want = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert_close(norm(x), want)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_sinusoidal_table_values():
+    pe = SinusoidalPositions(16, 6)
+    p = torch.tensor([[3]])
+    got = pe(p)[0, 0]
+    want = [f(3 / 10000 ** (2 * i / 6)) for i in range(3) for f in (math.sin, math.cos)]
+    assert_close(got, torch.tensor(want), atol=1e-6, rtol=1e-6)
+
+
+def test_gated_mlp_is_swiglu():
+    ffn = GatedMLP(4, 6)
+    x = torch.randn(2, 4)
+    gate, up = ffn.gate_up.weight[:6], ffn.gate_up.weight[6:]
+    want = (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ ffn.down.weight.T
+    assert_close(ffn(x), want)
+
+
+def test_mlp_gelu_variants_differ():
+    exact, approx = MLP(4, 8, "gelu"), MLP(4, 8, "gelu_new")
+    approx.load_state_dict(exact.state_dict())
+    x = torch.randn(5, 4) * 3
+    assert not torch.equal(exact(x), approx(x))
+    assert_close(exact(x), approx(x), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="unknown activation"):
+        MLP(4, 8, "gleu")
+
+
+def test_embeddings_reject_positions_beyond_table():
+    emb = Embeddings(10, 4, max_positions=8)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        emb(torch.zeros(1, 9, dtype=torch.long), torch.arange(9)[None])
+
+
+def test_positions_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert positions_from_mask(mask, past=3).tolist() == [[1, 2], [3, 4]]

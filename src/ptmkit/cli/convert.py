@@ -1,0 +1,54 @@
+"""`ptm convert SRC DST`: re-save a Hugging Face (or GGUF) model directory as a ptmkit/HF model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a model directory (HF layout or GGUF) into a ptmkit model directory",
+        description=(
+            "Load SRC through ptmkit's state-dict adapters (bert, roberta, gpt2, llama), check every tensor, "
+            "and write DST as config.json + model.safetensors + tokenizer files. DST loads in ptmkit and in "
+            "transformers unchanged."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("src", help="source model directory (config.json + model.safetensors or pytorch_model.bin)")
+    p.add_argument("dst", help="destination directory (created if missing)")
+    p.add_argument("--gguf-file", default=None,
+                   help="name of a GGUF file inside SRC to dequantise (needs transformers + gguf: pip install 'ptmkit[hf]')")
+    p.add_argument("--task", default=None,
+                   help="head to keep: base, masked-lm, causal-lm, sequence-classification, token-classification "
+                        "(default: the checkpoint's own)")
+    p.add_argument("--num-labels", type=int, default=None, help="classes for a new classification head")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights before saving")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ptmkit.models import load_model, save_model
+    from ptmkit.models.io import copy_tokenizer
+
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    model = load_model(args.src, task=args.task, num_labels=args.num_labels, dtype=dtype, gguf_file=args.gguf_file)
+    dst = save_model(model, args.dst, tokenizer_from=None)
+    copied = copy_tokenizer(args.src, dst)
+    if args.gguf_file and not copied:
+        # GGUF files carry their tokenizer; transformers rebuilds it as tokenizer.json.
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(args.src, gguf_file=args.gguf_file).save_pretrained(dst)
+        copied = ["tokenizer.json (from GGUF)"]
+    n = sum(p.numel() for p in model.parameters())
+    arch = json.loads((Path(dst) / "config.json").read_text())["architectures"][0]
+    print(f"wrote {dst}: {arch}, {n / 1e6:.1f}M parameters; tokenizer files: {', '.join(copied) or 'none found'}")
+    return 0

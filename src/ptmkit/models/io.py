@@ -134,17 +134,15 @@ def from_hf(
     missing = [f"{adapter.prefix}{m}" for m in r.missing]
 
     fresh: list[str] = []
-    table = _head_table(adapter, model, task, "")
-    present = [theirs for theirs in table.values() if r.has(theirs)]
-    if table and not present and task != ckpt_task:
-        fresh = list(table)  # a new head for a new task: keep its random initialisation
-    else:
-        for mine, theirs in table.items():
-            t = r.take(theirs)
-            if t is None:
-                missing.append(theirs)
-            else:
-                ours[mine] = t
+    for mine, theirs in _head_table(adapter, model, task, "").items():
+        if task != ckpt_task and not r.has(theirs):
+            fresh.append(mine)  # a new head for a new task keeps its random initialisation
+            continue
+        t = r.take(theirs)  # e.g. BERT's pretrained pooler is reused by a new classifier
+        if t is None:
+            missing.append(theirs)
+        else:
+            ours[mine] = t
 
     if isinstance(model, CausalLM) and model.tied and r.has("lm_head.weight"):
         r.take("lm_head.weight")  # a tied copy (state_dict() of a tied HF model lists it): same tensor
@@ -180,7 +178,7 @@ def from_hf(
     if fresh:
         log.warning("%s: new %s head initialised (%s)", path, task, ", ".join(fresh))
     if dropped:
-        log.warning("%s: dropped %s-checkpoint head tensors: %s", path, ckpt_task, ", ".join(dropped))
+        log.warning("%s: dropped tensors that a %s model does not use: %s", path, task, ", ".join(dropped))
     model.load_report = {"fresh": fresh, "dropped": dropped, "checkpoint_task": ckpt_task}
     if dtype is not None:
         model.to(dtype)

@@ -9,6 +9,9 @@ import sys
 # name -> module under ptmkit.cli; each module defines add_parser(subparsers) and run(args) -> int.
 # Modules are imported lazily so `ptm --help` stays fast and a broken optional import only affects its command.
 COMMANDS = {
+    "tokenizer": "ptmkit.cli.tokenizer",
+    "data": "ptmkit.cli.data",
+    "pretrain": "ptmkit.cli.pretrain",
     "convert": "ptmkit.cli.convert",
     "generate": "ptmkit.cli.generate",
 }
@@ -28,10 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "accepts_overrides", False):
+        args.overrides = extra  # --section.key value pairs, validated against the typed config
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
         # Library errors carry messages written for users; show them without a traceback.
         print(f"ptm {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ class DecoderBackbone(Backbone):
                 f"{t} are new; pass a mask over all {past + t}"
             )
         if position_ids is None:
-            if attention_mask is not None:
+            if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = positions_from_mask(attention_mask, past)  # left padding keeps positions 0..
             else:
                 position_ids = torch.arange(past, past + t, device=ref.device)[None].expand(b, t)

@@ -149,7 +149,7 @@ class SelfAttention(nn.Module):
 
 
 def build_mask(
-    attention_mask: torch.Tensor | None,  # (B, S) 1 = real token, 0 = padding; S counts cached tokens too
+    attention_mask: torch.Tensor | None,  # (B, S) 1 = token, 0 = padding (S counts cached tokens); or (B, T, S)
     q_len: int,
     kv_len: int,
     causal: bool,
@@ -160,6 +160,14 @@ def build_mask(
     Without padding and without a cache the kernel's own causal path is used (fastest: no mask tensor).
     With a cache (S > T) the queries are the last T positions, so causality is offset by S - T.
     """
+    if attention_mask is not None and attention_mask.dim() == 3:
+        # A full (B, T, S) mask, e.g. packed documents that must not see each other.
+        allowed = attention_mask.to(torch.bool)[:, None]  # (B, 1, T, S)
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]  # (T, 1)
+        k_pos = torch.arange(kv_len, device=device)[None, :]  # (1, S)
+        if causal:
+            allowed = allowed & (k_pos <= q_pos)
+        return allowed | (q_pos == k_pos), False  # every query sees at least itself (no NaN rows)
     keep = None if attention_mask is None else attention_mask.to(torch.bool)
     if keep is not None and bool(keep.all()):
         keep = None  # no padding: drop the mask so SDPA can pick its fastest kernel

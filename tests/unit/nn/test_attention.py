@@ -115,3 +115,17 @@ def test_rotary_is_relative():
 def test_invalid_attention_configs(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         AttentionConfig(**kwargs)
+
+
+def test_three_dimensional_mask_blocks_other_documents():
+    doc = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    full = doc[:, :, None] == doc[:, None, :]  # (1, 6, 6)
+    mask, causal = build_mask(full, 6, 6, causal=True, device="cpu")
+    assert not causal
+    m = mask[0, 0]
+    assert m[4].tolist() == [False, False, False, True, True, False]
+    attn = SelfAttention(AttentionConfig(32, 4)).eval()
+    x = torch.randn(1, 6, 32)
+    x2 = x.clone()
+    x2[:, :3] = torch.randn(1, 3, 32)  # change only document 0
+    assert_close(attn(x, mask)[:, 3:], attn(x2, mask)[:, 3:])

@@ -1,0 +1,56 @@
+"""Shared CLI helpers: YAML config + dotted `--section.key value` overrides → a typed, validated config;
+and a help epilog listing every config key with its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from ptmkit.config import ConfigError, apply_overrides, from_dict, load_yaml, parse_value
+
+
+def parse_dotted(extra: list[str]) -> dict[str, object]:
+    """['--train.lr', '3e-4', '--data.seq_len=64'] -> {'train.lr': 3e-4, 'data.seq_len': 64}."""
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(f"unrecognised argument {arg!r}; config overrides look like --section.key value")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"override {arg} needs a value")
+            value = extra[i + 1]
+            i += 2
+        out[key] = parse_value(value)
+    return out
+
+
+def build_config(cls, yaml_path: str | None, overrides: dict[str, object]):
+    data = load_yaml(yaml_path) if yaml_path else {}
+    return from_dict(cls, apply_overrides(data, overrides), where="config")
+
+
+def describe(cls, prefix: str = "") -> list[str]:
+    """One line per leaf config key: `section.key (type, default: value)` and its comment if any."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "required"
+        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        lines.append(f"  --{name} ({tname}, default: {default!r})")
+    return lines

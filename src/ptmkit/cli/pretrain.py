@@ -1,0 +1,39 @@
+"""`ptm pretrain CONFIG.yaml [--resume] [--section.key value ...]`: pre-train a model with an objective."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    from ptmkit.cli.overrides import describe
+    from ptmkit.train.pretrain import PretrainConfig
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train a model (MLM, CLM, ...) on prepared token shards",
+        description=(
+            "Pre-train from a YAML recipe (see configs/). Any config key can be overridden with "
+            "--section.key value, e.g. --train.steps 200 --optim.lr 3e-4. The resolved config is saved as "
+            "run_config.json in the run directory, with metrics.jsonl, loss.png, checkpoints/ and the final "
+            "model/ (Hugging Face layout). Ctrl-C saves a checkpoint; --resume continues exactly."
+        ),
+        epilog="config keys:\n" + "\n".join(describe(PretrainConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", default=None, help="YAML recipe (optional: all keys can be given as overrides)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
+    p.set_defaults(run=run, accepts_overrides=True)
+
+
+def run(args) -> int:
+    from ptmkit.cli.overrides import build_config, parse_dotted
+    from ptmkit.train.pretrain import PretrainConfig, pretrain
+
+    cfg = build_config(PretrainConfig, args.config, parse_dotted(args.overrides))
+    summary = pretrain(cfg, resume=args.resume)
+    ev = summary.get("eval") or {}
+    print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s"
+          + (f", eval loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})" if ev else "")
+          + (f"; model saved to {summary['model_dir']}" if summary.get("model_dir") else "; interrupted"))
+    return 130 if summary["interrupted"] else 0

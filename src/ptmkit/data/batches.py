@@ -1,0 +1,60 @@
+"""Ready-to-train batches: sampler order → packed sequences → objective corruption, as one resumable
+iterator. Corruption of the k-th batch is seeded by (seed, k), so a resumed run re-creates it exactly."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from ptmkit.config import ConfigError
+from ptmkit.data.sampler import PackedDataset, StatefulSampler, collate
+from ptmkit.objectives.base import seeded_generator
+
+
+class PretrainBatches:
+    def __init__(self, dataset: PackedDataset, batch_size: int, objective, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size > len(dataset) // world_size:
+            raise ConfigError(
+                f"batch_size {batch_size} exceeds the {len(dataset)} sequences of {dataset.seq_len} tokens "
+                "available; prepare more text or lower batch_size / seq_len"
+            )
+        self.dataset, self.batch_size, self.objective, self.seed = dataset, batch_size, objective, seed
+        self.sampler = StatefulSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        self.drawn = 0
+        self._it: Iterator | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._it is None:
+            self._it = self.sampler.batches(self.batch_size, drop_last=True, epochs=None)
+        idx = next(self._it)
+        batch = collate(self.dataset.get_batch(idx))
+        out = self.objective.corrupt(batch, seeded_generator(self.seed, self.drawn))
+        self.drawn += 1
+        return out
+
+    @property
+    def epoch(self) -> float:
+        return self.sampler.epoch + self.sampler.position / max(1, len(self.sampler))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.drawn = int(state["drawn"])
+        self._it = None  # restart the generator from the restored position
+
+
+def fixed_batches(dataset: PackedDataset, batch_size: int, objective, n_batches: int, seed: int = 12345):
+    """The same corrupted evaluation batches every time (first n sequences, fixed masks)."""
+    n = min(len(dataset), n_batches * batch_size)
+    out = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        idx = list(range(start, min(n, start + batch_size)))
+        out.append(objective.corrupt(collate(dataset.get_batch(idx)), seeded_generator(seed, i)))
+    return out

@@ -1,0 +1,34 @@
+"""The objective interface: `corrupt(batch, generator)` is pure and seeded and runs with the data loader on
+CPU; `loss(model, batch)` runs the model and returns the loss plus metrics. Objectives own auxiliary nets."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+class Objective(Protocol):
+    task: str  # the model head this objective trains ("masked-lm", "causal-lm", ...)
+
+    def corrupt(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Return a new batch with model inputs and labels; never modifies `batch`."""
+        ...
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss (for backward) and detached metrics (floats) for logging."""
+        ...
+
+
+def seeded_generator(seed: int, step: int) -> torch.Generator:
+    """One generator per (run seed, step): corruption is reproducible after a resume, whatever came before."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return g
+
+
+def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids -> (B, T, T) bool: a token may attend only within its own document."""
+    return document_ids[:, :, None] == document_ids[:, None, :]

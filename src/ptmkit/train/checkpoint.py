@@ -1,0 +1,118 @@
+"""Training checkpoints: model (safetensors), optimizer/scheduler/precision state, every RNG and the data
+position, written to a temporary directory and renamed into place, keeping the last k.
+
+A checkpoint directory `step-00001234/` holds model.safetensors, optim.pt (tensors + plain containers only,
+read back with weights_only=True) and state.json (step, data position, Python/NumPy RNG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+
+PREFIX = "step-"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def set_rng_state(state: dict[str, Any], torch_cpu: torch.Tensor, torch_cuda: list[torch.Tensor] | None) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch_cpu)
+    if torch_cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(torch_cuda)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    precision,
+    data_state: dict[str, Any],
+    keep_last: int = 3,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically; a crash mid-write leaves earlier checkpoints untouched."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{PREFIX}{step:08d}"
+    tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_safetensors_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "precision": precision.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            tmp / "optim.pt",
+        )
+        state = {"step": step, "data": data_state, "rng": rng_state(), "extra": extra or {}}
+        (tmp / "state.json").write_text(json.dumps(state))
+        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories of interrupted writes are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, precision) -> dict[str, Any]:
+    """Restore everything save_checkpoint wrote; returns state.json (step, data position, extra)."""
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (state.json missing)")
+    missing, unexpected = load_safetensors_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+    blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    precision.load_state_dict(blob["precision"])
+    state = json.loads((path / "state.json").read_text())
+    set_rng_state(state["rng"], blob["torch_rng"], blob["cuda_rng"])
+    return state

@@ -1,0 +1,168 @@
+"""Pre-training run: the typed run config (YAML + dotted overrides) and the function that wires tokenizer,
+token shards, model (through the registry), objective, batches, evaluation and the loop together."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptmkit.config import ConfigError, from_dict, to_dict
+from ptmkit.data.batches import PretrainBatches, fixed_batches
+from ptmkit.data.sampler import PackedDataset
+from ptmkit.data.shards import TokenShards
+from ptmkit.data.tokenizer import Tokenizer, check_vocab
+from ptmkit.models.io import load_model, save_model
+from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, make_config
+from ptmkit.objectives import OBJECTIVES
+from ptmkit.train.flops import device_peak_flops, training_flops_per_token
+from ptmkit.train.loop import TrainConfig, train
+from ptmkit.train.optim import OptimConfig
+from ptmkit.train.schedule import ScheduleConfig
+
+
+@dataclass
+class ModelSection:
+    family: str = "bert"  # bert | roberta | gpt2 | llama
+    preset: str | None = None  # a size from ptmkit.models.PRESETS, e.g. bert-mini
+    config: dict[str, Any] = field(default_factory=dict)  # family config fields, over the preset
+    init_from: str | None = None  # continue pre-training a model directory instead of a fresh model
+
+
+@dataclass
+class DataSection:
+    train: str = ""  # token shards directory (ptm data prepare)
+    eval: str | None = None  # held-out shards (e.g. WikiText-2 valid) for loss / perplexity
+    tokenizer: str = ""  # tokenizer directory the shards were prepared with
+    seq_len: int = 128
+    boundary: str = "no_cross"  # cross | no_cross | mask (see ptmkit.data.sampler)
+    batch_size: int = 32  # sequences per micro-batch
+    eval_batches: int = 10
+
+
+@dataclass
+class ObjectiveSection:
+    name: str = "mlm"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    out: str = "runs/pretrain"
+
+
+def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size: int):
+    if section.name not in OBJECTIVES:
+        raise ConfigError(f"objective: unknown name {section.name!r}; choose one of {sorted(OBJECTIVES)}")
+    cfg_cls, obj_cls = OBJECTIVES[section.name]
+    params = dict(section.params)
+    hints = {f for f in getattr(cfg_cls, "__dataclass_fields__", {})}
+    if "mask_token_id" in hints and params.get("mask_token_id", -1) < 0:
+        if tokenizer.mask_id is None:
+            raise ConfigError(f"objective {section.name}: the tokenizer has no mask token; train one with a mask special token")
+        params["mask_token_id"] = tokenizer.mask_id
+    if "vocab_size" in hints and params.get("vocab_size", -1) <= 0:
+        params["vocab_size"] = vocab_size
+    if "special_token_ids" in hints and "special_token_ids" not in params:
+        params["special_token_ids"] = tokenizer.all_special_ids
+    return obj_cls(from_dict(cfg_cls, params, where=f"objective.{section.name}"))
+
+
+def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer):
+    if section.init_from:
+        model = load_model(section.init_from, task=task)
+    else:
+        params: dict[str, Any] = {}
+        if section.preset:
+            if section.preset not in PRESETS:
+                raise ConfigError(f"model.preset {section.preset!r} is unknown; choose one of {sorted(PRESETS)}")
+            fam, params = PRESETS[section.preset]
+            if fam != section.family:
+                raise ConfigError(f"model.preset {section.preset!r} is a {fam} model but model.family is {section.family!r}")
+        params = {**params, **section.config}
+        params.setdefault("vocab_size", tokenizer.vocab_size)
+        if "pad_token_id" in family(section.family).config.__dataclass_fields__ and tokenizer.pad_id is not None:
+            params.setdefault("pad_token_id", tokenizer.pad_id)
+        model = build_model(section.family, make_config(section.family, params), task)
+    check_vocab(tokenizer, backbone_of(model).config.vocab_size)
+    return model
+
+
+def make_evaluator(batches: list[dict[str, torch.Tensor]], objective, precision_ctx, device):
+    """Token-weighted loss over fixed held-out batches; perplexity = exp(loss) (pseudo-perplexity for MLM)."""
+
+    @torch.no_grad()
+    def evaluate(model) -> dict[str, float]:
+        model.eval()
+        total, count = 0.0, 0.0
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
+            with precision_ctx():
+                loss, metrics = objective.loss(model, b)
+            n = metrics.get("predicted_tokens", 1.0)
+            total += loss.item() * n
+            count += n
+        loss = total / max(count, 1.0)
+        model.train()
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    return evaluate
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if not cfg.data.train or not cfg.data.tokenizer:
+        raise ConfigError("data.train (token shards directory) and data.tokenizer are required")
+    tokenizer = Tokenizer.load(cfg.data.tokenizer)
+    shards = TokenShards(cfg.data.train, tokenizer)  # refuses shards made with another tokenizer
+    torch.manual_seed(cfg.train.seed)
+    task = OBJECTIVES[cfg.objective.name][1].task if cfg.objective.name in OBJECTIVES else None
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size)
+    model = build_pretrain_model(cfg.model, task, tokenizer)
+    bcfg = backbone_of(model).config
+    max_pos = getattr(bcfg, "max_position_embeddings", None)
+    if max_pos is not None and cfg.data.seq_len > max_pos:
+        raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings {max_pos}")
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    dataset = PackedDataset(shards, cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
+    batches = PretrainBatches(dataset, cfg.data.batch_size, objective, seed=cfg.train.seed)
+    evaluate = None
+    if cfg.data.eval:
+        eval_set = PackedDataset(TokenShards(cfg.data.eval, tokenizer), cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
+        from ptmkit.train.precision import Precision
+
+        prec = Precision(cfg.train.precision, torch.device(cfg.train.device))
+        evaluate = make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
+                                  objective, prec.autocast, torch.device(cfg.train.device))
+    n_params = sum(p.numel() for p in model.parameters())
+    emb = backbone_of(model).embeddings
+    n_lookup = sum(m.weight.numel() for m in (emb.pos, emb.segment) if m is not None) if hasattr(emb, "segment") else 0
+    fpt = training_flops_per_token(n_params - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
+                                   causal=backbone_of(model).causal)
+    peak = device_peak_flops(torch.cuda.get_device_name()) if cfg.train.device.startswith("cuda") else None
+    print(f"[ptmkit] {n_params / 1e6:.1f}M parameters, {len(dataset)} training sequences of {cfg.data.seq_len} "
+          f"tokens, {cfg.train.steps} steps x {cfg.data.batch_size * cfg.train.grad_accum} sequences")
+    t0 = time.perf_counter()
+    summary = train(model, objective, batches, out, cfg.train, cfg.optim, cfg.schedule, evaluate, resume,
+                    flops_per_token=fpt, peak_flops=peak)
+    summary["wall_s"] = time.perf_counter() - t0
+    summary["epochs"] = batches.epoch
+    if not summary["interrupted"]:
+        save_model(model, out / "model", tokenizer_from=None)
+        tokenizer.save(out / "model")
+        summary["model_dir"] = str(out / "model")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

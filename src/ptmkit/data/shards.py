@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,25 @@ def _worker_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return _encode_arrays(s["backend"], texts, s["eos_id"], s["dtype"])
 
 
-def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
-    it = iter(items)
-    while batch := list(itertools.islice(it, n)):
+# A batch also closes at this many characters, so a run of whole books cannot hold gigabytes of
+# token lists at once (memory stays ~ a few hundred MB whatever batch_docs is).
+BATCH_CHARS = 1 << 23
+
+
+def _batched(items: Iterable[str], n: int, max_chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for text in items:
+        batch.append(text)
+        chars += len(text)
+        if len(batch) >= n or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
         yield batch
 
 
-def _prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     """Run `iterator` in a background thread (file reading + JSON parsing overlap Rust encoding)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -125,16 +138,26 @@ def _prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
 def _pool_encode(
     batches: Iterator[list[str]], backend: tokenizers.Tokenizer, eos_id: int | None, dtype: np.dtype, num_workers: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Encode batches in `num_workers` processes, in order, with at most 2 batches in flight per worker."""
-    ctx = mp.get_context("spawn")  # fork after Rust threads started can deadlock
-    with ctx.Pool(num_workers, initializer=_worker_init, initargs=(backend.to_str(), eos_id, dtype.str)) as pool:
+    """Encode batches in `num_workers` processes, in order, with at most 2 batches in flight per worker.
+
+    Uses "spawn" (forking after Rust threads started can deadlock), so scripts calling this need the
+    usual ``if __name__ == "__main__":`` guard; a worker that cannot start raises BrokenProcessPool.
+    """
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        num_workers, mp_context=ctx, initializer=_worker_init, initargs=(backend.to_str(), eos_id, dtype.str)
+    ) as pool:
         pending: collections.deque = collections.deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_worker_encode, (batch,)))
-            if len(pending) >= 2 * num_workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_worker_encode, batch))
+                if len(pending) >= 2 * num_workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,9 +230,10 @@ def prepare_shards(
 ) -> dict[str, Any]:
     """Tokenise the corpus `spec` into token shards under `out_dir`; returns the meta.json dict.
 
-    Batches of ``batch_docs`` documents are encoded with the tokenizer's multithreaded Rust
-    ``encode_batch`` (``num_workers=0``) or by a pool of ``num_workers`` processes. Special tokens
-    are not added; ``append_eos`` appends the tokenizer's eos (or sep) id after each document.
+    Batches of ``batch_docs`` documents (fewer if they reach BATCH_CHARS characters) are encoded
+    by the tokenizer's multithreaded Rust ``encode_batch`` (``num_workers=0``) or by a pool of
+    ``num_workers`` processes. Special tokens are not added; ``append_eos`` appends the
+    tokenizer's eos (or sep) id after each document. Bad corpus lines are counted in meta.json.
     The directory is built under a temporary name and renamed into place when complete.
     """
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
@@ -245,17 +269,20 @@ def prepare_shards(
         bar = _progress_bar(progress)
         n_docs = n_tokens = 0
         t0 = time.perf_counter()
-        for flat, lengths in encoded:
-            writer.add(flat, lengths)
-            n_docs += len(lengths)
-            n_tokens += len(flat)
+        try:
+            for flat, lengths in encoded:
+                writer.add(flat, lengths)
+                n_docs += len(lengths)
+                n_tokens += len(flat)
+                if bar is not None:
+                    bar.update(len(lengths))
+                    bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
+        finally:
+            encoded.close()  # on error: stop the reader thread / worker pool now, not at GC
             if bar is not None:
-                bar.update(len(lengths))
-                bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
+                bar.close()
         shards = writer.finish()
         seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
         if n_tokens == 0:
             raise ValueError(f"corpus {spec} tokenised to 0 tokens ({n_docs} documents); check the tokenizer and text field")
         meta = {
@@ -451,14 +478,19 @@ class TokenShards:
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
         """(N, length) tokens from windows starting at `starts`; windows may cross shard boundaries."""
         starts = np.asarray(starts, dtype=np.int64)
-        if starts.size and (starts.min() < 0 or starts.max() + length > self.num_tokens):
-            raise IndexError(f"window of {length} tokens from {starts.max()} runs past the end ({self.num_tokens} tokens)")
-        pos = starts[:, None] + np.arange(length, dtype=np.int64)  # (N, L) global positions
+        return self.take(starts[:, None] + np.arange(length, dtype=np.int64))  # (N, L) global positions
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Tokens at arbitrary global `positions` (any shape), vectorised over shards."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
+            bad = pos.min() if pos.min() < 0 else pos.max()
+            raise IndexError(f"token position {bad} outside [0, {self.num_tokens})")
         if len(self._arrays) == 1:
             return np.asarray(self._arrays[0][pos])
-        shard = np.searchsorted(self.shard_starts, pos, side="right") - 1  # (N, L)
+        shard = np.searchsorted(self.shard_starts, pos, side="right") - 1  # same shape as pos
         out = np.empty(pos.shape, dtype=self.dtype)
-        for s in np.unique(shard):  # loop over shards touched, not over tokens
+        for s in np.unique(shard):  # loop over the shards touched, not over tokens
             m = shard == s
             out[m] = self._arrays[s][pos[m] - self.shard_starts[s]]
         return out

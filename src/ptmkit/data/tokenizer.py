@@ -334,7 +334,8 @@ class Tokenizer:
 
     Role ids are None when the tokenizer has no such token. ``bos_id``/``cls_id`` name one slot
     (each falls back to the other), as do ``eos_id``/``sep_id``: BERT's [CLS] is its sequence start,
-    GPT-2's <|endoftext|> its document separator.
+    GPT-2's <|endoftext|> its document separator. Padding and truncation configured in the
+    backend are switched off (its truncation length becomes ``model_max_length``).
     """
 
     def __init__(
@@ -345,6 +346,15 @@ class Tokenizer:
     ) -> None:
         if not isinstance(backend, tokenizers.Tokenizer):
             raise TypeError(f"backend must be a tokenizers.Tokenizer, got {type(backend).__name__}")
+        # Whole, unpadded sequences only: a tokenizer.json that pads/truncates (e.g. sentence-
+        # transformers' pad-to-128) would otherwise silently cut documents and fill shards with
+        # [PAD]. Lengths are decided later by packing and collation; the limit is kept as metadata.
+        if backend.truncation is not None:
+            if model_max_length is None:
+                model_max_length = int(backend.truncation["max_length"])
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
         self.backend = backend
         self.model_max_length = model_max_length
         if special_tokens is None:

@@ -132,3 +132,35 @@ def test_bad_run_configs(corpus, tmp_path):
         pretrain(_cfg(corpus, tmp_path / "r", objective__params={"mask_prob": 1.5}))
     with pytest.raises(ConfigError, match="unknown name"):
         pretrain(_cfg(corpus, tmp_path / "r", objective__name="xlnet"))
+
+
+def test_cli_pretrain_with_yaml_and_dotted_overrides(corpus, tmp_path, capsys):
+    import yaml
+
+    from ptmkit.cli.main import main
+    from ptmkit.config import to_dict
+
+    cfg = to_dict(_cfg(corpus, tmp_path / "run"))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    rc = main(["pretrain", str(tmp_path / "recipe.yaml"), "--train.steps", "4", "--optim.lr=1e-3",
+               "--out", str(tmp_path / "cli-run"), "--schedule.warmup_steps", "0"])
+    assert rc == 0
+    resolved = json.loads((tmp_path / "cli-run" / "run_config.json").read_text())
+    assert resolved["train"]["steps"] == 4 and resolved["optim"]["lr"] == 1e-3
+    assert "model saved" in capsys.readouterr().out
+    assert main(["pretrain", str(tmp_path / "recipe.yaml"), "--train.stepz", "4"]) == 2
+    assert "unknown key(s) ['stepz']" in capsys.readouterr().err
+    assert main(["pretrain", str(tmp_path / "recipe.yaml"), "--train.steps", "four"]) == 2
+    assert "expected an integer" in capsys.readouterr().err
+
+
+def test_pretrain_help_explains_every_key(capsys):
+    from ptmkit.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    keys = [line for line in text.splitlines() if line.startswith("  --") and "default:" in line]
+    lines = text.splitlines()
+    undocumented = [k for k in keys if not lines[lines.index(k) + 1].startswith("      ")]
+    assert len(keys) > 30 and not undocumented, undocumented

@@ -4,6 +4,8 @@ and a help epilog listing every config key with its default."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import typing
 
 from ptmkit.config import ConfigError, apply_overrides, from_dict, load_yaml, parse_value
@@ -15,7 +17,7 @@ def parse_dotted(extra: list[str]) -> dict[str, object]:
     i = 0
     while i < len(extra):
         arg = extra[i]
-        if not arg.startswith("--") or "." not in arg:
+        if not arg.startswith("--"):
             raise ConfigError(f"unrecognised argument {arg!r}; config overrides look like --section.key value")
         key = arg[2:]
         if "=" in key:
@@ -35,10 +37,24 @@ def build_config(cls, yaml_path: str | None, overrides: dict[str, object]):
     return from_dict(cls, apply_overrides(data, overrides), where="config")
 
 
+def _field_comments(cls) -> dict[str, str]:
+    """The `# comment` after each field in the dataclass source: the help text lives beside the field."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^\n#]*#\s*(.+)$", source, flags=re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
 def describe(cls, prefix: str = "") -> list[str]:
-    """One line per leaf config key: `section.key (type, default: value)` and its comment if any."""
+    """One line per leaf config key: `--section.key (type, default: value)  comment`."""
     lines = []
     hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         name = prefix + f.name
@@ -52,5 +68,6 @@ def describe(cls, prefix: str = "") -> list[str]:
         else:
             default = "required"
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        lines.append(f"  --{name} ({tname}, default: {default!r})")
+        note = comments.get(f.name, "")
+        lines.append(f"  --{name} ({tname}, default: {default!r})" + (f"\n      {note}" if note else ""))
     return lines

@@ -28,13 +28,13 @@ class TrainConfig:
     steps: int = 1000  # optimizer updates
     grad_accum: int = 1  # micro-batches per update
     precision: str = "bf16"  # fp32 | bf16 | fp16 (bf16 autocast is ~2x faster than fp32 on this CPU)
-    log_every: int = 10
+    log_every: int = 10  # write a metrics.jsonl record every n steps
     eval_every: int = 200  # 0 = only at the end
     checkpoint_every: int = 500  # 0 = only at the end
-    keep_last: int = 2
-    seed: int = 0
-    device: str = "cpu"
-    progress_bar: bool = True
+    keep_last: int = 2  # checkpoints kept on disk (older ones are deleted)
+    seed: int = 0  # model init, data order, masking and dropout all derive from it
+    device: str = "cpu"  # cpu, cuda, cuda:1, ...
+    progress_bar: bool = True  # tqdm bar with ETA on stderr
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_every"):

@@ -13,12 +13,12 @@ from ptmkit.config import ConfigError
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    no_decay_norms_and_biases: bool = True
-    no_decay_embeddings: bool = False
+    lr: float = 5e-4  # peak learning rate (after warm-up)
+    weight_decay: float = 0.01  # decoupled weight decay (AdamW)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam moment decay rates
+    eps: float = 1e-8  # Adam denominator epsilon
+    no_decay_norms_and_biases: bool = True  # exempt LayerNorm/RMSNorm weights and biases from decay
+    no_decay_embeddings: bool = False  # exempt embedding tables from decay too
     grad_clip: float = 1.0  # max global L2 norm; 0 = no clipping
 
     def __post_init__(self) -> None:

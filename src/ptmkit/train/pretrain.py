@@ -39,16 +39,16 @@ class DataSection:
     train: str = ""  # token shards directory (ptm data prepare)
     eval: str | None = None  # held-out shards (e.g. WikiText-2 valid) for loss / perplexity
     tokenizer: str = ""  # tokenizer directory the shards were prepared with
-    seq_len: int = 128
+    seq_len: int = 128  # tokens per training sequence (<= the model's max_position_embeddings)
     boundary: str = "no_cross"  # cross | no_cross | mask (see ptmkit.data.sampler)
     batch_size: int = 32  # sequences per micro-batch
-    eval_batches: int = 10
+    eval_batches: int = 10  # fixed held-out batches scored at each evaluation
 
 
 @dataclass
 class ObjectiveSection:
-    name: str = "mlm"
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str = "mlm"  # a key of ptmkit.objectives.OBJECTIVES (mlm, clm)
+    params: dict[str, Any] = field(default_factory=dict)  # the objective's own config, e.g. {mask_prob: 0.15}
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    out: str = "runs/pretrain"
+    out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 
 def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size: int):

@@ -13,8 +13,8 @@ from ptmkit.config import ConfigError
 
 @dataclass
 class ScheduleConfig:
-    warmup_steps: int = 0
-    decay: Literal["cosine", "linear", "constant"] = "linear"
+    warmup_steps: int = 0  # linear warm-up from 0 to the peak lr over this many steps
+    decay: Literal["cosine", "linear", "constant"] = "linear"  # shape after warm-up
     min_lr_ratio: float = 0.0  # final lr as a fraction of the peak
 
     def __post_init__(self) -> None:

@@ -12,6 +12,8 @@ COMMANDS = {
     "tokenizer": "ptmkit.cli.tokenizer",
     "data": "ptmkit.cli.data",
     "pretrain": "ptmkit.cli.pretrain",
+    "finetune": "ptmkit.cli.finetune",
+    "evaluate": "ptmkit.cli.evaluate",
     "convert": "ptmkit.cli.convert",
     "generate": "ptmkit.cli.generate",
 }

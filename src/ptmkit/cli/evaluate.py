@@ -1,0 +1,48 @@
+"""`ptm evaluate MODEL --split dev --out DIR`: score a fine-tuned model directory, write metrics and predictions."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned model directory on a split; write metrics.json and predictions.tsv",
+        description=(
+            "Evaluate MODEL (a directory written by `ptm finetune`, e.g. RUN/best) on one split. Labelled "
+            "splits get the task's metrics; unlabelled ones (GLUE test files) get predictions only. The task, "
+            "max length and table columns default to what the fine-tuning run recorded in MODEL."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="fine-tuned model directory (config.json + weights + tokenizer)")
+    p.add_argument("--task", default=None, help="task name; unset: the one recorded in MODEL/finetune_task.json")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
+    p.add_argument("--split", default="dev", help="split to score (file name without extension)")
+    p.add_argument("--out", default=None, help="folder for metrics.json and predictions.tsv; unset: print the metrics only")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per example; unset: the fine-tuning run's, else 128")
+    p.add_argument("--overlong", choices=["truncate", "error"], default="truncate",
+                   help="longer examples: truncate (one warning with the count) or stop with an error")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per batch")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16", help="autocast precision")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--text-fields", nargs="+", default=None, help="task=table: text columns; unset: the fine-tuning run's")
+    p.add_argument("--label-field", default=None, help="task=table: label column; unset: the fine-tuning run's")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ptmkit.adapt.finetune import evaluate
+
+    res = evaluate(args.model, args.task, args.data_dir, args.split, args.out, max_length=args.max_length,
+                   overlong=args.overlong, batch_size=args.batch_size, precision=args.precision,
+                   device=args.device, text_fields=args.text_fields, label_field=args.label_field,
+                   show_progress=not args.no_progress)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items()) or "predictions only (unlabelled split)"
+    print(f"{res['task']} {res['split']} ({res['examples']} examples, {res['seconds']:.1f} s): {scores}")
+    if args.out:
+        print(f"wrote {args.out}/metrics.json and {args.out}/predictions.tsv")
+    return 0

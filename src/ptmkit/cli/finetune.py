@@ -1,0 +1,97 @@
+"""`ptm finetune MODEL --task TASK --out RUN`: fine-tune a model directory on GLUE, CoNLL-2003 or a table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from ptmkit.adapt.finetune import FinetuneConfig
+from ptmkit.config import from_dict
+
+_D = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
+
+
+def _positive_or_none(text: str) -> int | None:
+    return None if text.lower() in ("none", "0") else int(text)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model directory on a GLUE task, CoNLL-2003 NER or your own CSV/TSV/JSONL table",
+        description=(
+            "Load MODEL with a new task head, train it with length-bucketed batches, evaluate on the eval "
+            "split every --eval-every steps (or each epoch), and keep the best model in OUT/best/. Writes "
+            "OUT/config.json, metrics.jsonl, loss.png and results.json (dev metrics, majority baseline, "
+            "time, examples/s)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="model directory (config.json + model.safetensors + tokenizer files)")
+    p.add_argument("--task", required=True,
+                   help="sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli, conll2003, or table")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
+    p.add_argument("--train-split", default=_D["train_split"], help="training split (file name without extension)")
+    p.add_argument("--eval-split", default=_D["eval_split"], help="labelled split that selects the best model")
+    p.add_argument("--test-split", default=None, help="split scored with the best model at the end")
+    p.add_argument("--text-fields", nargs="+", default=None,
+                   help="task=table: one or two text columns; unset: text")
+    p.add_argument("--label-field", default=None, help="task=table: the label column; unset: label")
+    p.add_argument("--regression", action="store_true", default=None,
+                   help="task=table: labels are float scores (MSE loss, Pearson/Spearman)")
+    p.add_argument("--max-length", type=int, default=_D["max_length"], help="tokens per example, specials included")
+    p.add_argument("--overlong", choices=["truncate", "error"], default=_D["overlong"],
+                   help="longer examples: truncate them (with one warning giving the count) or stop with an error")
+    p.add_argument("--batch-size", type=int, default=_D["batch_size"], help="training examples per step")
+    p.add_argument("--eval-batch-size", type=int, default=_D["eval_batch_size"], help="examples per eval batch")
+    p.add_argument("--epochs", type=float, default=_D["epochs"], help="passes over the training data (may be fractional)")
+    p.add_argument("--max-steps", type=_positive_or_none, default=None, help="cap on optimizer steps")
+    p.add_argument("--max-train-examples", type=_positive_or_none, default=None,
+                   help="train on a random subset of this size (fixed by --seed)")
+    p.add_argument("--max-eval-examples", type=_positive_or_none, default=None,
+                   help="evaluate on a random subset of this size (fixed by --seed)")
+    p.add_argument("--lr", type=float, default=_D["lr"], help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=_D["weight_decay"],
+                   help="AdamW weight decay (not on biases and norms)")
+    p.add_argument("--warmup-ratio", type=float, default=_D["warmup_ratio"], help="fraction of steps with linear warm-up")
+    p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=_D["decay"],
+                   help="learning-rate decay after warm-up")
+    p.add_argument("--grad-clip", type=float, default=_D["grad_clip"], help="max global gradient norm (0 = off)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=_D["precision"],
+                   help="autocast precision (weights stay fp32)")
+    p.add_argument("--device", default=_D["device"], help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=_D["seed"], help="seed for the head, dropout, subsets and batch order")
+    p.add_argument("--eval-every", type=int, default=_D["eval_every"], help="steps between evaluations (0 = each epoch)")
+    p.add_argument("--log-every", type=int, default=_D["log_every"], help="steps between train-loss records")
+    p.add_argument("--bucket-batches", type=int, default=_D["bucket_batches"],
+                   help="length bucketing: sort by length inside random chunks of this many batches (0 = off)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args) -> FinetuneConfig:
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["show_progress"] = not args.no_progress
+    return from_dict(FinetuneConfig, values)
+
+
+def run(args) -> int:
+    from ptmkit.adapt.finetune import finetune
+
+    res = finetune(config_from_args(args))
+    dev = ", ".join(f"{k} {v:.4f}" for k, v in (res["dev"] or {}).items() if v is not None)
+    print(f"best {res['eval_split']} ({res['main_metric']}) at step {res['best_step']}: {dev}")
+    if "majority_baseline_accuracy" in res:
+        print(f"majority-class baseline accuracy: {res['majority_baseline_accuracy']:.4f}")
+    if "test" in res:
+        test = ", ".join(f"{k} {v:.4f}" for k, v in res["test"].items()) or "predictions only (unlabelled)"
+        print(f"{res['test_split']}: {test}")
+    print(f"train {res['train_time_s']:.1f} s, {res['examples_per_s']:.1f} examples/s, "
+          f"{res['tokens_per_s']:.0f} tokens/s; wrote {args.out}/ (best/, results.json, metrics.jsonl, loss.png)")
+    print(json.dumps({"dev": res["dev"], "best_step": res["best_step"]}))
+    return 0

@@ -48,6 +48,29 @@ class BertConfig:
                 raise ConfigError(f"{type(self).__name__}: {name} must be in [0, 1)")
 
 
+def bert_embeddings(c: BertConfig, width: int) -> Embeddings:
+    """Token + position + segment embeddings, LayerNorm, dropout; `width` is ELECTRA's embedding_size (§3.2)."""
+    return Embeddings(
+        c.vocab_size, width, c.max_position_embeddings, c.type_vocab_size,
+        norm=nn.LayerNorm(width, eps=c.layer_norm_eps), dropout=c.dropout, padding_idx=c.pad_token_id,
+    )
+
+
+def post_norm_layers(c: BertConfig) -> nn.ModuleList:
+    """BERT's stack of c.num_layers post-norm blocks (ELECTRA reuses it unchanged)."""
+    attn = AttentionConfig(c.hidden_size, c.num_heads, dropout=c.attention_dropout, kernel=c.attention_kernel)
+    return nn.ModuleList(
+        PostNormBlock(
+            SelfAttention(attn),
+            MLP(c.hidden_size, c.intermediate_size, c.hidden_act),
+            nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+            nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+            c.dropout,
+        )
+        for _ in range(c.num_layers)
+    )
+
+
 class BertEncoder(Backbone):
     family = "bert"
     causal = False
@@ -55,21 +78,8 @@ class BertEncoder(Backbone):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = c = config
-        self.embeddings = Embeddings(
-            c.vocab_size, c.hidden_size, c.max_position_embeddings, c.type_vocab_size,
-            norm=nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps), dropout=c.dropout, padding_idx=c.pad_token_id,
-        )
-        attn = AttentionConfig(c.hidden_size, c.num_heads, dropout=c.attention_dropout, kernel=c.attention_kernel)
-        self.layers = nn.ModuleList(
-            PostNormBlock(
-                SelfAttention(attn),
-                MLP(c.hidden_size, c.intermediate_size, c.hidden_act),
-                nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
-                nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
-                c.dropout,
-            )
-            for _ in range(c.num_layers)
-        )
+        self.embeddings = bert_embeddings(c, c.hidden_size)
+        self.layers = post_norm_layers(c)
         self.apply(self.init_weights)
 
     def default_positions(self, input_ids: torch.Tensor | None, b: int, t: int, device) -> torch.Tensor:

@@ -13,13 +13,17 @@ from ptmkit.nn.feedforward import get_activation
 
 
 class MLMHead(nn.Module):
-    """BERT §A.1 masked-LM head: dense → activation → LayerNorm → tied decoder + output bias."""
+    """BERT §A.1 masked-LM head: dense → activation → LayerNorm → tied decoder + output bias.
 
-    def __init__(self, hidden: int, vocab: int, activation: str, eps: float):
+    With factorised embeddings (ELECTRA §3.2, ALBERT §3.1) the tied decoder is E wide, so dense maps H → E.
+    """
+
+    def __init__(self, hidden: int, vocab: int, activation: str, eps: float, embedding_size: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
+        e = embedding_size or hidden
+        self.dense = nn.Linear(hidden, e)
         self.act = get_activation(activation)
-        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.norm = nn.LayerNorm(e, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab))
 
     def forward(self, h: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
@@ -47,12 +51,14 @@ class TaskModel(nn.Module):
 
 class MaskedLM(TaskModel):
     task = "masked-lm"
+    head_activation: str | None = None  # None = the backbone's hidden_act; a family may fix it (ELECTRA: gelu)
 
     def __init__(self, backbone: Backbone):
         super().__init__(backbone)
         c = backbone.config
         eps = getattr(c, "layer_norm_eps", 1e-12)
-        self.head = MLMHead(c.hidden_size, c.vocab_size, getattr(c, "hidden_act", "gelu"), eps)
+        act = self.head_activation or getattr(c, "hidden_act", "gelu")
+        self.head = MLMHead(c.hidden_size, c.vocab_size, act, eps, backbone.input_embeddings().embedding_dim)
         self._init_head(self.head)
 
     def forward(

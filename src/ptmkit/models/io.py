@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ptmkit.models.convert.base import CheckpointError, Reader, expect_shapes, strip_prefix
 from ptmkit.models.heads import CausalLM
+from ptmkit.models.seq2seq import Seq2SeqLM
 from ptmkit.models.registry import FAMILIES, backbone_of, build_model, task_of
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,16 @@ TOKENIZER_FILES = (
 )
 
 
-def _family_for(model_type: str | None) -> str:
-    for name, fam in FAMILIES.items():
-        if fam.adapter.model_type == model_type:
-            return name
+def _family_for(model_type: str | None, architectures: list[str] | None = None) -> str:
+    """The family for a config.json: by model_type, and by architecture where one model_type holds several
+    families (T5EncoderModel is the t5-encoder family, T5ForConditionalGeneration the t5 family)."""
+    names = [name for name, fam in FAMILIES.items() if fam.adapter.model_type == model_type]
+    if architectures:
+        for name in names:
+            if architectures[0] in FAMILIES[name].adapter.architectures:
+                return name
+    if names:
+        return names[0]
     supported = sorted(f.adapter.model_type for f in FAMILIES.values())
     raise CheckpointError(f"unsupported model_type {model_type!r} in config.json; supported: {supported}")
 
@@ -73,7 +80,7 @@ def read_gguf(path: Path, gguf_file: str) -> tuple[dict[str, Any], dict[str, tor
 
 def _head_table(adapter, model, task: str, fmt: str) -> dict[str, str]:
     table = {ours: theirs.format(p=fmt) for ours, theirs in adapter.heads.get(task, {}).items()}
-    if isinstance(model, CausalLM) and model.tied:
+    if _tied(model):
         table.pop("lm_head.weight", None)  # shares the input embedding; nothing separate to load or save
     return table
 
@@ -113,7 +120,7 @@ def from_hf(
 ):
     """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model)."""
     path = source
-    fam_name = _family_for(hf_config.get("model_type"))
+    fam_name = _family_for(hf_config.get("model_type"), hf_config.get("architectures"))
     adapter = FAMILIES[fam_name].adapter
     cfg = adapter.config_from_hf(hf_config)
     ckpt_task = adapter.task_of(hf_config.get("architectures"))
@@ -134,9 +141,13 @@ def from_hf(
     missing = [f"{adapter.prefix}{m}" for m in r.missing]
 
     fresh: list[str] = []
+    defaulted: list[str] = []
     for mine, theirs in _head_table(adapter, model, task, "").items():
         if task != ckpt_task and not r.has(theirs):
             fresh.append(mine)  # a new head for a new task keeps its random initialisation
+            continue
+        if theirs in adapter.optional and not r.has(theirs):
+            defaulted.append(mine)  # e.g. BART's final_logits_bias: absent means zeros, as in transformers
             continue
         t = r.take(theirs)  # e.g. BERT's pretrained pooler is reused by a new classifier
         if t is None:
@@ -144,8 +155,14 @@ def from_hf(
         else:
             ours[mine] = t
 
-    if isinstance(model, CausalLM) and model.tied and r.has("lm_head.weight"):
-        r.take("lm_head.weight")  # a tied copy (state_dict() of a tied HF model lists it): same tensor
+    if _tied(model) and r.has("lm_head.weight"):
+        # A tied copy (state_dict() of a tied HF model lists it) must be the same tensor as the embedding.
+        copy, emb = r.take("lm_head.weight"), ours.get(bb_prefix + _embedding_name(model))
+        if emb is not None and (copy.shape != emb.shape or not torch.equal(copy, emb)):
+            raise CheckpointError(
+                f"{path}: config.json ties the output layer to the input embedding but lm_head.weight differs "
+                "from it; set tie_word_embeddings to false in config.json (for T5 also scale_decoder_outputs)"
+            )
 
     dropped, unexpected = [], []
     for name in r.state:
@@ -169,8 +186,8 @@ def from_hf(
                 for k, v in ours.items() if id(v) in r.origin}
     expect_shapes(ours, expected, hf_names)
     result = model.load_state_dict(ours, strict=False)
-    tied = {"lm_head.weight"} if isinstance(model, CausalLM) and model.tied else set()
-    not_loaded = [k for k in result.missing_keys if k not in tied and k not in fresh]
+    tied = {"lm_head.weight"} if _tied(model) else set()
+    not_loaded = [k for k in result.missing_keys if k not in tied and k not in fresh and k not in defaulted]
     if not_loaded or result.unexpected_keys:
         raise CheckpointError(
             f"internal conversion error for {fam_name}: not loaded {not_loaded}, unknown {result.unexpected_keys}"
@@ -183,6 +200,16 @@ def from_hf(
     if dtype is not None:
         model.to(dtype)
     return model
+
+
+def _tied(model) -> bool:
+    """A language-model head that shares the input embedding (CausalLM, Seq2SeqLM)."""
+    return isinstance(model, (CausalLM, Seq2SeqLM)) and model.tied
+
+
+def _embedding_name(model) -> str:
+    emb = backbone_of(model).input_embeddings()
+    return next(n for n, m in backbone_of(model).named_modules() if m is emb) + ".weight"
 
 
 def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ptmkit.config import ConfigError, from_dict
 from ptmkit.models.bert import BertConfig, BertEncoder
 from ptmkit.models.convert.base import Adapter
 from ptmkit.models.convert.bert import BertAdapter, RobertaAdapter
+from ptmkit.models.convert.electra import ElectraAdapter
 from ptmkit.models.convert.gpt2 import GPT2Adapter
 from ptmkit.models.convert.llama import LlamaAdapter
+from ptmkit.models.electra import ELECTRA_HEADS, ElectraConfig, ElectraEncoder
 from ptmkit.models.gpt import GPT2Config, GPT2Decoder
 from ptmkit.models.heads import (
     CausalLM, DecoderSequenceClassifier, MaskedLM, SequenceClassifier, TaskModel, TokenClassifier,
 )
 from ptmkit.models.llama import LlamaConfig, LlamaDecoder
 from ptmkit.models.roberta import RobertaConfig, RobertaEncoder
+from ptmkit.models.bart import BartConfig, BartEncoderDecoder
+from ptmkit.models.convert.bart import BartAdapter, MBartAdapter
+from ptmkit.models.convert.t5 import T5Adapter, T5EncoderAdapter
+from ptmkit.models.mbart import MBartConfig, MBartEncoderDecoder
+from ptmkit.models.seq2seq import Seq2SeqLM
+from ptmkit.models.t5 import T5Config, T5Encoder, T5EncoderDecoder
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,7 @@ class Family:
     config: type
     backbone: type
     adapter: Adapter
+    heads: dict[str, type] = field(default_factory=dict)  # task -> the family's own head, over the generic one
 
 
 FAMILIES: dict[str, Family] = {
@@ -31,9 +40,20 @@ FAMILIES: dict[str, Family] = {
     "roberta": Family(RobertaConfig, RobertaEncoder, RobertaAdapter()),
     "gpt2": Family(GPT2Config, GPT2Decoder, GPT2Adapter()),
     "llama": Family(LlamaConfig, LlamaDecoder, LlamaAdapter()),
+    "electra": Family(ElectraConfig, ElectraEncoder, ElectraAdapter(), heads=ELECTRA_HEADS),
+    # Encoder-decoders (survey §4.1): one model_type may hold several families; config.json's
+    # architectures picks the family (T5EncoderModel -> t5-encoder).
+    "t5": Family(T5Config, T5EncoderDecoder, T5Adapter(), heads={"seq2seq-lm": Seq2SeqLM}),
+    "t5-encoder": Family(T5Config, T5Encoder, T5EncoderAdapter()),
+    "bart": Family(BartConfig, BartEncoderDecoder, BartAdapter(), heads={"seq2seq-lm": Seq2SeqLM}),
+    "mbart": Family(MBartConfig, MBartEncoderDecoder, MBartAdapter(), heads={"seq2seq-lm": Seq2SeqLM}),
 }
 
-TASKS = ("base", "masked-lm", "causal-lm", "sequence-classification", "token-classification")
+TASKS = (
+    "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",
+    "replaced-token-detection",  # ELECTRA's discriminator (objectives/rtd.py)
+    "seq2seq-lm",  # encoder-decoder language model (models/seq2seq.py): T5, BART, mBART
+)
 
 # Sizes as data. "mini" is the shape used by the demo and tests of speed; base/small follow the papers.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -45,6 +65,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-small": ("gpt2", dict(hidden_size=768, num_layers=12, num_heads=12)),
     "llama-mini": ("llama", dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=688,
                                  vocab_size=32000, max_position_embeddings=2048)),
+    # ELECTRA Table 6: Small has 128-wide embeddings under a 256-wide encoder; Base shares BERT-Base's shape.
+    "electra-small": ("electra", dict(embedding_size=128, hidden_size=256, num_layers=12, num_heads=4,
+                                      intermediate_size=1024)),
+    "electra-base": ("electra", dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)),
+    "t5-mini": ("t5", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)),
+    # Raffel et al. 2020 §3.1 (T5-Small, 60M); v1.1-Small: gated-GELU, untied head, 8+8 layers of 6 heads x 64.
+    "t5-small": ("t5", dict(hidden_size=512, num_layers=6, num_heads=8, intermediate_size=2048)),
+    "t5-v1_1-small": ("t5", dict(hidden_size=512, num_layers=8, num_heads=6, head_dim=64, intermediate_size=1024,
+                                 feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+    "bart-mini": ("bart", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)),
+    # Lewis et al. 2020 §3: BART-Base has 6 encoder and 6 decoder layers at width 768.
+    "bart-base": ("bart", dict(hidden_size=768, num_layers=6, num_heads=12, intermediate_size=3072)),
 }
 
 
@@ -77,6 +109,22 @@ def attach_head(backbone, task: str, num_labels: int | None = None):
         raise ConfigError(f"unknown task {task!r}; choose one of {list(TASKS)}")
     if task == "base":
         return backbone
+    own = FAMILIES[backbone.family].heads.get(task) if backbone.family in FAMILIES else None
+    if own is not None:  # e.g. ELECTRA's generator MLM head, discriminator and gelu classifier
+        if task not in ("sequence-classification", "token-classification"):
+            return own(backbone)
+        if num_labels is None:
+            raise ConfigError(f"task {task!r} needs num_labels")
+        return own(backbone, num_labels)
+    if task == "replaced-token-detection":
+        raise ConfigError(f"replaced-token-detection needs a discriminator head; {backbone.family} has none "
+                          "(use model family electra)")
+    if getattr(backbone, "is_encoder_decoder", False):
+        raise ConfigError(f"{backbone.family} is an encoder-decoder; its tasks are base and seq2seq-lm, not {task!r}")
+    if task == "seq2seq-lm":
+        raise ConfigError(
+            f"seq2seq-lm needs an encoder-decoder family (t5, bart, mbart); {backbone.family} is not one"
+        )
     if task == "masked-lm":
         if backbone.causal:
             raise ConfigError(f"{backbone.family} is a decoder; masked-lm needs an encoder (bert, roberta)")

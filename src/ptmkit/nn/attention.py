@@ -1,6 +1,8 @@
-"""Multi-head self-attention with grouped-query heads, rotary positions and a KV cache.
+"""Multi-head self- and cross-attention with grouped-query heads, rotary positions and KV caches.
 
-Vaswani et al. 2017 (multi-head attention); Ainslie et al. 2023 (GQA); Shazeer 2019 (MQA).
+Vaswani et al. 2017 (multi-head attention, encoder-decoder cross-attention); Ainslie et al. 2023 (GQA);
+Shazeer 2019 (MQA). Kernels take a bool mask (True = may attend) or an additive float mask (e.g. T5's
+relative position bias folded together with padding and causality by `add_bias`).
 Dimension legend: B batch, T query length, S key length, H query heads, K key/value heads, D head dim.
 """
 
@@ -57,6 +59,7 @@ class AttentionConfig:
     out_bias: bool = True
     dropout: float = 0.0
     kernel: str = "sdpa"
+    scale: float | None = None  # logit scale; None = 1/sqrt(head_dim). T5 uses 1.0 (Raffel et al. 2020)
 
     def __post_init__(self) -> None:
         check_positive("attention", hidden_size=self.hidden_size, num_heads=self.num_heads)
@@ -80,6 +83,8 @@ class AttentionConfig:
             raise ConfigError(f"attention: dropout must be in [0, 1), got {self.dropout}")
         if self.kernel not in ATTENTION:
             raise ConfigError(f"attention: unknown kernel {self.kernel!r}; choose one of {sorted(ATTENTION)}")
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigError(f"attention: scale must be positive (or None for 1/sqrt(head_dim)), got {self.scale}")
 
 
 class KVCache:
@@ -121,7 +126,7 @@ class SelfAttention(nn.Module):
         self.h, self.kv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.out_bias)
-        self.scale = 1.0 / math.sqrt(self.d)
+        self.scale = cfg.scale if cfg.scale is not None else 1.0 / math.sqrt(self.d)
         self.kernel = ATTENTION[cfg.kernel]
 
     def forward(
@@ -183,3 +188,90 @@ def build_mask(
         # A fully padded query row (left padding) would softmax over nothing and give NaN; let it see itself.
         allowed = (allowed & keep[:, None, None, :]) | (q_pos == k_pos)[None, None]  # (B, 1, T, S)
     return allowed, False
+
+
+def add_bias(mask: torch.Tensor | None, is_causal: bool, bias: torch.Tensor) -> torch.Tensor:
+    """Fold padding/causality (from build_mask) and an additive bias (B|1, H, T, S) into one float mask.
+
+    Disallowed positions get the dtype's most negative finite value rather than -inf, so a row with nothing
+    to attend to softmaxes to uniform weights instead of NaN (as transformers does).
+    """
+    t, s = bias.shape[-2:]
+    neg = torch.finfo(bias.dtype).min
+    if is_causal:
+        causal = torch.ones(t, s, dtype=torch.bool, device=bias.device).tril(diagonal=s - t)  # (T, S)
+        if mask is None or mask.dtype == torch.bool:
+            mask = causal if mask is None else mask & causal
+        else:
+            mask = mask.masked_fill(~causal, neg)
+    if mask is None:
+        return bias
+    if mask.dtype != torch.bool:
+        return bias + mask
+    return torch.where(mask, bias, neg)  # (B|1, H, T, S)
+
+
+class CrossKVCache:
+    """Encoder keys/values of every cross-attention layer, projected once and reused for each generated token.
+
+    Valid for one encoder output: build a new one (or `clear()`) for a new source batch.
+    """
+
+    def __init__(self):
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __contains__(self, layer: int) -> bool:
+        return layer in self.kv
+
+    def clear(self) -> None:
+        self.kv.clear()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (finished sequences, beam search)."""
+        self.kv = {i: (k[index], v[index]) for i, (k, v) in self.kv.items()}
+
+
+class CrossAttention(nn.Module):
+    """Encoder-decoder attention (Vaswani et al. 2017 §3.2.3): queries from the decoder, keys/values from the
+    encoder output ("memory"). q and the fused kv have separate projections because they read different inputs.
+    """
+
+    def __init__(self, cfg: AttentionConfig, memory_size: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.h, self.kv_heads, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.hidden_size, self.h * self.d, bias=cfg.bias)
+        self.kv = nn.Linear(memory_size or cfg.hidden_size, 2 * self.kv_heads * self.d, bias=cfg.bias)  # rows [k; v]
+        self.out = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.out_bias)
+        self.scale = cfg.scale if cfg.scale is not None else 1.0 / math.sqrt(self.d)
+        self.kernel = ATTENTION[cfg.kernel]
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s, _ = memory.shape
+        k, v = self.kv(memory).chunk(2, dim=-1)  # (B, S, K*D) each
+        k = k.view(b, s, self.kv_heads, self.d).transpose(1, 2)  # (B, K, S, D)
+        v = v.view(b, s, self.kv_heads, self.d).transpose(1, 2)  # (B, K, S, D)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, hidden) decoder states
+        memory: torch.Tensor | None,  # (B, S, memory_size) encoder output; may be None once cached
+        mask: torch.Tensor | None = None,  # bool (B, 1, 1|T, S) True = may attend, or additive float
+        cache: CrossKVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)  # (B, H, T, D)
+        if cache is not None and layer in cache:
+            k, v = cache.kv[layer]
+        else:
+            if memory is None:
+                raise ValueError("cross-attention needs the encoder output (memory) when nothing is cached")
+            k, v = self.project_memory(memory)
+            if cache is not None:
+                cache.kv[layer] = (k, v)
+        p = self.cfg.dropout if self.training else 0.0
+        y = self.kernel(q, k, v, mask, False, p, self.scale)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(b, t, self.h * self.d)  # (B, T, H*D)
+        return self.out(y)

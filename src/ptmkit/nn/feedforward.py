@@ -29,27 +29,34 @@ def get_activation(name: str):
 
 
 class MLP(nn.Module):
-    """Linear(H→F) → activation → Linear(F→H)."""
+    """Linear(H→F) → activation → (dropout) → Linear(F→H).
 
-    def __init__(self, hidden: int, intermediate: int, activation: str = "gelu", bias: bool = True):
+    `dropout` acts on the activations (T5's dropout_rate, BART's activation_dropout); 0 = none.
+    """
+
+    def __init__(self, hidden: int, intermediate: int, activation: str = "gelu", bias: bool = True,
+                 dropout: float = 0.0):
         super().__init__()
         self.up = nn.Linear(hidden, intermediate, bias=bias)
         self.down = nn.Linear(intermediate, hidden, bias=bias)
         self.act = get_activation(activation)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.up(x)))
+        return self.down(self.drop(self.act(self.up(x))))
 
 
 class GatedMLP(nn.Module):
     """SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x)); gate and up share one fused matmul."""
 
-    def __init__(self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False):
+    def __init__(self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=bias)  # rows: [gate; up]
         self.down = nn.Linear(intermediate, hidden, bias=bias)
         self.act = get_activation(activation)
+        self.drop = nn.Dropout(dropout)  # on the gated activations (T5 v1.1); 0 = none
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
-        return self.down(self.act(gate) * up)
+        return self.down(self.drop(self.act(gate) * up))

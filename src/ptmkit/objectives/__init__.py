@@ -3,10 +3,25 @@
 from ptmkit.objectives.base import Objective, seeded_generator
 from ptmkit.objectives.clm import CausalLM, CLMConfig
 from ptmkit.objectives.mlm import MaskedLM, MLMConfig
+from ptmkit.objectives.rtd import ReplacedTokenDetection, RTDConfig
+from ptmkit.objectives.entity import DictionarySpanFinder, EntityConfig, EntityMasking, SpanFinder
+from ptmkit.objectives.nsp import NextSentencePrediction, NSPConfig, SentenceOrderPrediction, SOPConfig
+from ptmkit.objectives.span import SpanConfig, SpanMasking
+from ptmkit.objectives.wwm import WholeWordMasking, WWMConfig
 
 OBJECTIVES = {
     "mlm": (MLMConfig, MaskedLM),
     "clm": (CLMConfig, CausalLM),
+    "rtd": (RTDConfig, ReplacedTokenDetection),
+    "wwm": (WWMConfig, WholeWordMasking),
+    "span": (SpanConfig, SpanMasking),
+    "entity": (EntityConfig, EntityMasking),
+    "nsp": (NSPConfig, NextSentencePrediction),
+    "sop": (SOPConfig, SentenceOrderPrediction),
 }
 
-__all__ = ["OBJECTIVES", "Objective", "seeded_generator", "MaskedLM", "MLMConfig", "CausalLM", "CLMConfig"]
+__all__ = ["OBJECTIVES", "Objective", "seeded_generator", "MaskedLM", "MLMConfig", "CausalLM", "CLMConfig",
+           "ReplacedTokenDetection", "RTDConfig",
+           "WholeWordMasking", "WWMConfig", "SpanMasking", "SpanConfig", "EntityMasking", "EntityConfig",
+           "SpanFinder", "DictionarySpanFinder", "NextSentencePrediction", "NSPConfig",
+           "SentenceOrderPrediction", "SOPConfig"]

@@ -1,5 +1,7 @@
 """The objective interface: `corrupt(batch, generator)` is pure and seeded and runs with the data loader on
-CPU; `loss(model, batch)` runs the model and returns the loss plus metrics. Objectives own auxiliary nets."""
+CPU; `loss(model, batch)` runs the model and returns the loss plus metrics. Objectives own auxiliary nets: such an
+objective also has `bind(model) -> nn.Module`, which builds them for this model (ELECTRA's generator shares its
+embeddings) and returns them; the trainer optimises and checkpoints that module with the model."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -71,6 +72,16 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def bind_objective(model: nn.Module, objective) -> tuple[nn.Module, nn.Module | None]:
+    """(the module whose parameters the optimizer updates, the objective's auxiliary module or None).
+
+    An objective with auxiliary networks (ELECTRA's generator) builds them for this model in `bind(model)`;
+    tensors they share with the model (the generator uses its embeddings) appear once in parameters().
+    """
+    aux = objective.bind(model) if hasattr(objective, "bind") else None
+    return (model if aux is None else nn.ModuleDict({"model": model, "objective": aux})), aux
+
+
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -92,13 +103,14 @@ def train(
     run_dir = Path(run_dir)
     device = torch.device(cfg.device)
     model.to(device)
-    optimizer = build_optimizer(model, optim_cfg)
+    trained, aux = bind_objective(model, objective)  # model (+ the objective's generator, if any)
+    optimizer = build_optimizer(trained, optim_cfg)
     scheduler = build_scheduler(optimizer, sched_cfg, cfg.steps)
     precision = Precision(cfg.precision, device)
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, precision)
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, precision, objective_module=aux)
         batches.load_state_dict(state["data"])
         start = state["step"]
     elif resume:
@@ -114,11 +126,12 @@ def train(
     tokens_seen = 0
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, precision, batches.state_dict(), cfg.keep_last)
+        save_checkpoint(run_dir, step, model, optimizer, scheduler, precision, batches.state_dict(), cfg.keep_last,
+                        objective_module=aux)
 
     with _StopFlag() as stop:
         while step < cfg.steps:
-            model.train()
+            trained.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             step_data, ntok = 0.0, 0
@@ -132,7 +145,7 @@ def train(
                 ntok += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
-            grad_norm, skipped = precision.step(optimizer, model.parameters(), optim_cfg.grad_clip)
+            grad_norm, skipped = precision.step(optimizer, trained.parameters(), optim_cfg.grad_clip)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             if device.type == "cuda":

@@ -47,7 +47,7 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
-    name: str = "mlm"  # a key of ptmkit.objectives.OBJECTIVES (mlm, clm)
+    name: str = "mlm"  # a key of ptmkit.objectives.OBJECTIVES (mlm, clm, rtd, wwm, span, entity, nsp, sop)
     params: dict[str, Any] = field(default_factory=dict)  # the objective's own config, e.g. {mask_prob: 0.15}
 
 
@@ -62,7 +62,7 @@ class PretrainConfig:
     out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 
-def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size: int):
+def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size: int, seq_len: int | None = None):
     if section.name not in OBJECTIVES:
         raise ConfigError(f"objective: unknown name {section.name!r}; choose one of {sorted(OBJECTIVES)}")
     cfg_cls, obj_cls = OBJECTIVES[section.name]
@@ -76,7 +76,12 @@ def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size:
         params["vocab_size"] = vocab_size
     if "special_token_ids" in hints and "special_token_ids" not in params:
         params["special_token_ids"] = tokenizer.all_special_ids
-    return obj_cls(from_dict(cfg_cls, params, where=f"objective.{section.name}"))
+    cfg = from_dict(cfg_cls, params, where=f"objective.{section.name}")
+    # objectives that read the vocabulary (word starts, [CLS]/[SEP], an entity dictionary) build from the tokenizer
+    objective = obj_cls.from_tokenizer(cfg, tokenizer) if hasattr(obj_cls, "from_tokenizer") else obj_cls(cfg)
+    if seq_len is not None and hasattr(objective, "check_seq_len"):
+        objective.check_seq_len(seq_len)  # e.g. a span longer than the sequence: an error now, not mid-run
+    return objective
 
 
 def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer):
@@ -130,7 +135,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     shards = TokenShards(cfg.data.train, tokenizer)  # refuses shards made with another tokenizer
     torch.manual_seed(cfg.train.seed)
     task = OBJECTIVES[cfg.objective.name][1].task if cfg.objective.name in OBJECTIVES else None
-    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size)
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
     model = build_pretrain_model(cfg.model, task, tokenizer)
     bcfg = backbone_of(model).config
     max_pos = getattr(bcfg, "max_position_embeddings", None)
@@ -164,5 +169,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         save_model(model, out / "model", tokenizer_from=None)
         tokenizer.save(out / "model")
         summary["model_dir"] = str(out / "model")
+        if getattr(objective, "generator", None) is not None:  # ELECTRA: the generator is a usable MLM too
+            save_model(objective.generator, out / "generator")
+            tokenizer.save(out / "generator")
+            summary["generator_dir"] = str(out / "generator")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -52,6 +52,7 @@ class Adapter:
     head_key_prefixes: tuple[str, ...] = ()  # HF names that belong to some task head
     ignore: tuple[str, ...] = ()  # glob patterns of non-weight buffers found in old checkpoints
     tied_ignore: dict[str, tuple[str, ...]] = field(default_factory=dict)  # task -> tied copies to skip
+    optional: tuple[str, ...] = ()  # head tensors a checkpoint may omit (kept at their initial value)
 
     # Family files override these four.
     def config_from_hf(self, hf: dict[str, Any]):
@@ -94,6 +95,25 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     if not any(k.startswith(prefix) for k in state):
         return dict(state)
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def tied_embedding(r: Reader, shared: str, copies: list[str]) -> torch.Tensor | None:
+    """The shared token table; per-stack copies (`encoder.embed_tokens.weight`, ...) that old checkpoints also
+    store must be the same tensor, since ptmkit (like the papers) has one table."""
+    table = r.take(shared) if r.has(shared) else None
+    for name in copies:
+        if r.has(name):
+            copy = r.take(name)
+            if table is None:
+                table = copy
+                r.origin[id(table)] = name
+            elif copy.shape != table.shape or not torch.equal(copy, table):
+                raise CheckpointError(
+                    f"{name} differs from {shared}: untied per-stack token embeddings are not supported"
+                )
+    if table is None:
+        r.missing.append(shared)
+    return table
 
 
 def split_rows(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

@@ -1,0 +1,58 @@
+"""The masking variants through `pretrain`: built from the tokenizer, trained with their auxiliary heads (SBO, NSP),
+which are checkpointed so a resumed run repeats the uninterrupted one exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from ptmkit.config import ConfigError
+from ptmkit.data.batches import PretrainBatches
+from ptmkit.train.logging import read_metrics
+from ptmkit.train.pretrain import pretrain
+from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (the module-scoped corpus fixture)
+
+
+@pytest.mark.parametrize("name", ["wwm", "span", "entity", "nsp", "sop"])
+def test_masking_objectives_pretrain(corpus, tmp_path, name):  # noqa: F811
+    cfg = _cfg(corpus, tmp_path / "run", objective__name=name, train__steps=8, train__eval_every=4)
+    try:
+        summary = pretrain(cfg)
+    except FileNotFoundError as e:  # the entity dictionary reads the shared data root
+        pytest.skip(str(e))
+    train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert summary["steps"] == 8 and len(train) == 8 and all(r["loss"] == r["loss"] for r in train)
+    heads = {"span": "sbo_loss", "nsp": "nsp_loss", "sop": "sop_loss"}
+    if name in heads:
+        assert heads[name] in train[0]
+        assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_resume_with_objective_heads_is_bit_exact(corpus, tmp_path, monkeypatch):  # noqa: F811
+    def cfg(out):
+        return _cfg(corpus, out, objective__name="span", train__steps=8, train__checkpoint_every=100)
+
+    pretrain(cfg(tmp_path / "full"))
+    want = [r["loss"] for r in read_metrics(tmp_path / "full") if r["split"] == "train"]
+    real_next = PretrainBatches.__next__
+
+    def next_with_interrupt(self):
+        if self.drawn == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_next(self)
+
+    monkeypatch.setattr(PretrainBatches, "__next__", next_with_interrupt)
+    summary = pretrain(cfg(tmp_path / "part"))
+    assert summary["interrupted"] and summary["steps"] == 4
+    monkeypatch.setattr(PretrainBatches, "__next__", real_next)
+    pretrain(cfg(tmp_path / "part"), resume=True)
+    got = [r["loss"] for r in read_metrics(tmp_path / "part") if r["split"] == "train"]
+    assert got == want
+
+
+def test_span_longer_than_the_sequence_fails_before_training(corpus, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="max_span_len 40"):
+        pretrain(_cfg(corpus, tmp_path / "run", objective__name="span", objective__params={"max_span_len": 40}))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

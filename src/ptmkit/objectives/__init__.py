@@ -8,6 +8,8 @@ from ptmkit.objectives.entity import DictionarySpanFinder, EntityConfig, EntityM
 from ptmkit.objectives.nsp import NextSentencePrediction, NSPConfig, SentenceOrderPrediction, SOPConfig
 from ptmkit.objectives.span import SpanConfig, SpanMasking
 from ptmkit.objectives.wwm import WholeWordMasking, WWMConfig
+from ptmkit.objectives.unilm import UniLM, UniLMConfig
+from ptmkit.objectives.glm import GLM, GLMConfig
 
 OBJECTIVES = {
     "mlm": (MLMConfig, MaskedLM),
@@ -18,10 +20,12 @@ OBJECTIVES = {
     "entity": (EntityConfig, EntityMasking),
     "nsp": (NSPConfig, NextSentencePrediction),
     "sop": (SOPConfig, SentenceOrderPrediction),
+    "unilm": (UniLMConfig, UniLM),
+    "glm": (GLMConfig, GLM),
 }
 
 __all__ = ["OBJECTIVES", "Objective", "seeded_generator", "MaskedLM", "MLMConfig", "CausalLM", "CLMConfig",
            "ReplacedTokenDetection", "RTDConfig",
            "WholeWordMasking", "WWMConfig", "SpanMasking", "SpanConfig", "EntityMasking", "EntityConfig",
            "SpanFinder", "DictionarySpanFinder", "NextSentencePrediction", "NSPConfig",
-           "SentenceOrderPrediction", "SOPConfig"]
+           "SentenceOrderPrediction", "SOPConfig", "UniLM", "UniLMConfig", "GLM", "GLMConfig"]

@@ -32,6 +32,15 @@ def _model(task):
                                           intermediate_size=128, max_position_embeddings=32, dropout=0.0,
                                           attention_dropout=0.0))
         return build_model("electra", cfg, task)
+    if task == "permutation-lm":  # XLNet: two-stream attention (objectives/plm.py)
+        cfg = make_config("xlnet", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                                        dropout=0.0))
+        return build_model("xlnet", cfg, task)
+    if task == "seq2seq-lm":  # encoder-decoder objectives (T5 span corruption, BART denoising, MASS): a tiny BART
+        cfg = make_config("bart", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                                       max_position_embeddings=64, dropout=0.0, pad_token_id=0, bos_token_id=2,
+                                       eos_token_id=3, decoder_start_token_id=3))
+        return build_model("bart", cfg, task)
     cfg = make_config("llama", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128))
     return build_model("llama", cfg, task)
 
@@ -45,6 +54,16 @@ def _tiny_tokenizer():
     return Tokenizer.train(texts, "wordpiece", V, min_frequency=1)
 
 
+@functools.lru_cache(maxsize=1)
+def _seq2seq_tokenizer():
+    """The tiny WordPiece tokenizer plus T5's sentinel tokens <extra_id_0..7> (span corruption reads them)."""
+    from ptmkit.data.tokenizer import Tokenizer
+
+    texts = ["the cat sat on the mat. a dog ran in the park! the bird sang in a tree."] * 20
+    return Tokenizer.train(texts, "wordpiece", V, special_tokens=[f"<extra_id_{i}>" for i in range(8)],
+                           min_frequency=1)
+
+
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_objective_loss_falls(name):
     cfg_cls, obj_cls = OBJECTIVES[name]
@@ -53,8 +72,9 @@ def test_objective_loss_falls(name):
     if "mask_token_id" in fields:
         params.update(mask_token_id=3, vocab_size=V, special_token_ids=[0, 1, 2, 3])
     if hasattr(obj_cls, "from_tokenizer"):  # reads the vocabulary: built as `ptm pretrain` builds it
+        tokenizer = _seq2seq_tokenizer() if obj_cls.task == "seq2seq-lm" else _tiny_tokenizer()
         try:
-            objective = build_objective(ObjectiveSection(name=name), _tiny_tokenizer(), V, seq_len=16)
+            objective = build_objective(ObjectiveSection(name=name), tokenizer, V, seq_len=16)
         except FileNotFoundError as e:  # e.g. an entity dictionary from the shared data root
             pytest.skip(str(e))
     else:

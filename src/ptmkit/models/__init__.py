@@ -16,6 +16,9 @@ from ptmkit.models.encdec import Seq2SeqCache, Seq2SeqOutput, shift_right
 from ptmkit.models.mbart import MBartConfig, MBartEncoderDecoder
 from ptmkit.models.seq2seq import Seq2SeqLM
 from ptmkit.models.t5 import T5Config, T5Encoder, T5EncoderDecoder
+from ptmkit.models.xlnet import (
+    XLNetBackbone, XLNetConfig, XLNetLMHead, XLNetSequenceClassifier, XLNetTokenClassifier,
+)
 
 __all__ = [
     "BackboneOutput", "ModelOutput", "BertConfig", "BertEncoder", "GPT2Config", "GPT2Decoder",
@@ -25,4 +28,5 @@ __all__ = [
     "ElectraConfig", "ElectraEncoder", "ElectraMaskedLM", "ReplacedTokenDetector",
     "BartConfig", "BartEncoderDecoder", "MBartConfig", "MBartEncoderDecoder", "T5Config", "T5Encoder",
     "T5EncoderDecoder", "Seq2SeqLM", "Seq2SeqOutput", "Seq2SeqCache", "shift_right",
+    "XLNetBackbone", "XLNetConfig", "XLNetLMHead", "XLNetSequenceClassifier", "XLNetTokenClassifier",
 ]

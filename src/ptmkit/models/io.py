@@ -204,7 +204,9 @@ def from_hf(
 
 def _tied(model) -> bool:
     """A language-model head that shares the input embedding (CausalLM, Seq2SeqLM)."""
-    return isinstance(model, (CausalLM, Seq2SeqLM)) and model.tied
+    if isinstance(model, (CausalLM, Seq2SeqLM)):
+        return model.tied
+    return isinstance(getattr(type(model), "tied", None), property) and model.tied  # e.g. XLNet's LM head
 
 
 def _embedding_name(model) -> str:

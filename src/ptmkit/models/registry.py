@@ -25,6 +25,8 @@ from ptmkit.models.convert.t5 import T5Adapter, T5EncoderAdapter
 from ptmkit.models.mbart import MBartConfig, MBartEncoderDecoder
 from ptmkit.models.seq2seq import Seq2SeqLM
 from ptmkit.models.t5 import T5Config, T5Encoder, T5EncoderDecoder
+from ptmkit.models.convert.xlnet import XLNetAdapter
+from ptmkit.models.xlnet import XLNET_HEADS, XLNetBackbone, XLNetConfig
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,15 @@ FAMILIES: dict[str, Family] = {
     "t5-encoder": Family(T5Config, T5Encoder, T5EncoderAdapter()),
     "bart": Family(BartConfig, BartEncoderDecoder, BartAdapter(), heads={"seq2seq-lm": Seq2SeqLM}),
     "mbart": Family(MBartConfig, MBartEncoderDecoder, MBartAdapter(), heads={"seq2seq-lm": Seq2SeqLM}),
+    # XLNet (survey §3/§4): two-stream relative attention with segment recurrence; its LM head is permutation-lm.
+    "xlnet": Family(XLNetConfig, XLNetBackbone, XLNetAdapter(), heads=XLNET_HEADS),
 }
 
 TASKS = (
     "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",
     "replaced-token-detection",  # ELECTRA's discriminator (objectives/rtd.py)
     "seq2seq-lm",  # encoder-decoder language model (models/seq2seq.py): T5, BART, mBART
+    "permutation-lm",  # XLNet's two-stream LM head (models/xlnet.py, objectives/plm.py)
 )
 
 # Sizes as data. "mini" is the shape used by the demo and tests of speed; base/small follow the papers.
@@ -77,6 +82,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "bart-mini": ("bart", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)),
     # Lewis et al. 2020 §3: BART-Base has 6 encoder and 6 decoder layers at width 768.
     "bart-base": ("bart", dict(hidden_size=768, num_layers=6, num_heads=12, intermediate_size=3072)),
+    "xlnet-mini": ("xlnet", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, mem_len=128)),
+    # Yang et al. 2019 §3.1 / Table 7: XLNet-Base has BERT-Base's shape; memory length 384 in pre-training.
+    "xlnet-base": ("xlnet", dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, mem_len=384)),
 }
 
 
@@ -121,6 +129,8 @@ def attach_head(backbone, task: str, num_labels: int | None = None):
                           "(use model family electra)")
     if getattr(backbone, "is_encoder_decoder", False):
         raise ConfigError(f"{backbone.family} is an encoder-decoder; its tasks are base and seq2seq-lm, not {task!r}")
+    if task == "permutation-lm":
+        raise ConfigError(f"permutation-lm needs the two-stream xlnet family; {backbone.family} is not it")
     if task == "seq2seq-lm":
         raise ConfigError(
             f"seq2seq-lm needs an encoder-decoder family (t5, bart, mbart); {backbone.family} is not one"

@@ -3,6 +3,7 @@
 from ptmkit.objectives.base import Objective, seeded_generator
 from ptmkit.objectives.clm import CausalLM, CLMConfig
 from ptmkit.objectives.mlm import MaskedLM, MLMConfig
+from ptmkit.objectives.plm import PermutationLM, PLMConfig
 from ptmkit.objectives.rtd import ReplacedTokenDetection, RTDConfig
 from ptmkit.objectives.entity import DictionarySpanFinder, EntityConfig, EntityMasking, SpanFinder
 from ptmkit.objectives.nsp import NextSentencePrediction, NSPConfig, SentenceOrderPrediction, SOPConfig
@@ -10,10 +11,14 @@ from ptmkit.objectives.span import SpanConfig, SpanMasking
 from ptmkit.objectives.wwm import WholeWordMasking, WWMConfig
 from ptmkit.objectives.unilm import UniLM, UniLMConfig
 from ptmkit.objectives.glm import GLM, GLMConfig
+from ptmkit.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
+from ptmkit.objectives.denoising import Denoising, DenoisingConfig, NoiseTransform
+from ptmkit.objectives.mass import MASS, MASSConfig
 
 OBJECTIVES = {
     "mlm": (MLMConfig, MaskedLM),
     "clm": (CLMConfig, CausalLM),
+    "plm": (PLMConfig, PermutationLM),  # XLNet permutation LM (needs model family xlnet)
     "rtd": (RTDConfig, ReplacedTokenDetection),
     "wwm": (WWMConfig, WholeWordMasking),
     "span": (SpanConfig, SpanMasking),
@@ -22,10 +27,16 @@ OBJECTIVES = {
     "sop": (SOPConfig, SentenceOrderPrediction),
     "unilm": (UniLMConfig, UniLM),
     "glm": (GLMConfig, GLM),
+    "span_corruption": (SpanCorruptionConfig, SpanCorruption),  # T5 (encoder-decoder)
+    "denoising": (DenoisingConfig, Denoising),  # BART noising transforms (encoder-decoder)
+    "mass": (MASSConfig, MASS),  # MASS (encoder-decoder)
 }
 
-__all__ = ["OBJECTIVES", "Objective", "seeded_generator", "MaskedLM", "MLMConfig", "CausalLM", "CLMConfig",
+__all__ = ["OBJECTIVES", "PermutationLM", "PLMConfig",
+           "Objective", "seeded_generator", "MaskedLM", "MLMConfig", "CausalLM", "CLMConfig",
            "ReplacedTokenDetection", "RTDConfig",
            "WholeWordMasking", "WWMConfig", "SpanMasking", "SpanConfig", "EntityMasking", "EntityConfig",
            "SpanFinder", "DictionarySpanFinder", "NextSentencePrediction", "NSPConfig",
-           "SentenceOrderPrediction", "SOPConfig", "UniLM", "UniLMConfig", "GLM", "GLMConfig"]
+           "SentenceOrderPrediction", "SOPConfig", "UniLM", "UniLMConfig", "GLM", "GLMConfig",
+           "SpanCorruption", "SpanCorruptionConfig", "Denoising", "DenoisingConfig", "NoiseTransform",
+           "MASS", "MASSConfig"]

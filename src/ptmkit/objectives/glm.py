@@ -31,6 +31,7 @@ Dimension legend: B batch, T input length, K span slots, P = target_len (Part B)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -125,8 +126,6 @@ class GLM:
 
         if cfg.mask_token_id < 0 and tokenizer.mask_id is None:
             raise ConfigError("glm: the tokenizer has no mask token; train one with a mask special token")
-        import dataclasses
-
         cfg = dataclasses.replace(
             cfg,
             mask_token_id=cfg.mask_token_id if cfg.mask_token_id >= 0 else tokenizer.mask_id,
@@ -142,9 +141,9 @@ class GLM:
             raise ConfigError(f"glm: max_span_len {c.max_span_len} (+2 neighbours) is longer than the sequence length "
                               f"{seq_len}; lower objective.params.max_span_len")
         if c.target_len and c.target_len < 2 * math.ceil(c.mask_prob * seq_len):
-            # allowed, but then fewer than mask_prob of the tokens can be masked: say so instead of silently masking less
-            raise ConfigError(f"glm: target_len {c.target_len} cannot hold the span budget of mask_prob {c.mask_prob} x "
-                              f"seq_len {seq_len} (needs 2 * ceil(mask_prob * seq_len) = "
+            # Part B would cap the span budget below mask_prob: an error, not silently masking less
+            raise ConfigError(f"glm: target_len {c.target_len} cannot hold the span budget of mask_prob "
+                              f"{c.mask_prob} x seq_len {seq_len} (needs 2 * ceil(mask_prob * seq_len) = "
                               f"{2 * math.ceil(c.mask_prob * seq_len)}: each span adds [START]); raise target_len "
                               "or set it to 0")
 
@@ -219,8 +218,10 @@ class GLM:
             o = p - (bend - blen).gather(1, j)  # (B, P) offset in the block: 0 = [START]
             first = s_start.gather(1, j)  # (B, P)
             length = s_len.gather(1, j)
-            b_in = torch.where(o == 0, torch.full_like(o, c.start_token_id), ids.gather(1, (first + o - 1).clamp(0, T - 1)))
-            b_out = torch.where(o < length, ids.gather(1, (first + o).clamp(0, T - 1)), torch.full_like(o, c.end_token_id))
+            prev = ids.gather(1, (first + o - 1).clamp(0, T - 1))  # (B, P) teacher forcing: the previous token
+            this = ids.gather(1, (first + o).clamp(0, T - 1))  # (B, P)
+            b_in = torch.where(o == 0, torch.full_like(o, c.start_token_id), prev)
+            b_out = torch.where(o < length, this, torch.full_like(o, c.end_token_id))
             b_pos1 = s_mask_pos.gather(1, j)
             b_pos2 = o + 1
         else:

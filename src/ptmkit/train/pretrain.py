@@ -153,7 +153,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         evaluate = make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
                                   objective, prec.autocast, torch.device(cfg.train.device))
     n_params = sum(p.numel() for p in model.parameters())
-    emb = backbone_of(model).embeddings
+    emb = getattr(backbone_of(model), "embeddings", None)  # encoder-decoders (T5, BART) have none
     n_lookup = sum(m.weight.numel() for m in (emb.pos, emb.segment) if m is not None) if hasattr(emb, "segment") else 0
     fpt = training_flops_per_token(n_params - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
                                    causal=backbone_of(model).causal)

@@ -27,6 +27,17 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def next_token(logits, temperature, top_k, top_p, generator, finished, fill) -> torch.Tensor:
+    """Pick each row's next token (argmax, or a filtered sample); finished rows get `fill`. logits (B, V)."""
+    logits = logits.float()
+    if temperature == 0:
+        nxt = logits.argmax(-1)
+    else:
+        probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.where(finished, torch.full_like(nxt, fill), nxt)  # (B,)
+
+
 def _check(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -77,13 +88,7 @@ def generate(
             logits = model(step_input, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
         else:
             logits = model(tokens, attention_mask=mask, logits_to_keep=1).logits[:, -1]  # (B, V)
-        logits = logits.float()
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)  # (B,)
+        nxt = next_token(logits, temperature, top_k, top_p, generator, finished, fill)  # (B,)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
         step_input = nxt[:, None]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ptmkit.models.encdec import EncoderDecoderBackbone, Seq2SeqOutput
-from ptmkit.models.generate import _check, filter_logits
+from ptmkit.models.generate import _check, next_token
 from ptmkit.models.heads import TaskModel
 
 
@@ -114,13 +114,8 @@ def generate(
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         logits = model(attention_mask=attention_mask, decoder_input_ids=step_input if use_cache else tokens,
-                       encoder_outputs=memory, cache=cache, logits_to_keep=1).logits[:, -1].float()  # (B, V)
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)  # (B,)
+                       encoder_outputs=memory, cache=cache, logits_to_keep=1).logits[:, -1]  # (B, V)
+        nxt = next_token(logits, temperature, top_k, top_p, generator, finished, fill)  # (B,)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         step_input = nxt[:, None]
         if len(stops):

@@ -41,6 +41,10 @@ def _model(task):
                                        max_position_embeddings=64, dropout=0.0, pad_token_id=0, bos_token_id=2,
                                        eos_token_id=3, decoder_start_token_id=3))
         return build_model("bart", cfg, task)
+    if task == "base":  # sentence-embedding objectives (SimCSE): an encoder backbone; dropout is SimCSE's augmentation
+        cfg = make_config("bert", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                                       max_position_embeddings=32, dropout=0.1, attention_dropout=0.1))
+        return build_model("bert", cfg, task)
     cfg = make_config("llama", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128))
     return build_model("llama", cfg, task)
 

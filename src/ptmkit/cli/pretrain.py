@@ -7,6 +7,8 @@ import argparse
 
 def add_parser(sub) -> None:
     from ptmkit.cli.overrides import describe
+    from ptmkit.models.registry import FAMILIES, PRESETS
+    from ptmkit.objectives import OBJECTIVES
     from ptmkit.train.pretrain import PretrainConfig
 
     p = sub.add_parser(
@@ -18,7 +20,10 @@ def add_parser(sub) -> None:
             "run_config.json in the run directory, with metrics.jsonl, loss.png, checkpoints/ and the final "
             "model/ (Hugging Face layout). Ctrl-C saves a checkpoint; --resume continues exactly."
         ),
-        epilog="config keys:\n" + "\n".join(describe(PretrainConfig)),
+        epilog="config keys:\n" + "\n".join(describe(PretrainConfig))
+        + "\n\nobjectives (objective.name): " + ", ".join(sorted(OBJECTIVES))
+        + "\nmodel families (model.family): " + ", ".join(sorted(FAMILIES))
+        + "\nmodel presets (model.preset): " + ", ".join(sorted(PRESETS)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", default=None, help="YAML recipe (optional: all keys can be given as overrides)")

@@ -14,6 +14,8 @@ from ptmkit.objectives.glm import GLM, GLMConfig
 from ptmkit.objectives.span_corruption import SpanCorruption, SpanCorruptionConfig
 from ptmkit.objectives.denoising import Denoising, DenoisingConfig, NoiseTransform
 from ptmkit.objectives.mass import MASS, MASSConfig
+from ptmkit.objectives.simcse import SimCSE, SimCSEConfig
+from ptmkit.objectives.xlm import MMLMConfig, MultilingualMLM, TLMConfig, TranslationLM
 
 OBJECTIVES = {
     "mlm": (MLMConfig, MaskedLM),
@@ -30,13 +32,16 @@ OBJECTIVES = {
     "span_corruption": (SpanCorruptionConfig, SpanCorruption),  # T5 (encoder-decoder)
     "denoising": (DenoisingConfig, Denoising),  # BART noising transforms (encoder-decoder)
     "mass": (MASSConfig, MASS),  # MASS (encoder-decoder)
+    "mmlm": (MMLMConfig, MultilingualMLM),  # XLM multilingual MLM (lang ids -> segment table)
+    "tlm": (TLMConfig, TranslationLM),  # XLM translation LM over [src ; tgt] pairs
+    "simcse": (SimCSEConfig, SimCSE),  # unsupervised SimCSE: contrastive sentence embeddings (encoder backbone)
 }
 
-__all__ = ["OBJECTIVES", "PermutationLM", "PLMConfig",
+__all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "TranslationLM", "PermutationLM", "PLMConfig",
            "Objective", "seeded_generator", "MaskedLM", "MLMConfig", "CausalLM", "CLMConfig",
            "ReplacedTokenDetection", "RTDConfig",
            "WholeWordMasking", "WWMConfig", "SpanMasking", "SpanConfig", "EntityMasking", "EntityConfig",
            "SpanFinder", "DictionarySpanFinder", "NextSentencePrediction", "NSPConfig",
            "SentenceOrderPrediction", "SOPConfig", "UniLM", "UniLMConfig", "GLM", "GLMConfig",
            "SpanCorruption", "SpanCorruptionConfig", "Denoising", "DenoisingConfig", "NoiseTransform",
-           "MASS", "MASSConfig"]
+           "MASS", "MASSConfig", "SimCSE", "SimCSEConfig"]

@@ -47,7 +47,7 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
-    name: str = "mlm"  # a key of ptmkit.objectives.OBJECTIVES (mlm, clm, rtd, wwm, span, entity, nsp, sop)
+    name: str = "mlm"  # a key of ptmkit.objectives.OBJECTIVES (listed at the end of --help)
     params: dict[str, Any] = field(default_factory=dict)  # the objective's own config, e.g. {mask_prob: 0.15}
 
 

@@ -3,15 +3,13 @@ which are checkpointed so a resumed run repeats the uninterrupted one exactly.""
 
 from __future__ import annotations
 
-import os
-import signal
 
 import pytest
 
 from ptmkit.config import ConfigError
-from ptmkit.data.batches import PretrainBatches
 from ptmkit.train.logging import read_metrics
 from ptmkit.train.pretrain import pretrain
+from tests.integration.resume import interrupt_then_resume, train_losses
 from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (the module-scoped corpus fixture)
 
 
@@ -35,21 +33,10 @@ def test_resume_with_objective_heads_is_bit_exact(corpus, tmp_path, monkeypatch)
         return _cfg(corpus, out, objective__name="span", train__steps=8, train__checkpoint_every=100)
 
     pretrain(cfg(tmp_path / "full"))
-    want = [r["loss"] for r in read_metrics(tmp_path / "full") if r["split"] == "train"]
-    real_next = PretrainBatches.__next__
-
-    def next_with_interrupt(self):
-        if self.drawn == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_next(self)
-
-    monkeypatch.setattr(PretrainBatches, "__next__", next_with_interrupt)
-    summary = pretrain(cfg(tmp_path / "part"))
+    want = train_losses(tmp_path / "full")
+    summary, _ = interrupt_then_resume(cfg(tmp_path / "part"), monkeypatch, sigint_at_batch=3)
     assert summary["interrupted"] and summary["steps"] == 4
-    monkeypatch.setattr(PretrainBatches, "__next__", real_next)
-    pretrain(cfg(tmp_path / "part"), resume=True)
-    got = [r["loss"] for r in read_metrics(tmp_path / "part") if r["split"] == "train"]
-    assert got == want
+    assert train_losses(tmp_path / "part") == want
 
 
 def test_span_longer_than_the_sequence_fails_before_training(corpus, tmp_path):  # noqa: F811

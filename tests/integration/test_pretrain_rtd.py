@@ -3,14 +3,12 @@ a Ctrl-C + --resume run is bit-exact, and both exported models load in transform
 
 from __future__ import annotations
 
-import os
-import signal
 
 import torch
 
-from ptmkit.data.batches import PretrainBatches
 from ptmkit.train.logging import read_metrics
 from ptmkit.train.pretrain import pretrain
+from tests.integration.resume import interrupt_then_resume, train_losses
 from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (corpus is a pytest fixture)
 
 ELECTRA = {"family": "electra", "config": {"embedding_size": 32, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
@@ -37,17 +35,8 @@ def test_rtd_pretraining_resumes_bit_exact_and_exports_both_models(corpus, tmp_p
     # the generator's embeddings are the discriminator's (ELECTRA §3.2)
     assert torch.equal(gen.electra.embeddings.word_embeddings.weight, disc.electra.embeddings.word_embeddings.weight)
 
-    real_next = PretrainBatches.__next__
-
-    def next_with_interrupt(self):
-        if self.drawn == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_next(self)
-
-    monkeypatch.setattr(PretrainBatches, "__next__", next_with_interrupt)
     part = tmp_path / "part"
-    assert pretrain(_rtd(corpus, part, 8))["steps"] == 4
-    monkeypatch.setattr(PretrainBatches, "__next__", real_next)
-    pretrain(_rtd(corpus, part, 8), resume=True)
-    got = [r["loss"] for r in read_metrics(part) if r["split"] == "train"]
+    summary, _ = interrupt_then_resume(_rtd(corpus, part, 8), monkeypatch, sigint_at_batch=3)
+    assert summary["steps"] == 4
+    got = train_losses(part)
     assert got == want  # bit for bit: the generator's weights and Adam state came back too

@@ -36,3 +36,15 @@ def device_peak_flops(name: str) -> float | None:
     if "H100" in name:
         return PEAK_FLOPS["H100 SXM"]
     return None
+
+
+def measured_step_flops(step) -> float:
+    """FLOPs of one call of `step()` (forward + backward of a training step), counted by torch's FlopCounterMode:
+    every matmul, convolution and attention kernel actually dispatched, so objective heads that score only some
+    positions and auxiliary networks (ELECTRA's generator) are counted as run. Elementwise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError
+from ptmkit.train.activation_checkpoint import apply_activation_checkpointing
 from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ptmkit.train.logging import MetricsLogger, plot_run, progress
 from ptmkit.train.optim import OptimConfig, build_optimizer
@@ -35,13 +36,14 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept on disk (older ones are deleted)
     seed: int = 0  # model init, data order, masking and dropout all derive from it
     device: str = "cpu"  # cpu, cuda, cuda:1, ...
+    activation_checkpointing: int = 0  # 0 = off; k = recompute every k-th block in backward (1 = all; saves memory)
     progress_bar: bool = True  # tqdm bar with ETA on stderr
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "keep_last"):
+        for name in ("eval_every", "checkpoint_every", "keep_last", "activation_checkpointing"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train: {name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -104,6 +106,8 @@ def train(
     device = torch.device(cfg.device)
     model.to(device)
     trained, aux = bind_objective(model, objective)  # model (+ the objective's generator, if any)
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(trained, cfg.activation_checkpointing)
     optimizer = build_optimizer(trained, optim_cfg)
     scheduler = build_scheduler(optimizer, sched_cfg, cfg.steps)
     precision = Precision(cfg.precision, device)

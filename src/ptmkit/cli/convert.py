@@ -1,4 +1,5 @@
-"""`ptm convert SRC DST`: re-save a Hugging Face (or GGUF) model directory as a ptmkit/HF model directory."""
+"""`ptm convert SRC DST`: re-save a Hugging Face (or GGUF) model directory, or a training checkpoint (single-process
+or distributed DCP), as a ptmkit/HF model directory."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ def add_parser(sub) -> None:
         "convert",
         help="convert a model directory (HF layout or GGUF) into a ptmkit model directory",
         description=(
-            "Load SRC through ptmkit's state-dict adapters (bert, roberta, gpt2, llama), check every tensor, "
-            "and write DST as config.json + model.safetensors + tokenizer files. DST loads in ptmkit and in "
-            "transformers unchanged."
+            "Load SRC through ptmkit's state-dict adapters, check every tensor, and write DST as config.json + "
+            "model.safetensors + tokenizer files. DST loads in ptmkit and in transformers unchanged. SRC may also "
+            "be a pre-training checkpoint (RUN/checkpoints/step-N), including a distributed one written by any "
+            "number of ranks: its shards are gathered into one model (ELECTRA's generator goes to DST/generator)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("src", help="source model directory (config.json + model.safetensors or pytorch_model.bin)")
+    p.add_argument("src", help="source model directory (config.json + model.safetensors or pytorch_model.bin), "
+                               "or a training checkpoint directory RUN/checkpoints/step-N")
     p.add_argument("dst", help="destination directory (created if missing)")
     p.add_argument("--gguf-file", default=None,
                    help="name of a GGUF file inside SRC to dequantise (needs transformers + gguf: pip install 'ptmkit[hf]')")
@@ -37,6 +40,16 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ptmkit.models import load_model, save_model
     from ptmkit.models.io import copy_tokenizer
+
+    if (Path(args.src) / "state.json").exists():  # a training checkpoint
+        from ptmkit.train.pretrain import export_checkpoint
+
+        if args.gguf_file or args.task or args.num_labels or args.dtype:
+            raise SystemExit("ptm convert: --gguf-file/--task/--num-labels/--dtype apply to model directories, not "
+                             "to training checkpoints (convert the exported model again to change them)")
+        written = export_checkpoint(args.src, args.dst)
+        print("wrote " + ", ".join(written.values()))
+        return 0
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     model = load_model(args.src, task=args.task, num_labels=args.num_labels, dtype=dtype, gguf_file=args.gguf_file)

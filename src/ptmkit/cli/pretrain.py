@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_parser(sub) -> None:
@@ -37,6 +38,8 @@ def run(args) -> int:
 
     cfg = build_config(PretrainConfig, args.config, parse_dotted(args.overrides))
     summary = pretrain(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
+        return 130 if summary["interrupted"] else 0
     ev = summary.get("eval") or {}
     print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s"
           + (f", eval loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})" if ev else "")

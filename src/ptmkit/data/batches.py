@@ -50,6 +50,44 @@ class PretrainBatches:
         self._it = None  # restart the generator from the restored position
 
 
+class RankSlice:
+    """This data-parallel rank's rows of every global batch: rank r of n takes rows [r*B/n, (r+1)*B/n).
+
+    Every rank draws and corrupts the whole global batch (the same sampler order and masks as one process would)
+    and keeps its slice, so a run on n ranks trains on exactly the batches of the single-process run with the same
+    global batch size. Corruption is cheap next to the step (benchmarks/objective_cost.py), so the repeated work
+    costs little; the state is the global iterator's, identical on every rank.
+    """
+
+    def __init__(self, batches, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"RankSlice: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batches.batch_size % world_size:
+            raise ConfigError(f"the global batch size {batches.batch_size} is not divisible by the {world_size} "
+                              f"data-parallel ranks; use a multiple of {world_size}")
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+        self.batch_size = batches.batch_size // world_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = next(self.batches)
+        b, lo = self.batches.batch_size, self.rank * self.batch_size
+        return {k: v[lo:lo + self.batch_size] if torch.is_tensor(v) and v.dim() and v.shape[0] == b else v
+                for k, v in batch.items()}
+
+    @property
+    def epoch(self) -> float:
+        return self.batches.epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches.load_state_dict(state)
+
+
 def fixed_batches(dataset: PackedDataset, batch_size: int, objective, n_batches: int, seed: int = 12345):
     """The same corrupted evaluation batches every time (first n sequences, fixed masks)."""
     n = min(len(dataset), n_batches * batch_size)

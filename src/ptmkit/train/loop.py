@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError
-from ptmkit.train.activation_checkpoint import apply_activation_checkpointing
+from ptmkit.parallel.apply import parallelize
+from ptmkit.parallel.collectives import any_rank, mean_over_ranks, token_weight
+from ptmkit.parallel.mesh import ParallelState
 from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ptmkit.train.dcp import is_dcp_checkpoint, load_dcp_checkpoint, save_dcp_checkpoint
 from ptmkit.train.logging import MetricsLogger, plot_run, progress
 from ptmkit.train.optim import OptimConfig, build_optimizer
 from ptmkit.train.precision import Precision
@@ -37,6 +40,7 @@ class TrainConfig:
     seed: int = 0  # model init, data order, masking and dropout all derive from it
     device: str = "cpu"  # cpu, cuda, cuda:1, ...
     activation_checkpointing: int = 0  # 0 = off; k = recompute every k-th block in backward (1 = all; saves memory)
+    checkpoint_format: str = "auto"  # auto | safetensors | dcp (torch.distributed.checkpoint; auto = dcp when distributed)
     progress_bar: bool = True  # tqdm bar with ETA on stderr
 
     def __post_init__(self) -> None:
@@ -48,6 +52,8 @@ class TrainConfig:
                 raise ConfigError(f"train: {name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train: precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.checkpoint_format not in ("auto", "safetensors", "dcp"):
+            raise ConfigError(f"train: checkpoint_format must be auto, safetensors or dcp, got {self.checkpoint_format!r}")
 
 
 class _StopFlag:
@@ -84,6 +90,30 @@ def bind_objective(model: nn.Module, objective) -> tuple[nn.Module, nn.Module | 
     return (model if aux is None else nn.ModuleDict({"model": model, "objective": aux})), aux
 
 
+class TrainingModule(nn.Module):
+    """The model and the objective's auxiliary networks as one module whose forward(batch) is the training loss.
+
+    One root for the whole step: FSDP2 and DDP hook a module's forward, and an objective may run several networks
+    (ELECTRA's generator, then the discriminator). Children are named `model` and `objective`, as bind_objective's
+    ModuleDict, and registered in the same order, so optimizer states and checkpoints are the same either way.
+    """
+
+    def __init__(self, model: nn.Module, objective):
+        super().__init__()
+        self.model = model
+        aux = objective.bind(model) if hasattr(objective, "bind") else None
+        if aux is not None:
+            self.objective = aux
+        self.loss_fn = objective  # a plain object, not a module
+
+    @property
+    def aux(self) -> nn.Module | None:
+        return getattr(self, "objective", None)
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.loss_fn.loss(self.model, batch)
+
+
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -100,29 +130,42 @@ def train(
     resume: bool = False,
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
+    parallel: ParallelState | None = None,
 ) -> dict[str, Any]:
-    """Train for cfg.steps updates (continuing from the last checkpoint when resume=True)."""
+    """Train for cfg.steps updates (continuing from the last checkpoint when resume=True).
+
+    `evaluate` receives the TrainingModule (call it on a batch for the loss). With `parallel` (a torchrun launch),
+    the module is sharded/replicated by ptmkit.parallel, every rank runs this loop on its slice of each global
+    batch, metrics are averaged over the data-parallel ranks and written by rank 0, checkpoints are DCP.
+    """
     run_dir = Path(run_dir)
-    device = torch.device(cfg.device)
+    device = parallel.device if parallel is not None else torch.device(cfg.device)
+    main = parallel is None or parallel.is_main
     model.to(device)
-    trained, aux = bind_objective(model, objective)  # model (+ the objective's generator, if any)
-    if cfg.activation_checkpointing:
-        apply_activation_checkpointing(trained, cfg.activation_checkpointing)
+    trained = TrainingModule(model, objective)  # model (+ the objective's generator, if any)
+    parallelize(trained, parallel, cfg.activation_checkpointing)
     optimizer = build_optimizer(trained, optim_cfg)
     scheduler = build_scheduler(optimizer, sched_cfg, cfg.steps)
     precision = Precision(cfg.precision, device)
+    use_dcp = cfg.checkpoint_format == "dcp" or (cfg.checkpoint_format == "auto" and parallel is not None)
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, precision, objective_module=aux)
+        if is_dcp_checkpoint(ckpt):
+            state = load_dcp_checkpoint(ckpt, trained, optimizer, scheduler, precision)
+        elif parallel is not None:
+            raise ConfigError(f"{ckpt} is a single-process checkpoint; a distributed run resumes from DCP checkpoints "
+                              "(start the single-process run with --train.checkpoint_format dcp to move it)")
+        else:
+            state = load_checkpoint(ckpt, model, optimizer, scheduler, precision, objective_module=trained.aux)
         batches.load_state_dict(state["data"])
         start = state["step"]
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    logger = MetricsLogger(run_dir, resume_step=start)
-    if start == 0:
+    logger = MetricsLogger(run_dir, resume_step=start) if main else None
+    if logger is not None and start == 0:
         logger.path.write_text("")  # a fresh run starts a fresh history
-    bar = progress(cfg.steps, start, desc=f"train {run_dir.name}", enabled=cfg.progress_bar)
+    bar = progress(cfg.steps, start, desc=f"train {run_dir.name}", enabled=cfg.progress_bar and main)
     last_eval: dict[str, float] = {}
     step = start
     stopped = False
@@ -130,8 +173,12 @@ def train(
     tokens_seen = 0
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, precision, batches.state_dict(), cfg.keep_last,
-                        objective_module=aux)
+        if use_dcp:
+            save_dcp_checkpoint(run_dir, step, trained, optimizer, scheduler, precision, batches.state_dict(),
+                                cfg.keep_last)
+        else:
+            save_checkpoint(run_dir, step, model, optimizer, scheduler, precision, batches.state_dict(),
+                            cfg.keep_last, objective_module=trained.aux)
 
     with _StopFlag() as stop:
         while step < cfg.steps:
@@ -144,7 +191,10 @@ def train(
                 batch = _to_device(next(batches), device)
                 step_data += time.perf_counter() - td
                 with precision.autocast():
-                    loss, metrics = objective.loss(model, batch)
+                    loss, metrics = trained(batch)
+                if parallel is not None and parallel.cfg.dp > 1 and "predicted_tokens" in metrics:
+                    loss = loss * token_weight(metrics["predicted_tokens"], parallel.cfg.dp)
+                    metrics = {**metrics, "loss": float(loss)}  # its mean over ranks is the global batch's loss
                 precision.backward(loss / cfg.grad_accum)
                 ntok += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                 for k, v in metrics.items():
@@ -156,21 +206,29 @@ def train(
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
             step += 1
+            record = {k: v / cfg.grad_accum for k, v in sums.items() if k != "predicted_tokens"}
+            log_now = step % cfg.log_every == 0 or step == start + 1 or step == cfg.steps
+            if parallel is not None:
+                ntok *= parallel.cfg.dp  # tokens of the global batch
+                if log_now:  # the same steps on every rank, so the collective matches up
+                    record = mean_over_ranks(record)
+                stop.requested = any_rank(stop.requested)  # Ctrl-C reaches every rank; all must stop together
             tokens_seen += ntok
             data_time += step_data
             compute_time += elapsed - step_data
-            record = {k: v / cfg.grad_accum for k, v in sums.items() if k != "predicted_tokens"}
             bar.update(1)
             bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}")
-            if step % cfg.log_every == 0 or step == start + 1 or step == cfg.steps:
+            if logger is not None and log_now:
                 record.update(step=step, split="train", lr=lr, grad_norm=grad_norm, skipped_steps=precision.skipped_steps,
                               step_s=elapsed, tokens_per_s=ntok / elapsed, data_fraction=data_time / (data_time + compute_time))
                 if flops_per_token and peak_flops:
-                    record["mfu"] = flops_per_token * ntok / elapsed / peak_flops
+                    world = parallel.world_size if parallel is not None else 1
+                    record["mfu"] = flops_per_token * ntok / elapsed / (peak_flops * world)
                 logger.log(record)
             if evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-                last_eval = evaluate(model)
-                logger.log({"step": step, "split": "eval", **last_eval})
+                last_eval = evaluate(trained)
+                if logger is not None:
+                    logger.log({"step": step, "split": "eval", **last_eval})
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if stop.requested:
                 checkpoint()
@@ -180,8 +238,9 @@ def train(
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 checkpoint()
     bar.close()
-    logger.close()
-    plot_run(run_dir)
+    if logger is not None:
+        logger.close()
+        plot_run(run_dir)
     return {
         "steps": step,
         "interrupted": stopped,
@@ -189,4 +248,5 @@ def train(
         "skipped_steps": precision.skipped_steps,
         "data_fraction": data_time / max(1e-9, data_time + compute_time),
         "tokens": tokens_seen,
+        "trained": trained,
     }

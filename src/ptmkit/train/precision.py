@@ -36,7 +36,10 @@ class Precision:
             self.scaler.unscale_(optimizer)
         params = [p for p in params if p.grad is not None]
         max_norm = grad_clip if grad_clip > 0 else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2 / tensor-parallel gradients are DTensors: the norm is global
+            norm = norm.full_tensor()
+        norm = float(norm)
         skipped = False
         if self.scaler:
             scale = self.scaler.get_scale()

@@ -13,13 +13,15 @@ from typing import Any
 import torch
 
 from ptmkit.config import ConfigError, from_dict, to_dict
-from ptmkit.data.batches import PretrainBatches, fixed_batches
+from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
 from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models.io import load_model, save_model
 from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, make_config
 from ptmkit.objectives import OBJECTIVES
+from ptmkit.parallel.config import ParallelConfig, check_model
+from ptmkit.parallel.mesh import setup, teardown
 from ptmkit.train.flops import device_peak_flops, training_flops_per_token
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OptimConfig
@@ -59,6 +61,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # torchrun layouts (docs/scaling.md)
     out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 
@@ -104,36 +107,49 @@ def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer)
     return model
 
 
-def make_evaluator(batches: list[dict[str, torch.Tensor]], objective, precision_ctx, device):
-    """Token-weighted loss over fixed held-out batches; perplexity = exp(loss) (pseudo-perplexity for MLM)."""
+def make_evaluator(batches: list[dict[str, torch.Tensor]], precision_ctx, device):
+    """Token-weighted loss over fixed held-out batches; perplexity = exp(loss) (pseudo-perplexity for MLM).
+    The returned function takes the TrainingModule (forward(batch) -> loss, metrics); under data parallelism every
+    rank scores all batches, so the figure equals the single-process one."""
 
     @torch.no_grad()
-    def evaluate(model) -> dict[str, float]:
-        model.eval()
+    def evaluate(module) -> dict[str, float]:
+        module.eval()
         total, count = 0.0, 0.0
         for b in batches:
             b = {k: v.to(device) for k, v in b.items()}
             with precision_ctx():
-                loss, metrics = objective.loss(model, b)
+                loss, metrics = module(b)
             n = metrics.get("predicted_tokens", 1.0)
             total += loss.item() * n
             count += n
         loss = total / max(count, 1.0)
-        model.train()
+        module.train()
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
     return evaluate
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Single process, or every rank of a torchrun launch (then cfg.parallel says how the ranks split the work)."""
+    state = setup(cfg.parallel, cfg.train.device)
+    try:
+        return _pretrain(cfg, resume, state)
+    finally:
+        teardown()
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
+    main = state is None or state.is_main
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     if not cfg.data.train or not cfg.data.tokenizer:
         raise ConfigError("data.train (token shards directory) and data.tokenizer are required")
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
     shards = TokenShards(cfg.data.train, tokenizer)  # refuses shards made with another tokenizer
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     task = OBJECTIVES[cfg.objective.name][1].task if cfg.objective.name in OBJECTIVES else None
     objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
     model = build_pretrain_model(cfg.model, task, tokenizer)
@@ -141,37 +157,104 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     max_pos = getattr(bcfg, "max_position_embeddings", None)
     if max_pos is not None and cfg.data.seq_len > max_pos:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings {max_pos}")
+    device = str(state.device) if state is not None else cfg.train.device
+    if state is not None:
+        check_model(state.cfg, bcfg.num_layers, bcfg.num_heads, getattr(bcfg, "num_kv_heads", None),
+                    getattr(bcfg, "intermediate_size", None), cfg.data.batch_size)
+        torch.manual_seed(cfg.train.seed + 1 + state.rank)  # independent dropout draws per rank
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     dataset = PackedDataset(shards, cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
     batches = PretrainBatches(dataset, cfg.data.batch_size, objective, seed=cfg.train.seed)
+    if state is not None and state.cfg.dp > 1:
+        batches = RankSlice(batches, state.dp_rank, state.cfg.dp)  # data.batch_size is the global batch
     evaluate = None
     if cfg.data.eval:
         eval_set = PackedDataset(TokenShards(cfg.data.eval, tokenizer), cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
         from ptmkit.train.precision import Precision
 
-        prec = Precision(cfg.train.precision, torch.device(cfg.train.device))
+        prec = Precision(cfg.train.precision, torch.device(device))
         evaluate = make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
-                                  objective, prec.autocast, torch.device(cfg.train.device))
+                                  prec.autocast, torch.device(device))
     n_params = sum(p.numel() for p in model.parameters())
     emb = getattr(backbone_of(model), "embeddings", None)  # encoder-decoders (T5, BART) have none
     n_lookup = sum(m.weight.numel() for m in (emb.pos, emb.segment) if m is not None) if hasattr(emb, "segment") else 0
     fpt = training_flops_per_token(n_params - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
                                    causal=backbone_of(model).causal)
-    peak = device_peak_flops(torch.cuda.get_device_name()) if cfg.train.device.startswith("cuda") else None
-    print(f"[ptmkit] {n_params / 1e6:.1f}M parameters, {len(dataset)} training sequences of {cfg.data.seq_len} "
-          f"tokens, {cfg.train.steps} steps x {cfg.data.batch_size * cfg.train.grad_accum} sequences")
+    peak = device_peak_flops(torch.cuda.get_device_name()) if device.startswith("cuda") else None
+    if main:
+        layout = "" if state is None else (f" on {state.world_size} ranks (dp_replicate {state.cfg.dp_replicate}, "
+                                           f"dp_shard {state.cfg.dp_shard}, tp {state.cfg.tp}, pp {state.cfg.pp})")
+        print(f"[ptmkit] {n_params / 1e6:.1f}M parameters, {len(dataset)} training sequences of {cfg.data.seq_len} "
+              f"tokens, {cfg.train.steps} steps x {cfg.data.batch_size * cfg.train.grad_accum} sequences{layout}")
     t0 = time.perf_counter()
     summary = train(model, objective, batches, out, cfg.train, cfg.optim, cfg.schedule, evaluate, resume,
-                    flops_per_token=fpt, peak_flops=peak)
+                    flops_per_token=fpt, peak_flops=peak, parallel=state)
+    trained = summary.pop("trained")
     summary["wall_s"] = time.perf_counter() - t0
     summary["epochs"] = batches.epoch
     if not summary["interrupted"]:
-        save_model(model, out / "model", tokenizer_from=None)
-        tokenizer.save(out / "model")
-        summary["model_dir"] = str(out / "model")
-        if getattr(objective, "generator", None) is not None:  # ELECTRA: the generator is a usable MLM too
-            save_model(objective.generator, out / "generator")
-            tokenizer.save(out / "generator")
-            summary["generator_dir"] = str(out / "generator")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if state is not None:  # gather the shards into one plain model on rank 0 (collective)
+            model, objective = _unsharded_copy(cfg, trained, tokenizer, task, main)
+        if main:
+            save_model(model, out / "model", tokenizer_from=None)
+            tokenizer.save(out / "model")
+            summary["model_dir"] = str(out / "model")
+            if getattr(objective, "generator", None) is not None:  # ELECTRA: the generator is a usable MLM too
+                save_model(objective.generator, out / "generator")
+                tokenizer.save(out / "generator")
+                summary["generator_dir"] = str(out / "generator")
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, task, main: bool):
+    """A single-device copy of the trained model (and objective networks) with the gathered weights, on rank 0."""
+    from ptmkit.train.dcp import full_model_state
+    from ptmkit.train.loop import TrainingModule
+
+    full = full_model_state(trained)
+    if not main:
+        return None, None
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    plain = TrainingModule(build_pretrain_model(cfg.model, task, tokenizer), objective)
+    plain.load_state_dict(full)
+    return plain.model, objective
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]:
+    """Write a training checkpoint (DCP from any number of ranks, or single-process) as a plain model directory
+    (config.json + model.safetensors + tokenizer; ELECTRA's generator beside it), loadable by ptmkit and
+    transformers. The run's run_config.json (two levels up) says how to build the model."""
+    from ptmkit.train.dcp import is_dcp_checkpoint, load_dcp_weights
+    from ptmkit.train.loop import TrainingModule
+
+    ckpt, out = Path(checkpoint), Path(out)
+    run_config = ckpt.parent.parent / "run_config.json"
+    if not (ckpt / "state.json").exists():
+        raise FileNotFoundError(f"{ckpt} is not a training checkpoint (no state.json); pass e.g. "
+                                "runs/NAME/checkpoints/step-00001000")
+    if not run_config.exists():
+        raise FileNotFoundError(f"{run_config} not found: the checkpoint must sit in its run directory "
+                                "(RUN/checkpoints/step-N) next to the run's run_config.json")
+    cfg = from_dict(PretrainConfig, json.loads(run_config.read_text()))
+    tokenizer = Tokenizer.load(cfg.data.tokenizer)
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    task = OBJECTIVES[cfg.objective.name][1].task
+    module = TrainingModule(build_pretrain_model(cfg.model, task, tokenizer), objective)
+    if is_dcp_checkpoint(ckpt):
+        load_dcp_weights(ckpt, module)
+    else:
+        from ptmkit.train.checkpoint import _load_objective
+        from safetensors.torch import load_model as load_safetensors_model
+
+        load_safetensors_model(module.model, str(ckpt / "model.safetensors"))
+        _load_objective(ckpt, module.model, module.aux)
+    save_model(module.model, out / "model" if module.aux is not None else out, tokenizer_from=None)
+    written = {"model_dir": str(out / "model" if module.aux is not None else out)}
+    tokenizer.save(written["model_dir"])
+    if getattr(objective, "generator", None) is not None:
+        save_model(objective.generator, out / "generator")
+        tokenizer.save(out / "generator")
+        written["generator_dir"] = str(out / "generator")
+    return written

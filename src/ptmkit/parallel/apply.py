@@ -1,0 +1,51 @@
+"""Apply parallelism to a finished single-device training module, in the one order that composes:
+tensor parallel (DTensor weights) -> activation checkpointing (around each block) -> FSDP2 / DDP (data parallel).
+
+The module is the TrainingModule (model + the objective's auxiliary networks, forward(batch) -> loss), so FSDP2's
+root unit covers everything a training step touches: embeddings shared with ELECTRA's generator, heads, the
+objective's own layers. Each transformer block is its own FSDP2 unit, gathered just before it runs and freed after.
+Pipeline parallelism splits the model before this is called (ptmkit.parallel.pipeline).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptmkit.parallel.config import DTYPES
+from ptmkit.parallel.mesh import ParallelState
+from ptmkit.train.activation_checkpoint import apply_activation_checkpointing, transformer_blocks
+
+
+def parallelize(module: nn.Module, state: ParallelState | None, activation_checkpointing: int = 0) -> nn.Module:
+    if state is not None and state.cfg.tp > 1:
+        from ptmkit.parallel.tensor import apply_tensor_parallel
+
+        apply_tensor_parallel(module, state.submesh("tp"))
+    if activation_checkpointing:
+        apply_activation_checkpointing(module, activation_checkpointing)
+    if state is None:
+        return module
+    dp_mesh = state.submesh("dp_replicate", "dp_shard")
+    if dp_mesh is None:
+        return module
+    cfg = state.cfg
+    if cfg.dp_shard > 1:  # FSDP2 (ZeRO-3), or HSDP when dp_replicate > 1 too
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(
+            param_dtype=getattr(torch, DTYPES[cfg.fsdp_param_dtype]) if cfg.fsdp_param_dtype else None,
+            reduce_dtype=getattr(torch, DTYPES[cfg.fsdp_reduce_dtype]),
+        )
+        offload = CPUOffloadPolicy(pin_memory=False) if cfg.cpu_offload else OffloadPolicy()
+        kw = dict(mesh=dp_mesh, mp_policy=mp, offload_policy=offload)
+        blocks = transformer_blocks(module)
+        for i, block in enumerate(blocks):
+            # the last block's params are needed again first in backward: keeping them saves one all-gather
+            fully_shard(block, reshard_after_forward=cfg.reshard_after_forward and i < len(blocks) - 1, **kw)
+        fully_shard(module, reshard_after_forward=cfg.reshard_after_forward, **kw)
+    else:  # plain data parallel: DDP's bucketed all-reduce, applied in place (no wrapper class)
+        from torch.distributed._composable.replicate import replicate
+
+        replicate(module, device_mesh=dp_mesh)
+    return module

@@ -1,0 +1,34 @@
+"""Run `ptm pretrain` under torchrun (gloo, CPU) from a test, and read back its training losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ptmkit.train.logging import read_metrics
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def torchrun(nproc: int, config: Path, out: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m ptmkit.cli pretrain CONFIG --out OUT ...` (one thread per rank:
+    the CI machine has two cores)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "ptmkit.cli", "pretrain", str(config), "--out", str(out), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run) if r["split"] == "train"]

@@ -134,7 +134,8 @@ def _init_t5(stacks, shared: nn.Embedding, c: T5Config) -> None:
         nn.init.normal_(stack.rel_bias.embedding.weight, std=f * d ** -0.5)
         for block in stack.layers:
             a = block.attn
-            q, kv = a.qkv.weight[:inner], a.qkv.weight[inner:]
+            grouped = a.qkv.weight.view(a.kv, -1, a.qkv.weight.shape[1])  # per head: [q; k; v] rows (fuse_qkv)
+            q, kv = grouped[:, : a.d * (a.h // a.kv)], grouped[:, a.d * (a.h // a.kv):]
             with torch.no_grad():
                 q.normal_(std=f * (d * c.head_dim) ** -0.5)  # absorbs the missing 1/sqrt(d_kv) scaling
                 kv.normal_(std=f * d ** -0.5)

@@ -124,6 +124,9 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.h, self.kv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        # Rows grouped per key/value head: [its g = h/kv query heads; its key; its value] (Megatron's layout), so a
+        # contiguous block of rows — one tensor-parallel rank's shard — is a set of whole groups.
+        # ptmkit.models.convert.base.fuse_qkv / split_qkv convert from / to separate q, k, v matrices.
         self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.out_bias)
         self.scale = cfg.scale if cfg.scale is not None else 1.0 / math.sqrt(self.d)
@@ -139,17 +142,19 @@ class SelfAttention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
-        q = q.view(b, t, self.h, self.d).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(b, t, self.kv, self.d).transpose(1, 2)  # (B, K, T, D)
-        v = v.view(b, t, self.kv, self.d).transpose(1, 2)  # (B, K, T, D)
+        g = self.h // self.kv  # query heads per key/value head
+        # -1: the groups present here (all of them, or a tensor-parallel rank's share)
+        y = self.qkv(x).view(b, t, -1, g + 2, self.d)  # (B, T, K, g+2, D)
+        q = y[:, :, :, :g].reshape(b, t, -1, self.d).transpose(1, 2)  # (B, H, T, D)
+        k = y[:, :, :, g].transpose(1, 2)  # (B, K, T, D)
+        v = y[:, :, :, g + 1].transpose(1, 2)  # (B, K, T, D)
         if rotary is not None:
             q, k = apply_rotary(q, k, *rotary)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
         p = self.cfg.dropout if self.training else 0.0
         y = self.kernel(q, k, v, mask, is_causal and mask is None, p, self.scale)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(b, t, self.h * self.d)  # (B, T, H*D)
+        y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, H*D)
         return self.out(y)
 
 
@@ -273,5 +278,5 @@ class CrossAttention(nn.Module):
                 cache.kv[layer] = (k, v)
         p = self.cfg.dropout if self.training else 0.0
         y = self.kernel(q, k, v, mask, False, p, self.scale)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(b, t, self.h * self.d)  # (B, T, H*D)
+        y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, H*D)
         return self.out(y)

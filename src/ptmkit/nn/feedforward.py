@@ -52,11 +52,13 @@ class GatedMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False,
                  dropout: float = 0.0):
         super().__init__()
-        self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=bias)  # rows: [gate; up]
+        # rows alternate gate_i, up_i: any contiguous block of rows (a tensor-parallel shard) holds whole pairs
+        self.gate_up = nn.Linear(hidden, 2 * intermediate, bias=bias)
         self.down = nn.Linear(intermediate, hidden, bias=bias)
         self.act = get_activation(activation)
         self.drop = nn.Dropout(dropout)  # on the gated activations (T5 v1.1); 0 = none
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
+        pairs = self.gate_up(x).unflatten(-1, (-1, 2))  # (B, T, F, 2)
+        gate, up = pairs[..., 0], pairs[..., 1]  # (B, T, F) each
         return self.down(self.drop(self.act(gate) * up))

@@ -35,11 +35,7 @@ class Precision:
         if self.scaler:
             self.scaler.unscale_(optimizer)
         params = [p for p in params if p.grad is not None]
-        max_norm = grad_clip if grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if hasattr(norm, "full_tensor"):  # FSDP2 / tensor-parallel gradients are DTensors: the norm is global
-            norm = norm.full_tensor()
-        norm = float(norm)
+        norm = clip_grad_norm([p.grad for p in params], grad_clip if grad_clip > 0 else float("inf"))
         skipped = False
         if self.scaler:
             scale = self.scaler.get_scale()
@@ -61,3 +57,27 @@ class Precision:
         self.skipped_steps = state["skipped_steps"]
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> float:
+    """Global L2 norm of all gradients (returned, before clipping) and in-place clipping to max_norm.
+
+    Works for plain tensors and for DTensors on any mix of meshes (FSDP2 shards, tensor-parallel splits, both, and
+    the replicated plain tensors beside them): each group's norm is reduced over its own mesh, then combined.
+    """
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        mesh = getattr(g, "device_mesh", None)
+        groups.setdefault((id(mesh), g.device.type, g.dtype), []).append(g)
+    squares = []
+    for gs in groups.values():
+        n = torch.nn.utils.get_total_norm(gs, 2.0)
+        if hasattr(n, "full_tensor"):  # a DTensor: partial sums over the ranks that hold the shards
+            n = n.full_tensor()
+        squares.append(n.double().square().cpu())
+    total = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    if total > max_norm and max_norm != float("inf") and total == total:  # finite and above the threshold
+        coef = max_norm / (total + 1e-6)
+        for gs in groups.values():
+            torch._foreach_mul_(gs, coef)
+    return total

@@ -32,7 +32,7 @@ def test_sinusoidal_table_values():
 def test_gated_mlp_is_swiglu():
     ffn = GatedMLP(4, 6)
     x = torch.randn(2, 4)
-    gate, up = ffn.gate_up.weight[:6], ffn.gate_up.weight[6:]
+    gate, up = ffn.gate_up.weight[0::2], ffn.gate_up.weight[1::2]  # rows alternate gate_i, up_i
     want = (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ ffn.down.weight.T
     assert_close(ffn(x), want)
 
@@ -57,3 +57,27 @@ def test_positions_skip_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
     assert positions_from_mask(mask, past=3).tolist() == [[1, 2], [3, 4]]
+
+
+def test_fused_qkv_rows_group_whole_heads_and_round_trip():
+    from ptmkit.models.convert.base import fuse_qkv, split_qkv
+    from ptmkit.nn.attention import AttentionConfig, SelfAttention
+
+    h, kv, d, width = 4, 2, 3, 8
+    q, k, v = torch.randn(h * d, width), torch.randn(kv * d, width), torch.randn(kv * d, width)
+    fused = fuse_qkv(q, k, v, h, kv)
+    for got, want in zip(split_qkv(fused, h, kv), (q, k, v)):
+        assert torch.equal(got, want)
+    # the first half of the rows (one of two tensor-parallel shards) is exactly group 0: query heads 0-1, k0, v0
+    assert torch.equal(fused[: fused.shape[0] // 2], torch.cat([q[: 2 * d], k[:d], v[:d]]))
+
+    # and attention with the fused layout equals attention computed from separate projections
+    attn = SelfAttention(AttentionConfig(width, h, num_kv_heads=kv, head_dim=d, bias=False))
+    with torch.no_grad():
+        attn.qkv.weight.copy_(fused)
+    x = torch.randn(2, 5, width)
+    qh = (x @ q.T).view(2, 5, h, d).transpose(1, 2)
+    kh = (x @ k.T).view(2, 5, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
+    vh = (x @ v.T).view(2, 5, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
+    ref = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(2, 5, h * d)
+    assert_close(attn(x), attn.out(ref))

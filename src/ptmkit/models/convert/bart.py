@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ptmkit.models.bart import BartConfig
-from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, split_rows, tied_embedding
+from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, fuse_qkv, split_qkv, split_rows, tied_embedding
 from ptmkit.models.mbart import MBartConfig
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ _DEC = {**_SELF, "cross.q": "encoder_attn.q_proj", "cross.out": "encoder_attn.ou
 def _cat(r: Reader, names: list[str]) -> torch.Tensor | None:
     parts = [r.take(n) for n in names]
     return torch.cat(parts, dim=0) if all(p is not None for p in parts) else None
+
+
+def _qkv(r: Reader, names: list[str], heads: int) -> torch.Tensor | None:
+    parts = [r.take(n) for n in names]
+    return fuse_qkv(*parts, heads, heads) if all(p is not None for p in parts) else None
 
 
 @dataclass
@@ -107,13 +112,14 @@ class BartAdapter(Adapter):
         for i in range(cfg.num_layers):
             hf, ours = f"encoder.layers.{i}.", f"encoder.layers.{i}."
             for p in ("weight", "bias"):
-                sd[f"{ours}attn.qkv.{p}"] = _cat(r, [f"{hf}self_attn.{n}_proj.{p}" for n in "qkv"])  # rows [q; k; v]
+                sd[f"{ours}attn.qkv.{p}"] = _qkv(r, [f"{hf}self_attn.{n}_proj.{p}" for n in "qkv"], cfg.num_heads)
                 for mine, theirs in _ENC.items():
                     sd[f"{ours}{mine}.{p}"] = r.take(f"{hf}{theirs}.{p}")
         for i in range(cfg.num_decoder_layers):
             hf, ours = f"decoder.layers.{i}.", f"decoder.layers.{i}."
             for p in ("weight", "bias"):
-                sd[f"{ours}attn.qkv.{p}"] = _cat(r, [f"{hf}self_attn.{n}_proj.{p}" for n in "qkv"])
+                sd[f"{ours}attn.qkv.{p}"] = _qkv(r, [f"{hf}self_attn.{n}_proj.{p}" for n in "qkv"],
+                                                 cfg.num_decoder_heads)
                 sd[f"{ours}cross.kv.{p}"] = _cat(r, [f"{hf}encoder_attn.{n}_proj.{p}" for n in "kv"])  # rows [k; v]
                 for mine, theirs in _DEC.items():
                     sd[f"{ours}{mine}.{p}"] = r.take(f"{hf}{theirs}.{p}")
@@ -131,11 +137,12 @@ class BartAdapter(Adapter):
                 out[f"{stack}.layernorm_embedding.{p}"] = sd[f"{stack}.embed_norm.{p}"]
                 if f"{stack}.final_norm.{p}" in sd:
                     out[f"{stack}.layer_norm.{p}"] = sd[f"{stack}.final_norm.{p}"]
-        for stack, n_layers, table in (("encoder", cfg.num_layers, _ENC), ("decoder", cfg.num_decoder_layers, _DEC)):
+        for stack, n_layers, heads, table in (("encoder", cfg.num_layers, cfg.num_heads, _ENC),
+                                              ("decoder", cfg.num_decoder_layers, cfg.num_decoder_heads, _DEC)):
             for i in range(n_layers):
                 pre = f"{stack}.layers.{i}."
                 for p in ("weight", "bias"):
-                    for n, t in zip("qkv", split_rows(sd[f"{pre}attn.qkv.{p}"], [h, h, h])):
+                    for n, t in zip("qkv", split_qkv(sd[f"{pre}attn.qkv.{p}"], heads, heads)):
                         out[f"{pre}self_attn.{n}_proj.{p}"] = t
                     if stack == "decoder":
                         for n, t in zip("kv", split_rows(sd[f"{pre}cross.kv.{p}"], [h, h])):

@@ -132,3 +132,42 @@ def expect_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Si
             "checkpoint tensor shapes do not match the model (is config.json from the same checkpoint?):\n"
             + "\n".join(bad)
         )
+
+
+# ---- fused projections -------------------------------------------------------------------------------------------
+# ptmkit fuses q/k/v (and gate/up) into one matmul. The rows are interleaved by key/value head (and by feed-forward
+# unit) rather than stacked [q; k; v], so that any contiguous slice of rows — what tensor parallelism gives each
+# rank — holds whole attention groups with their own keys and values (Megatron-LM's layout). Checkpoints of other
+# libraries keep separate q, k, v matrices; these helpers convert both ways, for weights (rows, in) and biases (rows,).
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """Separate projections -> ptmkit's fused rows: for each key/value head j, its query heads
+    [j*g, (j+1)*g) (g = num_heads / num_kv_heads), then key head j, then value head j."""
+    g = num_heads // num_kv_heads
+    rest = q.shape[1:]
+    d = q.shape[0] // num_heads
+    parts = [q.reshape(num_kv_heads, g * d, *rest), k.reshape(num_kv_heads, d, *rest), v.reshape(num_kv_heads, d, *rest)]
+    return torch.cat(parts, dim=1).reshape(-1, *rest)
+
+
+def split_qkv(w: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of fuse_qkv: (q, k, v) with rows in head order, as separate projections store them."""
+    g = num_heads // num_kv_heads
+    rest = w.shape[1:]
+    d = w.shape[0] // (num_heads + 2 * num_kv_heads)
+    grouped = w.reshape(num_kv_heads, (g + 2) * d, *rest)
+    q = grouped[:, : g * d].reshape(num_heads * d, *rest)
+    k = grouped[:, g * d : (g + 1) * d].reshape(num_kv_heads * d, *rest)
+    v = grouped[:, (g + 1) * d :].reshape(num_kv_heads * d, *rest)
+    return q, k, v
+
+
+def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Gated feed-forward: rows alternate gate_0, up_0, gate_1, up_1, ... (each unit's pair stays together)."""
+    return torch.stack([gate, up], dim=1).reshape(-1, *gate.shape[1:])
+
+
+def split_gate_up(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = w.reshape(w.shape[0] // 2, 2, *w.shape[1:])
+    return pairs[:, 0], pairs[:, 1]

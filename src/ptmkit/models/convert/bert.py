@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ptmkit.models.bert import BertConfig
-from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, split_rows
+from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, fuse_qkv, split_qkv
 from ptmkit.models.roberta import RobertaConfig
 
 # ptmkit name inside a layer -> HF name inside encoder.layer.{i}
@@ -106,21 +106,21 @@ class BertAdapter(Adapter):
             q, k, v = (r.take(f"{hf}attention.self.{n}.weight") for n in ("query", "key", "value"))
             qb, kb, vb = (r.take(f"{hf}attention.self.{n}.bias") for n in ("query", "key", "value"))
             if q is not None and k is not None and v is not None:
-                sd[f"layers.{i}.attn.qkv.weight"] = torch.cat([q, k, v], dim=0)  # fused rows [q; k; v]
+                sd[f"layers.{i}.attn.qkv.weight"] = fuse_qkv(q, k, v, cfg.num_heads, cfg.num_heads)
             if qb is not None and kb is not None and vb is not None:
-                sd[f"layers.{i}.attn.qkv.bias"] = torch.cat([qb, kb, vb], dim=0)
+                sd[f"layers.{i}.attn.qkv.bias"] = fuse_qkv(qb, kb, vb, cfg.num_heads, cfg.num_heads)
             for ours, theirs in _LAYER.items():
                 sd[f"layers.{i}.{ours}"] = r.take(hf + theirs)
         return {k: v for k, v in sd.items() if v is not None}
 
     def backbone_to_hf(self, sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
         out = {theirs: sd[ours] for ours, theirs in _EMB.items() if ours in sd}
-        h = cfg.hidden_size
+        h = cfg.num_heads
         for i in range(cfg.num_layers):
             hf = f"encoder.layer.{i}."
-            for name, t in zip(("query", "key", "value"), split_rows(sd[f"layers.{i}.attn.qkv.weight"], [h, h, h])):
+            for name, t in zip(("query", "key", "value"), split_qkv(sd[f"layers.{i}.attn.qkv.weight"], h, h)):
                 out[f"{hf}attention.self.{name}.weight"] = t
-            for name, t in zip(("query", "key", "value"), split_rows(sd[f"layers.{i}.attn.qkv.bias"], [h, h, h])):
+            for name, t in zip(("query", "key", "value"), split_qkv(sd[f"layers.{i}.attn.qkv.bias"], h, h)):
                 out[f"{hf}attention.self.{name}.bias"] = t
             for ours, theirs in _LAYER.items():
                 out[hf + theirs] = sd[f"layers.{i}.{ours}"]

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ptmkit.models.convert.base import Adapter, CheckpointError, Reader
+from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, fuse_qkv, split_qkv
 from ptmkit.models.gpt import GPT2Config
 
 # ptmkit name inside a layer -> (HF name inside h.{i}, stored transposed as Conv1D?)
 _LAYER = {
     "norm1.weight": ("ln_1.weight", False),
     "norm1.bias": ("ln_1.bias", False),
-    "attn.qkv.weight": ("attn.c_attn.weight", True),  # Conv1D columns are already [q | k | v]
+    "attn.qkv.weight": ("attn.c_attn.weight", True),  # Conv1D columns [q | k | v], regrouped per head (fuse_qkv)
     "attn.qkv.bias": ("attn.c_attn.bias", False),
     "attn.out.weight": ("attn.c_proj.weight", True),
     "attn.out.bias": ("attn.c_proj.bias", False),
@@ -86,7 +86,10 @@ class GPT2Adapter(Adapter):
         for i in range(cfg.num_layers):
             for ours, (theirs, transposed) in _LAYER.items():
                 t = r.take(f"h.{i}.{theirs}")
-                sd[f"layers.{i}.{ours}"] = t.t().contiguous() if (t is not None and transposed) else t
+                t = t.t().contiguous() if (t is not None and transposed) else t
+                if t is not None and ours.startswith("attn.qkv"):
+                    t = fuse_qkv(*t.chunk(3, dim=0), cfg.num_heads, cfg.num_heads)
+                sd[f"layers.{i}.{ours}"] = t
         return {k: v for k, v in sd.items() if v is not None}
 
     def backbone_to_hf(self, sd: dict[str, torch.Tensor], cfg: GPT2Config) -> dict[str, torch.Tensor]:
@@ -94,5 +97,7 @@ class GPT2Adapter(Adapter):
         for i in range(cfg.num_layers):
             for ours, (theirs, transposed) in _LAYER.items():
                 t = sd[f"layers.{i}.{ours}"]
+                if ours.startswith("attn.qkv"):
+                    t = torch.cat(split_qkv(t, cfg.num_heads, cfg.num_heads), dim=0)
                 out[f"h.{i}.{theirs}"] = t.t().contiguous() if transposed else t
         return out

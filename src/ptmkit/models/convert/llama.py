@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, split_rows
+from ptmkit.models.convert.base import (
+    Adapter, CheckpointError, Reader, fuse_gate_up, fuse_qkv, split_gate_up, split_qkv,
+)
 from ptmkit.models.llama import LlamaConfig
 
 _LAYER = {
@@ -96,18 +98,18 @@ class LlamaAdapter(Adapter):
             hf = f"layers.{i}."
             qkv = [r.take(f"{hf}self_attn.{n}_proj.weight") for n in "qkv"]
             if all(t is not None for t in qkv):
-                sd[f"layers.{i}.attn.qkv.weight"] = torch.cat(qkv, dim=0)  # rows [q; k; v]
+                sd[f"layers.{i}.attn.qkv.weight"] = fuse_qkv(*qkv, cfg.num_heads, cfg.num_kv_heads)
             if cfg.attention_bias:
                 qkvb = [r.take(f"{hf}self_attn.{n}_proj.bias") for n in "qkv"]
                 if all(t is not None for t in qkvb):
-                    sd[f"layers.{i}.attn.qkv.bias"] = torch.cat(qkvb, dim=0)
+                    sd[f"layers.{i}.attn.qkv.bias"] = fuse_qkv(*qkvb, cfg.num_heads, cfg.num_kv_heads)
             gate, up = r.take(f"{hf}mlp.gate_proj.weight"), r.take(f"{hf}mlp.up_proj.weight")
             if gate is not None and up is not None:
-                sd[f"layers.{i}.ffn.gate_up.weight"] = torch.cat([gate, up], dim=0)  # rows [gate; up]
+                sd[f"layers.{i}.ffn.gate_up.weight"] = fuse_gate_up(gate, up)
             if cfg.mlp_bias:
                 gb, ub = r.take(f"{hf}mlp.gate_proj.bias"), r.take(f"{hf}mlp.up_proj.bias")
                 if gb is not None and ub is not None:
-                    sd[f"layers.{i}.ffn.gate_up.bias"] = torch.cat([gb, ub], dim=0)
+                    sd[f"layers.{i}.ffn.gate_up.bias"] = fuse_gate_up(gb, ub)
             for ours, theirs in _LAYER.items():
                 if ours.endswith(".bias") and not (cfg.attention_bias if "attn" in ours else cfg.mlp_bias):
                     continue
@@ -116,19 +118,18 @@ class LlamaAdapter(Adapter):
 
     def backbone_to_hf(self, sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
         out = {"embed_tokens.weight": sd["embeddings.tok.weight"], "norm.weight": sd["norm_f.weight"]}
-        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        h, kv = cfg.num_heads, cfg.num_kv_heads
         for i in range(cfg.num_layers):
             hf = f"layers.{i}."
-            for n, t in zip("qkv", split_rows(sd[f"layers.{i}.attn.qkv.weight"], [q, kv, kv])):
+            for n, t in zip("qkv", split_qkv(sd[f"layers.{i}.attn.qkv.weight"], h, kv)):
                 out[f"{hf}self_attn.{n}_proj.weight"] = t
             if cfg.attention_bias:
-                for n, t in zip("qkv", split_rows(sd[f"layers.{i}.attn.qkv.bias"], [q, kv, kv])):
+                for n, t in zip("qkv", split_qkv(sd[f"layers.{i}.attn.qkv.bias"], h, kv)):
                     out[f"{hf}self_attn.{n}_proj.bias"] = t
-            f = cfg.intermediate_size
-            for n, t in zip(("gate", "up"), split_rows(sd[f"layers.{i}.ffn.gate_up.weight"], [f, f])):
+            for n, t in zip(("gate", "up"), split_gate_up(sd[f"layers.{i}.ffn.gate_up.weight"])):
                 out[f"{hf}mlp.{n}_proj.weight"] = t
             if cfg.mlp_bias:
-                for n, t in zip(("gate", "up"), split_rows(sd[f"layers.{i}.ffn.gate_up.bias"], [f, f])):
+                for n, t in zip(("gate", "up"), split_gate_up(sd[f"layers.{i}.ffn.gate_up.bias"])):
                     out[f"{hf}mlp.{n}_proj.bias"] = t
             for ours, theirs in _LAYER.items():
                 if f"layers.{i}.{ours}" in sd:

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ptmkit.models.convert.base import Adapter, Reader, split_rows, tied_embedding
+from ptmkit.models.convert.base import (
+    Adapter, Reader, fuse_gate_up, fuse_qkv, split_gate_up, split_qkv, split_rows, tied_embedding,
+)
 from ptmkit.models.t5 import T5Config
 
 _CONFIG_KEYS = {  # ptmkit field -> HF config key
@@ -38,7 +40,7 @@ def _ffn_from_hf(r: Reader, hf: str, ours: str, gated: bool, sd: dict) -> None:
     if gated:
         g, u = r.take(f"{hf}DenseReluDense.wi_0.weight"), r.take(f"{hf}DenseReluDense.wi_1.weight")
         if g is not None and u is not None:
-            sd[f"{ours}ffn.gate_up.weight"] = torch.cat([g, u], dim=0)  # rows [gate; up]
+            sd[f"{ours}ffn.gate_up.weight"] = fuse_gate_up(g, u)
     else:
         sd[f"{ours}ffn.up.weight"] = r.take(f"{hf}DenseReluDense.wi.weight")
     sd[f"{ours}ffn.down.weight"] = r.take(f"{hf}DenseReluDense.wo.weight")
@@ -46,16 +48,16 @@ def _ffn_from_hf(r: Reader, hf: str, ours: str, gated: bool, sd: dict) -> None:
 
 def _ffn_to_hf(sd: dict, ours: str, hf: str, cfg: T5Config, out: dict) -> None:
     if cfg.gated:
-        g, u = split_rows(sd[f"{ours}ffn.gate_up.weight"], [cfg.intermediate_size] * 2)
+        g, u = split_gate_up(sd[f"{ours}ffn.gate_up.weight"])
         out[f"{hf}DenseReluDense.wi_0.weight"], out[f"{hf}DenseReluDense.wi_1.weight"] = g, u
     else:
         out[f"{hf}DenseReluDense.wi.weight"] = sd[f"{ours}ffn.up.weight"]
     out[f"{hf}DenseReluDense.wo.weight"] = sd[f"{ours}ffn.down.weight"]
 
 
-def _qkv(r: Reader, hf: str) -> torch.Tensor | None:
+def _qkv(r: Reader, hf: str, heads: int) -> torch.Tensor | None:
     parts = [r.take(f"{hf}{n}.weight") for n in "qkv"]
-    return torch.cat(parts, dim=0) if all(p is not None for p in parts) else None  # rows [q; k; v]
+    return fuse_qkv(*parts, heads, heads) if all(p is not None for p in parts) else None
 
 
 def _kv(r: Reader, hf: str) -> torch.Tensor | None:
@@ -68,7 +70,7 @@ def encoder_from_hf(r: Reader, cfg: T5Config) -> dict[str, torch.Tensor]:
           "encoder.final_norm.weight": r.take("encoder.final_layer_norm.weight")}
     for i in range(cfg.num_layers):
         hf, ours = f"encoder.block.{i}.layer.", f"encoder.layers.{i}."
-        sd[f"{ours}attn.qkv.weight"] = _qkv(r, f"{hf}0.SelfAttention.")
+        sd[f"{ours}attn.qkv.weight"] = _qkv(r, f"{hf}0.SelfAttention.", cfg.num_heads)
         sd[f"{ours}attn.out.weight"] = r.take(f"{hf}0.SelfAttention.o.weight")
         sd[f"{ours}norm1.weight"] = r.take(f"{hf}0.layer_norm.weight")
         _ffn_from_hf(r, f"{hf}1.", ours, cfg.gated, sd)
@@ -82,7 +84,7 @@ def encoder_to_hf(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str, torch
            "encoder.final_layer_norm.weight": sd["encoder.final_norm.weight"]}
     for i in range(cfg.num_layers):
         hf, ours = f"encoder.block.{i}.layer.", f"encoder.layers.{i}."
-        for n, t in zip("qkv", split_rows(sd[f"{ours}attn.qkv.weight"], [inner] * 3)):
+        for n, t in zip("qkv", split_qkv(sd[f"{ours}attn.qkv.weight"], cfg.num_heads, cfg.num_heads)):
             out[f"{hf}0.SelfAttention.{n}.weight"] = t
         out[f"{hf}0.SelfAttention.o.weight"] = sd[f"{ours}attn.out.weight"]
         out[f"{hf}0.layer_norm.weight"] = sd[f"{ours}norm1.weight"]
@@ -129,7 +131,7 @@ class T5Adapter(Adapter):
         sd["decoder.final_norm.weight"] = r.take("decoder.final_layer_norm.weight")
         for i in range(cfg.num_decoder_layers):
             hf, ours = f"decoder.block.{i}.layer.", f"decoder.layers.{i}."
-            sd[f"{ours}attn.qkv.weight"] = _qkv(r, f"{hf}0.SelfAttention.")
+            sd[f"{ours}attn.qkv.weight"] = _qkv(r, f"{hf}0.SelfAttention.", cfg.num_heads)
             sd[f"{ours}attn.out.weight"] = r.take(f"{hf}0.SelfAttention.o.weight")
             sd[f"{ours}norm1.weight"] = r.take(f"{hf}0.layer_norm.weight")
             sd[f"{ours}cross.q.weight"] = r.take(f"{hf}1.EncDecAttention.q.weight")
@@ -148,7 +150,7 @@ class T5Adapter(Adapter):
         out["decoder.final_layer_norm.weight"] = sd["decoder.final_norm.weight"]
         for i in range(cfg.num_decoder_layers):
             hf, ours = f"decoder.block.{i}.layer.", f"decoder.layers.{i}."
-            for n, t in zip("qkv", split_rows(sd[f"{ours}attn.qkv.weight"], [inner] * 3)):
+            for n, t in zip("qkv", split_qkv(sd[f"{ours}attn.qkv.weight"], cfg.num_heads, cfg.num_heads)):
                 out[f"{hf}0.SelfAttention.{n}.weight"] = t
             out[f"{hf}0.SelfAttention.o.weight"] = sd[f"{ours}attn.out.weight"]
             out[f"{hf}0.layer_norm.weight"] = sd[f"{ours}norm1.weight"]

@@ -4,7 +4,7 @@ tensor parallel (DTensor weights) -> activation checkpointing (around each block
 The module is the TrainingModule (model + the objective's auxiliary networks, forward(batch) -> loss), so FSDP2's
 root unit covers everything a training step touches: embeddings shared with ELECTRA's generator, heads, the
 objective's own layers. Each transformer block is its own FSDP2 unit, gathered just before it runs and freed after.
-Pipeline parallelism splits the model before this is called (ptmkit.parallel.pipeline).
+Pipeline parallelism is validated by the config but not executed yet (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -12,12 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptmkit.config import ConfigError
 from ptmkit.parallel.config import DTYPES
 from ptmkit.parallel.mesh import ParallelState
 from ptmkit.train.activation_checkpoint import apply_activation_checkpointing, transformer_blocks
 
 
 def parallelize(module: nn.Module, state: ParallelState | None, activation_checkpointing: int = 0) -> nn.Module:
+    if state is not None and state.cfg.pp > 1:
+        raise ConfigError("parallel.pp > 1: pipeline execution (GPipe / 1F1B) is not implemented yet; set "
+                          "parallel.pp to 1 and use dp_shard / tp (docs/scaling.md)")
     if state is not None and state.cfg.tp > 1:
         from ptmkit.parallel.tensor import apply_tensor_parallel
 

@@ -75,3 +75,13 @@ def test_rank_slices_partition_each_global_batch():
         assert x["scalar"].shape == ()
     with pytest.raises(ConfigError, match="global batch size 4 is not divisible by the 3"):
         RankSlice(_Batches(), 0, 3)
+
+
+def test_pipeline_layouts_stop_with_a_message():
+    from ptmkit.parallel.apply import parallelize
+    from ptmkit.parallel.mesh import ParallelState
+
+    state = ParallelState(ParallelConfig(pp=2).resolve(2), rank=0, world_size=2, device=torch.device("cpu"),
+                          mesh=None, dp_rank=0)
+    with pytest.raises(ConfigError, match="pipeline execution .* is not implemented yet; set parallel.pp to 1"):
+        parallelize(torch.nn.Linear(2, 2), state)

@@ -90,6 +90,7 @@ class FinetuneConfig:
     max_eval_examples: int | None = None  # random subset of the eval split (fixed by seed)
     lr: float = 5e-5
     weight_decay: float = 0.01
+    layer_decay: float = 1.0  # layer-wise lr decay: block i of L trains at lr * layer_decay^(L - i); 1 = off
     warmup_ratio: float = 0.1  # fraction of the steps with linear warm-up
     decay: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float = 1.0
@@ -138,6 +139,9 @@ class FinetuneConfig:
         for name in ("weight_decay", "grad_clip", "eval_every", "bucket_batches"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"{where}: layer_decay must be in (0, 1] (1 = off; ELECTRA fine-tunes with 0.8), "
+                              f"got {self.layer_decay}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.decay not in ("linear", "cosine", "constant"):
@@ -452,7 +456,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    optim_cfg = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+    optim_cfg = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                            layer_decay=cfg.layer_decay)
     optimizer = _adamw(model, optim_cfg)
     scheduler = build_scheduler(optimizer, ScheduleConfig(warmup_steps=round(cfg.warmup_ratio * total),
                                                           decay=cfg.decay), total)

@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=_D["lr"], help="peak learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float, default=_D["weight_decay"],
                    help="AdamW weight decay (not on biases and norms)")
+    p.add_argument("--layer-decay", type=float, default=_D["layer_decay"],
+                   help="layer-wise lr decay: block i of L trains at lr * decay^(L - i), embeddings at "
+                        "decay^(L + 1), the head at lr (ELECTRA uses 0.8; 1 = off)")
     p.add_argument("--warmup-ratio", type=float, default=_D["warmup_ratio"], help="fraction of steps with linear warm-up")
     p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=_D["decay"],
                    help="learning-rate decay after warm-up")

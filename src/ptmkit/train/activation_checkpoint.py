@@ -19,16 +19,21 @@ from torch.utils.checkpoint import checkpoint
 from ptmkit.config import ConfigError
 
 _MARK = "_ptmkit_checkpointed"
+# An outer per-block wrapper (LayerDrop, train/layer_drop.py) keeps the forward it calls in this attribute;
+# checkpointing installs itself there, beneath the outer wrapper, whichever was applied first.
+INNER_FORWARD = "_ptmkit_inner_forward"
+
+
+def block_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """(name, stack) for every `layers` ModuleList (encoder, decoder, and the stacks of auxiliary networks such as
+    ELECTRA's generator), in model order."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers"]
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every block of every layer stack: the children of each `layers` ModuleList (encoder, decoder, and the
-    stacks of auxiliary networks such as ELECTRA's generator), in model order."""
-    blocks: list[nn.Module] = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers":
-            blocks.extend(module)
-    return blocks
+    """Every block of every layer stack, in model order."""
+    return [block for _, stack in block_stacks(model) for block in stack]
 
 
 def apply_activation_checkpointing(model: nn.Module, every: int = 1) -> int:
@@ -39,10 +44,8 @@ def apply_activation_checkpointing(model: nn.Module, every: int = 1) -> int:
     if not isinstance(every, int) or every < 1:
         raise ConfigError(f"activation checkpointing: every must be an integer >= 1 (1 = every block), got {every!r}")
     wrapped = 0
-    for name, module in model.named_modules():
-        if not (isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers"):
-            continue
-        for i, block in enumerate(module):
+    for _, stack in block_stacks(model):
+        for i, block in enumerate(stack):
             if i % every == 0 and not getattr(block, _MARK, False):
                 _wrap(block)
                 wrapped += 1
@@ -61,7 +64,11 @@ def _checkpointed_forward(self: nn.Module, *args, **kwargs):
 def _wrap(block: nn.Module) -> None:
     # A bound method rather than a closure: copy.deepcopy rebinds it to the copy (a closure would keep calling the
     # original block).
-    block.forward = types.MethodType(_checkpointed_forward, block)
+    wrapped = types.MethodType(_checkpointed_forward, block)
+    if INNER_FORWARD in block.__dict__:  # under LayerDrop: its skip decision stays outside the recomputed region
+        setattr(block, INNER_FORWARD, wrapped)
+    else:
+        block.forward = wrapped
     setattr(block, _MARK, True)
 
 

@@ -134,3 +134,18 @@ def test_fsdp2_trains_electra_with_its_generator_and_exports_both(corpus, tmp_pa
         a = load_file(tmp_path / "single" / name / "model.safetensors")
         b = load_file(tmp_path / "fsdp" / name / "model.safetensors")
         assert a.keys() == b.keys()
+
+
+@pytest.mark.parametrize("layout", ["ddp", "fsdp2"])
+def test_layer_drop_skips_the_same_blocks_on_every_rank(corpus, tmp_path, layout):  # noqa: F811
+    """Skip decisions depend on (seed, step) only, so FSDP2's per-block all-gathers match up across ranks and the
+    run equals the single-process one; DDP finds the skipped blocks' unused parameters."""
+    from ptmkit.config import from_dict
+    from ptmkit.train.pretrain import PretrainConfig, pretrain
+
+    cfg = {**_gpt2(corpus, steps=6), "layer_drop": {"schedule": "constant", "rate": 0.4}}
+    cfg["model"]["config"]["num_layers"] = 4
+    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(tmp_path / "single")}))
+    torchrun(2, write_config(tmp_path / "drop.yaml", cfg), tmp_path / layout, *LAYOUTS[layout])
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / layout)), torch.tensor(losses(tmp_path / "single")),
+                               rtol=0, atol=1e-5)

@@ -18,7 +18,10 @@ from ptmkit.parallel.mesh import ParallelState
 from ptmkit.train.activation_checkpoint import apply_activation_checkpointing, transformer_blocks
 
 
-def parallelize(module: nn.Module, state: ParallelState | None, activation_checkpointing: int = 0) -> nn.Module:
+def parallelize(module: nn.Module, state: ParallelState | None, activation_checkpointing: int = 0,
+                unused_parameters: bool = False) -> nn.Module:
+    """`unused_parameters`: some parameters may get no gradient in a step (layer drop skips blocks); DDP must then
+    look for them after each backward."""
     if state is not None and state.cfg.pp > 1:
         raise ConfigError("parallel.pp > 1: pipeline execution (GPipe / 1F1B) is not implemented yet; set "
                           "parallel.pp to 1 and use dp_shard / tp (docs/scaling.md)")
@@ -51,5 +54,5 @@ def parallelize(module: nn.Module, state: ParallelState | None, activation_check
     else:  # plain data parallel: DDP's bucketed all-reduce, applied in place (no wrapper class)
         from torch.distributed._composable.replicate import replicate
 
-        replicate(module, device_mesh=dp_mesh)
+        replicate(module, device_mesh=dp_mesh, find_unused_parameters=unused_parameters)
     return module

@@ -12,9 +12,9 @@ so nothing is dropped at t = 0 and the expected kept fraction of a stack tends t
 
 Mechanics: each block's `forward` is wrapped on the instance (as train/activation_checkpoint.py does), so parameter
 names, state dicts and checkpoints are unchanged. In training mode a block is skipped with one Bernoulli draw per
-block per forward pass (the whole batch skips it together, which is what saves the compute), drawn from torch's
-global CPU generator, so a seeded run is reproducible and a resumed one (whose checkpoint restores that generator)
-draws the same; in eval mode every block runs. A skipped block returns its first argument, so only blocks that map
+block per forward pass (the whole batch skips it together, which is what saves the compute), drawn from the
+controller's own generator, re-seeded from (seed, step) by `step(t)`: a seeded run is reproducible, a resumed one
+draws what the uninterrupted run drew, and every rank of a distributed run draws the same decisions; in eval mode every block runs. A skipped block returns its first argument, so only blocks that map
 their input to an output of the same shape can be skipped (BERT, RoBERTa, ELECTRA, GPT-2, LLaMA, T5, BART blocks; not
 XLNet's two-stream layers); anything else is an error at its first training call.
 
@@ -25,9 +25,9 @@ no identity path through it (its LayerNorms re-scale every output), so a skip ch
 of either kind; expect Pre-LN families (GPT-2, LLaMA, T5) to tolerate aggressive settings better, and keep θ̄ high
 on BERT.
 
-Distributed use: every rank draws its own decisions. Data-parallel ranks may differ (DDP then needs
-find_unused_parameters=True), but tensor- and pipeline-parallel ranks of one model replica must draw the same, which
-this module does not arrange: do not combine it with tp > 1 or pp > 1.
+Distributed use: the decisions depend only on (seed, step, call order), so all ranks skip the same blocks — which
+FSDP2's per-block all-gathers and tensor-parallel all-reduces require. DDP still sees the skipped blocks' parameters
+unused in a step and is built with find_unused_parameters (ptmkit.parallel.apply).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ptmkit.train.activation_checkpoint import INNER_FORWARD, block_stacks
 
 _PROB = "_ptmkit_drop_prob"  # the block's current drop probability, set by LayerDrop.step
 _CHECKED = "_ptmkit_drop_checked"  # the block's output was seen to have its input's shape
+_GEN = "_ptmkit_drop_generator"  # the controller's generator, shared by its blocks
 
 SCHEDULES = ("none", "constant", "progressive")
 
@@ -72,8 +73,9 @@ class LayerDrop:
     """The drop probabilities of a model's wrapped blocks. Call `step(t)` with the 0-based optimizer step before
     each step's forward passes (PLD's probabilities change with t; for a constant rate it changes nothing)."""
 
-    def __init__(self, stacks: list[nn.ModuleList], cfg: LayerDropConfig):
-        self.cfg = cfg
+    def __init__(self, stacks: list[nn.ModuleList], cfg: LayerDropConfig, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+        self.generator = torch.Generator()
         # (block, l, L): 1-based position in its own stack, and that stack's depth (an encoder-decoder's encoder and
         # decoder count separately)
         self.blocks = [(block, i + 1, len(stack)) for stack in stacks for i, block in enumerate(stack)]
@@ -93,8 +95,10 @@ class LayerDrop:
 
     def step(self, t: int) -> None:
         self.t = t
+        self.generator.manual_seed(self.seed * 1_000_003 + t)  # a function of (seed, step): resumable, rank-agnostic
         for block, layer, depth in self.blocks:
             setattr(block, _PROB, self.drop_probability(layer, depth, t))
+            setattr(block, _GEN, self.generator)
 
     @property
     def probabilities(self) -> list[float]:
@@ -107,12 +111,12 @@ class LayerDrop:
         return 1.0 - sum(probs) / len(probs) if probs else 1.0
 
 
-def apply_layer_drop(model: nn.Module, cfg: LayerDropConfig) -> LayerDrop:
+def apply_layer_drop(model: nn.Module, cfg: LayerDropConfig, seed: int = 0) -> LayerDrop:
     """Wrap every block of every `layers` stack of `model` (schedule none: none) and return the controller.
 
     Apply it to the single-device model before parallelisation, in either order with activation checkpointing."""
     if cfg.schedule == "none":
-        return LayerDrop([], cfg)
+        return LayerDrop([], cfg, seed)
     stacks = [stack for _, stack in block_stacks(model)]
     if not stacks:
         raise ConfigError(f"layer_drop: {type(model).__name__} has no `layers` block stack to drop blocks from; "
@@ -125,7 +129,7 @@ def apply_layer_drop(model: nn.Module, cfg: LayerDropConfig) -> LayerDrop:
             setattr(block, INNER_FORWARD, block.__dict__.get("forward"))
             block.forward = types.MethodType(_layer_drop_forward, block)  # bound: deepcopy rebinds it to the copy
             setattr(block, _CHECKED, False)
-    return LayerDrop(stacks, cfg)
+    return LayerDrop(stacks, cfg, seed)
 
 
 def _layer_drop_forward(self: nn.Module, *args, **kwargs):
@@ -137,7 +141,7 @@ def _layer_drop_forward(self: nn.Module, *args, **kwargs):
                           "argument, so there is no input to return when the block is skipped")
     x = args[0]
     p = getattr(self, _PROB)
-    skip = p > 0 and bool(torch.rand(()) < p)  # one draw for the whole batch, from the global CPU generator
+    skip = p > 0 and bool(torch.rand((), generator=getattr(self, _GEN)) < p)  # one draw for the whole batch
     if skip and getattr(self, _CHECKED):
         return x
     if skip:  # first call: run the block once, without autograd, only to check that skipping is valid

@@ -131,9 +131,11 @@ def train(
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
     parallel: ParallelState | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train for cfg.steps updates (continuing from the last checkpoint when resume=True).
 
+    `on_step(t)` runs before each optimizer step t (0-based), e.g. a layer-drop schedule.
     `evaluate` receives the TrainingModule (call it on a batch for the loss). With `parallel` (a torchrun launch),
     the module is sharded/replicated by ptmkit.parallel, every rank runs this loop on its slice of each global
     batch, metrics are averaged over the data-parallel ranks and written by rank 0, checkpoints are DCP.
@@ -143,7 +145,7 @@ def train(
     main = parallel is None or parallel.is_main
     model.to(device)
     trained = TrainingModule(model, objective)  # model (+ the objective's generator, if any)
-    parallelize(trained, parallel, cfg.activation_checkpointing)
+    parallelize(trained, parallel, cfg.activation_checkpointing, unused_parameters=on_step is not None)
     optimizer = build_optimizer(trained, optim_cfg)
     scheduler = build_scheduler(optimizer, sched_cfg, cfg.steps)
     precision = Precision(cfg.precision, device)
@@ -182,6 +184,8 @@ def train(
 
     with _StopFlag() as stop:
         while step < cfg.steps:
+            if on_step is not None:
+                on_step(step)
             trained.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}

@@ -23,6 +23,7 @@ from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
 from ptmkit.parallel.mesh import setup, teardown
 from ptmkit.train.flops import device_peak_flops, training_flops_per_token
+from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.schedule import ScheduleConfig
@@ -34,6 +35,7 @@ class ModelSection:
     preset: str | None = None  # a size from ptmkit.models.PRESETS, e.g. bert-mini
     config: dict[str, Any] = field(default_factory=dict)  # family config fields, over the preset
     init_from: str | None = None  # continue pre-training a model directory instead of a fresh model
+    stack_to: int | None = None  # progressive stacking (Gong et al. 2019): deepen init_from to this many layers
 
 
 @dataclass
@@ -62,6 +64,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # torchrun layouts (docs/scaling.md)
+    layer_drop: LayerDropConfig = field(default_factory=LayerDropConfig)  # LayerDrop / progressive layer dropping
     out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 
@@ -88,8 +91,15 @@ def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size:
 
 
 def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer):
+    if section.stack_to is not None and not section.init_from:
+        raise ConfigError("model.stack_to (progressive stacking) deepens a trained model: set model.init_from to the "
+                          "shallow stage's model directory")
     if section.init_from:
         model = load_model(section.init_from, task=task)
+        if section.stack_to is not None:
+            from ptmkit.train.progressive import stack_layers
+
+            model = stack_layers(model, section.stack_to)
     else:
         params: dict[str, Any] = {}
         if section.preset:
@@ -186,9 +196,11 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
                                            f"dp_shard {state.cfg.dp_shard}, tp {state.cfg.tp}, pp {state.cfg.pp})")
         print(f"[ptmkit] {n_params / 1e6:.1f}M parameters, {len(dataset)} training sequences of {cfg.data.seq_len} "
               f"tokens, {cfg.train.steps} steps x {cfg.data.batch_size * cfg.train.grad_accum} sequences{layout}")
+    layer_drop = apply_layer_drop(model, cfg.layer_drop, seed=cfg.train.seed)
     t0 = time.perf_counter()
     summary = train(model, objective, batches, out, cfg.train, cfg.optim, cfg.schedule, evaluate, resume,
-                    flops_per_token=fpt, peak_flops=peak, parallel=state)
+                    flops_per_token=fpt, peak_flops=peak, parallel=state,
+                    on_step=layer_drop.step if layer_drop.blocks else None)
     trained = summary.pop("trained")
     summary["wall_s"] = time.perf_counter() - t0
     summary["epochs"] = batches.epoch

@@ -115,12 +115,12 @@ def test_gradients_flow_only_through_kept_blocks():
 
 
 def test_seeded_runs_draw_the_same_blocks():
-    def kept_pattern(seed):
-        torch.manual_seed(seed)
+    def kept_pattern(seed, steps=range(20)):
         model = Stack(5)
-        apply_layer_drop(model, LayerDropConfig(schedule="constant", rate=0.5))
+        drop = apply_layer_drop(model, LayerDropConfig(schedule="constant", rate=0.5), seed=seed)
         pattern = []
-        for _ in range(20):
+        for t in steps:
+            drop.step(t)
             before = _calls(model)
             model(torch.ones(1, 4))
             pattern.append(tuple(a - b for a, b in zip(_calls(model), before)))
@@ -128,6 +128,10 @@ def test_seeded_runs_draw_the_same_blocks():
 
     assert kept_pattern(7) == kept_pattern(7)
     assert kept_pattern(7) != kept_pattern(8)
+    # the draws of step t depend on (seed, t) only: a resumed run (or another rank) skips the same blocks
+    torch.manual_seed(123)  # the global generator plays no part
+    # (from the second step on: a fresh model's first skip also runs the block once to check its output shape)
+    assert kept_pattern(7, range(12, 20))[1:] == kept_pattern(7)[13:]
 
 
 def _grads(order: str):

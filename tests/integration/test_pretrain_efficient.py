@@ -1,0 +1,54 @@
+"""Efficient pre-training through `ptm pretrain` configs: layer drop schedules and progressive stacking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from ptmkit.config import ConfigError
+from ptmkit.train.logging import read_metrics
+from ptmkit.train.pretrain import pretrain
+from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (pytest fixture)
+
+
+def _losses(run):
+    return [r["loss"] for r in read_metrics(run) if r["split"] == "train"]
+
+
+def _with_drop(cfg, **drop):
+    for k, v in drop.items():
+        setattr(cfg.layer_drop, k, v)
+    return cfg
+
+
+def test_progressive_layer_dropping_trains_and_is_reproducible(corpus, tmp_path):  # noqa: F811
+    pld = dict(schedule="progressive", theta_bar=0.5, gamma=0.1)
+    for name in ("b", "c"):
+        pretrain(_with_drop(_cfg(corpus, tmp_path / name, train__steps=30), **pld))
+    pretrain(_with_drop(_cfg(corpus, tmp_path / "a", train__steps=30), schedule="constant", rate=0.3))
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "c")  # same seed, same skipped blocks
+    assert _losses(tmp_path / "b") != _losses(tmp_path / "a")
+    losses = _losses(tmp_path / "b")
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def test_progressive_stacking_from_a_shallow_run(corpus, tmp_path):  # noqa: F811
+    shallow = pretrain(_cfg(corpus, tmp_path / "shallow", train__steps=10))
+    cfg = _cfg(corpus, tmp_path / "deep", train__steps=10, model__init_from=shallow["model_dir"])
+    cfg.model.stack_to = 4
+    deep = pretrain(cfg)
+    config = json.loads((tmp_path / "deep" / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 4
+    # the first deep step starts from the shallow model's function doubled, so its loss is far below a fresh start
+    fresh = _losses(tmp_path / "shallow")[0]
+    assert _losses(tmp_path / "deep")[0] < fresh
+    assert deep["steps"] == 10
+    weights = load_file(tmp_path / "deep" / "model" / "model.safetensors")
+    assert any(k.startswith("bert.encoder.layer.3.") for k in weights)
+
+    bad = _cfg(corpus, tmp_path / "bad")
+    bad.model.stack_to = 4
+    with pytest.raises(ConfigError, match="model.stack_to .* set model.init_from"):
+        pretrain(bad)

@@ -39,7 +39,12 @@ class Embeddings(nn.Module):
         if self.pos is not None:
             if position_ids is None:
                 raise ValueError("this model has learned positions: position_ids are required")
-            if int(position_ids.max()) >= self.pos.num_embeddings:
+            # The exact check reads the max back from the device: free on CPU, a sync per step on GPU (and a graph
+            # break under torch.compile). On accelerators check only the length, which catches the usual cause
+            # (an input longer than the table); an offset position beyond it still fails in the embedding kernel.
+            on_host = position_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+            too_long = position_ids.shape[-1] > self.pos.num_embeddings
+            if too_long or (on_host and int(position_ids.max()) >= self.pos.num_embeddings):
                 raise ValueError(
                     f"position {int(position_ids.max())} is beyond the model's {self.pos.num_embeddings} "
                     "learned positions; truncate the input to max_position_embeddings"

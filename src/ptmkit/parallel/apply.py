@@ -22,9 +22,8 @@ def parallelize(module: nn.Module, state: ParallelState | None, activation_check
                 unused_parameters: bool = False) -> nn.Module:
     """`unused_parameters`: some parameters may get no gradient in a step (layer drop skips blocks); DDP must then
     look for them after each backward."""
-    if state is not None and state.cfg.pp > 1:
-        raise ConfigError("parallel.pp > 1: pipeline execution (GPipe / 1F1B) is not implemented yet; set "
-                          "parallel.pp to 1 and use dp_shard / tp (docs/scaling.md)")
+    if state is not None and state.cfg.pp > 1 and state.cfg.tp > 1:
+        raise ConfigError("parallel.pp > 1 together with parallel.tp > 1 is not supported yet; set one of them to 1")
     if state is not None and state.cfg.tp > 1:
         from ptmkit.parallel.tensor import apply_tensor_parallel
 

@@ -124,6 +124,7 @@ def load_dcp_weights(path: str | Path, module: torch.nn.Module) -> None:
     set_model_state_dict(module, sd["model"])
 
 
-def full_model_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Collective: the unsharded weights on CPU, on rank 0 (other ranks get {})."""
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def full_model_state(module: torch.nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """Collective: the unsharded weights on CPU, on rank 0 (other ranks get {}), or on every rank."""
+    sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    return {k: v.detach().cpu() for k, v in sd.items()} if everywhere else sd

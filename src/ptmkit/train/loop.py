@@ -145,7 +145,16 @@ def train(
     main = parallel is None or parallel.is_main
     model.to(device)
     trained = TrainingModule(model, objective)  # model (+ the objective's generator, if any)
-    parallelize(trained, parallel, cfg.activation_checkpointing, unused_parameters=on_step is not None)
+    pipeline = None
+    if parallel is not None and parallel.cfg.pp > 1:  # keep this rank's stage only; FSDP2 then wraps the stage
+        from ptmkit.parallel.pipeline import Pipeline
+
+        micro = parallel.cfg.pp_microbatches or 2 * parallel.cfg.pp
+        pipeline = Pipeline(trained, parallel, micro, parallel.cfg.pp_schedule, device)
+    parallelize(pipeline.module if pipeline else trained, parallel, cfg.activation_checkpointing,
+                unused_parameters=on_step is not None)
+    if pipeline is not None:
+        pipeline.build()
     optimizer = build_optimizer(trained, optim_cfg)
     scheduler = build_scheduler(optimizer, sched_cfg, cfg.steps)
     precision = Precision(cfg.precision, device)
@@ -194,6 +203,13 @@ def train(
                 td = time.perf_counter()
                 batch = _to_device(next(batches), device)
                 step_data += time.perf_counter() - td
+                if pipeline is not None:  # forward and backward of every micro-batch, through the stages
+                    with precision.autocast():
+                        loss, metrics = pipeline.step(batch)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    ntok += batch["input_ids"].numel()
+                    continue
                 with precision.autocast():
                     loss, metrics = trained(batch)
                 if parallel is not None and parallel.cfg.dp > 1 and "predicted_tokens" in metrics:
@@ -203,7 +219,10 @@ def train(
                 ntok += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
-            grad_norm, skipped = precision.step(optimizer, trained.parameters(), optim_cfg.grad_clip)
+            grad_norm, skipped = precision.step(
+                optimizer, trained.parameters(), optim_cfg.grad_clip,
+                group=pipeline.group if pipeline is not None else None,
+                counted_elsewhere=pipeline.module.counted_elsewhere() if pipeline is not None else frozenset())
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             if device.type == "cuda":

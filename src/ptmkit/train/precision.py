@@ -30,12 +30,14 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, params, grad_clip: float) -> tuple[float, bool]:
+    def step(self, optimizer: torch.optim.Optimizer, params, grad_clip: float, group=None,
+             counted_elsewhere: frozenset[int] = frozenset()) -> tuple[float, bool]:
         """Unscale, clip, step. Returns (global grad norm before clipping, whether the step was skipped)."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
         params = [p for p in params if p.grad is not None]
-        norm = clip_grad_norm([p.grad for p in params], grad_clip if grad_clip > 0 else float("inf"))
+        norm = clip_grad_norm([p.grad for p in params], grad_clip if grad_clip > 0 else float("inf"), group,
+                              skip_in_norm={id(p.grad) for p in params if id(p) in counted_elsewhere})
         skipped = False
         if self.scaler:
             scale = self.scaler.get_scale()
@@ -59,14 +61,17 @@ class Precision:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> float:
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float, group=None, skip_in_norm: set[int] = frozenset()) -> float:
     """Global L2 norm of all gradients (returned, before clipping) and in-place clipping to max_norm.
 
     Works for plain tensors and for DTensors on any mix of meshes (FSDP2 shards, tensor-parallel splits, both, and
     the replicated plain tensors beside them): each group's norm is reduced over its own mesh, then combined.
+    `group`: ranks holding *different* parameters (pipeline stages), whose squared norms are summed too;
+    `skip_in_norm`: ids of gradients another rank of `group` already counts (a tied matrix on two stages).
     """
     groups: dict[tuple, list[torch.Tensor]] = {}
-    for g in grads:
+    scaled_only = [g for g in grads if id(g) in skip_in_norm]
+    for g in (g for g in grads if id(g) not in skip_in_norm):
         mesh = getattr(g, "device_mesh", None)
         groups.setdefault((id(mesh), g.device.type, g.dtype), []).append(g)
     squares = []
@@ -75,9 +80,17 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> float:
         if hasattr(n, "full_tensor"):  # a DTensor: partial sums over the ranks that hold the shards
             n = n.full_tensor()
         squares.append(n.double().square().cpu())
-    total = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    square = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float64)
+    if group is not None:
+        import torch.distributed as dist
+
+        if dist.get_backend(group) == "nccl":
+            square = square.cuda()
+        dist.all_reduce(square, group=group)
+    total = float(square.sqrt())
     if total > max_norm and max_norm != float("inf") and total == total:  # finite and above the threshold
         coef = max_norm / (total + 1e-6)
-        for gs in groups.values():
-            torch._foreach_mul_(gs, coef)
+        for gs in [*groups.values(), scaled_only]:
+            if gs:
+                torch._foreach_mul_(gs, coef)
     return total

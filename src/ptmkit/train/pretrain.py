@@ -171,6 +171,9 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     if state is not None:
         check_model(state.cfg, bcfg.num_layers, bcfg.num_heads, getattr(bcfg, "num_kv_heads", None),
                     getattr(bcfg, "intermediate_size", None), cfg.data.batch_size)
+        if state.cfg.pp > 1 and (cfg.data.eval or cfg.train.precision == "fp16"):
+            raise ConfigError("pipeline-parallel runs do not evaluate during training or use fp16 loss scaling yet: "
+                              "leave data.eval empty and use precision bf16 or fp32 (evaluate the exported model)")
         torch.manual_seed(cfg.train.seed + 1 + state.rank)  # independent dropout draws per rank
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     dataset = PackedDataset(shards, cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
@@ -206,7 +209,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     summary["epochs"] = batches.epoch
     if not summary["interrupted"]:
         if state is not None:  # gather the shards into one plain model on rank 0 (collective)
-            model, objective = _unsharded_copy(cfg, trained, tokenizer, task, main)
+            model, objective = _unsharded_copy(cfg, trained, tokenizer, task, main, state.cfg.pp)
         if main:
             save_model(model, out / "model", tokenizer_from=None)
             tokenizer.save(out / "model")
@@ -220,12 +223,18 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     return summary
 
 
-def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, task, main: bool):
+def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, task, main: bool, pp: int = 1):
     """A single-device copy of the trained model (and objective networks) with the gathered weights, on rank 0."""
     from ptmkit.train.dcp import full_model_state
     from ptmkit.train.loop import TrainingModule
 
-    full = full_model_state(trained)
+    full = full_model_state(trained, everywhere=pp > 1)
+    if pp > 1:  # each pipeline stage holds different tensors: merge them on rank 0
+        import torch.distributed as dist
+
+        parts: list[dict] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(parts, full)
+        full = {k: v for part in parts for k, v in part.items()}
     if not main:
         return None, None
     objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)

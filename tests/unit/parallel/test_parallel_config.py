@@ -77,11 +77,24 @@ def test_rank_slices_partition_each_global_batch():
         RankSlice(_Batches(), 0, 3)
 
 
-def test_pipeline_layouts_stop_with_a_message():
+def test_pipeline_with_tensor_parallel_stops_with_a_message():
     from ptmkit.parallel.apply import parallelize
     from ptmkit.parallel.mesh import ParallelState
 
-    state = ParallelState(ParallelConfig(pp=2).resolve(2), rank=0, world_size=2, device=torch.device("cpu"),
+    state = ParallelState(ParallelConfig(pp=2, tp=2).resolve(4), rank=0, world_size=4, device=torch.device("cpu"),
                           mesh=None, dp_rank=0)
-    with pytest.raises(ConfigError, match="pipeline execution .* is not implemented yet; set parallel.pp to 1"):
+    with pytest.raises(ConfigError, match="parallel.pp > 1 together with parallel.tp > 1 is not supported yet"):
         parallelize(torch.nn.Linear(2, 2), state)
+
+
+def test_pipeline_stages_split_the_blocks_evenly():
+    from ptmkit.parallel.pipeline import DecoderStage, stage_layers
+
+    assert [list(stage_layers(4, 3, s)) for s in range(3)] == [[0, 1], [2], [3]]
+    assert [len(stage_layers(12, 4, s)) for s in range(4)] == [3, 3, 3, 3]
+    from ptmkit.models import build_model, make_config
+
+    bert = build_model("bert", make_config("bert", dict(vocab_size=32, hidden_size=16, num_layers=2, num_heads=2,
+                                                         intermediate_size=32)), "masked-lm")
+    with pytest.raises(ConfigError, match=r"pipeline parallelism supports causal LMs of \['gpt2', 'llama'\]"):
+        DecoderStage(bert, 0, 2)

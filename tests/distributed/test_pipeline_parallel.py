@@ -1,0 +1,76 @@
+"""Pipeline parallelism (torch.distributed.pipelining GPipe and 1F1B) on gloo: the micro-batched pipeline optimises
+the same loss as one process (micro-batches of equal token counts), with GPT-2's tied embedding/output matrix on
+the first and last stage, a middle stage, FSDP2 inside each stage, and a checkpoint that resumes in one process."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.distributed.launch import losses, torchrun, write_config
+from tests.distributed.test_data_parallel import _gpt2
+from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def single(corpus, tmp_path_factory):  # noqa: F811
+    from ptmkit.config import from_dict
+    from ptmkit.train.pretrain import PretrainConfig, pretrain
+
+    d = tmp_path_factory.mktemp("pp")
+    cfg = _gpt2(corpus, steps=6, checkpoint_every=3)
+    cfg["model"]["config"]["num_layers"] = 4
+    cfg["data"]["boundary"] = "cross"  # unmasked rows: the stages pass hidden states only
+    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(d / "single")}))
+    return {"dir": d / "single", "losses": losses(d / "single"), "config": write_config(d / "pp.yaml", cfg)}
+
+
+@pytest.mark.parametrize("nproc, args", [
+    (2, ["--parallel.pp", "2", "--parallel.pp_schedule", "1f1b"]),
+    (2, ["--parallel.pp", "2", "--parallel.pp_schedule", "gpipe", "--parallel.pp_microbatches", "8"]),
+    (3, ["--parallel.pp", "3", "--parallel.pp_microbatches", "4"]),  # stages of 2, 1 and 1 blocks
+    (4, ["--parallel.pp", "2", "--parallel.dp_shard", "2", "--parallel.pp_microbatches", "2"]),
+], ids=["1f1b", "gpipe", "three-stages", "pp-x-fsdp2"])
+def test_pipeline_reproduces_the_single_process_curve(single, tmp_path, nproc, args):
+    if "--parallel.dp_shard" not in args:
+        args = [*args, "--parallel.dp_shard", "1"]
+    torchrun(nproc, single["config"], tmp_path / "run", *args)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "run")), torch.tensor(single["losses"]),
+                               rtol=0, atol=1e-5)
+    a = load_file(single["dir"] / "model" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "model" / "model.safetensors")  # merged from the stages
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_pipeline_checkpoint_resumes_in_one_process(single, tmp_path):
+    run = tmp_path / "pp"
+    torchrun(2, single["config"], run, "--parallel.pp", "2", "--parallel.dp_shard", "1")
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
+    shutil.copy(run / "metrics.jsonl", resumed / "metrics.jsonl")
+    import yaml
+
+    from ptmkit.config import from_dict
+    from ptmkit.train.pretrain import PretrainConfig, pretrain
+
+    cfg = yaml.safe_load(single["config"].read_text())
+    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(resumed)}), resume=True)
+    torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(single["losses"]), rtol=0, atol=1e-5)
+
+
+def test_pipeline_refuses_what_it_cannot_run(corpus, tmp_path):  # noqa: F811
+    cfg = _gpt2(corpus)
+    cfg["model"] = {"family": "bert", "config": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                                                 "intermediate_size": 64, "max_position_embeddings": 64}}
+    cfg["data"].update(train=str(corpus / "shards-wordpiece"), tokenizer=str(corpus / "tok-wordpiece"),
+                       boundary="cross")
+    cfg["objective"] = {"name": "mlm"}
+    with pytest.raises(AssertionError, match="pipeline parallelism trains the clm objective"):
+        torchrun(2, write_config(tmp_path / "mlm.yaml", cfg), tmp_path / "mlm", "--parallel.pp", "2",
+                 "--parallel.dp_shard", "1")

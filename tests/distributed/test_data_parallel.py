@@ -149,3 +149,15 @@ def test_layer_drop_skips_the_same_blocks_on_every_rank(corpus, tmp_path, layout
     torchrun(2, write_config(tmp_path / "drop.yaml", cfg), tmp_path / layout, *LAYOUTS[layout])
     torch.testing.assert_close(torch.tensor(losses(tmp_path / layout)), torch.tensor(losses(tmp_path / "single")),
                                rtol=0, atol=1e-5)
+
+
+def test_lamb_trust_ratios_use_the_global_norms_under_fsdp2(corpus, tmp_path):  # noqa: F811
+    """LAMB's layer-wise trust ratio needs each parameter's whole norm; on FSDP2 shards it must not be a shard's."""
+    from ptmkit.config import from_dict
+    from ptmkit.train.pretrain import PretrainConfig, pretrain
+
+    cfg = {**_gpt2(corpus, steps=5), "optim": {"name": "lamb", "lr": 1e-2}}
+    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(tmp_path / "single")}))
+    torchrun(2, write_config(tmp_path / "lamb.yaml", cfg), tmp_path / "fsdp2", "--parallel.dp_shard", "2")
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "fsdp2")), torch.tensor(losses(tmp_path / "single")),
+                               rtol=0, atol=1e-5)

@@ -52,3 +52,11 @@ def test_progressive_stacking_from_a_shallow_run(corpus, tmp_path):  # noqa: F81
     bad.model.stack_to = 4
     with pytest.raises(ConfigError, match="model.stack_to .* set model.init_from"):
         pretrain(bad)
+
+
+def test_cpu_runs_report_mfu_against_a_measured_matmul_peak(corpus, tmp_path):  # noqa: F811
+    summary = pretrain(_cfg(corpus, tmp_path / "run", train__steps=3))
+    denominator = summary["mfu_denominator"]
+    assert denominator["flops_per_s"] > 1e8 and denominator["source"].startswith("measured CPU float32 matmul")
+    mfu = [r["mfu"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert len(mfu) == 3 and all(0 < m < 1 for m in mfu)

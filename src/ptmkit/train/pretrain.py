@@ -3,6 +3,7 @@ token shards, model (through the registry), objective, batches, evaluation and t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -22,7 +23,9 @@ from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, ma
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
 from ptmkit.parallel.mesh import setup, teardown
-from ptmkit.train.flops import device_peak_flops, training_flops_per_token
+from ptmkit.train.flops import (
+    device_peak_entry, format_flops, measure_cpu_peak_flops, training_flops_per_token,
+)
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OptimConfig
@@ -117,6 +120,24 @@ def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer)
     return model
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_peak(dtype: str, threads: int) -> float:
+    return measure_cpu_peak_flops(getattr(torch, dtype), size=1024, repeats=3)  # ~0.2 s, once per process
+
+
+def mfu_denominator(device: str, precision: str) -> tuple[float | None, str]:
+    """Peak FLOP/s per device for MFU and where it comes from: the datasheet's dense bf16/fp16 figure on a known GPU,
+    a measured matmul rate on the CPU (no datasheet figure there is reachable by torch)."""
+    if device.startswith("cuda"):
+        entry = device_peak_entry(torch.cuda.get_device_name())
+        return (entry[1], f"{entry[0]} bf16 dense, datasheet") if entry else (None, "unknown GPU")
+    if device == "cpu":
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+        threads = torch.get_num_threads()
+        return _cpu_peak(dtype, threads), f"measured CPU {dtype} matmul, {threads} threads"
+    return None, ""
+
+
 def make_evaluator(batches: list[dict[str, torch.Tensor]], precision_ctx, device):
     """Token-weighted loss over fixed held-out batches; perplexity = exp(loss) (pseudo-perplexity for MLM).
     The returned function takes the TrainingModule (forward(batch) -> loss, metrics); under data parallelism every
@@ -193,12 +214,15 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     n_lookup = sum(m.weight.numel() for m in (emb.pos, emb.segment) if m is not None) if hasattr(emb, "segment") else 0
     fpt = training_flops_per_token(n_params - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
                                    causal=backbone_of(model).causal)
-    peak = device_peak_flops(torch.cuda.get_device_name()) if device.startswith("cuda") else None
+    peak, peak_source = mfu_denominator(device, cfg.train.precision)
     if main:
         layout = "" if state is None else (f" on {state.world_size} ranks (dp_replicate {state.cfg.dp_replicate}, "
                                            f"dp_shard {state.cfg.dp_shard}, tp {state.cfg.tp}, pp {state.cfg.pp})")
         print(f"[ptmkit] {n_params / 1e6:.1f}M parameters, {len(dataset)} training sequences of {cfg.data.seq_len} "
               f"tokens, {cfg.train.steps} steps x {cfg.data.batch_size * cfg.train.grad_accum} sequences{layout}")
+        if peak:
+            print(f"[ptmkit] MFU denominator: {format_flops(peak)} per device ({peak_source}); "
+                  f"{fpt / 1e6:.1f} MFLOPs per token")
     layer_drop = apply_layer_drop(model, cfg.layer_drop, seed=cfg.train.seed)
     t0 = time.perf_counter()
     summary = train(model, objective, batches, out, cfg.train, cfg.optim, cfg.schedule, evaluate, resume,
@@ -206,6 +230,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
                     on_step=layer_drop.step if layer_drop.blocks else None)
     trained = summary.pop("trained")
     summary["wall_s"] = time.perf_counter() - t0
+    summary["mfu_denominator"] = {"flops_per_s": peak, "source": peak_source} if peak else None
     summary["epochs"] = batches.epoch
     if not summary["interrupted"]:
         if state is not None:  # gather the shards into one plain model on rank 0 (collective)

@@ -204,40 +204,13 @@ def plan_steps(args, probe: dict[str, float]) -> dict[str, dict]:
 
 # ---- training -------------------------------------------------------------------------------------------------------
 
-class EveryStep:
-    """The training batches, calling on_step(t) before the first micro-batch of optimizer step t.
-
-    train/loop.py has no per-step callback yet; it draws exactly grad_accum batches per step, so this is where
-    PLD's schedule can hear the step count without changing the loop."""
-
-    def __init__(self, batches, on_step, grad_accum: int = 1):
-        self.batches, self.on_step, self.grad_accum, self.drawn = batches, on_step, grad_accum, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.drawn % self.grad_accum == 0:
-            self.on_step(self.drawn // self.grad_accum)
-        self.drawn += 1
-        return next(self.batches)
-
-    def state_dict(self):
-        return {**self.batches.state_dict(), "every_step_drawn": self.drawn}
-
-    def load_state_dict(self, state):
-        state = dict(state)
-        self.drawn = state.pop("every_step_drawn")
-        self.batches.load_state_dict(state)
-
-
-def _train_stage(data: Data, model, batches, cfg: PretrainConfig) -> dict:
+def _train_stage(data: Data, model, batches, cfg: PretrainConfig, on_step=None) -> dict:
     """One call of the training loop; returns the TrainingModule and the summed step times from metrics.jsonl."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     t0 = time.perf_counter()
-    summary = train(model, data.objective, batches, out, cfg.train, cfg.optim, cfg.schedule)
+    summary = train(model, data.objective, batches, out, cfg.train, cfg.optim, cfg.schedule, on_step=on_step)
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     step_s = sum(r["step_s"] for r in records if r.get("split") == "train")
@@ -265,13 +238,13 @@ def run_method(args, data: Data, method: str, seed: int, plan: dict) -> dict:
         cfg = run_config(args, args.layers, out, seed, plan["steps"], lr, optimizer)
         torch.manual_seed(seed)
         model = data.model(cfg)
+        on_step = None
         if method in ("layerdrop", "pld"):
             ld_cfg = (LayerDropConfig(schedule="constant", rate=args.layerdrop_rate) if method == "layerdrop" else
                       LayerDropConfig(schedule="progressive", theta_bar=args.pld_theta, gamma=plan["gamma"]))
-            layer_drop = apply_layer_drop(model, ld_cfg)
-            batches = EveryStep(batches, layer_drop.step, cfg.train.grad_accum)
-        torch.manual_seed(seed + 1)  # dropout and layer-drop draws
-        stages.append(_train_stage(data, model, batches, cfg))
+            on_step = apply_layer_drop(model, ld_cfg, seed=seed).step  # called before each optimizer step
+        torch.manual_seed(seed + 1)  # dropout draws
+        stages.append(_train_stage(data, model, batches, cfg, on_step))
     precision = Precision(args.precision, torch.device(args.device))
     scores = make_evaluator(data.eval_batches, precision.autocast, torch.device(args.device))(stages[-1]["trained"])
     result = {"method": method, "seed": seed, "steps": sum(s["steps"] for s in stages),

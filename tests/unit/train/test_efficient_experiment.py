@@ -36,33 +36,6 @@ def test_plan_fills_the_budget_for_every_method():
     assert abs(total - 10.0) < 0.1 and plan["baseline"]["steps"] < n < plan["layerdrop"]["steps"] * 1.2
 
 
-def test_every_step_calls_the_hook_once_per_optimizer_step():
-    exp = _load()
-
-    class Batches:
-        def __init__(self):
-            self.drawn = 0
-
-        def __next__(self):
-            self.drawn += 1
-            return self.drawn
-
-        def state_dict(self):
-            return {"drawn": self.drawn}
-
-        def load_state_dict(self, state):
-            self.drawn = state["drawn"]
-
-    seen = []
-    wrapped = exp.EveryStep(Batches(), seen.append, grad_accum=2)
-    assert [next(wrapped) for _ in range(6)] == [1, 2, 3, 4, 5, 6]
-    assert seen == [0, 1, 2]  # before micro-batches 0, 2 and 4
-    state = wrapped.state_dict()
-    again = exp.EveryStep(Batches(), seen.append, grad_accum=2)
-    again.load_state_dict(state)
-    assert state == {"drawn": 6, "every_step_drawn": 6} and next(again) == 7 and seen[-1] == 3
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "runs/demo/data/gutenberg/meta.json").exists(),
                     reason="needs the demo shards and tokenizer (scripts/demo.sh)")

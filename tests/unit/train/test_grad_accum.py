@@ -48,3 +48,19 @@ def test_two_micro_batches_equal_one_batch(tmp_path):
     b = _run(tmp_path, "accum", halves, 2)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_on_step_runs_once_before_each_optimizer_step(tmp_path):
+    ids = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(1))
+    batches = ListBatches([CausalLM().corrupt({"input_ids": ids}, seeded_generator(0, 0))])
+    seen = []
+
+    def on_step(t):
+        seen.append((t, batches.i))  # the step index and how many micro-batches were drawn before it
+
+    model = build_model("gpt2", make_config("gpt2", dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2,
+                                                         max_position_embeddings=16)), "causal-lm")
+    train(model, CausalLM(), batches, tmp_path / "hook",
+          TrainConfig(steps=3, grad_accum=2, precision="fp32", progress_bar=False, checkpoint_every=0),
+          OptimConfig(), ScheduleConfig(), on_step=on_step)
+    assert seen == [(0, 0), (1, 2), (2, 4)]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict, to_dict
 from ptmkit.data.batches import PretrainBatches, fixed_batches
 from ptmkit.data.sampler import PackedDataset
@@ -316,15 +317,6 @@ def markdown(args, probe: dict, plan: dict, results: list[dict], wall_s: float) 
     return "\n".join(lines)
 
 
-def write_docs(path: Path, block: str) -> None:
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    text = path.read_text() if path.exists() else f"# Efficient pre-training\n\n{begin}\n{end}\n"
-    if begin not in text or end not in text:
-        text += f"\n{begin}\n{end}\n"
-    pre, rest = text.split(begin, 1)
-    path.write_text(pre + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1])
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -345,7 +337,7 @@ def main(argv=None) -> dict:
     (Path(args.out) / "results.json").write_text(json.dumps(
         {"args": vars(args), "probe": probe, "plan": plan, "results": results, "wall_s": wall}, indent=2) + "\n")
     if args.docs:
-        write_docs(Path(args.docs), block)
+        write_results_block(args.docs, block, "Efficient pre-training")
     return {"probe": probe, "plan": plan, "results": results}
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ptmkit.adapt.finetune import FinetuneConfig, finetune
+from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict
 from ptmkit.data.batches import PretrainBatches
 from ptmkit.data.paths import data_root
@@ -299,15 +300,6 @@ def markdown(args, plan: dict, table: dict, rows: list[dict], wall_s: float) -> 
     return "\n".join(lines)
 
 
-def write_docs(path: Path, block: str) -> None:
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    text = path.read_text() if path.exists() else f"# Objectives at equal compute\n\n{begin}\n{end}\n"
-    if begin not in text or end not in text:
-        text += f"\n{begin}\n{end}\n"
-    pre, rest = text.split(begin, 1)
-    path.write_text(pre + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1])
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -325,7 +317,8 @@ def main(argv=None) -> dict:
     if args.docs:
         doc = Path(args.docs)
         plot(table, args.tasks, doc.with_suffix(".png"))
-        write_docs(doc, block + f"\n\n![results]({doc.with_suffix('.png').name})")
+        figure = f"\n\n![results]({doc.with_suffix('.png').name})"
+        write_results_block(doc, block + figure, "Objectives at equal compute")
     print(json.dumps({"table": {o: {c: round(v["mean"], 2) for c, v in t.items()} for o, t in table.items()},
                       "wall_s": round(wall, 1)}))
     return result

@@ -32,3 +32,19 @@ def torchrun(nproc: int, config: Path, out: Path, *overrides: str, timeout: int 
 
 def losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run) if r["split"] == "train"]
+
+
+def resume_in_one_process(run: Path, step: int, config: Path, dest: Path) -> Path:
+    """Copy checkpoint `step` of `run` (with its metrics so far) to `dest` and continue it in this process."""
+    import shutil
+
+    from ptmkit.config import from_dict
+    from ptmkit.train.pretrain import PretrainConfig, pretrain
+
+    name = f"step-{step:08d}"
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints" / name, dest / "checkpoints" / name)
+    shutil.copy(run / "metrics.jsonl", dest / "metrics.jsonl")
+    cfg = yaml.safe_load(config.read_text())
+    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(dest)}), resume=True)
+    return dest

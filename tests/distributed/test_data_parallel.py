@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from ptmkit.train.pretrain import export_checkpoint
-from tests.distributed.launch import losses, torchrun, write_config
+from tests.distributed.launch import losses, resume_in_one_process, torchrun, write_config
 from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.slow
@@ -98,16 +98,7 @@ def test_dcp_checkpoints_reshard_between_one_and_two_ranks(reference, tmp_path):
     assert max((single[k] - a[k]).abs().max().item() for k in a) < 1e-4  # 8 Adam steps, reduction order only
 
     # ... and the two-rank step-4 checkpoint resumes in one process on the same curve
-    two_to_one = tmp_path / "two_to_one"
-    (two_to_one / "checkpoints").mkdir(parents=True)
-    shutil.copytree(two / "checkpoints" / "step-00000004", two_to_one / "checkpoints" / "step-00000004")
-    shutil.copy(two / "metrics.jsonl", two_to_one / "metrics.jsonl")
-    from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
-    import yaml
-
-    cfg = yaml.safe_load(reference["config"].read_text())
-    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(two_to_one)}), resume=True)
+    two_to_one = resume_in_one_process(two, 4, reference["config"], tmp_path / "two_to_one")
     torch.testing.assert_close(torch.tensor(losses(two_to_one)), torch.tensor(reference["losses"]), rtol=0, atol=1e-5)
 
 

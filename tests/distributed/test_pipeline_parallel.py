@@ -4,13 +4,11 @@ the first and last stage, a middle stage, FSDP2 inside each stage, and a checkpo
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.launch import losses, torchrun, write_config
+from tests.distributed.launch import losses, resume_in_one_process, torchrun, write_config
 from tests.distributed.test_data_parallel import _gpt2
 from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture)
 
@@ -50,17 +48,7 @@ def test_pipeline_reproduces_the_single_process_curve(single, tmp_path, nproc, a
 def test_pipeline_checkpoint_resumes_in_one_process(single, tmp_path):
     run = tmp_path / "pp"
     torchrun(2, single["config"], run, "--parallel.pp", "2", "--parallel.dp_shard", "1")
-    resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(run / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    shutil.copy(run / "metrics.jsonl", resumed / "metrics.jsonl")
-    import yaml
-
-    from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
-
-    cfg = yaml.safe_load(single["config"].read_text())
-    pretrain(from_dict(PretrainConfig, {**cfg, "out": str(resumed)}), resume=True)
+    resumed = resume_in_one_process(run, 3, single["config"], tmp_path / "resumed")
     torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(single["losses"]), rtol=0, atol=1e-5)
 
 

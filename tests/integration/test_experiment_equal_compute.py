@@ -3,22 +3,18 @@ cell, the docs block rewritten in place, and a repeated command that reuses fini
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import torch
 from torch import nn
 
 from ptmkit.train.flops import measured_step_flops
-from tests.conftest import REPO
+from tests.conftest import load_experiment
 from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture)
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("equal_compute", REPO / "experiments" / "objectives_equal_compute.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("objectives_equal_compute")
 
 
 def test_measured_step_flops_counts_forward_and_backward_matmuls():

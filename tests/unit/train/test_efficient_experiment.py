@@ -3,22 +3,18 @@ unchanged training loop, and (when the demo data is present) a seconds-long run 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import REPO, load_experiment
+
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("efficient", REPO / "experiments" / "efficient_pretraining.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("efficient_pretraining")
 
 
 def test_plan_fills_the_budget_for_every_method():

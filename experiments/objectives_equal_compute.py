@@ -37,10 +37,12 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.flops import measured_step_flops
 from ptmkit.train.loop import bind_objective
 from ptmkit.train.precision import Precision
+from ptmkit.models import save_model
 from ptmkit.train.pretrain import PretrainConfig, build_objective, build_pretrain_model, pretrain
 
 OBJECTIVES = ("mlm", "wwm", "span", "rtd")
-LABELS = {"mlm": "MLM", "wwm": "whole-word MLM", "span": "span + SBO", "rtd": "ELECTRA RTD"}
+LABELS = {"mlm": "MLM", "wwm": "whole-word MLM", "span": "span + SBO", "rtd": "ELECTRA RTD",
+          "none": "no pre-training (same init)"}
 TASKS = ("sst2", "cola", "rte", "stsb")
 # per task: (max tokens, training-example cap of the CPU default); the score is the task's GLUE main metric
 TASK_SETTINGS = {"sst2": (64, 8000), "cola": (64, None), "rte": (128, None), "stsb": (128, None)}
@@ -63,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset sizes; the options below override it")
     p.add_argument("--objectives", default=",".join(OBJECTIVES), help=f"comma list from {OBJECTIVES}")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {TASKS}")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the reference row: the same initial weights fine-tuned without pre-training")
     p.add_argument("--budget", type=int, help="compute budget, in training steps of the MLM model")
     p.add_argument("--hidden", type=int, help="encoder width")
     p.add_argument("--layers", type=int, help="encoder depth")
@@ -200,7 +204,23 @@ def run_pretraining(args, tok: str, shards: str) -> dict[str, dict]:
             summary = json.loads((run / "summary.json").read_text())
             plan[o]["runs"][seed] = {"dir": str(run / "model"), "wall_s": summary["wall_s"],
                                      "steps": summary["steps"]}
+    if not args.no_baseline:  # what pre-training adds: the same initialisation, fine-tuned directly
+        plan["none"] = {"step_flops": 0.0, "steps": 0, "runs": {}}
+        for seed in args.pretrain_seeds:
+            model_dir = out / "pretrain" / f"none-seed{seed}" / "model"
+            if not (model_dir / "config.json").exists():
+                save_initial_model(pretrain_config(args, "mlm", 1, seed, model_dir.parent, tok, shards), model_dir)
+            plan["none"]["runs"][seed] = {"dir": str(model_dir), "wall_s": 0.0, "steps": 0}
     return plan
+
+
+def save_initial_model(cfg: PretrainConfig, model_dir: Path) -> None:
+    """The weights every objective's run starts from (pretrain seeds torch, then builds the objective and model)."""
+    tokenizer = Tokenizer.load(cfg.data.tokenizer)
+    torch.manual_seed(cfg.train.seed)
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    save_model(build_pretrain_model(cfg.model, objective.task, tokenizer), model_dir, tokenizer_from=None)
+    tokenizer.save(model_dir)
 
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------------------
@@ -288,7 +308,8 @@ def markdown(args, plan: dict, table: dict, rows: list[dict], wall_s: float) -> 
     for o, p in plan.items():
         minutes = statistics.fmean(r["wall_s"] for r in p["runs"].values()) / 60
         cells = [f"{table[o][c]['mean']:.1f} ± {table[o][c]['std']:.1f}" for c in cols]
-        lines.append(f"| {LABELS[o]} | {p['steps']} | {p['step_flops'] / 1e9:.1f} | {minutes:.1f} | "
+        steps = statistics.fmean(r["steps"] for r in p["runs"].values())  # as run (plan.json keeps them)
+        lines.append(f"| {LABELS[o]} | {steps:.0f} | {p['step_flops'] / 1e9:.1f} | {minutes:.1f} | "
                      + " | ".join(cells) + " |")
     n = len(args.pretrain_seeds) * len(args.finetune_seeds)
     lines += ["", f"Mean ± standard deviation over {n} runs per cell (pre-training seeds {args.pretrain_seeds} × "

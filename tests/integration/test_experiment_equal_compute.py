@@ -42,14 +42,15 @@ def test_equal_compute_study_end_to_end(corpus, tmp_path, data_dir):  # noqa: F8
 
     plan = result["plan"]
     budget = 6 * plan["mlm"]["step_flops"]
-    for name, p in plan.items():
+    for name, p in ((n, p) for n, p in plan.items() if n != "none"):
         # equal compute: each objective's steps spend the MLM budget to within one step
         assert abs(p["steps"] * p["step_flops"] - budget) <= p["step_flops"] / 2 + 1e-6, name
     # the SBO head and the ELECTRA generator cost FLOPs that plain MLM does not spend
     assert plan["span"]["step_flops"] > plan["mlm"]["step_flops"]
     assert plan["rtd"]["step_flops"] > plan["mlm"]["step_flops"]
 
-    assert len(result["runs"]) == 4 * 4 * 2  # objectives x tasks x fine-tuning seeds
+    assert len(result["runs"]) == 5 * 4 * 2  # (objectives + the no-pre-training row) x tasks x fine-tuning seeds
+    assert plan["none"]["steps"] == 0 and "| no pre-training (same init) | 0 |" in doc.read_text()
     for o in exp.OBJECTIVES:
         summary = json.loads((tmp_path / "run" / "pretrain" / f"{o}-seed0" / "summary.json").read_text())
         assert summary["steps"] == plan[o]["steps"]

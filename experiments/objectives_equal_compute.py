@@ -299,7 +299,7 @@ def plot(table: dict, tasks: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(args, plan: dict, table: dict, rows: list[dict], wall_s: float) -> str:
+def markdown(args, plan: dict, table: dict, rows: list[dict]) -> str:
     cols = [*args.tasks, "average"]
     metric = {r["task"]: r["metric"] for r in rows}
     head = "| objective | steps | step GFLOPs | pre-train min | " + " | ".join(
@@ -312,12 +312,15 @@ def markdown(args, plan: dict, table: dict, rows: list[dict], wall_s: float) -> 
         lines.append(f"| {LABELS[o]} | {steps:.0f} | {p['step_flops'] / 1e9:.1f} | {minutes:.1f} | "
                      + " | ".join(cells) + " |")
     n = len(args.pretrain_seeds) * len(args.finetune_seeds)
+    pretrain_min = sum(r["wall_s"] for p in plan.values() for r in p["runs"].values()) / 60
+    finetune_min = sum(r["wall_s"] for r in rows) / 60
     lines += ["", f"Mean ± standard deviation over {n} runs per cell (pre-training seeds {args.pretrain_seeds} × "
               f"fine-tuning seeds {args.finetune_seeds}); final dev score after {args.ft_epochs:g} epochs, no "
               f"checkpoint selection on dev. Scale `{args.scale}`: {args.layers} layers × {args.hidden}, "
               f"budget = {args.budget} MLM steps of {args.batch_size} × {args.seq_len} tokens, precision "
-              f"{args.precision}, device {args.device}; measured {date.today().isoformat()}, whole study "
-              f"{wall_s / 60:.0f} min."]
+              f"{args.precision}, device {args.device}; measured {date.today().isoformat()}. Time spent (sum of the "
+              f"runs' wall clocks, across invocations): pre-training {pretrain_min:.0f} min, fine-tuning "
+              f"{finetune_min:.0f} min."]
     return "\n".join(lines)
 
 
@@ -333,7 +336,7 @@ def main(argv=None) -> dict:
     result = {"scale": args.scale, "args": {k: v for k, v in vars(args).items()}, "plan": plan, "table": table,
               "runs": rows, "wall_s": wall}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    block = markdown(args, plan, table, rows, wall)
+    block = markdown(args, plan, table, rows)
     print(block)
     if args.docs:
         doc = Path(args.docs)

@@ -39,12 +39,11 @@ class Embeddings(nn.Module):
         if self.pos is not None:
             if position_ids is None:
                 raise ValueError("this model has learned positions: position_ids are required")
-            # The exact check reads the max back from the device: free on CPU, a sync per step on GPU (and a graph
-            # break under torch.compile). On accelerators check only the length, which catches the usual cause
-            # (an input longer than the table); an offset position beyond it still fails in the embedding kernel.
+            # The check reads the max back from the device: free on CPU, but a sync per step on GPU (and a graph
+            # break under torch.compile), so it runs on the host only; on an accelerator an out-of-range position
+            # fails in the embedding kernel instead. (Sequence length is no proxy: GLM's Part B reuses positions.)
             on_host = position_ids.device.type == "cpu" and not torch.compiler.is_compiling()
-            too_long = position_ids.shape[-1] > self.pos.num_embeddings
-            if too_long or (on_host and int(position_ids.max()) >= self.pos.num_embeddings):
+            if on_host and int(position_ids.max()) >= self.pos.num_embeddings:
                 raise ValueError(
                     f"position {int(position_ids.max())} is beyond the model's {self.pos.num_embeddings} "
                     "learned positions; truncate the input to max_position_embeddings"

@@ -68,6 +68,11 @@ def setup(cfg: ParallelConfig, device: str) -> ParallelState | None:
     return ParallelState(resolved, dist.get_rank(), world, dev, mesh, dp_rank, coord.get("pp", 0))
 
 
-def teardown() -> None:
+def teardown(wait: bool = True) -> None:
+    """Shut the process group down. `wait`: first let every rank arrive (rank 0 may still be writing the exported
+    model; a rank that tears gloo down while a peer still works can abort at exit). After an error, do not wait —
+    the other ranks may never arrive."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

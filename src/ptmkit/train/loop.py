@@ -214,7 +214,7 @@ def train(
                     loss, metrics = trained(batch)
                 if parallel is not None and parallel.cfg.dp > 1 and "predicted_tokens" in metrics:
                     loss = loss * token_weight(metrics["predicted_tokens"], parallel.cfg.dp)
-                    metrics = {**metrics, "loss": float(loss)}  # its mean over ranks is the global batch's loss
+                    metrics = {**metrics, "loss": float(loss.detach())}  # its mean over ranks: the global batch's
                 precision.backward(loss / cfg.grad_accum)
                 ntok += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                 for k, v in metrics.items():

@@ -165,9 +165,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Single process, or every rank of a torchrun launch (then cfg.parallel says how the ranks split the work)."""
     state = setup(cfg.parallel, cfg.train.device)
     try:
-        return _pretrain(cfg, resume, state)
-    finally:
-        teardown()
+        summary = _pretrain(cfg, resume, state)
+    except BaseException:
+        teardown(wait=False)
+        raise
+    teardown()
+    return summary
 
 
 def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:

@@ -35,10 +35,10 @@ from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards, prepare_shards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.flops import measured_step_flops
-from ptmkit.train.loop import bind_objective
 from ptmkit.train.precision import Precision
-from ptmkit.models import save_model
-from ptmkit.train.pretrain import PretrainConfig, build_objective, build_pretrain_model, pretrain
+from ptmkit.train.pretrain import (
+    PretrainConfig, plain_training_module, pretrain, save_trained,
+)
 
 OBJECTIVES = ("mlm", "wwm", "span", "rtd")
 LABELS = {"mlm": "MLM", "wwm": "whole-word MLM", "span": "span + SBO", "rtd": "ELECTRA RTD",
@@ -145,17 +145,15 @@ def pretrain_config(args, objective: str, steps: int, seed: int, out: Path, tok:
 def step_flops(cfg: PretrainConfig, n_batches: int = 4) -> float:
     """Training FLOPs of one step (forward + backward) of this configuration, measured on a real batch."""
     tok = Tokenizer.load(cfg.data.tokenizer)
-    objective = build_objective(cfg.objective, tok, tok.vocab_size, seq_len=cfg.data.seq_len)
-    model = build_pretrain_model(cfg.model, objective.task, tok).to(cfg.train.device)
-    bind_objective(model, objective)
+    module = plain_training_module(cfg, tok).to(cfg.train.device)  # the model with the objective's own networks
     data = PackedDataset(TokenShards(cfg.data.train, tok), cfg.data.seq_len, cfg.data.boundary, pad_id=tok.pad_id)
-    batches = PretrainBatches(data, cfg.data.batch_size, objective)
+    batches = PretrainBatches(data, cfg.data.batch_size, module.loss_fn)
     precision = Precision(cfg.train.precision, torch.device(cfg.train.device))
 
     def step():
         batch = {k: v.to(cfg.train.device) for k, v in next(batches).items()}
         with precision.autocast():
-            loss, _ = objective.loss(model, batch)
+            loss, _ = module(batch)
         loss.backward()
 
     # heads that score only the masked positions cost what the batch's mask draws: average a few batches
@@ -218,9 +216,7 @@ def save_initial_model(cfg: PretrainConfig, model_dir: Path) -> None:
     """The weights every objective's run starts from (pretrain seeds torch, then builds the objective and model)."""
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
     torch.manual_seed(cfg.train.seed)
-    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
-    save_model(build_pretrain_model(cfg.model, objective.task, tokenizer), model_dir, tokenizer_from=None)
-    tokenizer.save(model_dir)
+    save_trained(plain_training_module(cfg, tokenizer).model, None, tokenizer, model_dir, model_dir.parent)
 
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------------------

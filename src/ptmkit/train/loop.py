@@ -86,16 +86,16 @@ def bind_objective(model: nn.Module, objective) -> tuple[nn.Module, nn.Module | 
     An objective with auxiliary networks (ELECTRA's generator) builds them for this model in `bind(model)`;
     tensors they share with the model (the generator uses its embeddings) appear once in parameters().
     """
-    aux = objective.bind(model) if hasattr(objective, "bind") else None
-    return (model if aux is None else nn.ModuleDict({"model": model, "objective": aux})), aux
+    module = TrainingModule(model, objective)
+    return (model if module.aux is None else module), module.aux
 
 
 class TrainingModule(nn.Module):
     """The model and the objective's auxiliary networks as one module whose forward(batch) is the training loss.
 
     One root for the whole step: FSDP2 and DDP hook a module's forward, and an objective may run several networks
-    (ELECTRA's generator, then the discriminator). Children are named `model` and `objective`, as bind_objective's
-    ModuleDict, and registered in the same order, so optimizer states and checkpoints are the same either way.
+    (ELECTRA's generator, then the discriminator). Children are named `model` and `objective`, in that order, so
+    optimizer states and checkpoints name the same tensors with or without the wrapper.
     """
 
     def __init__(self, model: nn.Module, objective):

@@ -27,7 +27,7 @@ from ptmkit.train.flops import (
     device_peak_entry, format_flops, measure_cpu_peak_flops, training_flops_per_token,
 )
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
-from ptmkit.train.loop import TrainConfig, train
+from ptmkit.train.loop import TrainConfig, TrainingModule, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.schedule import ScheduleConfig
 
@@ -237,25 +237,17 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     summary["epochs"] = batches.epoch
     if not summary["interrupted"]:
         if state is not None:  # gather the shards into one plain model on rank 0 (collective)
-            model, objective = _unsharded_copy(cfg, trained, tokenizer, task, main, state.cfg.pp)
+            model, objective = _unsharded_copy(cfg, trained, tokenizer, main, state.cfg.pp)
         if main:
-            save_model(model, out / "model", tokenizer_from=None)
-            tokenizer.save(out / "model")
-            summary["model_dir"] = str(out / "model")
-            if getattr(objective, "generator", None) is not None:  # ELECTRA: the generator is a usable MLM too
-                save_model(objective.generator, out / "generator")
-                tokenizer.save(out / "generator")
-                summary["generator_dir"] = str(out / "generator")
+            summary.update(save_trained(model, objective, tokenizer, out / "model", out / "generator"))
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, task, main: bool, pp: int = 1):
+def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, main: bool, pp: int = 1):
     """A single-device copy of the trained model (and objective networks) with the gathered weights, on rank 0."""
     from ptmkit.train.dcp import full_model_state
-    from ptmkit.train.loop import TrainingModule
-
     full = full_model_state(trained, everywhere=pp > 1)
     if pp > 1:  # each pipeline stage holds different tensors: merge them on rank 0
         import torch.distributed as dist
@@ -265,10 +257,27 @@ def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, task, main: bool, p
         full = {k: v for part in parts for k, v in part.items()}
     if not main:
         return None, None
-    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
-    plain = TrainingModule(build_pretrain_model(cfg.model, task, tokenizer), objective)
+    plain = plain_training_module(cfg, tokenizer)
     plain.load_state_dict(full)
-    return plain.model, objective
+    return plain.model, plain.loss_fn
+
+
+def plain_training_module(cfg: PretrainConfig, tokenizer: Tokenizer):
+    """A fresh single-device model with the objective's networks, built as the run builds them (to load weights)."""
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    return TrainingModule(build_pretrain_model(cfg.model, objective.task, tokenizer), objective)
+
+
+def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, generator_dir: Path) -> dict[str, str]:
+    """The model directory (HF layout + tokenizer) and, for ELECTRA, the generator beside it (a usable MLM too)."""
+    save_model(model, model_dir, tokenizer_from=None)
+    tokenizer.save(model_dir)
+    written = {"model_dir": str(model_dir)}
+    if getattr(objective, "generator", None) is not None:
+        save_model(objective.generator, generator_dir)
+        tokenizer.save(generator_dir)
+        written["generator_dir"] = str(generator_dir)
+    return written
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]:
@@ -276,8 +285,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]
     (config.json + model.safetensors + tokenizer; ELECTRA's generator beside it), loadable by ptmkit and
     transformers. The run's run_config.json (two levels up) says how to build the model."""
     from ptmkit.train.dcp import is_dcp_checkpoint, load_dcp_weights
-    from ptmkit.train.loop import TrainingModule
-
     ckpt, out = Path(checkpoint), Path(out)
     run_config = ckpt.parent.parent / "run_config.json"
     if not (ckpt / "state.json").exists():
@@ -288,9 +295,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]
                                 "(RUN/checkpoints/step-N) next to the run's run_config.json")
     cfg = from_dict(PretrainConfig, json.loads(run_config.read_text()))
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
-    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
-    task = OBJECTIVES[cfg.objective.name][1].task
-    module = TrainingModule(build_pretrain_model(cfg.model, task, tokenizer), objective)
+    module = plain_training_module(cfg, tokenizer)
     if is_dcp_checkpoint(ckpt):
         load_dcp_weights(ckpt, module)
     else:
@@ -299,11 +304,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]
 
         load_safetensors_model(module.model, str(ckpt / "model.safetensors"))
         _load_objective(ckpt, module.model, module.aux)
-    save_model(module.model, out / "model" if module.aux is not None else out, tokenizer_from=None)
-    written = {"model_dir": str(out / "model" if module.aux is not None else out)}
-    tokenizer.save(written["model_dir"])
-    if getattr(objective, "generator", None) is not None:
-        save_model(objective.generator, out / "generator")
-        tokenizer.save(out / "generator")
-        written["generator_dir"] = str(out / "generator")
-    return written
+    return save_trained(module.model, module.loss_fn, tokenizer, out / "model" if module.aux is not None else out,
+                        out / "generator")

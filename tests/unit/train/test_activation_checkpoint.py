@@ -122,3 +122,22 @@ def test_checkpointing_cuts_saved_activation_memory():
     full, every_block, every_other = saved_activations(0), saved_activations(1), saved_activations(2)
     assert every_block < 0.15 * full  # only each block's input is kept
     assert 0.35 * full < every_other < 0.65 * full  # half the blocks keep their activations
+
+
+def test_memory_benchmark_ends_with_its_result_line(capsys):
+    import json
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import activation_memory
+    finally:
+        sys.path.pop(0)
+    result = activation_memory.main(["--layers", "2", "--seq-len", "32", "--batch-size", "1", "--rounds", "1",
+                                     "--family", "gpt2"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == json.loads(json.dumps(result))
+    assert {"benchmark", "ours", "reference", "ratio", "unit"} <= set(line)
+    assert line["ours"] < line["reference"] and line["results"]["every_2"]["activation_saving"] > 0

@@ -43,6 +43,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # one real option (X | None): its own message says more than "not a valid X | None"
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)

@@ -164,3 +164,23 @@ def test_pretrain_help_explains_every_key(capsys):
     lines = text.splitlines()
     undocumented = [k for k in keys if not lines[lines.index(k) + 1].startswith("      ")]
     assert len(keys) > 30 and not undocumented, undocumented
+
+
+def test_moe_pretraining_logs_router_metrics_and_refuses_a_false_hf_export(corpus, tmp_path):
+    """A sparse GPT-2 pre-trains (router losses and expert use in metrics.jsonl); it has no Hugging Face form, so the
+    run keeps its training checkpoint and writes no model directory, and save_model says why."""
+    from ptmkit.models import save_model
+    from ptmkit.models.convert.base import CheckpointError
+
+    cfg = _cfg(corpus, tmp_path / "run", "bpe", train__steps=4, train__eval_every=0)
+    cfg.model.config["moe"] = {"num_experts": 4, "every": 1}
+    summary = pretrain(cfg)
+    train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert summary["steps"] == 4 and "moe_aux_loss" in train[0] and 0 <= train[0]["moe_dropped_fraction"] < 1
+    assert "model_dir" not in summary and not (tmp_path / "run" / "model").exists()
+    assert any((tmp_path / "run" / "checkpoints").iterdir())
+    from ptmkit.train.pretrain import plain_training_module
+
+    model = plain_training_module(cfg, Tokenizer.load(cfg.data.tokenizer)).model
+    with pytest.raises(CheckpointError, match="Mixture-of-Experts"):
+        save_model(model, tmp_path / "hf")

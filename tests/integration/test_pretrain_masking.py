@@ -43,3 +43,30 @@ def test_span_longer_than_the_sequence_fails_before_training(corpus, tmp_path): 
     with pytest.raises(ConfigError, match="max_span_len 40"):
         pretrain(_cfg(corpus, tmp_path / "run", objective__name="span", objective__params={"max_span_len": 40}))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("share", ["all", "attention"])
+def test_albert_sop_pretraining_trains_and_exports_its_own_sop_head(corpus, tmp_path, share):  # noqa: F811
+    """ALBERT + SOP trains the model's own SOP head (task masked-lm-sop) and exports AlbertForPreTraining; partial
+    sharing (attention only) has no Hugging Face form, so the export is the equivalent unshared model."""
+    import json
+
+    import torch
+
+    from ptmkit.models import load_model
+
+    cfg = _cfg(corpus, tmp_path / "run", objective__name="sop", train__steps=4, train__eval_every=0)
+    cfg.model.family = "albert"
+    cfg.model.config = {"hidden_size": 64, "num_layers": 3, "num_heads": 2, "intermediate_size": 128,
+                        "embedding_size": 32, "max_position_embeddings": 64, "share": share}
+    summary = pretrain(cfg)
+    train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert "sop_loss" in train[0] and summary["steps"] == 4
+    model_dir = tmp_path / "run" / "model"
+    hf = json.loads((model_dir / "config.json").read_text())
+    assert hf["architectures"] == ["AlbertForPreTraining"]
+    assert hf["num_hidden_groups"] == (1 if share == "all" else 3)
+    model = load_model(model_dir).eval()
+    ids = torch.randint(5, 100, (2, 16))
+    out = model(ids)
+    assert out.pair_logits.shape == (2, 2) and torch.isfinite(out.logits).all()

@@ -28,6 +28,10 @@ def hf_config(family: str):
                              num_key_value_heads=1, intermediate_size=96, max_position_embeddings=64,
                              bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=True,
                              rope_theta=500.0)
+    if family == "albert":  # factorised embedding (E=32 < H=64), one shared layer (num_hidden_groups=1)
+        return T.AlbertConfig(vocab_size=V, embedding_size=32, hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0)
     raise KeyError(family)
 
 
@@ -49,6 +53,10 @@ HF_CLASSES = {
     ("llama-tied-mqa", "causal-lm"): T.LlamaForCausalLM,
     ("llama", "sequence-classification"): T.LlamaForSequenceClassification,
     ("llama", "token-classification"): T.LlamaForTokenClassification,
+    ("albert", "base"): T.AlbertModel,
+    ("albert", "masked-lm"): T.AlbertForMaskedLM,
+    ("albert", "sequence-classification"): T.AlbertForSequenceClassification,
+    ("albert", "token-classification"): T.AlbertForTokenClassification,
 }
 
 

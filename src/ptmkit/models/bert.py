@@ -5,7 +5,8 @@ Dimension legend: B batch, T length, H hidden size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from torch import nn
 from ptmkit.config import ConfigError, check_positive
 from ptmkit.models.base import Backbone, BackboneOutput, stack_forward
 from ptmkit.nn import MLP, AttentionConfig, Embeddings, PostNormBlock, SelfAttention, build_mask
+from ptmkit.nn.moe import MoEConfig, SparseMoE, resolve_moe
 
 
 @dataclass
@@ -30,7 +32,9 @@ class BertConfig:
     attention_dropout: float = 0.1
     pad_token_id: int = 0
     initializer_range: float = 0.02
-    attention_kernel: str = "sdpa"
+    attention_kernel: str = "sdpa"  # a key of ptmkit.nn.ATTENTION (dense or efficient kernels)
+    attention_options: dict[str, Any] = field(default_factory=dict)  # that kernel's settings, e.g. {"window": 256}
+    moe: MoEConfig | dict[str, Any] | None = None  # sparse MoE FFN in every moe.every-th block (nn/moe.py)
 
     def __post_init__(self) -> None:
         check_positive(
@@ -46,6 +50,7 @@ class BertConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{type(self).__name__}: {name} must be in [0, 1)")
+        self.moe = resolve_moe(type(self).__name__, self.moe, self.num_layers)
 
 
 def bert_embeddings(c: BertConfig, width: int) -> Embeddings:
@@ -58,16 +63,19 @@ def bert_embeddings(c: BertConfig, width: int) -> Embeddings:
 
 def post_norm_layers(c: BertConfig) -> nn.ModuleList:
     """BERT's stack of c.num_layers post-norm blocks (ELECTRA reuses it unchanged)."""
-    attn = AttentionConfig(c.hidden_size, c.num_heads, dropout=c.attention_dropout, kernel=c.attention_kernel)
+    attn = AttentionConfig(c.hidden_size, c.num_heads, dropout=c.attention_dropout, kernel=c.attention_kernel,
+                           kernel_options=c.attention_options)
     return nn.ModuleList(
         PostNormBlock(
             SelfAttention(attn),
-            MLP(c.hidden_size, c.intermediate_size, c.hidden_act),
+            SparseMoE(c.moe, c.hidden_size, c.intermediate_size, c.hidden_act, init_std=c.initializer_range)
+            if c.moe is not None and c.moe.sparse_layer(i)
+            else MLP(c.hidden_size, c.intermediate_size, c.hidden_act),
             nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
             nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
             c.dropout,
         )
-        for _ in range(c.num_layers)
+        for i in range(c.num_layers)
     )
 
 

@@ -6,6 +6,7 @@ Weights are read with safetensors, or `torch.load(weights_only=True)` for legacy
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -122,7 +123,9 @@ def from_hf(
     path = source
     fam_name = _family_for(hf_config.get("model_type"), hf_config.get("architectures"))
     adapter = FAMILIES[fam_name].adapter
-    cfg = adapter.config_from_hf(hf_config)
+    cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
+    kernel_state = {k[len(KERNEL_PREFIX):]: v for k, v in state.items() if k.startswith(KERNEL_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(KERNEL_PREFIX)}
     ckpt_task = adapter.task_of(hf_config.get("architectures"))
     task = task or ckpt_task
     if task in ("sequence-classification", "token-classification") and num_labels is None:
@@ -186,8 +189,14 @@ def from_hf(
                 for k, v in ours.items() if id(v) in r.origin}
     expect_shapes(ours, expected, hf_names)
     result = model.load_state_dict(ours, strict=False)
+    if kernel_state:  # an efficient kernel's own tensors (Linformer's projections, Performer's features)
+        extra = model.load_state_dict(kernel_state, strict=False).unexpected_keys
+        if extra:
+            raise CheckpointError(f"{path}: attention-kernel tensors {extra} do not fit this model's "
+                                  f"{getattr(cfg, 'attention_kernel', 'sdpa')} kernel; check ptmkit_attention_* in config.json")
     tied = {"lm_head.weight"} if _tied(model) else set()
-    not_loaded = [k for k in result.missing_keys if k not in tied and k not in fresh and k not in defaulted]
+    not_loaded = [k for k in result.missing_keys
+                  if k not in tied and k not in fresh and k not in defaulted and k not in kernel_state]
     if not_loaded or result.unexpected_keys:
         raise CheckpointError(
             f"internal conversion error for {fam_name}: not loaded {not_loaded}, unknown {result.unexpected_keys}"
@@ -200,6 +209,23 @@ def from_hf(
     if dtype is not None:
         model.to(dtype)
     return model
+
+
+# An efficient attention kernel (ptmkit.nn.kernels) has no Hugging Face equivalent: config.json records it under
+# these keys (transformers ignores unknown config keys) and its tensors travel under this prefix (transformers
+# reports them unused and runs dense attention), so a ptmkit round trip restores the model exactly.
+KERNEL_PREFIX = "ptmkit_kernel."
+
+
+def _with_attention_kernel(cfg, hf_config: dict[str, Any]):
+    kernel = hf_config.get("ptmkit_attention_kernel")
+    if kernel is None:
+        return cfg
+    if not hasattr(cfg, "attention_kernel"):
+        raise CheckpointError(f"config.json names attention kernel {kernel!r} but {type(cfg).__name__} has no "
+                              "attention_kernel setting")
+    return dataclasses.replace(cfg, attention_kernel=kernel,
+                               attention_options=dict(hf_config.get("ptmkit_attention_options") or {}))
 
 
 def _tied(model) -> bool:
@@ -219,6 +245,12 @@ def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     backbone, task = backbone_of(model), task_of(model)
     adapter = FAMILIES[backbone.family].adapter
     cfg = backbone.config
+    if getattr(cfg, "moe", None) is not None:
+        raise CheckpointError(
+            f"a {backbone.family} model with Mixture-of-Experts layers has no Hugging Face checkpoint form (transformers "
+            "has no sparse BERT/GPT-2, and Mixtral export is not written yet); keep it as a training checkpoint "
+            "(runs/NAME/checkpoints/step-N), which ptmkit resumes and evaluates"
+        )
     hf_config = adapter.config_to_hf(cfg)
     hf_config["architectures"] = [adapter.architecture(task)]
     hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -229,12 +261,20 @@ def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if task == "sequence-classification" and model.num_labels == 1:
             hf_config["problem_type"] = "regression"
     sd = {k: v for k, v in model.state_dict().items()}
+    kernel = getattr(cfg, "attention_kernel", "sdpa")
+    kernel_state = {k: sd.pop(k) for k in [k for k in sd if ".attn.kernel." in k]}
+    if kernel not in ("sdpa", "eager"):
+        hf_config["ptmkit_attention_kernel"] = kernel
+        hf_config["ptmkit_attention_options"] = dict(cfg.attention_options)
+        log.warning("attention kernel %r has no Hugging Face equivalent: transformers will run this checkpoint with "
+                    "dense attention (ptmkit restores the kernel from config.json)", kernel)
     bb_prefix = "backbone." if task != "base" else ""
     bb = {k[len(bb_prefix):]: v for k, v in sd.items() if k.startswith(bb_prefix)}
     out = {(adapter.prefix if task != "base" else "") + k: v for k, v in adapter.backbone_to_hf(bb, cfg).items()}
     fmt = adapter.prefix if task != "base" else ""
     for mine, theirs in _head_table(adapter, model, task, fmt).items():
         out[theirs] = sd[mine]
+    out.update({KERNEL_PREFIX + k: v for k, v in kernel_state.items()})
     return hf_config, out
 
 

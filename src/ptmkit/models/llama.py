@@ -5,13 +5,15 @@ Dimension legend: B batch, T length, H hidden size, D head dim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from ptmkit.config import ConfigError, check_positive
 from ptmkit.models.decoder import DecoderBackbone
 from ptmkit.nn import AttentionConfig, Embeddings, GatedMLP, PreNormBlock, RMSNorm, RotaryEmbedding, SelfAttention
+from ptmkit.nn.moe import MoEConfig, SparseMoE, resolve_moe
 
 
 @dataclass
@@ -36,7 +38,9 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     pad_token_id: int | None = None
-    attention_kernel: str = "sdpa"
+    attention_kernel: str = "sdpa"  # a key of ptmkit.nn.ATTENTION (dense or efficient kernels)
+    attention_options: dict[str, Any] = field(default_factory=dict)  # that kernel's settings, e.g. {"window": 256}
+    moe: MoEConfig | dict[str, Any] | None = None  # sparse SwiGLU experts (Mixtral: every 1, top_k 2)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -56,6 +60,7 @@ class LlamaConfig:
                 f"LlamaConfig: num_kv_heads {self.num_kv_heads} must divide num_heads {self.num_heads} "
                 "(grouped-query attention shares each key/value head among an equal group of query heads)"
             )
+        self.moe = resolve_moe("LlamaConfig", self.moe, self.num_layers)
 
 
 class LlamaDecoder(DecoderBackbone):
@@ -68,16 +73,20 @@ class LlamaDecoder(DecoderBackbone):
         attn = AttentionConfig(
             c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, bias=c.attention_bias,
             out_bias=c.attention_bias, dropout=c.attention_dropout, kernel=c.attention_kernel,
+            kernel_options=c.attention_options,
         )
         self.layers = nn.ModuleList(
             PreNormBlock(
                 SelfAttention(attn),
-                GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=c.mlp_bias),
+                SparseMoE(c.moe, c.hidden_size, c.intermediate_size, c.hidden_act, bias=c.mlp_bias, gated=True,
+                          init_std=c.initializer_range)
+                if c.moe is not None and c.moe.sparse_layer(i)
+                else GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=c.mlp_bias),
                 RMSNorm(c.hidden_size, c.rms_norm_eps),
                 RMSNorm(c.hidden_size, c.rms_norm_eps),
                 0.0,
             )
-            for _ in range(c.num_layers)
+            for i in range(c.num_layers)
         )
         self.norm_f = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling_factor)

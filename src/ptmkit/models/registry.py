@@ -27,6 +27,10 @@ from ptmkit.models.seq2seq import Seq2SeqLM
 from ptmkit.models.t5 import T5Config, T5Encoder, T5EncoderDecoder
 from ptmkit.models.convert.xlnet import XLNetAdapter
 from ptmkit.models.xlnet import XLNET_HEADS, XLNetBackbone, XLNetConfig
+from ptmkit.models.convert.transfo_xl import TransfoXLAdapter
+from ptmkit.models.transfo_xl import TRANSFO_XL_HEADS, TransfoXLBackbone, TransfoXLConfig
+from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
+from ptmkit.models.convert.albert import AlbertAdapter
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ FAMILIES: dict[str, Family] = {
     "mbart": Family(MBartConfig, MBartEncoderDecoder, MBartAdapter(), heads={"seq2seq-lm": Seq2SeqLM}),
     # XLNet (survey §3/§4): two-stream relative attention with segment recurrence; its LM head is permutation-lm.
     "xlnet": Family(XLNetConfig, XLNetBackbone, XLNetAdapter(), heads=XLNET_HEADS),
+    # Transformer-XL (survey §4.1): a decoder with segment-level recurrence (mems) and relative positions.
+    "transfo-xl": Family(TransfoXLConfig, TransfoXLBackbone, TransfoXLAdapter(), heads=TRANSFO_XL_HEADS),
+    # ALBERT (Lan et al. 2020): factorised embeddings, cross-layer sharing, MLM + sentence-order pre-training head.
+    "albert": Family(AlbertConfig, AlbertEncoder, AlbertAdapter(), heads=ALBERT_HEADS),
 }
 
 TASKS = (
@@ -58,6 +66,7 @@ TASKS = (
     "replaced-token-detection",  # ELECTRA's discriminator (objectives/rtd.py)
     "seq2seq-lm",  # encoder-decoder language model (models/seq2seq.py): T5, BART, mBART
     "permutation-lm",  # XLNet's two-stream LM head (models/xlnet.py, objectives/plm.py)
+    "masked-lm-sop",  # ALBERT's pre-training model: MLM + sentence-order head (models/albert.py, objectives/nsp.py)
 )
 
 # Sizes as data. "mini" is the shape used by the demo and tests of speed; base/small follow the papers.
@@ -85,6 +94,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "xlnet-mini": ("xlnet", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, mem_len=128)),
     # Yang et al. 2019 §3.1 / Table 7: XLNet-Base has BERT-Base's shape; memory length 384 in pre-training.
     "xlnet-base": ("xlnet", dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, mem_len=384)),
+    # docs/architectures/transformer_xl.md: 4 x 256, segments of 128 tokens with a 128-state memory per layer.
+    "transfo-xl-mini": ("transfo-xl", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+                                           segment_len=128, mem_len=128)),
+    # Lan et al. 2020 Table 1: ALBERT-base is BERT-base's encoder shape with E=128 and every layer shared (12M params).
+    "albert-base": ("albert", dict(embedding_size=128, hidden_size=768, num_layers=12, num_heads=12,
+                                   intermediate_size=3072, share="all")),
+    "albert-mini": ("albert", dict(embedding_size=128, hidden_size=256, num_layers=4, num_heads=4,
+                                   intermediate_size=1024, share="all")),
 }
 
 
@@ -129,6 +146,10 @@ def attach_head(backbone, task: str, num_labels: int | None = None):
                           "(use model family electra)")
     if getattr(backbone, "is_encoder_decoder", False):
         raise ConfigError(f"{backbone.family} is an encoder-decoder; its tasks are base and seq2seq-lm, not {task!r}")
+    if task == "masked-lm-sop":
+        raise ConfigError(f"masked-lm-sop (MLM + sentence-order head) is ALBERT's pre-training model; "
+                          f"{backbone.family} has none: use model family albert, or task masked-lm (the sop objective "
+                          "adds its own head)")
     if task == "permutation-lm":
         raise ConfigError(f"permutation-lm needs the two-stream xlnet family; {backbone.family} is not it")
     if task == "seq2seq-lm":

@@ -11,7 +11,8 @@ What sets it apart from BERT:
   Both streams share every weight. The query stream runs only for the positions a target mapping selects.
 - **Relative positional encoding** (Transformer-XL, Dai et al. 2019 §3.3): no absolute position embeddings;
   attention logits are content (q + u)·k + position (q + v)·W_r R_{i-j} + segment (q + s)·e_{same/diff segment}
-  with learned per-head biases u = r_w_bias, v = r_r_bias, s = r_s_bias and sinusoidal R.
+  with learned per-head biases u = r_w_bias, v = r_r_bias, s = r_s_bias and sinusoidal R. The relative machinery
+  (R, rel-shift, content + position logits, memory update) is shared with Transformer-XL: ptmkit/nn/relative_xl.py.
 - **Segment recurrence** (Transformer-XL §3.2): each layer's input states of the previous segment (`mems`)
   are prepended to its keys and values, without gradient; mem_len bounds how many are kept.
 - Post-norm blocks (attention → residual → LayerNorm, FFN → residual → LayerNorm), as BERT.
@@ -35,6 +36,7 @@ from ptmkit.config import ConfigError, check_positive
 from ptmkit.models.base import Backbone, BackboneOutput, ModelOutput, init_normal
 from ptmkit.models.heads import TaskModel
 from ptmkit.nn.feedforward import ACTIVATIONS, MLP
+from ptmkit.nn.relative_xl import relative_positions, relative_scores, update_memory
 
 SUMMARY_TYPES = ("last", "first", "mean")
 
@@ -106,34 +108,6 @@ class XLNetOutput(ModelOutput):
     mems: tuple[torch.Tensor, ...] | None = None
 
 
-def relative_positions(q_len: int, k_len: int, hidden: int, clamp_len: int, device) -> torch.Tensor:
-    """Sinusoidal embeddings (R, H) of the relative distances k_len, k_len-1, ..., -q_len+1 (Transformer-XL §3.3).
-
-    Row r holds distance k_len - r; query i (absolute position M + i) and key j are M + i - j apart, row T - i + j.
-    Written as transformers writes it (int arange, then float) so the values agree bit for bit.
-    """
-    freq_seq = torch.arange(0, hidden, 2.0, dtype=torch.int64, device=device).float()
-    inv_freq = 1 / torch.pow(10000, (freq_seq / hidden))  # (H/2,)
-    pos_seq = torch.arange(k_len, -q_len, -1.0, dtype=torch.int64, device=device).float()  # (R,)
-    if clamp_len > 0:
-        pos_seq = pos_seq.clamp(-clamp_len, clamp_len)
-    sinusoid = pos_seq[:, None] * inv_freq  # (R, H/2)
-    return torch.cat([torch.sin(sinusoid), torch.cos(sinusoid)], dim=-1)  # (R, H)
-
-
-def rel_shift(scores: torch.Tensor, k_len: int) -> torch.Tensor:
-    """(B, N, T, R) scores against every relative distance -> (B, N, T, S) scores against each key.
-
-    Query i and key j use the row of distance M + i - j, i.e. index T - i + j (see relative_positions). A gather
-    states this directly; it equals Transformer-XL's reshape trick (`rel_shift_bnij`).
-    """
-    b, n, t, _ = scores.shape
-    i = torch.arange(t, device=scores.device)[:, None]
-    j = torch.arange(k_len, device=scores.device)[None, :]
-    index = (t - i + j).expand(b, n, t, k_len)  # (B, N, T, S)
-    return scores.gather(-1, index)
-
-
 class TwoStreamRelativeAttention(nn.Module):
     """Relative multi-head attention shared by the content and the query stream (XLNet §2.3, Transformer-XL §3.3)."""
 
@@ -159,10 +133,7 @@ class TwoStreamRelativeAttention(nn.Module):
     def core(self, q, k, v, k_pos, seg_diff, blocked) -> torch.Tensor:
         """q (B, T, N, D); k, v (B, S, N, D); k_pos (R, N, D); seg_diff (B, T, S) bool: key in another segment;
         blocked (B, T, S) bool: True = may not attend. Returns (B, T, N, D)."""
-        content = torch.einsum("bind,bjnd->bnij", q + self.r_w_bias, k)  # (B, N, T, S)
-        position = torch.einsum("bind,rnd->bnir", q + self.r_r_bias, k_pos)  # (B, N, T, R)
-        position = rel_shift(position, k.shape[1])  # (B, N, T, S)
-        score = content + position
+        score = relative_scores(q, k, k_pos, self.r_w_bias, self.r_r_bias)  # (B, N, T, S): content + position
         if seg_diff is not None:
             seg = torch.einsum("bind,snd->bnis", q + self.r_s_bias, self.seg_embed)  # (B, N, T, 2)
             score = score + torch.where(seg_diff[:, None], seg[..., 1:], seg[..., :1])  # (B, N, T, S)
@@ -267,8 +238,9 @@ class XLNetBackbone(Backbone):
         states, detached (no gradient flows into an earlier segment)."""
         c = self.config
         cur = h[:, : c.reuse_len] if c.reuse_len > 0 else h
-        new = cur if prev is None else torch.cat([prev, cur], dim=1)  # (B, M + T, H)
-        return (new[:, -c.mem_len:] if c.mem_len > 0 else new).detach()
+        if c.mem_len > 0:
+            return update_memory(prev, cur, c.mem_len)
+        return (cur if prev is None else torch.cat([prev, cur], dim=1)).detach()  # (B, M + T, H): keep all
 
     def forward(
         self,

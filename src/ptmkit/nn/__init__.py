@@ -6,6 +6,7 @@ from ptmkit.nn.attention import (
 from ptmkit.nn.block import PostNormBlock, PostNormDecoderBlock, PreNormBlock, PreNormDecoderBlock
 from ptmkit.nn.embeddings import Embeddings
 from ptmkit.nn.feedforward import ACTIVATIONS, MLP, GatedMLP
+from ptmkit.nn.moe import MoEConfig, SparseMoE, collect_moe, moe_layers
 from ptmkit.nn.norms import RMSNorm, make_norm
 from ptmkit.nn.positions import RotaryEmbedding, SinusoidalPositions, apply_rotary, positions_from_mask
 from ptmkit.nn.relative import RelativeBiasConfig, RelativePositionBias, relative_position_bucket
@@ -16,4 +17,5 @@ __all__ = [
     "RotaryEmbedding", "SinusoidalPositions", "apply_rotary", "positions_from_mask",
     "CrossAttention", "CrossKVCache", "add_bias", "PostNormDecoderBlock", "PreNormDecoderBlock",
     "RelativeBiasConfig", "RelativePositionBias", "relative_position_bucket",
+    "MoEConfig", "SparseMoE", "collect_moe", "moe_layers",
 ]

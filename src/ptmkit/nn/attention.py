@@ -9,46 +9,19 @@ Dimension legend: B batch, T query length, S key length, H query heads, K key/va
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ptmkit.config import ConfigError, check_positive
+from ptmkit.nn.kernels import ATTENTION, eager_kernel, sdpa_kernel  # noqa: F401  (re-exported)
 from ptmkit.nn.positions import apply_rotary
 
 
-def sdpa_kernel(q, k, v, mask, is_causal: bool, dropout_p: float, scale: float) -> torch.Tensor:
-    """Fused attention (flash / memory-efficient / math, chosen by PyTorch). q (B,H,T,D), k/v (B,K,S,D)."""
-    gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa
-    )
-
-
-def eager_kernel(q, k, v, mask, is_causal: bool, dropout_p: float, scale: float) -> torch.Tensor:
-    """Reference attention written out (softmax(QK^T)V); the ground truth kernels are tested against."""
-    if q.shape[1] != k.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
-    if is_causal:
-        t, s = scores.shape[-2:]
-        causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = scores.float().softmax(dim=-1).to(q.dtype)
-    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
-    return probs @ v  # (B, H, T, D)
-
-
-# The attention kernel registry: every kernel takes (q, k, v, mask, is_causal, dropout_p, scale).
-ATTENTION: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa_kernel, "eager": eager_kernel}
-
-
+# Kernels live in ptmkit.nn.kernels (one file each); ATTENTION is their registry. The two dense functions are
+# re-exported because analysis code and tests call them directly.
 @dataclass
 class AttentionConfig:
     hidden_size: int
@@ -60,6 +33,7 @@ class AttentionConfig:
     dropout: float = 0.0
     kernel: str = "sdpa"
     scale: float | None = None  # logit scale; None = 1/sqrt(head_dim). T5 uses 1.0 (Raffel et al. 2020)
+    kernel_options: dict[str, Any] = field(default_factory=dict)  # the kernel's own settings (window, features…)
 
     def __post_init__(self) -> None:
         check_positive("attention", hidden_size=self.hidden_size, num_heads=self.num_heads)
@@ -83,6 +57,7 @@ class AttentionConfig:
             raise ConfigError(f"attention: dropout must be in [0, 1), got {self.dropout}")
         if self.kernel not in ATTENTION:
             raise ConfigError(f"attention: unknown kernel {self.kernel!r}; choose one of {sorted(ATTENTION)}")
+        ATTENTION[self.kernel].parse_options(self.kernel_options)  # unknown or invalid options fail here, not mid-run
         if self.scale is not None and not self.scale > 0:
             raise ConfigError(f"attention: scale must be positive (or None for 1/sqrt(head_dim)), got {self.scale}")
 
@@ -130,7 +105,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.out_bias)
         self.scale = cfg.scale if cfg.scale is not None else 1.0 / math.sqrt(self.d)
-        self.kernel = ATTENTION[cfg.kernel]
+        self.kernel = ATTENTION[cfg.kernel](cfg)  # a module: Linformer's projections and Performer's features live here
 
     def forward(
         self,
@@ -249,7 +224,9 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(memory_size or cfg.hidden_size, 2 * self.kv_heads * self.d, bias=cfg.bias)  # rows [k; v]
         self.out = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.out_bias)
         self.scale = cfg.scale if cfg.scale is not None else 1.0 / math.sqrt(self.d)
-        self.kernel = ATTENTION[cfg.kernel]
+        # Efficient kernels are for long self-attention; cross-attention reads the encoder output densely.
+        kernel = ATTENTION[cfg.kernel] if ATTENTION[cfg.kernel].kind == "dense" else ATTENTION["sdpa"]
+        self.kernel = kernel(cfg)
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, _ = memory.shape

@@ -12,7 +12,8 @@ A pair builder turns each row of a one-document-per-row batch (data.boundary = n
 - SOP: with probability `swap_prob` A and B change places (label 1 = swapped): both segments always come from the
   same document, so topic cues cannot solve the task (ALBERT's argument against NSP).
 Then BERT's MLM masking runs on the pairs. A binary head on the pooled [CLS] state (dense + tanh + linear, as
-BERT's pooler) is owned by the objective. Loss = MLM + pair_weight * cross-entropy of the pair label.
+BERT's pooler) is owned by the objective, unless the model has its own (`pair_head`: ALBERT's pre-training model,
+task masked-lm-sop). Loss = MLM + pair_weight * cross-entropy of the pair label.
 
 Dimension legend: B batch, T length, H hidden.
 """
@@ -199,17 +200,24 @@ class NextSentencePrediction(AuxiliaryModules):
         if types < 2:
             raise ConfigError(f"{self.cfg.name}: the model has type_vocab_size={types}; sentence pairs need 2 "
                               "segment embeddings (set model.config.type_vocab_size: 2)")
+        if getattr(model, "pair_head", None) is not None:
+            # The model carries its own pair classifier (ALBERT's pre-training model, task masked-lm-sop): train that
+            # one, so pre-trained SOP weights keep learning and are saved with the model; the objective owns nothing.
+            self.heads, self._bound_to = None, backbone_of(model)
+            return None
         return super().bind(model)
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        head = self._bound(model)["pair"]
+        head = None if getattr(model, "pair_head", None) is not None else self._bound(model)["pair"]
         out, where = masked_lm_forward(model, batch)
         target = batch["labels"][where]
         mlm, acc = mean_cross_entropy(out.logits, target)
-        cls_state = out.last_hidden_state[:, 0]  # (B, H) the [CLS] state
+        logits = getattr(out, "pair_logits", None)  # (B, 2) from the model's own pair head, if it has one
+        if logits is None:
+            logits = head(out.last_hidden_state[:, 0])  # (B, H) the [CLS] state -> (B, 2)
         labels = batch["pair_labels"]  # (B,)
         has = labels != -100
-        pair, pair_acc = mean_cross_entropy(head(cls_state)[has], labels[has])
+        pair, pair_acc = mean_cross_entropy(logits[has], labels[has])
         loss = mlm + self.cfg.pair_weight * pair
         return loss, {"loss": loss.item(), "mlm_loss": mlm.item(), "mlm_accuracy": acc.item(),
                       f"{self.metric}_loss": pair.item(), f"{self.metric}_accuracy": pair_acc.item(),
@@ -219,3 +227,4 @@ class NextSentencePrediction(AuxiliaryModules):
 class SentenceOrderPrediction(NextSentencePrediction):
     negative = "swap"
     metric = "sop"
+    task_for_family = {"albert": "masked-lm-sop"}  # ALBERT carries its SOP head (Lan et al. 2020 §4.1)

@@ -13,6 +13,7 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
 # Dense peak FLOP/s per device for bf16 matmuls on tensor cores (fp16 where the device has no bf16: V100).
 # Source: the vendors' datasheets (NVIDIA H100/H200/A100/A10G/L4/V100/RTX 4090/B200, AMD MI300X). Datasheets
@@ -70,6 +71,21 @@ def training_flops_per_token(n_params: int, n_layers: int, seq_len: int, width: 
     n_params should exclude embedding tables that are looked up rather than multiplied
     (the output projection, tied or not, is a matmul and counts)."""
     return training_flops_breakdown(n_params, n_layers, seq_len, width, causal)["total"]
+
+
+def applied_parameters(model: nn.Module) -> int:
+    """Parameters counted once per use in the forward pass: a module shared across layers (ALBERT's cross-layer
+    sharing, Lan et al. 2020 §3.1) multiplies activations once per layer it serves, so it counts that many times.
+    Tied parameters (an output layer tied to the embedding) are one tensor used once as a matmul and count once."""
+    uses: dict[int, int] = {}
+    modules: dict[int, nn.Module] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+        modules[id(m)] = m
+    unique = sum(p.numel() for p in model.parameters())
+    extra = sum((uses[i] - 1) * sum(p.numel() for p in m.parameters(recurse=False))
+                for i, m in modules.items() if uses[i] > 1)
+    return unique + extra
 
 
 def device_peak_entry(name: str) -> tuple[str, float] | None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError
+from ptmkit.nn.moe import collect_moe, moe_layers
 from ptmkit.parallel.apply import parallelize
 from ptmkit.parallel.collectives import any_rank, mean_over_ranks, token_weight
 from ptmkit.parallel.mesh import ParallelState
@@ -105,13 +106,24 @@ class TrainingModule(nn.Module):
         if aux is not None:
             self.objective = aux
         self.loss_fn = objective  # a plain object, not a module
+        self._moe = moe_layers(self)  # sparse MoE layers (model + objective networks); () for dense models
 
     @property
     def aux(self) -> nn.Module | None:
         return getattr(self, "objective", None)
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.loss_fn.loss(self.model, batch)
+        if not self._moe:  # dense model: the objective's loss as is
+            return self.loss_fn.loss(self.model, batch)
+        for layer in self._moe:  # a layer skipped this step (LayerDrop) must not report last step's losses
+            layer.clear_router_state()
+        loss, metrics = self.loss_fn.loss(self.model, batch)
+        # Switch §2.2 / ST-MoE: each MoE layer's weighted load-balancing + z-loss joins the training loss;
+        # metrics["loss"] stays the objective's, so perplexity and evaluation compare with dense models
+        router_loss, moe_metrics = collect_moe(self._moe)
+        if router_loss is not None and self.training:
+            loss = loss + router_loss
+        return loss, {**metrics, **moe_metrics}
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

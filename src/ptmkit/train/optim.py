@@ -56,7 +56,8 @@ def _no_decay_ids(model: nn.Module, cfg: OptimConfig) -> set[int]:
     for module in model.modules():
         is_norm = isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm"
         for name, p in module.named_parameters(recurse=False):
-            if cfg.no_decay_norms_and_biases and (is_norm or name == "bias"):
+            # modules holding stacked biases under other names declare them (SparseMoE: b_in, b_out)
+            if cfg.no_decay_norms_and_biases and (is_norm or name == "bias" or name in getattr(module, "bias_names", ())):
                 ids.add(id(p))
             if cfg.no_decay_embeddings and isinstance(module, nn.Embedding):
                 ids.add(id(p))

@@ -3,6 +3,7 @@ token shards, model (through the registry), objective, batches, evaluation and t
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -24,7 +25,7 @@ from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
 from ptmkit.parallel.mesh import setup, teardown
 from ptmkit.train.flops import (
-    device_peak_entry, format_flops, measure_cpu_peak_flops, training_flops_per_token,
+    applied_parameters, device_peak_entry, format_flops, measure_cpu_peak_flops, training_flops_per_token,
 )
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
@@ -91,6 +92,12 @@ def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size:
     if seq_len is not None and hasattr(objective, "check_seq_len"):
         objective.check_seq_len(seq_len)  # e.g. a span longer than the sequence: an error now, not mid-run
     return objective
+
+
+def pretrain_task(objective, family_name: str) -> str:
+    """The head an objective trains on this family: its own `task`, unless the family has a dedicated pre-training
+    head for it (ALBERT's SOP head: task masked-lm-sop, exported as AlbertForPreTraining)."""
+    return getattr(objective, "task_for_family", {}).get(family_name, objective.task)
 
 
 def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer):
@@ -184,7 +191,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
     shards = TokenShards(cfg.data.train, tokenizer)  # refuses shards made with another tokenizer
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    task = OBJECTIVES[cfg.objective.name][1].task if cfg.objective.name in OBJECTIVES else None
+    task = pretrain_task(OBJECTIVES[cfg.objective.name][1], cfg.model.family) if cfg.objective.name in OBJECTIVES else None
     objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
     model = build_pretrain_model(cfg.model, task, tokenizer)
     bcfg = backbone_of(model).config
@@ -213,9 +220,10 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
         evaluate = make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
                                   prec.autocast, torch.device(device))
     n_params = sum(p.numel() for p in model.parameters())
+    n_applied = applied_parameters(model)  # > n_params when layers share weights (ALBERT)
     emb = getattr(backbone_of(model), "embeddings", None)  # encoder-decoders (T5, BART) have none
     n_lookup = sum(m.weight.numel() for m in (emb.pos, emb.segment) if m is not None) if hasattr(emb, "segment") else 0
-    fpt = training_flops_per_token(n_params - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
+    fpt = training_flops_per_token(n_applied - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
                                    causal=backbone_of(model).causal)
     peak, peak_source = mfu_denominator(device, cfg.train.precision)
     if main:
@@ -265,11 +273,22 @@ def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, main: bool, pp: int
 def plain_training_module(cfg: PretrainConfig, tokenizer: Tokenizer):
     """A fresh single-device model with the objective's networks, built as the run builds them (to load weights)."""
     objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
-    return TrainingModule(build_pretrain_model(cfg.model, objective.task, tokenizer), objective)
+    return TrainingModule(build_pretrain_model(cfg.model, pretrain_task(objective, cfg.model.family), tokenizer),
+                          objective)
 
 
 def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, generator_dir: Path) -> dict[str, str]:
     """The model directory (HF layout + tokenizer) and, for ELECTRA, the generator beside it (a usable MLM too)."""
+    if getattr(backbone_of(model).config, "share", None) in ("attention", "ffn"):
+        # Hugging Face's ALBERT can share whole layers only: export an unshared copy that computes the same function.
+        print(f"[ptmkit] {model_dir}: ALBERT share={backbone_of(model).config.share} has no Hugging Face form; "
+              "exporting the equivalent unshared model")
+        model = copy.deepcopy(model)
+        backbone_of(model).unshare()
+    if getattr(backbone_of(model).config, "moe", None) is not None:
+        print(f"[ptmkit] not writing {model_dir}: Mixture-of-Experts models have no Hugging Face checkpoint form yet; "
+              "the run's last training checkpoint holds the trained weights")
+        return {}
     save_model(model, model_dir, tokenizer_from=None)
     tokenizer.save(model_dir)
     written = {"model_dir": str(model_dir)}

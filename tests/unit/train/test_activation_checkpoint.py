@@ -72,7 +72,7 @@ def test_every_family_has_blocks_to_checkpoint_and_keeps_its_state_dict(family):
     extra = {"t5-encoder": {}, "xlnet": {}}.get(family, {})
     model = build_model(family, make_config(family, {**FAMILY_CONFIG, **extra}), "base")
     names = list(model.state_dict())
-    n_blocks = len(transformer_blocks(model))
+    n_blocks = len({id(b) for b in transformer_blocks(model)})  # a shared block (ALBERT) is one module, wrapped once
     assert apply_activation_checkpointing(model) == n_blocks > 0
     assert all(is_checkpointed(b) for b in transformer_blocks(model))
     assert list(model.state_dict()) == names  # checkpoints and HF export see the same tensors

@@ -114,3 +114,19 @@ def test_mfu_and_its_denominator_are_printed_together():
     assert format_flops(2250e12) == "2.25 PFLOP/s"
     with pytest.raises(ValueError):
         mfu(1.0, 1.0, 0.0)
+
+
+def test_applied_parameters_count_a_shared_layer_once_per_use():
+    """ALBERT's cross-layer sharing: one block serving L layers does L blocks' matmuls; tied embeddings count once."""
+    from ptmkit.train.flops import applied_parameters
+
+    def albert(share):
+        return build_model("albert", make_config("albert", dict(
+            vocab_size=100, embedding_size=16, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
+            max_position_embeddings=32, share=share)), "masked-lm")
+
+    shared, unshared = albert("all"), albert("none")
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in unshared.parameters())
+    assert applied_parameters(shared) == applied_parameters(unshared) == sum(p.numel() for p in unshared.parameters())
+    tied = _tiny_gpt2(width=32, layers=2, seq=16)  # output layer tied to the embedding
+    assert applied_parameters(tied) == sum(p.numel() for p in tied.parameters())

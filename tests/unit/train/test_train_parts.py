@@ -34,6 +34,17 @@ def test_no_decay_groups():
     assert total == sum(p.numel() for p in model.parameters())  # each parameter exactly once
 
 
+def test_moe_expert_biases_are_not_decayed():
+    cfg = make_config("bert", dict(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                                   max_position_embeddings=16, moe={"num_experts": 2}))
+    model = build_model("bert", cfg, "masked-lm")
+    decay, no_decay = param_groups(model, OptimConfig())
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt = {names[id(p)].rsplit(".", 1)[1] for p in no_decay["params"]}
+    assert {"b_in", "b_out"} <= exempt
+    assert any(names[id(p)].endswith("w_in") for p in decay["params"])
+
+
 def test_schedules():
     cos = ScheduleConfig(warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, 110, cos) == pytest.approx(0.1)

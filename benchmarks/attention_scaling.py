@@ -6,11 +6,12 @@ One call = kernel(q, k, v) with B = 1, H heads of dimension D (no projections), 
 output gradient, each kernel with its default options (a kernel with a `max_len` option gets the length).
 Time: all kernels of one length alternate inside each round (order reversed every round), after one warm-up call
 each; the median of the rounds is reported. Memory: on CPU each (kernel, length) runs in a fresh subprocess that
-allocates its inputs, notes its resident set size (RSS), runs one call and reads the peak RSS
-(VmHWM of /proc/self/status, reset just before the call; one warm-up call first): peak minus that baseline is every byte the call touched — saved activations,
-gradients of q/k/v, fused-kernel scratch buffers and allocator overhead — which a tensor tracker would partly miss
-(SDPA's fused kernel allocates below the dispatcher). Large blocks are mmap-allocated (MALLOC_MMAP_THRESHOLD_)
-so freed memory is not recycled invisibly. On CUDA: torch.cuda.max_memory_allocated above the inputs.
+allocates its inputs, runs one warm-up call, resets its peak resident set size (/proc/self/clear_refs), runs one
+call and reads the peak (VmHWM of /proc/self/status): peak minus the RSS just before the call is every byte the
+call touched — saved activations, gradients of q/k/v, fused-kernel scratch buffers, allocator overhead — where a
+tensor tracker would miss what SDPA's fused kernel allocates below the dispatcher. Large blocks are mmap-allocated
+(MALLOC_MMAP_THRESHOLD_) so freed memory is returned, not invisibly recycled. On CUDA: max_memory_allocated above
+the inputs.
 The scaling exponent is the least-squares slope of log(time) and log(memory) vs log(length) over the largest
 three lengths a kernel ran at (2 = quadratic, 1 = linear).
 
@@ -253,7 +254,8 @@ def main(argv=None) -> dict:
     results: dict[str, dict[int, dict]] = {n: {} for n in names}
     started = time.perf_counter()
     print(f"attention call, B=1 H={args.heads} D={args.head_dim} {args.dtype} {args.device} "
-          f"{'causal' if args.causal else 'bidirectional'}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{'causal' if args.causal else 'bidirectional'}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
     for length in lengths:
         q, k, v, grad = inputs(length, args)
         kernels = {}

@@ -7,7 +7,7 @@ with the memory (each segment attends to the previous segments' states) and with
 like a fixed-context decoder), plus the same at other memory lengths. Writes results.json, a plot and the results
 block of docs/architectures/transformer_xl.md.
 
-    python experiments/transformer_xl_memory.py                  # CPU default, ~12 minutes on 2 cores
+    python experiments/transformer_xl_memory.py                  # CPU default, sized for ~12 minutes on 2 idle cores
     python experiments/transformer_xl_memory.py --eval-mems 0,32,128,256  # more memory lengths (~2.5 min each)
     python experiments/transformer_xl_memory.py --train-mems 0,128  # also train a model without memory
 

@@ -1,5 +1,8 @@
 """Model families (one file each), task heads, the registries, and Hugging Face checkpoint I/O."""
 
+from ptmkit.models.albert import (
+    AlbertConfig, AlbertEncoder, AlbertPreTraining, AlbertSequenceClassifier, AlbertTokenClassifier,
+)
 from ptmkit.models.base import BackboneOutput, ModelOutput
 from ptmkit.models.bert import BertConfig, BertEncoder
 from ptmkit.models.gpt import GPT2Config, GPT2Decoder
@@ -16,6 +19,7 @@ from ptmkit.models.encdec import Seq2SeqCache, Seq2SeqOutput, shift_right
 from ptmkit.models.mbart import MBartConfig, MBartEncoderDecoder
 from ptmkit.models.seq2seq import Seq2SeqLM
 from ptmkit.models.t5 import T5Config, T5Encoder, T5EncoderDecoder
+from ptmkit.models.transfo_xl import TransfoXLBackbone, TransfoXLConfig, TransfoXLLMHead
 from ptmkit.models.xlnet import (
     XLNetBackbone, XLNetConfig, XLNetLMHead, XLNetSequenceClassifier, XLNetTokenClassifier,
 )
@@ -29,4 +33,6 @@ __all__ = [
     "BartConfig", "BartEncoderDecoder", "MBartConfig", "MBartEncoderDecoder", "T5Config", "T5Encoder",
     "T5EncoderDecoder", "Seq2SeqLM", "Seq2SeqOutput", "Seq2SeqCache", "shift_right",
     "XLNetBackbone", "XLNetConfig", "XLNetLMHead", "XLNetSequenceClassifier", "XLNetTokenClassifier",
+    "AlbertConfig", "AlbertEncoder", "AlbertPreTraining", "AlbertSequenceClassifier", "AlbertTokenClassifier",
+    "TransfoXLBackbone", "TransfoXLConfig", "TransfoXLLMHead",
 ]

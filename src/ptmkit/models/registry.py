@@ -29,6 +29,7 @@ from ptmkit.models.convert.xlnet import XLNetAdapter
 from ptmkit.models.xlnet import XLNET_HEADS, XLNetBackbone, XLNetConfig
 from ptmkit.models.convert.transfo_xl import TransfoXLAdapter
 from ptmkit.models.transfo_xl import TRANSFO_XL_HEADS, TransfoXLBackbone, TransfoXLConfig
+from ptmkit.nn.kernels.bigbird import seed_layers
 from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
 from ptmkit.models.convert.albert import AlbertAdapter
 
@@ -126,6 +127,9 @@ def from_preset(preset: str, task: str = "base", **overrides):
 def build_model(family_name: str, config, task: str = "base", num_labels: int | None = None):
     """A freshly initialised model: the family's backbone plus the head for `task`."""
     backbone = family(family_name).backbone(config)
+    # BigBird draws its random blocks per layer (Zaheer et al. 2020): layer i gets seed + i, fixed by the architecture
+    # alone, so a model rebuilt from its directory attends exactly as the trained one did.
+    seed_layers(backbone)
     return attach_head(backbone, task, num_labels)
 
 

@@ -293,3 +293,19 @@ def test_bigbird_refuses_causal_and_the_window_kernels_accept_it():
         kernel("bigbird", block=8, num_random_blocks=1)(q, k, v, None, True, 0.0, 0.3)
     for name in ("sliding_window", "block_sparse", "longformer"):
         assert ATTENTION[name].causal
+
+
+def test_bigbird_layers_of_a_built_model_draw_different_random_blocks_reproducibly():
+    from ptmkit.models import build_model, make_config
+    from ptmkit.nn.kernels.bigbird import BigBird
+
+    def kernels():
+        cfg = make_config("bert", dict(vocab_size=50, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,
+                                       max_position_embeddings=512, attention_kernel="bigbird",
+                                       attention_options={"block": 16, "num_random_blocks": 2}))
+        return [m for m in build_model("bert", cfg).modules() if isinstance(m, BigBird)]
+
+    first, again = kernels(), kernels()
+    patterns = [k.pattern(256, 256, False) for k in first]
+    assert not torch.equal(patterns[0], patterns[1]) and not torch.equal(patterns[1], patterns[2])
+    assert all(torch.equal(p, k.pattern(256, 256, False)) for p, k in zip(patterns, again))

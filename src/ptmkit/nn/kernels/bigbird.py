@@ -5,7 +5,8 @@ block size b, query block i sees key blocks i-w..i+w (window), the first and las
 (global: they also see every key and are seen by every query — "internal transformer construction", ITC), and
 `num_random_blocks` key blocks drawn at random per query block outside its window and the global blocks. The
 random draw is a function of (seed, number of blocks), made once and cached, so `pattern()` reproduces exactly
-what forward computes; `seed_layers(model)` gives each layer its own draw (BigBird draws per layer). Defined on
+what forward computes; `seed_layers(model)`, which ptmkit.models.build_model calls, gives each layer its own draw
+(BigBird draws per layer). Defined on
 whole blocks (the sequence must be a multiple of block). Cost per head O(T · b · (2w + 1 + 2g + r)).
 Bidirectional only: global blocks at the end of the sequence would let early queries see the future.
 Dimension legend: B batch, H query heads, K key/value heads, T sequence length, D head dim, nb blocks.
@@ -29,7 +30,7 @@ class BigBirdOptions:
     window_blocks: int = 1  # w: neighbouring blocks on each side (BigBird: 3 window blocks = own ± 1)
     num_global_blocks: int = 1  # g: global blocks at each end (first g and last g blocks)
     num_random_blocks: int = 3  # r: random key blocks per query block (BigBird uses 3)
-    seed: int = 0  # seed of the random blocks (layer i of a model uses seed + i after seed_layers(model))
+    seed: int = 0  # seed of the random blocks (layer i of a built model uses seed + i: seed_layers)
 
     def __post_init__(self) -> None:
         bad = []

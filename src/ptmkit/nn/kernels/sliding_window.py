@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.blocked import BlockedPatternKernel, Pieces

@@ -48,17 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256, help="model width (d_model)")
     p.add_argument("--layers", type=int, default=4, help="number of layers")
     p.add_argument("--heads", type=int, default=4, help="attention heads")
-    p.add_argument("--segment", type=int, default=128, help="tokens per segment, in training and evaluation")
-    p.add_argument("--train-mems", default="128",
+    p.add_argument("--segment", type=int, default=64, help="tokens per segment, in training and evaluation")
+    p.add_argument("--train-mems", default="64",
                    help="comma list of training memory lengths; one model is trained per value (0 = no recurrence)")
-    p.add_argument("--eval-mems", default="0,128",
+    p.add_argument("--eval-mems", default="0,64",
                    help="comma list of memory lengths each model is evaluated with (0 = every segment cold)")
-    p.add_argument("--steps", type=int, default=170, help="training steps (the fixed budget)")
-    p.add_argument("--batch-size", type=int, default=8, help="training lanes = segments per step")
+    p.add_argument("--steps", type=int, default=800, help="training steps (the fixed budget; ~10 min on 2 idle CPU cores)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="training lanes = segments per step (more lanes: more books seen, as each lane stays in one)")
     p.add_argument("--eval-lanes", type=int, default=16,
                    help="WikiText-2 valid is cut into this many contiguous lanes, streamed side by side")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, linear warm-up and decay)")
-    p.add_argument("--warmup", type=int, default=20, help="warm-up steps")
+    p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--dropout", type=float, default=0.1, help="residual / embedding / FFN dropout")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="autocast precision (train and eval)")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and dropout seed")

@@ -160,3 +160,11 @@ def test_sparse_kernels_refuse_masks_they_cannot_express(name):
     full = torch.ones(2, 1, T, T, dtype=torch.bool).tril()  # e.g. padding and causality folded together
     with pytest.raises(ConfigError, match="key-padding"):
         attn(torch.randn(2, T, HEADS * D), full)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kernel_runs_in_a_model_cast_to_bfloat16(name):
+    """model.to(torch.bfloat16) casts the kernels' float buffers too (random features, rotations)."""
+    attn = SelfAttention(kernel_config(name)).to(torch.bfloat16)
+    y = attn(torch.randn(2, T, HEADS * D, dtype=torch.bfloat16), padding_mask())
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()

@@ -105,7 +105,7 @@ class LSHAttention(AttentionKernel):
         b, h, t, _ = x.shape
         if self.options.n_buckets == 1:
             return torch.zeros(b, h, self.options.n_hashes, t, dtype=torch.long, device=x.device)
-        xr = torch.einsum("bhtd,rdu->bhrtu", x.float(), self.rotations)  # (B, H, R, T, U/2)
+        xr = torch.einsum("bhtd,rdu->bhrtu", x.float(), self.rotations.float())  # (B, H, R, T, U/2)
         return torch.cat([xr, -xr], dim=-1).argmax(dim=-1)  # (B, H, R, T)
 
     def forward(self, q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):

@@ -99,7 +99,7 @@ class Performer(AttentionKernel):
 
     def feature_map(self, x: torch.Tensor, is_query: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
         """phi(x) (B, H, L, F) for x (B, H, L, D) already scaled by scale^(1/2), stabilised by a cancelling factor."""
-        wx = x @ self.features.T  # (B, H, L, F)
+        wx = x @ self.features.float().T  # (B, H, L, F); float even when the model was cast to bf16
         wx = wx - x.square().sum(dim=-1, keepdim=True) / 2  # log phi(x) up to the 1/sqrt(F) constant
         if is_query:  # per query: cancels between numerator and denominator of that query's row
             stab = wx.amax(dim=-1, keepdim=True)  # (B, H, L, 1)

@@ -30,9 +30,9 @@ from ptmkit.adapt.finetune import FinetuneConfig, finetune
 from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict
 from ptmkit.data.batches import PretrainBatches
-from ptmkit.data.paths import data_root
+from ptmkit.data.demo import ensure_demo_data
 from ptmkit.data.sampler import PackedDataset
-from ptmkit.data.shards import TokenShards, prepare_shards
+from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.flops import measured_step_flops
 from ptmkit.train.precision import Precision
@@ -110,15 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ensure_data(args) -> tuple[str, str]:
     """The demo's 16k WordPiece tokenizer and Gutenberg shards, built here when the demo has not run."""
-    tok_dir = Path(args.tokenizer or "runs/demo/tokenizer")
-    shards = Path(args.shards or "runs/demo/data/gutenberg")
-    corpus = data_root() / "corpora" / "gutenberg.jsonl.gz"
-    if not (tok_dir / "tokenizer.json").exists():
-        print(f"[equal-compute] training a 16k WordPiece tokenizer on {corpus} -> {tok_dir}", flush=True)
-        Tokenizer.train(corpus, kind="wordpiece", vocab_size=16000, model_max_length=128).save(tok_dir)
-    if not (shards / "meta.json").exists():
-        print(f"[equal-compute] tokenising {corpus} -> {shards}", flush=True)
-        prepare_shards(corpus, Tokenizer.load(tok_dir), shards, overwrite=True)
+    tok_dir, shards = args.tokenizer or "runs/demo/tokenizer", args.shards or "runs/demo/data/gutenberg"
+    ensure_demo_data(tok_dir, shards, tag="[equal-compute]")
     return str(tok_dir), str(shards)
 
 

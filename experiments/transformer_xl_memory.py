@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from ptmkit.analysis.report import write_results_block
-from ptmkit.data.paths import data_root
-from ptmkit.data.shards import TokenShards, prepare_shards
+from ptmkit.data.demo import ensure_demo_data
+from ptmkit.data.shards import TokenShards
 from ptmkit.data.streams import StreamBatches
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.models import build_model, make_config
@@ -85,19 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ensure_data(args) -> None:
     """The demo's tokenizer and token shards (Gutenberg for training, WikiText-2 valid for evaluation)."""
-    tok_dir, shards, valid = Path(args.tokenizer), Path(args.shards), Path(args.eval_shards)
-    corpus = data_root() / "corpora" / "gutenberg.jsonl.gz"
-    if not (tok_dir / "tokenizer.json").exists():
-        print(f"{TAG} training a 16k WordPiece tokenizer on {corpus} -> {tok_dir}", flush=True)
-        Tokenizer.train(corpus, kind="wordpiece", vocab_size=16000, model_max_length=128).save(tok_dir)
-    tok = Tokenizer.load(tok_dir)
-    if not (shards / "meta.json").exists():
-        print(f"{TAG} tokenising {corpus} -> {shards}", flush=True)
-        prepare_shards(corpus, tok, shards, overwrite=True)
-    if not (valid / "meta.json").exists():
-        text = data_root() / "corpora" / "wikitext-2" / "valid.txt"
-        print(f"{TAG} tokenising {text} -> {valid}", flush=True)
-        prepare_shards(text, tok, valid, txt_mode="lines", overwrite=True)
+    ensure_demo_data(args.tokenizer, args.shards, args.eval_shards, TAG)
 
 
 def build(args, mem_len: int, vocab_size: int):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, key_padding
+from ptmkit.nn.kernels.recompute import scratch_budget
 
 # A disallowed score: finite, so a query whose every visible key is padding gets a finite (uniform, meaningless)
 # output instead of NaN that would poison the next layer's gradients (transformers does the same).
@@ -98,10 +99,9 @@ def build_layout(kernel: "BlockedPatternKernel", t: int, causal: bool, device) -
     return Layout(t, bs, nb, pieces, sizes, kpos.clamp(0, t - 1), ~ok, global_mask)
 
 
-# Query blocks per chunk are chosen so that one chunk's scores hold about this many elements: the forward pass
-# keeps only the output and the log-sum-exp (as flash attention does) and the backward pass recomputes a chunk's
-# scores, so the peak memory is O(T·D) plus one chunk, not O(T·J).
-CHUNK_SCORES = 1 << 19
+# Query blocks per chunk are chosen so that one chunk's scores hold about scratch_budget elements (1/8 of q's size,
+# at most 2^19): the forward pass keeps only the output and the log-sum-exp (as flash attention does) and the
+# backward pass recomputes a chunk's scores, so the peak memory is O(T·D) plus one small chunk, not O(T·J).
 
 
 def blocked_attention(q, k, v, keep, lay: Layout, scale: float, dropout_p: float) -> torch.Tensor:
@@ -145,8 +145,8 @@ def blocked_attention(q, k, v, keep, lay: Layout, scale: float, dropout_p: float
 
 
 def _row_chunks(qg: torch.Tensor, t: int) -> list[tuple[int, int]]:
-    b, kh, r, _ = qg.shape
-    per = max(1, CHUNK_SCORES // (b * kh * t))  # dense rows per chunk
+    b, kh, r, d = qg.shape
+    per = max(1, scratch_budget(b * kh * t * d) // (b * kh * t))  # dense rows per chunk
     return [(a, min(a + per, r)) for a in range(0, r, per)]
 
 
@@ -156,10 +156,16 @@ def _row_mask(gblocked: torch.Tensor | None, a: int, z: int) -> torch.Tensor | N
     return (gblocked if gblocked.shape[1] == 1 else gblocked[:, a:z])[:, None]  # (B|1, 1, r|1, T)
 
 
-def _chunks(shape, lay: Layout) -> list[tuple[int, int]]:
-    b, kh, nb, m, _ = shape
-    per = max(1, CHUNK_SCORES // (b * kh * m * lay.key_pos.shape[1]))  # query blocks per chunk
-    return [(a, min(a + per, nb)) for a in range(0, nb, per)]
+def _chunks(shape, lay: Layout) -> list[tuple[slice, int, int]]:
+    """(key/value heads, first block, end block) of every chunk. A chunk's scores (B, heads, blocks, M, J) hold
+    about scratch_budget elements: several blocks of all heads at long lengths, or one block of a few heads when a
+    single block over every head is already larger (a window of 2 x 256 keys at 4,096 tokens)."""
+    b, kh, nb, m, d = shape
+    budget = scratch_budget(b * kh * nb * m * d)
+    per_head_block = b * m * lay.key_pos.shape[1]
+    heads = max(1, min(kh, budget // per_head_block))
+    per = max(1, budget // (per_head_block * kh)) if heads == kh else 1  # query blocks per chunk
+    return [(slice(h, min(h + heads, kh)), a, min(a + per, nb)) for a in range(0, nb, per) for h in range(0, kh, heads)]
 
 
 def _keys(x: torch.Tensor, lay: Layout, a: int, z: int) -> list[torch.Tensor]:
@@ -226,10 +232,10 @@ def _scatter(acc: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, lay: Layout
 def _softmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over the last dim of base-2 scores s (consumed), and its base-2 log-sum-exp.
 
-    exp2 of pre-scaled scores rather than exp, and out of place: on CPU torch.exp2 is several times faster than
-    the in-place exp_ (measured), and the softmax costs about as much as the two products of a chunk."""
+    exp2 of pre-scaled scores rather than exp: on CPU exp2_ is 2.6x faster than exp_ (measured, in place both), and
+    the softmax costs about as much as the two products of a chunk."""
     m = s.amax(dim=-1, keepdim=True)
-    e = torch.exp2(s.sub_(m))
+    e = s.sub_(m).exp2_()
     z = e.sum(dim=-1, keepdim=True)
     return e.div_(z), (m + z.log2()).squeeze(-1)
 
@@ -237,6 +243,13 @@ def _softmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _dropout_keep(shape, p: float, seed: int, chunk: int, device) -> torch.Tensor:
     gen = torch.Generator(device=device).manual_seed(seed + chunk)
     return torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
+
+
+def _add_product(acc: torch.Tensor, w: torch.Tensor, rows: torch.Tensor) -> None:
+    """acc (B, K, T, D) += w (B, K, T, r) @ rows (B, K, r, D) in place: the dense rows' key/value gradients span
+    every position, and an out-of-place product would allocate a full (B, K, T, D) temporary per row chunk."""
+    b, kh, t, d = acc.shape
+    acc.view(b * kh, t, d).baddbmm_(w.reshape(b * kh, t, -1), rows.to(acc.dtype).reshape(b * kh, -1, d))
 
 
 class _BlockedAttention(torch.autograd.Function):
@@ -250,14 +263,14 @@ class _BlockedAttention(torch.autograd.Function):
         acc = torch.promote_types(qb.dtype, torch.float32)
         out = torch.empty_like(qb)
         lse = torch.empty(qb.shape[:-1], dtype=acc, device=qb.device)  # (B, K, nb, M)
-        for c, (a, z) in enumerate(_chunks(qb.shape, lay)):
-            qc = qb[:, :, a:z]  # (B, K, nc, M, D)
-            s = _product(qc, _keys(kp, lay, a, z), lay).to(acc).mul_(scale * LOG2E)  # (B, K, nc, M, J)
+        for c, (hs, a, z) in enumerate(_chunks(qb.shape, lay)):
+            qc = qb[:, hs, a:z]  # (B, k, nc, M, D): k of the K key/value heads
+            s = _product(qc, _keys(kp[:, hs], lay, a, z), lay).to(acc).mul_(scale * LOG2E)  # (B, k, nc, M, J)
             s.masked_fill_(blocked[:, None, a:z], NEG)
-            probs, lse[:, :, a:z] = _softmax(s)  # float32
+            probs, lse[:, hs, a:z] = _softmax(s)  # float32
             if dropout_p > 0:
                 probs.mul_(_dropout_keep(probs.shape, dropout_p, seed, c, probs.device))
-            out[:, :, a:z] = _weighted(probs.to(qb.dtype), _keys(vp, lay, a, z), lay)
+            out[:, hs, a:z] = _weighted(probs.to(qb.dtype), _keys(vp[:, hs], lay, a, z), lay)
         lse_g = None
         if glob is not None:
             qg, gblocked, grid, _ = glob
@@ -284,32 +297,34 @@ class _BlockedAttention(torch.autograd.Function):
         lay, scale, dropout_p, seed, glob = ctx.lay, ctx.scale, ctx.dropout_p, ctx.seed, ctx.glob
         acc = lse.dtype
         dout = dout.contiguous()
-        delta = (dout.to(acc) * out.to(acc)).sum(-1)  # (B, K, nb, M): rowsum(dO ∘ O) = rowsum(P ∘ dP)
+        # rowsum(dO ∘ O) = rowsum(P ∘ dP), as a batched dot product: no (B, K, nb, M, D) temporary
+        delta = (dout.to(acc).unsqueeze(-2) @ out.to(acc).unsqueeze(-1)).view(out.shape[:-1])  # (B, K, nb, M)
         dq = torch.empty_like(qb)
         dk = torch.zeros(kp.shape, dtype=acc, device=kp.device)
         dv = torch.zeros(vp.shape, dtype=acc, device=vp.device)
         g = lay.pieces.shared.shape[0] if lay.pieces.shared is not None else 0
         dk_shared = torch.zeros(*kp.shape[:2], g, kp.shape[-1], dtype=acc, device=kp.device)
         dv_shared = torch.zeros_like(dk_shared)
-        for c, (a, z) in enumerate(_chunks(qb.shape, lay)):
-            qc, doc = qb[:, :, a:z], dout[:, :, a:z]
-            keys, values = _keys(kp, lay, a, z), _keys(vp, lay, a, z)
+        for c, (hs, a, z) in enumerate(_chunks(qb.shape, lay)):
+            qc, doc = qb[:, hs, a:z], dout[:, hs, a:z]
+            keys, values = _keys(kp[:, hs], lay, a, z), _keys(vp[:, hs], lay, a, z)
             s = _product(qc, keys, lay).to(acc).mul_(scale * LOG2E)
             s.masked_fill_(blocked[:, None, a:z], NEG)
-            probs = torch.exp2(s.sub_(lse[:, :, a:z, :, None]))  # (B, K, nc, M, J)
+            probs = s.sub_(lse[:, hs, a:z, :, None]).exp2_()  # (B, k, nc, M, J), in place: one scores buffer
             if glob is not None:  # rows overwritten by the dense rows contribute nothing here
                 probs.masked_fill_(glob[3][a:z, :, None], 0.0)
             dp = _product(doc, values, lay).to(acc)  # dO v^T
             if dropout_p > 0:
                 keep = _dropout_keep(probs.shape, dropout_p, seed, c, probs.device)
-                _scatter(dv, (probs * keep).to(qb.dtype), doc, lay, a, z, dv_shared)
+                _scatter(dv[:, hs], (probs * keep).to(qb.dtype), doc, lay, a, z, dv_shared[:, hs])
                 dp.mul_(keep)
             else:
-                _scatter(dv, probs.to(qb.dtype), doc, lay, a, z, dv_shared)
+                _scatter(dv[:, hs], probs.to(qb.dtype), doc, lay, a, z, dv_shared[:, hs])
             # gradient of the unscaled q k^T products; the scale enters dq and dk through it
-            ds = probs.mul_(dp.sub_(delta[:, :, a:z, :, None])).mul_(scale).to(qb.dtype)  # (B, K, nc, M, J)
-            dq[:, :, a:z] = _weighted(ds, keys, lay)
-            _scatter(dk, ds, qc, lay, a, z, dk_shared)
+            ds = probs.mul_(dp.sub_(delta[:, hs, a:z, :, None])).mul_(scale).to(qb.dtype)  # (B, k, nc, M, J)
+            del dp
+            dq[:, hs, a:z] = _weighted(ds, keys, lay)
+            _scatter(dk[:, hs], ds, qc, lay, a, z, dk_shared[:, hs])
         if g:
             idx = lay.key_pos[0, -g:]
             dk.index_add_(2, idx, dk_shared)
@@ -327,17 +342,17 @@ class _BlockedAttention(torch.autograd.Function):
                 m = _row_mask(gblocked, a, z)
                 if m is not None:
                     s.masked_fill_(m, NEG)
-                probs = torch.exp2(s.sub_(lse_g[:, :, a:z, None]))
+                probs = s.sub_(lse_g[:, :, a:z, None]).exp2_()
                 dp = (dout_g[:, :, a:z] @ vp.transpose(-1, -2)).to(acc)  # (B, K, r, T)
                 if dropout_p > 0:
                     keep = _dropout_keep(probs.shape, dropout_p, seed, first + c, probs.device)
-                    dv.add_(((probs * keep).to(qg.dtype).transpose(-1, -2) @ dout_g[:, :, a:z]).to(acc))
+                    _add_product(dv, (probs * keep).transpose(-1, -2), dout_g[:, :, a:z])
                     dp.mul_(keep)
                 else:
-                    dv.add_((probs.to(qg.dtype).transpose(-1, -2) @ dout_g[:, :, a:z]).to(acc))
-                ds = probs.mul_(dp.sub_(delta_g[:, :, a:z, None])).mul_(scale).to(qg.dtype)  # (B, K, r, T)
-                dq_g[:, :, a:z] = ds @ kp
-                dk.add_((ds.transpose(-1, -2) @ qg[:, :, a:z]).to(acc))
+                    _add_product(dv, probs.transpose(-1, -2), dout_g[:, :, a:z])
+                ds = probs.mul_(dp.sub_(delta_g[:, :, a:z, None])).mul_(scale)  # (B, K, r, T) float32
+                dq_g[:, :, a:z] = ds.to(qg.dtype) @ kp
+                _add_product(dk, ds.transpose(-1, -2), qg[:, :, a:z])
             dq[:, :, grid[0], grid[1]] = dq_g.view(b, kh, *grid[0].shape, d)
         return dq, dk.to(kp.dtype), dv.to(vp.dtype), None, None, None, None, None, None
 

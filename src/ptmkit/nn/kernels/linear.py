@@ -3,10 +3,13 @@ phi(q).phi(k) with phi(x) = elu(x) + 1, so attention is computed in O(T) time an
 
     out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T (sum_j phi(k_j))       (paper eq. 5; j <= i when causal)
 
-The causal prefix sums (paper eq. 9-10) are computed chunk by chunk: inside a chunk of C tokens a masked quadratic
-term (C x C), across chunks a cumulative (F x D) state per chunk. That costs O(T C + (T / C) F D) memory instead of
-the O(T F D) of a cumulative sum of per-token outer products. `linear_attention` is shared with the Performer kernel
-(ptmkit.nn.kernels.performer), which only swaps the feature map.
+Bidirectional attention runs through ptmkit.nn.kernels.recompute (FeatureSpec below): the key summary
+(sum_j phi(k_j) v_j^T, sum_j phi(k_j)) is accumulated chunk by chunk and the backward pass recomputes the features
+per chunk, so no (T x F) feature map is kept. The causal prefix sums (paper eq. 9-10) are computed chunk by chunk:
+inside a chunk of C tokens a masked quadratic term (C x C), across chunks a cumulative (F x D) state per chunk. That
+costs O(T C + (T / C) F D) memory instead of the O(T F D) of a cumulative sum of per-token outer products.
+`linear_attention` and FeatureSpec are shared with the Performer kernel (ptmkit.nn.kernels.performer), which only
+swaps the feature map.
 Dimension legend: B batch, H query heads, K key/value heads, T query length, S key length (= T), D head dim,
 F feature dim, N chunks, C chunk length.
 """
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, expand_kv, key_padding
+from ptmkit.nn.kernels.recompute import summary_attention, wide
 
 
 def linear_attention(
@@ -60,6 +64,32 @@ def linear_attention(
     den = den + (qc @ z.unsqueeze(-1)).squeeze(-1)  # (B, H, N, C)
     out = num / den.clamp_min(eps).unsqueeze(-1)  # (B, H, N, C, D)
     return out.reshape(b, h, n * c, -1)[:, :, :t]  # (B, H, T, D)
+
+
+class FeatureSpec:
+    """Bidirectional feature attention as a summary kernel (ptmkit.nn.kernels.recompute): the keys' summary is
+    (sum_j phi(k_j) v_j^T (B, K, F, D), sum_j phi(k_j) (B, K, F)) per key/value head, shared by its g query heads.
+
+    phi_q(x) and phi_k(x) map (..., D) to non-negative (..., F) float32 features (phi_k may use constants the kernel
+    computed over all keys beforehand, like Performer's shared stabiliser)."""
+
+    def __init__(self, phi_q, phi_k, eps: float):
+        self.phi_q, self.phi_k, self.eps = phi_q, phi_k, eps
+
+    def key_part(self, k, v, keep, lo, params):
+        phi = self.phi_k(k, lo)  # (B, K, c, F)
+        if keep is not None:
+            phi = phi * keep[:, None, :, None]  # padded keys contribute nothing
+        return phi.transpose(-2, -1) @ wide(v), phi.sum(dim=2)  # (B, K, F, D), (B, K, F)
+
+    def query_part(self, q, lo, summary):
+        kv, z = summary
+        b, h, c, _ = q.shape
+        kh = kv.shape[1]
+        phi = self.phi_q(q).view(b, kh, h // kh, c, -1)  # (B, K, g, c, F): query head h reads kv head h // g
+        num = phi @ kv.unsqueeze(2)  # (B, K, g, c, D)
+        den = phi @ z[:, :, None, :, None]  # (B, K, g, c, 1)
+        return (num / den.clamp_min(self.eps)).view(b, h, c, -1)
 
 
 def check_chunk(name: str, chunk: int) -> None:
@@ -106,6 +136,9 @@ class LinearAttention(AttentionKernel):
     def forward(self, q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
         self.check_call(q, k, is_causal)
         keep = key_padding(mask, self.name)  # (B, S) or None
+        if not is_causal:  # chunked, recomputed in backward: no (T x F) activations kept
+            phi = lambda x, lo=0: F.elu(wide(x)) + 1.0  # noqa: E731
+            return summary_attention(FeatureSpec(phi, phi, self.options.eps), q, k, v, keep, q.shape[-1])
         k, v = expand_kv(q, k, v)  # (B, H, S, D)
         with torch.autocast(q.device.type, enabled=False):  # prefix sums of features need fp32
             phi_q = F.elu(q.float()) + 1.0  # (B, H, T, D): F = D for this feature map

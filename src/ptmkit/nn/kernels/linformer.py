@@ -7,7 +7,9 @@ A sequence of S < max_len tokens uses the first S columns of E and F (as the ref
 keys and values are zeroed before the projection, and a projected slot that no real key reaches (possible with the
 pooling initialisation) is masked. Sharing variants (paper §4 "parameter sharing"): "headwise" (one E and one F per
 layer for all heads), "key-value" (E = F, one per layer), "none" (E and F per key/value head). The paper's layerwise
-sharing (one E for all layers) needs a module shared across layers and is not offered. Only defined for
+sharing (one E for all layers) needs a module shared across layers and is not offered. The projections and the
+attention run chunk by chunk through ptmkit.nn.kernels.recompute, so the backward pass keeps no per-token
+intermediates (attention dropout masks are regenerated from a seed per chunk). Only defined for
 bidirectional attention: a projection along the sequence mixes future tokens into every slot.
 Dimension legend: B batch, H query heads, K key/value heads, T query length, S key length (= T), D head dim,
 P projected length, M max_len.
@@ -23,7 +25,7 @@ from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, key_padding
-from ptmkit.nn.kernels.dense import sdpa_kernel
+from ptmkit.nn.kernels.recompute import summary_attention, wide
 
 
 @dataclass
@@ -87,13 +89,6 @@ class Linformer(AttentionKernel):
                 "or attention_kernel sdpa for short inputs"
             )
         e = self.proj_k[..., :s]  # (K?, P, S) the first S columns
-        f = e if self.proj_v is None else self.proj_v[..., :s]  # (K?, P, S)
-        if keep is not None:
-            k = k * keep[:, None, :, None]  # (B, K, S, D) padded keys/values zeroed before projecting
-            v = v * keep[:, None, :, None]
-        eq = "ps,bksd->bkpd" if e.dim() == 2 else "kps,bksd->bkpd"
-        kp = torch.einsum(eq, e.to(k.dtype), k)  # (B, K, P, D)
-        vp = torch.einsum(eq, f.to(v.dtype), v)  # (B, K, P, D)
         slots = None
         reach = e.abs().sum(dim=-1) > 0  # (K?, P) slots some position reaches
         if keep is not None:
@@ -102,6 +97,42 @@ class Linformer(AttentionKernel):
             reach = reach | ~reach.any(dim=-1, keepdim=True)  # a sequence of padding only: keep rows finite
         if not bool(reach.all()):
             slots = reach.view(reach.shape[0] if keep is not None else 1, -1, 1, o.proj_len)  # (B|1, 1|K, 1, P)
-            if slots.shape[1] > 1 and slots.shape[1] != q.shape[1]:
-                slots = slots.repeat_interleave(q.shape[1] // slots.shape[1], dim=1)  # (B|1, H, 1, P)
-        return sdpa_kernel(q, kp, vp, slots, False, dropout_p, scale)  # (B, H, T, D)
+        seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0  # dropout masks are regenerated in backward
+        spec = LinformerSpec(slots, scale if scale is not None else q.shape[-1] ** -0.5, dropout_p, seed)
+        # the whole parameters go in (sliced per key chunk inside): their gradient is assembled without a copy
+        params = (self.proj_k,) if self.proj_v is None else (self.proj_k, self.proj_v)
+        # width 4 P: a query chunk's backward holds the scores, the probabilities and their gradients (c x P each)
+        return summary_attention(spec, q, k, v, keep, 4 * o.proj_len, params)  # (B, H, T, D)
+
+
+class LinformerSpec:
+    """Linformer as a summary kernel (ptmkit.nn.kernels.recompute): the summary is (E K, F V) per key/value head,
+    accumulated over key chunks; each query chunk attends its P slots with a float32 softmax."""
+
+    def __init__(self, slots: torch.Tensor | None, scale: float, dropout_p: float, seed: int):
+        self.slots, self.scale, self.dropout_p, self.seed = slots, scale, dropout_p, seed
+
+    def key_part(self, k, v, keep, lo, params):
+        e = params[0]  # (K?, P, c): this chunk's columns of E
+        f = params[-1]  # F (E itself under key-value sharing)
+        if keep is not None:
+            k = k * keep[:, None, :, None]  # (B, K, c, D) padded keys/values zeroed before projecting
+            v = v * keep[:, None, :, None]
+        eq = "ps,bksd->bkpd" if e.dim() == 2 else "kps,bksd->bkpd"
+        k, v = wide(k), wide(v)
+        return torch.einsum(eq, e.to(k.dtype), k), torch.einsum(eq, f.to(v.dtype), v)  # (B, K, P, D) x2
+
+    def query_part(self, q, lo, summary):
+        kp, vp = summary  # (B, K, P, D)
+        b, h, c, d = q.shape
+        kh = kp.shape[1]
+        qg = wide(q).view(b, kh, h // kh, c, d)  # (B, K, g, c, D): query head h reads kv head h // g
+        scores = (qg @ kp.unsqueeze(2).transpose(-2, -1)) * self.scale  # (B, K, g, c, P)
+        if self.slots is not None:
+            scores = scores.masked_fill(~self.slots.unsqueeze(2), float("-inf"))  # (B|1, 1|K, 1, 1, P)
+        probs = scores.softmax(dim=-1)
+        if self.dropout_p > 0:  # the same mask in the backward recomputation: a generator seeded per chunk
+            gen = torch.Generator(device=q.device).manual_seed(self.seed + lo)
+            keep = torch.empty(probs.shape, device=q.device).bernoulli_(1.0 - self.dropout_p, generator=gen)
+            probs = probs * keep / (1.0 - self.dropout_p)
+        return (probs @ vp.unsqueeze(2)).view(b, h, c, d)  # (B, H, c, D)

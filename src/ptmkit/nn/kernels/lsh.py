@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, expand_kv, key_padding
+from ptmkit.nn.kernels.recompute import chunk_rows, wide
 
 SELF_SCORE = -1e5  # Reformer's score for a token attending to itself: used only when nothing else is visible
 
@@ -118,41 +119,144 @@ class LSHAttention(AttentionKernel):
         scale = scale if scale is not None else d ** -0.5
         with torch.no_grad():
             slot_q, _, q_at, k_at, chunk_start = bucket_layout(self.hash(q), self.hash(k), o.n_buckets, c)
-        n = q_at.shape[-1] // c  # N chunks
-        lay = (b, h, o.n_hashes, n, c)
+        seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0  # dropout masks are regenerated in backward
+        lay = _Layout(q_at, k_at, chunk_start, c, keep, is_causal, scale, dropout_p, seed)
+        # chunks per pass: a pass holds about two (B, H, n, C, 2C) score buffers plus the gathered rows
+        groups = max(1, chunk_rows(q, 4 * c) // c)
+        with torch.autocast(q.device.type, enabled=False):  # the backward pass recomputes in the inputs' dtype
+            out = _LSHAttention.apply(q, k, v, lay, groups)  # (B, H, T, D) float32 (float64 for double inputs)
+        return out.to(q.dtype)
 
-        def gather(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) at (B, H, R, L) -> laid out
-            x = x.unsqueeze(2).expand(b, h, o.n_hashes, t, d)  # a view: no copy per round
-            return x.gather(3, at.clamp_min(0).unsqueeze(-1).expand(*at.shape, d)).view(*lay, d)
 
-        qc = gather(q, q_at)  # (B, H, R, N, C, D)
-        kc, vc = gather(k, k_at), gather(v, k_at)  # (B, H, R, N, C, D)
-        # the window of every query chunk: the previous chunk of its bucket's run, then its own
-        prev = lambda x: torch.cat([torch.zeros_like(x[:, :, :, :1]), x[:, :, :, :-1]], dim=3)  # noqa: E731
-        kw = torch.cat([prev(kc), kc], dim=4)  # (B, H, R, N, 2C, D)
-        vw = torch.cat([prev(vc), vc], dim=4)
-        qpos, kpos = q_at.view(lay), k_at.view(lay)  # (B, H, R, N, C) positions, -1 = empty slot
-        kpos_w = torch.cat([prev(kpos).masked_fill(chunk_start[..., None], -1), kpos], dim=4)  # (B, H, R, N, 2C)
-        allowed = (kpos_w >= 0)[..., None, :] & (qpos >= 0)[..., :, None]  # (B, H, R, N, C, 2C)
+@dataclass
+class _Layout:
+    """One call's bucket layout and settings (no gradient flows through any of it)."""
+
+    q_at: torch.Tensor  # (B, H, R, L) query position in every slot, -1 = empty
+    k_at: torch.Tensor  # (B, H, R, L) key position in every slot
+    chunk_start: torch.Tensor  # (B, H, R, N) True where a chunk begins its bucket's run
+    c: int  # chunk length C
+    keep: torch.Tensor | None  # (B, S) bool key padding
+    causal: bool
+    scale: float
+    dropout_p: float
+    seed: int
+
+    def windows(self, r: int, a: int, z: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Chunks a..z-1 of round r: query positions (B, H, n, C) and key positions of each chunk's window (the
+        previous chunk of its bucket's run, then its own; B, H, n, 2C), -1 = none; gathered queries (B, H, n, C, D),
+        window keys and values (B, H, n, 2C, D), the values at the queries' own positions, and the scores
+        (B, H, n, C, 2C) float32 with disallowed pairs at -inf."""
+        b, h, t, d = q.shape
+        c, n = self.c, z - a
+        qpos = self.q_at[:, :, r, a * c:z * c].reshape(b, h, n, c)  # (B, H, n, C)
+        kpos = self.k_at[:, :, r, a * c:z * c].reshape(b, h, n, c)
+        if a > 0:
+            prev = self.k_at[:, :, r, (a - 1) * c:(z - 1) * c].reshape(b, h, n, c)
+        else:  # the first chunk has no previous one
+            prev = F.pad(self.k_at[:, :, r, :(n - 1) * c].reshape(b, h, n - 1, c), (0, 0, 1, 0), value=-1)
+        prev = prev.masked_fill(self.chunk_start[:, :, r, a:z, None], -1)  # a run's first chunk: no previous
+        kpos_w = torch.cat([prev, kpos], dim=-1)  # (B, H, n, 2C)
+
+        def gather(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x (B, H, T, D) at pos (B, H, n, J)
+            idx = pos.clamp_min(0).reshape(b, h, -1, 1).expand(-1, -1, -1, d)
+            return x.gather(2, idx).view(*pos.shape, d)
+
+        qg, kw, vw, v_self = gather(q, qpos), gather(k, kpos_w), gather(v, kpos_w), gather(v, qpos)
+        allowed = (kpos_w >= 0)[..., None, :] & (qpos >= 0)[..., :, None]  # (B, H, n, C, 2C)
         allowed &= kpos_w[..., None, :] != qpos[..., :, None]  # no attending to oneself (Reformer §3)
-        if is_causal:
+        if self.causal:
             allowed &= kpos_w[..., None, :] <= qpos[..., :, None]
-        if keep is not None:
-            kept = keep[:, None, None, None, :].expand(*kpos_w.shape[:-1], t)  # (B, H, R, N, S) a view
-            allowed &= kept.gather(-1, kpos_w.clamp_min(0)).unsqueeze(-2)  # (B, H, R, N, 1, 2C) padding never seen
-        # in-place where autograd allows: these (B, H, R, N, C, 2C) element-wise passes dominate the kernel's time
-        scores = ((qc * scale) @ kw.transpose(-2, -1)).float()  # (B, H, R, N, C, 2C)
-        scores.masked_fill_(~allowed, float("-inf"))  # its backward zeroes these entries (incl. all-masked rows' NaN)
-        # log-sum-exp over the window and the self slot (score SELF_SCORE): finite even when nothing is allowed
-        lse = torch.logaddexp(scores.logsumexp(dim=-1), torch.tensor(SELF_SCORE))  # (B, H, R, N, C)
-        probs = (scores - lse[..., None]).exp_()  # (B, H, R, N, C, 2C)
-        p_self = torch.exp(SELF_SCORE - lse)  # (B, H, R, N, C) weight of the query's own value
-        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
-        v_self = gather(v, q_at)  # (B, H, R, N, C, D) the value at each query's own position
-        out = probs.to(vw.dtype) @ vw + p_self[..., None].to(v.dtype) * v_self  # (B, H, R, N, C, D)
-        # back to positions, then merge the rounds by their normalisers (Reformer eq. 4 over rounds)
-        out = out.reshape(b, h, o.n_hashes, -1, d)  # (B, H, R, L, D)
-        out = out.gather(3, slot_q.unsqueeze(-1).expand(*slot_q.shape, d))  # (B, H, R, T, D)
-        lse = lse.reshape(b, h, o.n_hashes, -1).gather(3, slot_q)  # (B, H, R, T)
-        w = torch.softmax(lse, dim=2)  # (B, H, R, T) share of every round
-        return (w[..., None] * out.float()).sum(dim=2).to(q.dtype)  # (B, H, T, D)
+        if self.keep is not None:
+            kept = self.keep[:, None, :].expand(b, h, t).gather(2, kpos_w.clamp_min(0).reshape(b, h, -1))
+            allowed &= kept.view(b, h, n, 1, 2 * c)  # padding is never seen
+        scores = wide((qg * self.scale) @ kw.transpose(-2, -1)).masked_fill_(~allowed, float("-inf"))
+        return qpos, kpos_w, qg, kw, vw, v_self, scores
+
+    def dropout_keep(self, shape, r: int, a: int, device) -> torch.Tensor:
+        gen = torch.Generator(device=device).manual_seed(self.seed + r * self.q_at.shape[-1] + a)
+        return torch.empty(shape, device=device).bernoulli_(1.0 - self.dropout_p, generator=gen)
+
+    def passes(self, groups: int):
+        rounds, n = self.q_at.shape[2], self.q_at.shape[-1] // self.c
+        return [(r, a, min(a + groups, n)) for r in range(rounds) for a in range(0, n, groups)]
+
+
+def _rows(x: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
+    """Index (B, H, n·C, D) into a (B, H, T + 1, D) buffer: empty slots (-1) go to the spare row T."""
+    idx = torch.where(pos >= 0, pos, t).reshape(*pos.shape[:2], -1)
+    return idx if x is None else idx[..., None].expand(-1, -1, -1, x.shape[-1])
+
+
+class _LSHAttention(torch.autograd.Function):
+    """Every round's chunked attention merged by log-sum-exp, computed pass by pass (a round's group of chunks);
+    the backward pass recomputes each pass's scores from the saved merged log-sum-exp L (flash attention's
+    identity dS = P ∘ (dP - rowsum(dO ∘ O)) with P = exp(S - L) over the union of all rounds' windows and self
+    slots), so no (T x 2C) scores or gathered copies are kept."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lay, groups):
+        b, h, t, d = q.shape
+        wd = wide(q[:, :, :0]).dtype  # float32 (float64 for double inputs)
+        acc = torch.zeros(b, h, t + 1, d, dtype=wd, device=q.device)  # merged output, spare row T
+        # L in float64: a query that sees only its self slots has L = SELF_SCORE + log(rounds) ~ -1e5, where float32
+        # keeps 3 decimals, and exp(SELF_SCORE - L) would be off by 0.4%
+        lse = torch.full((b, h, t + 1), float("-inf"), dtype=torch.float64, device=q.device)  # merged L
+        for r, a, z in lay.passes(groups):
+            qpos, _, _, _, vw, v_self, scores = lay.windows(r, a, z, q, k, v)
+            # log-sum-exp over the window and the self slot (score SELF_SCORE): finite even when nothing is allowed
+            m = torch.logaddexp(scores.logsumexp(dim=-1).double(), torch.tensor(SELF_SCORE, dtype=torch.float64))
+            probs = scores.sub_(m[..., None].to(wd)).exp_()  # (B, H, n, C, 2C)
+            if lay.dropout_p > 0:
+                probs.mul_(lay.dropout_keep(probs.shape, r, a, probs.device)).div_(1.0 - lay.dropout_p)
+            part = probs.to(vw.dtype) @ vw + torch.exp(SELF_SCORE - m)[..., None].to(v.dtype) * v_self
+            # merge into the running result by log-sum-exp (each position appears once per round)
+            idx = _rows(None, qpos, t)  # (B, H, n·C)
+            old = lse.gather(2, idx)
+            new = torch.logaddexp(old, m.reshape(b, h, -1))
+            keep_old = torch.exp(old - new)[..., None].to(wd)
+            take = torch.exp(m.reshape(b, h, -1) - new)[..., None].to(wd)
+            idx_d = idx[..., None].expand(-1, -1, -1, d)
+            merged = acc.gather(2, idx_d).mul_(keep_old).add_(part.reshape(b, h, -1, d).to(wd) * take)
+            acc.scatter_(2, idx_d, merged)
+            lse.scatter_(2, idx, new)
+        out = acc[:, :, :t]
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.lay, ctx.groups = lay, groups
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        lay = ctx.lay
+        b, h, t, d = q.shape
+        dout = wide(dout)
+        # rowsum(dO ∘ O) as a batched dot product: no (B, H, T, D) temporary
+        delta = (dout.unsqueeze(-2) @ out.unsqueeze(-1)).view(b, h, t)  # (B, H, T)
+        dq = torch.zeros(b, h, t, d, dtype=dout.dtype, device=q.device)
+        dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
+        for r, a, z in lay.passes(ctx.groups):
+            qpos, kpos_w, qg, kw, vw, _, scores = lay.windows(r, a, z, q, k, v)
+            n, c = z - a, lay.c
+            # empty slots read row 0 with a zero gradient and a zero weight: they add nothing anywhere
+            valid = (qpos >= 0).unsqueeze(-1)  # (B, H, n, C, 1)
+            qidx = qpos.clamp_min(0).reshape(b, h, -1)  # (B, H, n·C)
+            qidx_d = qidx[..., None].expand(-1, -1, -1, d)
+            kidx_d = kpos_w.clamp_min(0).reshape(b, h, -1, 1).expand(-1, -1, -1, d)  # (B, H, n·2C, D)
+            big_l = lse.gather(2, _rows(None, qpos, t)).view(b, h, n, c, 1)  # merged L of each query (float64)
+            probs = scores.sub_(big_l.to(scores.dtype)).exp_()  # (B, H, n, C, 2C): P = exp(S - L), 0 if disallowed
+            do = dout.gather(2, qidx_d).view(b, h, n, c, d).mul_(valid)  # (B, H, n, C, D)
+            dp = do @ wide(vw).transpose(-2, -1)  # (B, H, n, C, 2C)
+            if lay.dropout_p > 0:
+                keep = lay.dropout_keep(probs.shape, r, a, probs.device).div_(1.0 - lay.dropout_p)
+                dv_w = (probs * keep).transpose(-2, -1) @ do
+                dp.mul_(keep)
+            else:
+                dv_w = probs.transpose(-2, -1) @ do  # (B, H, n, 2C, D)
+            dv.scatter_add_(2, kidx_d, dv_w.reshape(b, h, -1, d))
+            p_self = torch.exp(SELF_SCORE - big_l).to(do.dtype)  # (B, H, n, C, 1): the self slot's share
+            dv.scatter_add_(2, qidx_d, (p_self * do).reshape(b, h, -1, d))
+            ds = probs.mul_(dp.sub_(delta.gather(2, qidx).view(b, h, n, c, 1))).mul_(lay.scale)  # (B, H, n, C, 2C)
+            dq.scatter_add_(2, qidx_d, (ds @ wide(kw)).reshape(b, h, -1, d))
+            dk.scatter_add_(2, kidx_d, (ds.transpose(-2, -1) @ wide(qg)).reshape(b, h, -1, d))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None

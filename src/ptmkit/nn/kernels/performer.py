@@ -7,6 +7,8 @@ with q and k scaled by scale^(1/2) each so that q.k carries the layer's logit sc
 of D mutually orthogonal Gaussian directions with chi-distributed norms (paper §2.4), which lowers the variance.
 Numerical stabilisation (as the reference implementation): every query's features are divided by their own maximum
 and all keys' features by one shared maximum (per batch row and head); both factors cancel in the attention ratio.
+Bidirectional attention runs through ptmkit.nn.kernels.recompute (no (T x F) feature map is kept: the backward
+pass recomputes the features chunk by chunk); the keys' shared stabiliser is found in a first pass without gradient.
 Causal attention uses the chunked prefix sums of ptmkit.nn.kernels.linear (within-chunk masked quadratic term,
 cumulative (F x D) states across chunks).
 Dimension legend: B batch, H query heads, K key/value heads, T query length, S key length (= T), D head dim,
@@ -22,7 +24,8 @@ import torch
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, expand_kv, key_padding
-from ptmkit.nn.kernels.linear import check_chunk, linear_attention, warn_no_dropout
+from ptmkit.nn.kernels.linear import FeatureSpec, check_chunk, linear_attention, warn_no_dropout
+from ptmkit.nn.kernels.recompute import chunk_rows, summary_attention, wide
 
 
 def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -97,10 +100,16 @@ class Performer(AttentionKernel):
         self.redraws += 1
         self.features.copy_(self._draw(int(self.redraws)))
 
+    def log_features(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """log phi(x) up to the 1/sqrt(F) constant: (B, H, L, F) for x (B, H, L, D) already scaled by scale^(1/2);
+        w (F, D): the features to use (default: the buffer)."""
+        w = self.features if w is None else w
+        wx = x @ w.to(x.dtype).T  # (B, H, L, F); x is float even when the model was cast to bf16
+        return wx - x.square().sum(dim=-1, keepdim=True) / 2
+
     def feature_map(self, x: torch.Tensor, is_query: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
         """phi(x) (B, H, L, F) for x (B, H, L, D) already scaled by scale^(1/2), stabilised by a cancelling factor."""
-        wx = x @ self.features.float().T  # (B, H, L, F); float even when the model was cast to bf16
-        wx = wx - x.square().sum(dim=-1, keepdim=True) / 2  # log phi(x) up to the 1/sqrt(F) constant
+        wx = self.log_features(x)
         if is_query:  # per query: cancels between numerator and denominator of that query's row
             stab = wx.amax(dim=-1, keepdim=True)  # (B, H, L, 1)
         else:  # one constant for every key of a (batch row, head): cancels in every query's ratio
@@ -109,10 +118,22 @@ class Performer(AttentionKernel):
             stab = wx.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
         return torch.exp(wx - stab.detach()) / math.sqrt(self.options.num_features)
 
+    @torch.no_grad()
+    def key_stabiliser(self, k: torch.Tensor, keep: torch.Tensor | None, s: float, rows: int,
+                       w: torch.Tensor) -> torch.Tensor:
+        """The keys' shared stabiliser max log phi(k) over the real keys (B, K, 1, 1), chunk by chunk."""
+        stab = None
+        for a in range(0, k.shape[2], rows):
+            wx = self.log_features(wide(k[:, :, a:a + rows]) * s, w)  # (B, K, c, F)
+            if keep is not None:
+                wx.masked_fill_(~keep[:, None, a:a + rows, None], float("-inf"))
+            m = wx.amax(dim=(-2, -1), keepdim=True)
+            stab = m if stab is None else torch.maximum(stab, m)
+        return stab
+
     def forward(self, q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
         self.check_call(q, k, is_causal)
         keep = key_padding(mask, self.name)  # (B, S) or None
-        k, v = expand_kv(q, k, v)  # (B, H, S, D)
         o = self.options
         # count training passes only; not a recomputation inside backward (activation checkpointing replays forward)
         in_backward = torch._C._current_graph_task_id() != -1
@@ -121,6 +142,21 @@ class Performer(AttentionKernel):
                 self.redraw_features()
             self.calls += 1
         s = (scale if scale is not None else q.shape[-1] ** -0.5) ** 0.5  # split the logit scale over q and k
+        if not is_causal:  # chunked, recomputed in backward: no (T x F) feature maps kept
+            f = o.num_features
+            w = self.features.float().clone()  # the backward pass recomputes with these even if a redraw follows
+            with torch.autocast(q.device.type, enabled=False):
+                stab_k = self.key_stabiliser(k, keep, s, chunk_rows(q, f), w)  # (B, K, 1, 1)
+
+            def phi_q(x):
+                wx = self.log_features(wide(x) * s, w)
+                return torch.exp(wx - wx.amax(dim=-1, keepdim=True).detach()) / math.sqrt(f)
+
+            def phi_k(x, lo):
+                return torch.exp(self.log_features(wide(x) * s, w) - stab_k) / math.sqrt(f)
+
+            return summary_attention(FeatureSpec(phi_q, phi_k, o.eps), q, k, v, keep, f)
+        k, v = expand_kv(q, k, v)  # (B, H, S, D)
         with torch.autocast(q.device.type, enabled=False):  # exp features and prefix sums need fp32
             phi_q = self.feature_map(q.float() * s, True)  # (B, H, T, F)
             phi_k = self.feature_map(k.float() * s, False, keep)  # (B, H, S, F)

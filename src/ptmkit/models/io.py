@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ptmkit.models.convert.base import CheckpointError, Reader, expect_shapes, strip_prefix
+from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, expect_shapes, strip_prefix
 from ptmkit.models.heads import CausalLM
 from ptmkit.models.seq2seq import Seq2SeqLM
-from ptmkit.models.registry import FAMILIES, backbone_of, build_model, task_of
+from ptmkit.models.registry import FAMILIES, MOE_ADAPTERS, backbone_of, build_model, task_of
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,22 @@ TOKENIZER_FILES = (
 )
 
 
-def _family_for(model_type: str | None, architectures: list[str] | None = None) -> str:
-    """The family for a config.json: by model_type, and by architecture where one model_type holds several
-    families (T5EncoderModel is the t5-encoder family, T5ForConditionalGeneration the t5 family)."""
+def _adapter_for(model_type: str | None, architectures: list[str] | None = None) -> tuple[str, Adapter]:
+    """The family and adapter for a config.json: by model_type, and by architecture where one model_type holds several
+    families (T5EncoderModel is the t5-encoder family, T5ForConditionalGeneration the t5 family). A Mixture-of-Experts
+    form (model_type mixtral) loads as the family it sparsifies (llama), through its own adapter."""
     names = [name for name, fam in FAMILIES.items() if fam.adapter.model_type == model_type]
     if architectures:
         for name in names:
             if architectures[0] in FAMILIES[name].adapter.architectures:
-                return name
+                return name, FAMILIES[name].adapter
     if names:
-        return names[0]
-    supported = sorted(f.adapter.model_type for f in FAMILIES.values())
+        return names[0], FAMILIES[names[0]].adapter
+    for name, adapter in MOE_ADAPTERS.items():
+        if adapter.model_type == model_type:
+            return name, adapter
+    supported = sorted([f.adapter.model_type for f in FAMILIES.values()]
+                       + [a.model_type for a in MOE_ADAPTERS.values()])
     raise CheckpointError(f"unsupported model_type {model_type!r} in config.json; supported: {supported}")
 
 
@@ -121,8 +126,7 @@ def from_hf(
 ):
     """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model)."""
     path = source
-    fam_name = _family_for(hf_config.get("model_type"), hf_config.get("architectures"))
-    adapter = FAMILIES[fam_name].adapter
+    fam_name, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
     cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
     kernel_state = {k[len(KERNEL_PREFIX):]: v for k, v in state.items() if k.startswith(KERNEL_PREFIX)}
     state = {k: v for k, v in state.items() if not k.startswith(KERNEL_PREFIX)}
@@ -240,17 +244,31 @@ def _embedding_name(model) -> str:
     return next(n for n, m in backbone_of(model).named_modules() if m is emb) + ".weight"
 
 
+def hf_adapter(model) -> Adapter:
+    """The adapter that writes `model` as a Hugging Face checkpoint: its family's, or for a Mixture-of-Experts model
+    its family's MoE form (LLaMA -> Mixtral). Raises CheckpointError, saying why and what to do, when the model has
+    no Hugging Face form; nothing is computed, so callers can ask before deciding to export."""
+    backbone = backbone_of(model)
+    cfg = backbone.config
+    if getattr(cfg, "moe", None) is None:
+        return FAMILIES[backbone.family].adapter
+    adapter = MOE_ADAPTERS.get(backbone.family)
+    if adapter is None:
+        raise CheckpointError(
+            f"a {backbone.family} model with Mixture-of-Experts layers has no Hugging Face checkpoint form "
+            f"(transformers has no sparse {backbone.family}; of the ptmkit families only a LLaMA with MoE in every "
+            "layer has one, as Mixtral); keep it as a training checkpoint (runs/NAME/checkpoints/step-N), which "
+            "ptmkit resumes and evaluates"
+        )
+    adapter.check_export(cfg)
+    return adapter
+
+
 def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The model's config.json dict and its tensors under Hugging Face names."""
     backbone, task = backbone_of(model), task_of(model)
-    adapter = FAMILIES[backbone.family].adapter
+    adapter = hf_adapter(model)
     cfg = backbone.config
-    if getattr(cfg, "moe", None) is not None:
-        raise CheckpointError(
-            f"a {backbone.family} model with Mixture-of-Experts layers has no Hugging Face checkpoint form (transformers "
-            "has no sparse BERT/GPT-2, and Mixtral export is not written yet); keep it as a training checkpoint "
-            "(runs/NAME/checkpoints/step-N), which ptmkit resumes and evaluates"
-        )
     hf_config = adapter.config_to_hf(cfg)
     hf_config["architectures"] = [adapter.architecture(task)]
     hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -284,8 +302,8 @@ def save_model(model, path: str | os.PathLike, tokenizer_from: str | os.PathLike
     Files are written under temporary names and renamed, so an interrupted save never leaves a torn file.
     """
     path = Path(path)
+    hf_config, tensors = hf_state_dict(model)  # first: a model with no HF form leaves no empty directory behind
     path.mkdir(parents=True, exist_ok=True)
-    hf_config, tensors = hf_state_dict(model)
     # safetensors refuses tensors that share storage (fused-qkv splits are views): give each its own copy.
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     tmp = path / "model.safetensors.tmp"

@@ -32,6 +32,7 @@ from ptmkit.models.transfo_xl import TRANSFO_XL_HEADS, TransfoXLBackbone, Transf
 from ptmkit.nn.kernels.bigbird import seed_layers
 from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
 from ptmkit.models.convert.albert import AlbertAdapter
+from ptmkit.models.convert.mixtral import MixtralAdapter
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ FAMILIES: dict[str, Family] = {
     # ALBERT (Lan et al. 2020): factorised embeddings, cross-layer sharing, MLM + sentence-order pre-training head.
     "albert": Family(AlbertConfig, AlbertEncoder, AlbertAdapter(), heads=ALBERT_HEADS),
 }
+
+# Checkpoint forms of a family's Mixture-of-Experts variant (its config's `moe`), by family. transformers' only sparse
+# decoder of this kind is Mixtral, a LLaMA with a SparseMoE in every block: a llama model with moe saves as model_type
+# "mixtral" and a Mixtral checkpoint loads as family llama. Families absent here (BERT, GPT-2) have no such form.
+# Each adapter's check_export(config) says why a particular MoE setup cannot be written.
+MOE_ADAPTERS: dict[str, Adapter] = {"llama": MixtralAdapter()}
 
 TASKS = (
     "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",

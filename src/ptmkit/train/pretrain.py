@@ -19,7 +19,8 @@ from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
 from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
-from ptmkit.models.io import load_model, save_model
+from ptmkit.models.convert.base import CheckpointError
+from ptmkit.models.io import hf_adapter, load_model, save_model
 from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, make_config
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
@@ -285,15 +286,19 @@ def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, genera
               "exporting the equivalent unshared model")
         model = copy.deepcopy(model)
         backbone_of(model).unshare()
-    if getattr(backbone_of(model).config, "moe", None) is not None:
-        print(f"[ptmkit] not writing {model_dir}: Mixture-of-Experts models have no Hugging Face checkpoint form yet; "
-              "the run's last training checkpoint holds the trained weights")
+    generator = getattr(objective, "generator", None)
+    try:  # e.g. BERT/GPT-2 with Mixture-of-Experts layers have no HF form (a LLaMA with MoE saves as Mixtral)
+        for m in (model, generator) if generator is not None else (model,):
+            hf_adapter(m)
+    except CheckpointError as e:
+        print(f"[ptmkit] not writing {model_dir}: {e}\n[ptmkit] the run's last training checkpoint holds the trained "
+              "weights")
         return {}
     save_model(model, model_dir, tokenizer_from=None)
     tokenizer.save(model_dir)
     written = {"model_dir": str(model_dir)}
-    if getattr(objective, "generator", None) is not None:
-        save_model(objective.generator, generator_dir)
+    if generator is not None:
+        save_model(generator, generator_dir)
         tokenizer.save(generator_dir)
         written["generator_dir"] = str(generator_dir)
     return written

@@ -11,11 +11,11 @@ from ptmkit.models.convert.base import (
 )
 from ptmkit.models.llama import LlamaConfig
 
+# Attention output and norms; the feed-forward block has its own hook (ffn_from_hf / ffn_to_hf) because Mixtral
+# (convert/mixtral.py) keeps these names and replaces only the feed-forward.
 _LAYER = {
     "attn.out.weight": "self_attn.o_proj.weight",
     "attn.out.bias": "self_attn.o_proj.bias",
-    "ffn.down.weight": "mlp.down_proj.weight",
-    "ffn.down.bias": "mlp.down_proj.bias",
     "norm1.weight": "input_layernorm.weight",
     "norm2.weight": "post_attention_layernorm.weight",
 }
@@ -103,17 +103,11 @@ class LlamaAdapter(Adapter):
                 qkvb = [r.take(f"{hf}self_attn.{n}_proj.bias") for n in "qkv"]
                 if all(t is not None for t in qkvb):
                     sd[f"layers.{i}.attn.qkv.bias"] = fuse_qkv(*qkvb, cfg.num_heads, cfg.num_kv_heads)
-            gate, up = r.take(f"{hf}mlp.gate_proj.weight"), r.take(f"{hf}mlp.up_proj.weight")
-            if gate is not None and up is not None:
-                sd[f"layers.{i}.ffn.gate_up.weight"] = fuse_gate_up(gate, up)
-            if cfg.mlp_bias:
-                gb, ub = r.take(f"{hf}mlp.gate_proj.bias"), r.take(f"{hf}mlp.up_proj.bias")
-                if gb is not None and ub is not None:
-                    sd[f"layers.{i}.ffn.gate_up.bias"] = fuse_gate_up(gb, ub)
             for ours, theirs in _LAYER.items():
-                if ours.endswith(".bias") and not (cfg.attention_bias if "attn" in ours else cfg.mlp_bias):
+                if ours.endswith(".bias") and not cfg.attention_bias:
                     continue
                 sd[f"layers.{i}.{ours}"] = r.take(hf + theirs)
+            sd.update({f"layers.{i}.ffn.{k}": v for k, v in self.ffn_from_hf(r, hf, cfg).items()})
         return {k: v for k, v in sd.items() if v is not None}
 
     def backbone_to_hf(self, sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
@@ -126,12 +120,36 @@ class LlamaAdapter(Adapter):
             if cfg.attention_bias:
                 for n, t in zip("qkv", split_qkv(sd[f"layers.{i}.attn.qkv.bias"], h, kv)):
                     out[f"{hf}self_attn.{n}_proj.bias"] = t
-            for n, t in zip(("gate", "up"), split_gate_up(sd[f"layers.{i}.ffn.gate_up.weight"])):
-                out[f"{hf}mlp.{n}_proj.weight"] = t
-            if cfg.mlp_bias:
-                for n, t in zip(("gate", "up"), split_gate_up(sd[f"layers.{i}.ffn.gate_up.bias"])):
-                    out[f"{hf}mlp.{n}_proj.bias"] = t
             for ours, theirs in _LAYER.items():
                 if f"layers.{i}.{ours}" in sd:
                     out[hf + theirs] = sd[f"layers.{i}.{ours}"]
+            ffn = {k[len(f"layers.{i}.ffn."):]: v for k, v in sd.items() if k.startswith(f"layers.{i}.ffn.")}
+            out.update({hf + k: v for k, v in self.ffn_to_hf(ffn, cfg).items()})
+        return out
+
+    # ---- the feed-forward block of one layer (names relative to layers.{i}.ffn. and the HF layer) ------------------
+
+    def ffn_from_hf(self, r: Reader, hf: str, cfg: LlamaConfig) -> dict[str, torch.Tensor | None]:
+        """Dense SwiGLU: separate gate_proj/up_proj -> ptmkit's fused gate_up (rows alternate gate, up)."""
+        sd: dict[str, torch.Tensor | None] = {}
+        gate, up = r.take(f"{hf}mlp.gate_proj.weight"), r.take(f"{hf}mlp.up_proj.weight")
+        if gate is not None and up is not None:
+            sd["gate_up.weight"] = fuse_gate_up(gate, up)
+        sd["down.weight"] = r.take(f"{hf}mlp.down_proj.weight")
+        if cfg.mlp_bias:
+            gb, ub = r.take(f"{hf}mlp.gate_proj.bias"), r.take(f"{hf}mlp.up_proj.bias")
+            if gb is not None and ub is not None:
+                sd["gate_up.bias"] = fuse_gate_up(gb, ub)
+            sd["down.bias"] = r.take(f"{hf}mlp.down_proj.bias")
+        return sd
+
+    def ffn_to_hf(self, ffn: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+        out = {}
+        for n, t in zip(("gate", "up"), split_gate_up(ffn["gate_up.weight"])):
+            out[f"mlp.{n}_proj.weight"] = t
+        out["mlp.down_proj.weight"] = ffn["down.weight"]
+        if cfg.mlp_bias:
+            for n, t in zip(("gate", "up"), split_gate_up(ffn["gate_up.bias"])):
+                out[f"mlp.{n}_proj.bias"] = t
+            out["mlp.down_proj.bias"] = ffn["down.bias"]
         return out

@@ -16,7 +16,7 @@ from ptmkit.nn.kernels.linear import linear_attention
 from ptmkit.nn.kernels.lsh import SELF_SCORE, bucket_layout
 
 D, HEADS = 16, 4
-OPTIONS = {"linformer": {"proj_len": 8, "max_len": 48}, "performer": {"num_features": 32, "seed": 0},
+OPTIONS = {"linformer": {"proj_len": 8, "max_len": 48, "sharing": "headwise"}, "performer": {"num_features": 32, "seed": 0},
            "linear": {}, "lsh": {"n_buckets": 4, "n_hashes": 2, "chunk_len": 4, "seed": 0}}
 
 

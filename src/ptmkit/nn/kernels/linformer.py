@@ -6,7 +6,7 @@ projected along the sequence to a fixed length P by learned matrices E, F (P x m
 A sequence of S < max_len tokens uses the first S columns of E and F (as the reference implementation); padded
 keys and values are zeroed before the projection, and a projected slot that no real key reaches (possible with the
 pooling initialisation) is masked. Sharing variants (paper §4 "parameter sharing"): "headwise" (one E and one F per
-layer for all heads), "key-value" (E = F, one per layer), "none" (E and F per key/value head). The paper's layerwise
+layer for all heads), "key-value" (E = F, one per layer; the default), "none" (E and F per key/value head). The paper's layerwise
 sharing (one E for all layers) needs a module shared across layers and is not offered. The projections and the
 attention run chunk by chunk through ptmkit.nn.kernels.recompute, so the backward pass keeps no per-token
 intermediates (attention dropout masks are regenerated from a seed per chunk). Only defined for
@@ -32,7 +32,11 @@ from ptmkit.nn.kernels.recompute import summary_attention, wide
 class LinformerOptions:
     proj_len: int = 256  # P: projected keys/values per head (the paper's k; 128-256 for sequences of 512-4096)
     max_len: int = 2048  # M: the longest sequence the projections accept (columns of E and F)
-    sharing: Literal["headwise", "key-value", "none"] = "headwise"
+    # "key-value" (E = F, one P x max_len matrix per layer; the paper's §4 proposes it to save parameters and
+    # evaluates it beside separate E and F): the projections and their gradients grow with max_len, and at 4,096
+    # tokens and more two of them (headwise) made the kernel need more memory than fused dense attention (measured,
+    # docs/architectures/efficient_attention.md)
+    sharing: Literal["headwise", "key-value", "none"] = "key-value"
     # "pooling": row i of E, F averages segment i of M / P positions (Wang et al. §4 list pooling as a projection),
     # so an untrained kernel is already a coarse approximation and P = S = M gives exact dense attention;
     # "gaussian": N(0, 1/P) entries, the random projection of the paper's Theorem 2.

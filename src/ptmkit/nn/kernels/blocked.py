@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, key_padding
-from ptmkit.nn.kernels.recompute import scratch_budget
+from ptmkit.nn.kernels.recompute import dropout_keep, scratch_budget
 
 # A disallowed score: finite, so a query whose every visible key is padding gets a finite (uniform, meaningless)
 # output instead of NaN that would poison the next layer's gradients (transformers does the same).
@@ -240,11 +240,6 @@ def _softmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return e.div_(z), (m + z.log2()).squeeze(-1)
 
 
-def _dropout_keep(shape, p: float, seed: int, chunk: int, device) -> torch.Tensor:
-    gen = torch.Generator(device=device).manual_seed(seed + chunk)
-    return torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
-
-
 def _add_product(acc: torch.Tensor, w: torch.Tensor, rows: torch.Tensor) -> None:
     """acc (B, K, T, D) += w (B, K, T, r) @ rows (B, K, r, D) in place: the dense rows' key/value gradients span
     every position, and an out-of-place product would allocate a full (B, K, T, D) temporary per row chunk."""
@@ -269,7 +264,7 @@ class _BlockedAttention(torch.autograd.Function):
             s.masked_fill_(blocked[:, None, a:z], NEG)
             probs, lse[:, hs, a:z] = _softmax(s)  # float32
             if dropout_p > 0:
-                probs.mul_(_dropout_keep(probs.shape, dropout_p, seed, c, probs.device))
+                probs.mul_(dropout_keep(probs.shape, dropout_p, seed + c, probs.device))
             out[:, hs, a:z] = _weighted(probs.to(qb.dtype), _keys(vp[:, hs], lay, a, z), lay)
         lse_g = None
         if glob is not None:
@@ -284,7 +279,7 @@ class _BlockedAttention(torch.autograd.Function):
                     s.masked_fill_(m, NEG)
                 probs, lse_g[:, :, a:z] = _softmax(s)
                 if dropout_p > 0:
-                    probs.mul_(_dropout_keep(probs.shape, dropout_p, seed, first + c, probs.device))
+                    probs.mul_(dropout_keep(probs.shape, dropout_p, seed + first + c, probs.device))
                 out_g[:, :, a:z] = probs.to(qg.dtype) @ vp  # (B, K, r, D)
             out[:, :, grid[0], grid[1]] = out_g.view(*qg.shape[:2], *grid[0].shape, qg.shape[-1])
         ctx.save_for_backward(qb, kp, vp, blocked, out, lse, lse_g)
@@ -315,7 +310,7 @@ class _BlockedAttention(torch.autograd.Function):
                 probs.masked_fill_(glob[3][a:z, :, None], 0.0)
             dp = _product(doc, values, lay).to(acc)  # dO v^T
             if dropout_p > 0:
-                keep = _dropout_keep(probs.shape, dropout_p, seed, c, probs.device)
+                keep = dropout_keep(probs.shape, dropout_p, seed + c, probs.device)
                 _scatter(dv[:, hs], (probs * keep).to(qb.dtype), doc, lay, a, z, dv_shared[:, hs])
                 dp.mul_(keep)
             else:
@@ -345,7 +340,7 @@ class _BlockedAttention(torch.autograd.Function):
                 probs = s.sub_(lse_g[:, :, a:z, None]).exp2_()
                 dp = (dout_g[:, :, a:z] @ vp.transpose(-1, -2)).to(acc)  # (B, K, r, T)
                 if dropout_p > 0:
-                    keep = _dropout_keep(probs.shape, dropout_p, seed, first + c, probs.device)
+                    keep = dropout_keep(probs.shape, dropout_p, seed + first + c, probs.device)
                     _add_product(dv, (probs * keep).transpose(-1, -2), dout_g[:, :, a:z])
                     dp.mul_(keep)
                 else:

@@ -76,8 +76,8 @@ class FeatureSpec:
     def __init__(self, phi_q, phi_k, eps: float):
         self.phi_q, self.phi_k, self.eps = phi_q, phi_k, eps
 
-    def key_part(self, k, v, keep, lo, params):
-        phi = self.phi_k(k, lo)  # (B, K, c, F)
+    def key_part(self, k, v, keep, params):
+        phi = self.phi_k(k)  # (B, K, c, F)
         if keep is not None:
             phi = phi * keep[:, None, :, None]  # padded keys contribute nothing
         return phi.transpose(-2, -1) @ wide(v), phi.sum(dim=2)  # (B, K, F, D), (B, K, F)
@@ -137,7 +137,7 @@ class LinearAttention(AttentionKernel):
         self.check_call(q, k, is_causal)
         keep = key_padding(mask, self.name)  # (B, S) or None
         if not is_causal:  # chunked, recomputed in backward: no (T x F) activations kept
-            phi = lambda x, lo=0: F.elu(wide(x)) + 1.0  # noqa: E731
+            phi = lambda x: F.elu(wide(x)) + 1.0  # noqa: E731
             return summary_attention(FeatureSpec(phi, phi, self.options.eps), q, k, v, keep, q.shape[-1])
         k, v = expand_kv(q, k, v)  # (B, H, S, D)
         with torch.autocast(q.device.type, enabled=False):  # prefix sums of features need fp32

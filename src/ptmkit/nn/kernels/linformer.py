@@ -25,7 +25,7 @@ from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, key_padding
-from ptmkit.nn.kernels.recompute import summary_attention, wide
+from ptmkit.nn.kernels.recompute import dropout_keep, summary_attention, wide
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LinformerSpec:
     def __init__(self, slots: torch.Tensor | None, scale: float, dropout_p: float, seed: int):
         self.slots, self.scale, self.dropout_p, self.seed = slots, scale, dropout_p, seed
 
-    def key_part(self, k, v, keep, lo, params):
+    def key_part(self, k, v, keep, params):
         e = params[0]  # (K?, P, c): this chunk's columns of E
         f = params[-1]  # F (E itself under key-value sharing)
         if keep is not None:
@@ -136,7 +136,5 @@ class LinformerSpec:
             scores = scores.masked_fill(~self.slots.unsqueeze(2), float("-inf"))  # (B|1, 1|K, 1, 1, P)
         probs = scores.softmax(dim=-1)
         if self.dropout_p > 0:  # the same mask in the backward recomputation: a generator seeded per chunk
-            gen = torch.Generator(device=q.device).manual_seed(self.seed + lo)
-            keep = torch.empty(probs.shape, device=q.device).bernoulli_(1.0 - self.dropout_p, generator=gen)
-            probs = probs * keep / (1.0 - self.dropout_p)
+            probs = probs * dropout_keep(probs.shape, self.dropout_p, self.seed + lo, q.device)
         return (probs @ vp.unsqueeze(2)).view(b, h, c, d)  # (B, H, c, D)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.kernels.base import AttentionKernel, expand_kv, key_padding
-from ptmkit.nn.kernels.recompute import chunk_rows, wide
+from ptmkit.nn.kernels.recompute import chunk_rows, dropout_keep, wide
 
 SELF_SCORE = -1e5  # Reformer's score for a token attending to itself: used only when nothing else is visible
 
@@ -118,7 +118,7 @@ class LSHAttention(AttentionKernel):
         c = min(o.chunk_len, t)
         scale = scale if scale is not None else d ** -0.5
         with torch.no_grad():
-            slot_q, _, q_at, k_at, chunk_start = bucket_layout(self.hash(q), self.hash(k), o.n_buckets, c)
+            _, _, q_at, k_at, chunk_start = bucket_layout(self.hash(q), self.hash(k), o.n_buckets, c)
         seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0  # dropout masks are regenerated in backward
         lay = _Layout(q_at, k_at, chunk_start, c, keep, is_causal, scale, dropout_p, seed)
         # chunks per pass: a pass holds about two (B, H, n, C, 2C) score buffers plus the gathered rows
@@ -174,18 +174,18 @@ class _Layout:
         return qpos, kpos_w, qg, kw, vw, v_self, scores
 
     def dropout_keep(self, shape, r: int, a: int, device) -> torch.Tensor:
-        gen = torch.Generator(device=device).manual_seed(self.seed + r * self.q_at.shape[-1] + a)
-        return torch.empty(shape, device=device).bernoulli_(1.0 - self.dropout_p, generator=gen)
+        """The inverted-dropout mask of pass (round r, first chunk a), the same in forward and backward."""
+        return dropout_keep(shape, self.dropout_p, self.seed + r * self.q_at.shape[-1] + a, device)
 
     def passes(self, groups: int):
         rounds, n = self.q_at.shape[2], self.q_at.shape[-1] // self.c
         return [(r, a, min(a + groups, n)) for r in range(rounds) for a in range(0, n, groups)]
 
 
-def _rows(x: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
-    """Index (B, H, n·C, D) into a (B, H, T + 1, D) buffer: empty slots (-1) go to the spare row T."""
-    idx = torch.where(pos >= 0, pos, t).reshape(*pos.shape[:2], -1)
-    return idx if x is None else idx[..., None].expand(-1, -1, -1, x.shape[-1])
+def _rows(pos: torch.Tensor, t: int) -> torch.Tensor:
+    """Index (B, H, n·C) of query positions (B, H, n, C) into a (B, H, T + 1, ...) buffer: empty slots (-1) go to
+    the spare row T, so writing them disturbs no real position."""
+    return torch.where(pos >= 0, pos, t).reshape(*pos.shape[:2], -1)
 
 
 class _LSHAttention(torch.autograd.Function):
@@ -208,10 +208,10 @@ class _LSHAttention(torch.autograd.Function):
             m = torch.logaddexp(scores.logsumexp(dim=-1).double(), torch.tensor(SELF_SCORE, dtype=torch.float64))
             probs = scores.sub_(m[..., None].to(wd)).exp_()  # (B, H, n, C, 2C)
             if lay.dropout_p > 0:
-                probs.mul_(lay.dropout_keep(probs.shape, r, a, probs.device)).div_(1.0 - lay.dropout_p)
+                probs.mul_(lay.dropout_keep(probs.shape, r, a, probs.device))
             part = probs.to(vw.dtype) @ vw + torch.exp(SELF_SCORE - m)[..., None].to(v.dtype) * v_self
             # merge into the running result by log-sum-exp (each position appears once per round)
-            idx = _rows(None, qpos, t)  # (B, H, n·C)
+            idx = _rows(qpos, t)  # (B, H, n·C)
             old = lse.gather(2, idx)
             new = torch.logaddexp(old, m.reshape(b, h, -1))
             keep_old = torch.exp(old - new)[..., None].to(wd)
@@ -243,12 +243,12 @@ class _LSHAttention(torch.autograd.Function):
             qidx = qpos.clamp_min(0).reshape(b, h, -1)  # (B, H, n·C)
             qidx_d = qidx[..., None].expand(-1, -1, -1, d)
             kidx_d = kpos_w.clamp_min(0).reshape(b, h, -1, 1).expand(-1, -1, -1, d)  # (B, H, n·2C, D)
-            big_l = lse.gather(2, _rows(None, qpos, t)).view(b, h, n, c, 1)  # merged L of each query (float64)
+            big_l = lse.gather(2, _rows(qpos, t)).view(b, h, n, c, 1)  # merged L of each query (float64)
             probs = scores.sub_(big_l.to(scores.dtype)).exp_()  # (B, H, n, C, 2C): P = exp(S - L), 0 if disallowed
             do = dout.gather(2, qidx_d).view(b, h, n, c, d).mul_(valid)  # (B, H, n, C, D)
             dp = do @ wide(vw).transpose(-2, -1)  # (B, H, n, C, 2C)
             if lay.dropout_p > 0:
-                keep = lay.dropout_keep(probs.shape, r, a, probs.device).div_(1.0 - lay.dropout_p)
+                keep = lay.dropout_keep(probs.shape, r, a, probs.device)
                 dv_w = (probs * keep).transpose(-2, -1) @ do
                 dp.mul_(keep)
             else:

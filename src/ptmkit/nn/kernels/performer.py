@@ -107,12 +107,15 @@ class Performer(AttentionKernel):
         wx = x @ w.to(x.dtype).T  # (B, H, L, F); x is float even when the model was cast to bf16
         return wx - x.square().sum(dim=-1, keepdim=True) / 2
 
-    def feature_map(self, x: torch.Tensor, is_query: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """phi(x) (B, H, L, F) for x (B, H, L, D) already scaled by scale^(1/2), stabilised by a cancelling factor."""
-        wx = self.log_features(x)
+    def feature_map(self, x: torch.Tensor, is_query: bool, keep: torch.Tensor | None = None,
+                    w: torch.Tensor | None = None, stab: torch.Tensor | None = None) -> torch.Tensor:
+        """phi(x) (B, H, L, F) for x (B, H, L, D) already scaled by scale^(1/2), stabilised by a cancelling factor.
+        w: the features (default: the buffer); stab: the keys' stabiliser when it was found beforehand over all
+        keys (key_stabiliser), as the chunked pass needs."""
+        wx = self.log_features(x, w)
         if is_query:  # per query: cancels between numerator and denominator of that query's row
             stab = wx.amax(dim=-1, keepdim=True)  # (B, H, L, 1)
-        else:  # one constant for every key of a (batch row, head): cancels in every query's ratio
+        elif stab is None:  # one constant for every key of a (batch row, head): cancels in every query's ratio
             if keep is not None:
                 wx = wx.masked_fill(~keep[:, None, :, None], float("-inf"))  # padded keys: exp(-inf) = 0
             stab = wx.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
@@ -148,14 +151,9 @@ class Performer(AttentionKernel):
             with torch.autocast(q.device.type, enabled=False):
                 stab_k = self.key_stabiliser(k, keep, s, chunk_rows(q, f), w)  # (B, K, 1, 1)
 
-            def phi_q(x):
-                wx = self.log_features(wide(x) * s, w)
-                return torch.exp(wx - wx.amax(dim=-1, keepdim=True).detach()) / math.sqrt(f)
-
-            def phi_k(x, lo):
-                return torch.exp(self.log_features(wide(x) * s, w) - stab_k) / math.sqrt(f)
-
-            return summary_attention(FeatureSpec(phi_q, phi_k, o.eps), q, k, v, keep, f)
+            spec = FeatureSpec(lambda x: self.feature_map(wide(x) * s, True, w=w),
+                               lambda x: self.feature_map(wide(x) * s, False, w=w, stab=stab_k), o.eps)
+            return summary_attention(spec, q, k, v, keep, f)
         k, v = expand_kv(q, k, v)  # (B, H, S, D)
         with torch.autocast(q.device.type, enabled=False):  # exp features and prefix sums need fp32
             phi_q = self.feature_map(q.float() * s, True)  # (B, H, T, F)

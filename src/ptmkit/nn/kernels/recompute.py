@@ -48,9 +48,9 @@ def chunk_rows(q: torch.Tensor, width: int) -> int:
 class SummarySpec(Protocol):
     """The two parts of a summary-attention kernel (computed in float32, see `wide`; autocast is off)."""
 
-    def key_part(self, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None, lo: int,
+    def key_part(self, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
                  params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """The summary of keys lo..lo+c (k, v (B, K, c, D); keep (B, c) or None; params sliced to the chunk):
+        """The summary of one chunk of c keys (k, v (B, K, c, D); keep (B, c) or None; params sliced to the chunk):
         a tuple of small tensors, summed over the chunks."""
         ...
 
@@ -62,6 +62,13 @@ class SummarySpec(Protocol):
 def wide(x: torch.Tensor) -> torch.Tensor:
     """x in float32, or float64 if it already is (gradcheck runs kernels in double)."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+def dropout_keep(shape, p: float, seed: int, device) -> torch.Tensor:
+    """An inverted-dropout mask (0 or 1 / (1 - p)) drawn from a generator seeded by `seed`: a kernel that recomputes
+    in backward seeds it per chunk, so the backward pass regenerates exactly the forward pass's mask."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
 
 
 def _spans(n: int, rows: int) -> list[tuple[int, int]]:
@@ -79,7 +86,7 @@ class _SummaryAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):
             summary = None
             for a, z in _spans(k.shape[2], rows):
-                part = spec.key_part(k[:, :, a:z], v[:, :, a:z], _chunk(keep, a, z), a,
+                part = spec.key_part(k[:, :, a:z], v[:, :, a:z], _chunk(keep, a, z),
                                      tuple(p[..., a:z] for p in params))
                 summary = part if summary is None else tuple(s.add_(x) for s, x in zip(summary, part))
             out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)  # (B, H, T, D)
@@ -118,7 +125,7 @@ class _SummaryAttention(torch.autograd.Function):
                     kc = k[:, :, a:z].detach().requires_grad_(need_k)
                     vc = v[:, :, a:z].detach().requires_grad_(need_v)
                     pc = [p[..., a:z].detach().requires_grad_(n) for p, n in zip(params, need_p)]
-                    part = spec.key_part(kc, vc, _chunk(keep, a, z), a, tuple(pc))
+                    part = spec.key_part(kc, vc, _chunk(keep, a, z), tuple(pc))
                     wrt = [x for x, n in ((kc, need_k), (vc, need_v), *zip(pc, need_p)) if n]
                     used = [(p, g) for p, g in zip(part, dsum) if p.requires_grad]
                     grads = iter(torch.autograd.grad([p for p, _ in used], wrt, [g for _, g in used],

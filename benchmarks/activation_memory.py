@@ -21,7 +21,7 @@ import time
 import torch
 
 from ptmkit.models import build_model, make_config
-from ptmkit.train.activation_checkpoint import apply_activation_checkpointing
+from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing
 
 SHAPES = {"bert": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
           "gpt2": dict(hidden_size=768, num_layers=12, num_heads=12),

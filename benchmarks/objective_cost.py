@@ -29,7 +29,7 @@ from ptmkit.objectives import OBJECTIVES
 from ptmkit.train.loop import bind_objective
 from ptmkit.train.optim import OptimConfig, build_optimizer
 from ptmkit.train.precision import Precision
-from ptmkit.train.pretrain import ObjectiveSection, build_objective
+from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 
 MINI = dict(hidden_size=256, num_layers=4, num_heads=4)
 FAMILY_FOR_TASK = {  # the model each objective's task needs, at mini size

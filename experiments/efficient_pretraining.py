@@ -43,8 +43,8 @@ from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
 from ptmkit.train.optim import OptimConfig, build_optimizer
 from ptmkit.train.precision import Precision
-from ptmkit.train.pretrain import PretrainConfig, build_objective, build_pretrain_model, make_evaluator
-from ptmkit.train.progressive import stack_layers
+from ptmkit.recipes.pretrain import PretrainConfig, build_objective, build_pretrain_model, make_evaluator
+from ptmkit.models.progressive import stack_layers
 from ptmkit.train.schedule import ScheduleConfig
 
 METHODS = ("baseline", "lamb", "stacking", "layerdrop", "pld")

@@ -43,7 +43,7 @@ from ptmkit.nn.moe import SparseMoE
 from ptmkit.train.logging import read_metrics
 from ptmkit.train.loop import train
 from ptmkit.train.precision import Precision
-from ptmkit.train.pretrain import PretrainConfig, build_objective, build_pretrain_model
+from ptmkit.recipes.pretrain import PretrainConfig, build_objective, build_pretrain_model
 
 VARIANTS = ("dense", "moe")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ptmkit.adapt.finetune import FinetuneConfig, finetune
+from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict
 from ptmkit.data.batches import PretrainBatches
@@ -36,7 +36,7 @@ from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.flops import measured_step_flops
 from ptmkit.train.precision import Precision
-from ptmkit.train.pretrain import (
+from ptmkit.recipes.pretrain import (
     PretrainConfig, plain_training_module, pretrain, save_trained,
 )
 

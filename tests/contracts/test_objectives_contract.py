@@ -11,7 +11,7 @@ from ptmkit.models import build_model, make_config
 from ptmkit.objectives import OBJECTIVES, seeded_generator
 from ptmkit.config import from_dict
 from ptmkit.train.loop import bind_objective
-from ptmkit.train.pretrain import ObjectiveSection, build_objective
+from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 
 V = 64
 # Updates per objective (default 100). RTD's discriminator must learn to spot the odd token out, a comparison

@@ -39,7 +39,7 @@ def resume_in_one_process(run: Path, step: int, config: Path, dest: Path) -> Pat
     import shutil
 
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     name = f"step-{step:08d}"
     (dest / "checkpoints").mkdir(parents=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ptmkit.train.pretrain import export_checkpoint
+from ptmkit.recipes.pretrain import export_checkpoint
 from tests.distributed.launch import losses, resume_in_one_process, torchrun, write_config
 from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture)
 
@@ -40,7 +40,7 @@ def _gpt2(corpus, steps=5, **train):  # noqa: F811
 def reference(corpus, tmp_path_factory):  # noqa: F811
     """The single-process run every layout is compared with (8 steps, checkpoint at 4 in DCP format)."""
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     d = tmp_path_factory.mktemp("reference")
     cfg = _gpt2(corpus, steps=8, checkpoint_every=4, checkpoint_format="dcp")
@@ -113,7 +113,7 @@ def test_fsdp2_trains_electra_with_its_generator_and_exports_both(corpus, tmp_pa
     cfg["objective"] = {"name": "rtd"}
     config = write_config(tmp_path / "electra.yaml", cfg)
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     pretrain(from_dict(PretrainConfig, {**cfg, "out": str(tmp_path / "single")}))
     torchrun(2, config, tmp_path / "fsdp", "--parallel.dp_shard", "2")
@@ -132,7 +132,7 @@ def test_layer_drop_skips_the_same_blocks_on_every_rank(corpus, tmp_path, layout
     """Skip decisions depend on (seed, step) only, so FSDP2's per-block all-gathers match up across ranks and the
     run equals the single-process one; DDP finds the skipped blocks' unused parameters."""
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     cfg = {**_gpt2(corpus, steps=6), "layer_drop": {"schedule": "constant", "rate": 0.4}}
     cfg["model"]["config"]["num_layers"] = 4
@@ -145,7 +145,7 @@ def test_layer_drop_skips_the_same_blocks_on_every_rank(corpus, tmp_path, layout
 def test_lamb_trust_ratios_use_the_global_norms_under_fsdp2(corpus, tmp_path):  # noqa: F811
     """LAMB's layer-wise trust ratio needs each parameter's whole norm; on FSDP2 shards it must not be a shard's."""
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     cfg = {**_gpt2(corpus, steps=5), "optim": {"name": "lamb", "lr": 1e-2}}
     pretrain(from_dict(PretrainConfig, {**cfg, "out": str(tmp_path / "single")}))

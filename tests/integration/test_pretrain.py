@@ -13,7 +13,7 @@ from ptmkit.data.batches import PretrainBatches
 from ptmkit.data.shards import prepare_shards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.logging import read_metrics
-from ptmkit.train.pretrain import PretrainConfig, pretrain
+from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 from ptmkit.config import from_dict
 
 SENTENCES = [
@@ -179,7 +179,7 @@ def test_moe_pretraining_logs_router_metrics_and_refuses_a_false_hf_export(corpu
     assert summary["steps"] == 4 and "moe_aux_loss" in train[0] and 0 <= train[0]["moe_dropped_fraction"] < 1
     assert "model_dir" not in summary and not (tmp_path / "run" / "model").exists()
     assert any((tmp_path / "run" / "checkpoints").iterdir())
-    from ptmkit.train.pretrain import plain_training_module
+    from ptmkit.recipes.pretrain import plain_training_module
 
     model = plain_training_module(cfg, Tokenizer.load(cfg.data.tokenizer)).model
     with pytest.raises(CheckpointError, match="Mixture-of-Experts"):

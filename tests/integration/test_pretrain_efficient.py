@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from ptmkit.config import ConfigError
 from ptmkit.train.logging import read_metrics
-from ptmkit.train.pretrain import pretrain
+from ptmkit.recipes.pretrain import pretrain
 from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (pytest fixture)
 
 

@@ -11,7 +11,7 @@ from ptmkit.config import ConfigError, from_dict
 from ptmkit.data.shards import prepare_shards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.logging import read_metrics
-from ptmkit.train.pretrain import PretrainConfig, pretrain
+from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
 SENTENCES = [
     "the cat sat on the mat.", "a dog ran in the park with a red ball.", "the bird sang a song in the tree!",

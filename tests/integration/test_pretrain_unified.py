@@ -8,7 +8,7 @@ import pytest
 
 from ptmkit.config import ConfigError
 from ptmkit.train.logging import read_metrics
-from ptmkit.train.pretrain import pretrain
+from ptmkit.recipes.pretrain import pretrain
 from tests.integration.resume import interrupt_then_resume, train_losses
 from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (the module-scoped corpus fixture)
 

@@ -8,7 +8,7 @@ import transformers as T
 
 from ptmkit.models import load_model
 from ptmkit.train.logging import read_metrics
-from ptmkit.train.pretrain import pretrain
+from ptmkit.recipes.pretrain import pretrain
 from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (module-scoped corpus fixture)
 
 

@@ -240,7 +240,7 @@ class _Tokenizer:
 
 
 def test_pretraining_writes_a_mixtral_model_dir_and_skips_models_without_a_form(tmp_path, capsys):
-    from ptmkit.train.pretrain import save_trained
+    from ptmkit.recipes.pretrain import save_trained
 
     written = save_trained(_ours(), object(), _Tokenizer(), tmp_path / "llama" / "model", tmp_path / "llama" / "gen")
     assert written == {"model_dir": str(tmp_path / "llama" / "model")}

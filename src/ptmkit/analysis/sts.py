@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptmkit.adapt.metrics import spearman
+from ptmkit.analysis.metrics import spearman
 from ptmkit.models.pooling import hidden_states, pool
 
 

@@ -42,7 +42,7 @@ def run(args) -> int:
     from ptmkit.models.io import copy_tokenizer
 
     if (Path(args.src) / "state.json").exists():  # a training checkpoint
-        from ptmkit.train.pretrain import export_checkpoint
+        from ptmkit.recipes.pretrain import export_checkpoint
 
         if args.gguf_file or args.task or args.num_labels or args.dtype:
             raise SystemExit("ptm convert: --gguf-file/--task/--num-labels/--dtype apply to model directories, not "

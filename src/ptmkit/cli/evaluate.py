@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ptmkit.adapt.finetune import evaluate
+    from ptmkit.recipes.finetune import evaluate
 
     res = evaluate(args.model, args.task, args.data_dir, args.split, args.out, max_length=args.max_length,
                    overlong=args.overlong, batch_size=args.batch_size, precision=args.precision,

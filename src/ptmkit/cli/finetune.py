@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 
-from ptmkit.adapt.finetune import FinetuneConfig
+from ptmkit.recipes.finetune import FinetuneConfig
 from ptmkit.config import from_dict
 
 _D = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
@@ -84,7 +84,7 @@ def config_from_args(args) -> FinetuneConfig:
 
 
 def run(args) -> int:
-    from ptmkit.adapt.finetune import finetune
+    from ptmkit.recipes.finetune import finetune
 
     res = finetune(config_from_args(args))
     dev = ", ".join(f"{k} {v:.4f}" for k, v in (res["dev"] or {}).items() if v is not None)

@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
     from ptmkit.cli.overrides import describe
     from ptmkit.models.registry import FAMILIES, PRESETS
     from ptmkit.objectives import OBJECTIVES
-    from ptmkit.train.pretrain import PretrainConfig
+    from ptmkit.recipes.pretrain import PretrainConfig
 
     p = sub.add_parser(
         "pretrain",
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ptmkit.cli.overrides import build_config, parse_dotted
-    from ptmkit.train.pretrain import PretrainConfig, pretrain
+    from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     cfg = build_config(PretrainConfig, args.config, parse_dotted(args.overrides))
     summary = pretrain(cfg, resume=args.resume)

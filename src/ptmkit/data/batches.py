@@ -9,7 +9,7 @@ import torch
 
 from ptmkit.config import ConfigError
 from ptmkit.data.sampler import PackedDataset, StatefulSampler, collate
-from ptmkit.objectives.base import seeded_generator
+from ptmkit.data.seeding import seeded_generator
 
 
 class PretrainBatches:

@@ -94,7 +94,7 @@ class GlueTaskSpec:
     text_b: str | None
     label: str
     label_names: tuple[str, ...] | None  # None: regression
-    metrics: tuple[str, ...]  # names in ptmkit.adapt.metrics.METRICS
+    metrics: tuple[str, ...]  # names in ptmkit.analysis.metrics.METRICS
     splits: tuple[str, ...] = ("train", "dev", "test")
     columns: tuple[str, ...] | None = None  # headerless layout: the column names (CoLA)
     description: str = ""
@@ -205,7 +205,7 @@ GLUE_TASKS: dict[str, GlueTaskSpec] = {
 
 _CONLL_METRICS = ("entity_f1", "entity_precision", "entity_recall")
 
-# task -> metric names (ptmkit.adapt.metrics.METRICS keys); GLUE's come from the specs above
+# task -> metric names (ptmkit.analysis.metrics.METRICS keys); GLUE's come from the specs above
 TASK_METRICS: dict[str, list[str]] = {
     **{key: list(spec.metrics) for key, spec in GLUE_TASKS.items()},
     "conll2003": list(_CONLL_METRICS),

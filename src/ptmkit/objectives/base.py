@@ -9,6 +9,8 @@ from typing import Protocol
 
 import torch
 
+from ptmkit.data.seeding import seeded_generator  # noqa: F401  (re-exported: objectives draw with it)
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -22,13 +24,6 @@ class Objective(Protocol):
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss (for backward) and detached metrics (floats) for logging."""
         ...
-
-
-def seeded_generator(seed: int, step: int) -> torch.Generator:
-    """One generator per (run seed, step): corruption is reproducible after a resume, whatever came before."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
-    return g
 
 
 def document_mask(document_ids: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from torch import nn
 from ptmkit.config import ConfigError
 from ptmkit.parallel.config import DTYPES
 from ptmkit.parallel.mesh import ParallelState
-from ptmkit.train.activation_checkpoint import apply_activation_checkpointing, transformer_blocks
+from ptmkit.nn.stacks import transformer_blocks
+from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing
 
 
 def parallelize(module: nn.Module, state: ParallelState | None, activation_checkpointing: int = 0,

@@ -17,7 +17,7 @@ from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.nn.attention import SelfAttention
-from ptmkit.train.activation_checkpoint import transformer_blocks
+from ptmkit.nn.stacks import transformer_blocks
 
 SUPPORTED = ("bert", "roberta", "electra", "gpt2", "llama")
 

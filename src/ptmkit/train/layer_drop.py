@@ -10,7 +10,7 @@ a stack of L is dropped with probability
 
 so nothing is dropped at t = 0 and the expected kept fraction of a stack tends to 1 - (1 - θ̄)(L + 1) / (2L).
 
-Mechanics: each block's `forward` is wrapped on the instance (as train/activation_checkpoint.py does), so parameter
+Mechanics: each block's `forward` is wrapped on the instance (as parallel/activation_checkpoint.py does), so parameter
 names, state dicts and checkpoints are unchanged. In training mode a block is skipped with one Bernoulli draw per
 block per forward pass (the whole batch skips it together, which is what saves the compute), drawn from the
 controller's own generator, re-seeded from (seed, step) by `step(t)`: a seeded run is reproducible, a resumed one
@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError
-from ptmkit.train.activation_checkpoint import INNER_FORWARD, block_stacks
+from ptmkit.nn.stacks import block_stacks
+from ptmkit.parallel.activation_checkpoint import INNER_FORWARD
 
 _PROB = "_ptmkit_drop_prob"  # the block's current drop probability, set by LayerDrop.step
 _CHECKED = "_ptmkit_drop_checked"  # the block's output was seen to have its input's shape

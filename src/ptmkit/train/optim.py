@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError
-from ptmkit.train.activation_checkpoint import block_stacks
+from ptmkit.nn.stacks import block_stacks
 from ptmkit.train.lamb import Lamb
 
 

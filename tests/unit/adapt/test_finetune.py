@@ -1,4 +1,4 @@
-"""Tests for ptmkit.adapt.finetune / encode and the `ptm finetune` / `ptm evaluate` commands, on a tiny
+"""Tests for ptmkit.recipes.finetune / encode and the `ptm finetune` / `ptm evaluate` commands, on a tiny
 BERT (1 layer, width 32) with a WordPiece tokenizer trained on the synthetic sentences below."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ptmkit.adapt.encode import (
+from ptmkit.data.encode import (
     IGNORE_INDEX, bucket_batches, collate, encode_texts, encode_words, prepare_backend, word_predictions,
 )
-from ptmkit.adapt.finetune import FinetuneConfig, evaluate, finetune
+from ptmkit.recipes.finetune import FinetuneConfig, evaluate, finetune
 from ptmkit.config import ConfigError
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.models import build_model, load_model, make_config, save_model

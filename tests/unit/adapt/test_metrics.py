@@ -1,4 +1,4 @@
-"""Tests for ptmkit.adapt.metrics: hand-computed values, degenerate cases, and literals computed
+"""Tests for ptmkit.analysis.metrics: hand-computed values, degenerate cases, and literals computed
 once with scikit-learn 1.9 / scipy 1.17 / seqeval 1.2.2 (none of them is a dependency)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptmkit.adapt.metrics import (
+from ptmkit.analysis.metrics import (
     METRICS,
     accuracy,
     compute_metrics,

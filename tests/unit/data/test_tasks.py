@@ -126,7 +126,7 @@ def test_real_conll(split, count, tokens):
     # re-spelling to IOB1 keeps every entity (conlleval decoding is the same for both)
     iob1 = read_conll(path, tag_scheme="iob1")
     assert iob1.tag_scheme == "iob1" and iob1.tag_names == data.tag_names
-    from ptmkit.adapt.metrics import entity_scores
+    from ptmkit.analysis.metrics import entity_scores
 
     s = entity_scores(
         [iob1.tag_strings(i) for i in range(len(iob1))],

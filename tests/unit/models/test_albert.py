@@ -229,7 +229,7 @@ def test_tiny_mlm_sop_pretraining_loss_falls(tmp_path, task):
     from ptmkit.train.logging import read_metrics
     from ptmkit.train.loop import TrainConfig, bind_objective, train
     from ptmkit.train.optim import OptimConfig
-    from ptmkit.train.pretrain import ObjectiveSection, build_objective
+    from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
     from ptmkit.train.schedule import ScheduleConfig
 
     tok = _tokenizer()

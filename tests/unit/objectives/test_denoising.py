@@ -15,7 +15,7 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.models.encdec import shift_right
 from ptmkit.objectives import Denoising, DenoisingConfig, NoiseTransform, seeded_generator
 from ptmkit.objectives.seq2seq import seq2seq_loss
-from ptmkit.train.pretrain import ObjectiveSection, build_objective
+from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 from tests.unit.objectives.seq2seq_stub import StubSeq2Seq, hand_loss
 
 PAD, BOS, EOS, MASK, END, V = 0, 1, 2, 3, 9, 300  # END: the sentence-end token ("."); ids >= 10 are words

@@ -10,7 +10,7 @@ from ptmkit.config import ConfigError, from_dict
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.objectives.masking import word_start_table
-from ptmkit.train.pretrain import ObjectiveSection, build_objective
+from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 
 NAMES = ["wwm", "span", "entity", "nsp", "sop"]
 TEXTS = ["the cat sat on the mat. a dog ran in the park! the bird sang in a tree."] * 20

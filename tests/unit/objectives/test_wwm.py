@@ -10,7 +10,7 @@ import torch
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.objectives import WholeWordMasking, WWMConfig, seeded_generator
 from ptmkit.objectives.masking import word_start_table
-from ptmkit.train.pretrain import ObjectiveSection, build_objective
+from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 
 MASK, V = 4, 1000
 SPECIAL = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask

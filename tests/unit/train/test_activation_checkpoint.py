@@ -12,9 +12,9 @@ from ptmkit.config import ConfigError, from_dict
 from ptmkit.models import build_model, make_config
 from ptmkit.models.registry import FAMILIES
 from ptmkit.objectives import OBJECTIVES, seeded_generator
-from ptmkit.train.activation_checkpoint import apply_activation_checkpointing, is_checkpointed, transformer_blocks
+from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing, is_checkpointed, transformer_blocks
 from ptmkit.train.loop import bind_objective
-from ptmkit.train.pretrain import ObjectiveSection, build_objective
+from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 from tests.contracts.test_objectives_contract import V, _model, _seq2seq_tokenizer, _tiny_tokenizer
 
 

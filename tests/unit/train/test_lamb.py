@@ -14,7 +14,7 @@ from ptmkit.config import ConfigError, from_dict
 from ptmkit.models import build_model, make_config
 from ptmkit.train.lamb import Lamb
 from ptmkit.train.optim import OptimConfig, build_optimizer
-from ptmkit.train.pretrain import PretrainConfig
+from ptmkit.recipes.pretrain import PretrainConfig
 
 
 def _param(values) -> torch.nn.Parameter:

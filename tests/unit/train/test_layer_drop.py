@@ -13,7 +13,7 @@ from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.models import build_model, make_config
-from ptmkit.train.activation_checkpoint import apply_activation_checkpointing, is_checkpointed
+from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing, is_checkpointed
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 
 

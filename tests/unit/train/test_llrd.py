@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptmkit.adapt.finetune import FinetuneConfig, _adamw
+from ptmkit.recipes.finetune import FinetuneConfig, _adamw
 from ptmkit.config import ConfigError, from_dict
 from ptmkit.models import build_model, make_config
 from ptmkit.train.optim import OptimConfig, build_optimizer, param_groups

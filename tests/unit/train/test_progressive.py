@@ -12,7 +12,7 @@ import torch
 from ptmkit.config import ConfigError
 from ptmkit.models import build_model, make_config
 from ptmkit.train.optim import OptimConfig, build_optimizer
-from ptmkit.train.progressive import stack_layers
+from ptmkit.models.progressive import stack_layers
 
 V = 40
 

@@ -108,7 +108,7 @@ def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer)
     if section.init_from:
         model = load_model(section.init_from, task=task)
         if section.stack_to is not None:
-            from ptmkit.train.progressive import stack_layers
+            from ptmkit.models.progressive import stack_layers
 
             model = stack_layers(model, section.stack_to)
     else:

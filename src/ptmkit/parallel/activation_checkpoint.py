@@ -17,23 +17,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ptmkit.config import ConfigError
+from ptmkit.nn.stacks import block_stacks, transformer_blocks
 
 _MARK = "_ptmkit_checkpointed"
 # An outer per-block wrapper (LayerDrop, train/layer_drop.py) keeps the forward it calls in this attribute;
 # checkpointing installs itself there, beneath the outer wrapper, whichever was applied first.
 INNER_FORWARD = "_ptmkit_inner_forward"
-
-
-def block_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """(name, stack) for every `layers` ModuleList (encoder, decoder, and the stacks of auxiliary networks such as
-    ELECTRA's generator), in model order."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers"]
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every block of every layer stack, in model order."""
-    return [block for _, stack in block_stacks(model) for block in stack]
 
 
 def apply_activation_checkpointing(model: nn.Module, every: int = 1) -> int:

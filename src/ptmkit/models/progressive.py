@@ -16,7 +16,7 @@ from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.models.registry import FAMILIES, backbone_of, build_model, task_of
-from ptmkit.train.activation_checkpoint import block_stacks
+from ptmkit.nn.stacks import block_stacks
 
 
 def stack_layers(shallow: nn.Module, target_num_layers: int) -> nn.Module:

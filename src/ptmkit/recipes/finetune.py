@@ -2,7 +2,7 @@
 Devlin et al. 2019 §4 (BERT fine-tuning recipe: new head, small lr, linear warm-up and decay)."""
 
 # finetune(cfg) loads a model directory with a fresh task head, tokenises the splits once
-# (ptmkit.adapt.encode), trains with length-bucketed batches under the chosen precision, evaluates
+# (ptmkit.data.encode), trains with length-bucketed batches under the chosen precision, evaluates
 # every `eval_every` steps (or each epoch), keeps the best model by the task's main metric in
 # out/best/, and writes out/{config.json, metrics.jsonl, loss.png, results.json}. evaluate() scores
 # a saved model directory on any split and writes metrics.json + predictions.tsv; an unlabelled split
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ptmkit.adapt.encode import (
+from ptmkit.data.encode import (
     Encoded, bucket_batches, collate, encode_texts, encode_words, prepare_backend, sorted_batches,
     word_predictions,
 )
-from ptmkit.adapt.metrics import compute_metrics, entity_scores
+from ptmkit.analysis.metrics import compute_metrics, entity_scores
 from ptmkit.config import ConfigError, dump_json
 from ptmkit.data.paths import data_root
 from ptmkit.data.tasks import (

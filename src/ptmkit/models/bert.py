@@ -81,6 +81,7 @@ def post_norm_layers(c: BertConfig) -> nn.ModuleList:
 
 class BertEncoder(Backbone):
     family = "bert"
+    supports_tensor_parallel = True  # ptmkit.parallel.tensor splits its blocks
     causal = False
 
     def __init__(self, config: BertConfig):

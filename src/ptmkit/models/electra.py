@@ -40,6 +40,7 @@ class ElectraConfig(BertConfig):
 
 class ElectraEncoder(Backbone):
     family = "electra"
+    supports_tensor_parallel = True  # ptmkit.parallel.tensor splits its blocks
     causal = False
 
     def __init__(self, config: ElectraConfig, embeddings: Embeddings | None = None):

@@ -55,6 +55,8 @@ class GPT2Config:
 
 class GPT2Decoder(DecoderBackbone):
     family = "gpt2"
+    supports_tensor_parallel = True  # ptmkit.parallel.tensor splits its blocks
+    supports_pipeline = True  # ptmkit.parallel.pipeline cuts it into stages
 
     def __init__(self, config: GPT2Config):
         super().__init__()

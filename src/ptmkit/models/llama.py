@@ -65,6 +65,8 @@ class LlamaConfig:
 
 class LlamaDecoder(DecoderBackbone):
     family = "llama"
+    supports_tensor_parallel = True  # ptmkit.parallel.tensor splits its blocks
+    supports_pipeline = True  # ptmkit.parallel.pipeline cuts it into stages
 
     def __init__(self, config: LlamaConfig):
         super().__init__()

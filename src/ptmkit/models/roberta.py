@@ -24,6 +24,7 @@ class RobertaConfig(BertConfig):
 
 class RobertaEncoder(BertEncoder):
     family = "roberta"
+    supports_tensor_parallel = True  # ptmkit.parallel.tensor splits its blocks
 
     def default_positions(self, input_ids, b, t, device) -> torch.Tensor:
         # fairseq numbering: real tokens count from pad_token_id + 1, padding keeps pad_token_id.

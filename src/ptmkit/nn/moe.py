@@ -145,6 +145,15 @@ class SparseMoE(nn.Module):
         return (f"experts={c.num_experts}, top_k={c.top_k}, hidden={self.hidden}, intermediate={self.intermediate}, "
                 f"gated={self.gated}, capacity_factor={c.capacity_factor}/{c.eval_capacity_factor} (train/eval)")
 
+    # the auxiliary-loss protocol (ptmkit.nn.auxiliary): the training module resets and collects MoE layers
+    # without naming them
+    def reset_auxiliary(self) -> None:
+        self.clear_router_state()
+
+    @classmethod
+    def collect_auxiliary(cls, layers) -> tuple[torch.Tensor | None, dict[str, float]]:
+        return collect_moe(tuple(layers))
+
     def clear_router_state(self) -> None:
         self.aux_loss: torch.Tensor | None = None
         self.z_loss: torch.Tensor | None = None

@@ -37,6 +37,11 @@ class CausalLM:
             labels = labels.masked_fill(crosses, -100)
         return {**batch, "labels": labels}
 
+    @staticmethod
+    def pipeline_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of the last pipeline stage's logits (ptmkit.parallel.pipeline)."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch.get("attention_mask")
         if "document_ids" in batch:

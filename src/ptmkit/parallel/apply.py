@@ -4,7 +4,8 @@ tensor parallel (DTensor weights) -> activation checkpointing (around each block
 The module is the TrainingModule (model + the objective's auxiliary networks, forward(batch) -> loss), so FSDP2's
 root unit covers everything a training step touches: embeddings shared with ELECTRA's generator, heads, the
 objective's own layers. Each transformer block is its own FSDP2 unit, gathered just before it runs and freed after.
-Pipeline parallelism is validated by the config but not executed yet (docs/scaling.md).
+`prepare_training` is the one entry the training engine calls: it cuts a pipeline stage first when parallel.pp > 1
+(ptmkit.parallel.pipeline), then parallelizes what this rank keeps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from ptmkit.config import ConfigError
 from ptmkit.parallel.config import DTYPES
 from ptmkit.parallel.mesh import ParallelState
+from ptmkit.parallel.pipeline import Pipeline
 from ptmkit.nn.stacks import transformer_blocks
 from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing
 
@@ -56,3 +58,18 @@ def parallelize(module: nn.Module, state: ParallelState | None, activation_check
 
         replicate(module, device_mesh=dp_mesh, find_unused_parameters=unused_parameters)
     return module
+
+
+def prepare_training(module: nn.Module, state: ParallelState | None, activation_checkpointing: int = 0,
+                     unused_parameters: bool = False) -> Pipeline | None:
+    """Parallelize the TrainingModule in place for this rank; returns the pipeline that runs its steps when
+    parallel.pp > 1 (this rank's stage only is kept, FSDP2 then wraps the stage), else None."""
+    pipeline = None
+    if state is not None and state.cfg.pp > 1:
+        micro = state.cfg.pp_microbatches or 2 * state.cfg.pp
+        pipeline = Pipeline(module, state, micro, state.cfg.pp_schedule, state.device)
+    parallelize(pipeline.module if pipeline else module, state, activation_checkpointing,
+                unused_parameters=unused_parameters)
+    if pipeline is not None:
+        pipeline.build()
+    return pipeline

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from ptmkit.config import ConfigError
-from ptmkit.models.registry import backbone_of
 
-SUPPORTED = ("gpt2", "llama")
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The backbone of a task model (a causal LM wraps its backbone as `.backbone`), else the model itself."""
+    return getattr(model, "backbone", model)
 
 
 class _Skipped(nn.Module):
@@ -43,9 +44,12 @@ class DecoderStage(nn.Module):
     def __init__(self, lm: nn.Module, stage: int, pp: int):
         super().__init__()
         backbone = backbone_of(lm)
-        if backbone.family not in SUPPORTED or not hasattr(lm, "lm_head"):
-            raise ConfigError(f"pipeline parallelism supports causal LMs of {list(SUPPORTED)}; this model is a "
-                              f"{backbone.family} {type(lm).__name__} (set parallel.pp to 1)")
+        # a backbone declares `supports_pipeline` when it has the layout a stage cuts: embeddings, `layers`,
+        # optional rotary positions, `norm_f`, and a task model with `lm_head`
+        if not getattr(backbone, "supports_pipeline", False) or not hasattr(lm, "lm_head"):
+            raise ConfigError(f"pipeline parallelism supports causal LMs whose backbone declares supports_pipeline "
+                              f"(GPT-2, LLaMA); this model is a {getattr(backbone, 'family', '?')} "
+                              f"{type(lm).__name__} (set parallel.pp to 1)")
         self.first, self.last = stage == 0, stage == pp - 1
         self.owned = stage_layers(len(backbone.layers), pp, stage)
         self.tied = lm.tied
@@ -86,19 +90,17 @@ class DecoderStage(nn.Module):
         return backbone_of(self.model).embeddings.tok.weight
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-
-
 class Pipeline:
     """The stage of this rank plus its schedule; `step(batch)` runs forward and backward of all micro-batches and
     returns (loss, metrics) on the last stage, (None, {}) elsewhere."""
 
     def __init__(self, trained: nn.Module, state, microbatches: int, schedule: str, device: torch.device):
         """Prunes `trained` to this rank's stage (self.module); call build() after parallelize(self.module)."""
-        if type(trained.loss_fn).__name__ != "CausalLM":
-            raise ConfigError(f"pipeline parallelism trains the clm objective; this run uses "
-                              f"{type(trained.loss_fn).__name__} (set parallel.pp to 1)")
+        # the last stage scores logits itself: the objective must say how (`pipeline_loss(logits, labels)`)
+        self.loss = getattr(trained.loss_fn, "pipeline_loss", None)
+        if self.loss is None:
+            raise ConfigError(f"pipeline parallelism needs an objective with a pipeline_loss (clm has one); this run "
+                              f"uses {type(trained.loss_fn).__name__} (set parallel.pp to 1)")
         if trained.aux is not None:
             raise ConfigError("pipeline parallelism does not run objectives with auxiliary networks (set parallel.pp to 1)")
         pp = state.cfg.pp
@@ -114,7 +116,7 @@ class Pipeline:
 
         self.stage = PipelineStage(self.module, self.stage_index, self.pp, self.device, group=self.group)
         cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[self.schedule_name]
-        self.schedule = cls(self.stage, self.microbatches, loss_fn=causal_lm_loss)
+        self.schedule = cls(self.stage, self.microbatches, loss_fn=self.loss)
         return self
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, float]]:

@@ -19,7 +19,6 @@ from ptmkit.config import ConfigError
 from ptmkit.nn.attention import SelfAttention
 from ptmkit.nn.stacks import transformer_blocks
 
-SUPPORTED = ("bert", "roberta", "electra", "gpt2", "llama")
 
 
 def block_plan(block: nn.Module) -> dict:
@@ -27,7 +26,7 @@ def block_plan(block: nn.Module) -> dict:
 
     attn, ffn = getattr(block, "attn", None), getattr(block, "ffn", None)
     if not isinstance(attn, SelfAttention) or ffn is None or hasattr(block, "cross"):
-        raise ConfigError(f"tensor parallelism supports the self-attention blocks of {', '.join(SUPPORTED)}; "
+        raise ConfigError(f"tensor parallelism splits fused self-attention + feed-forward blocks; "
                           f"{type(block).__name__} is not one (set parallel.tp to 1)")
     up = "ffn.gate_up" if hasattr(ffn, "gate_up") else "ffn.up"
     return {"attn.qkv": ColwiseParallel(), "attn.out": RowwiseParallel(),
@@ -37,11 +36,14 @@ def block_plan(block: nn.Module) -> dict:
 def apply_tensor_parallel(module: nn.Module, tp_mesh) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
-    families = {m.family for m in module.modules() if hasattr(m, "family") and isinstance(getattr(m, "family"), str)}
-    unsupported = sorted(families - set(SUPPORTED) - {""})
+    # a backbone declares `supports_tensor_parallel` when its blocks have the fused layouts block_plan splits
+    unsupported = sorted({getattr(m, "family", type(m).__name__) for m in module.modules()
+                          if isinstance(getattr(m, "family", None), str) and m.family
+                          and not getattr(m, "supports_tensor_parallel", False)})
     if unsupported:
-        raise ConfigError(f"tensor parallelism supports the families {list(SUPPORTED)}; this model is "
-                          f"{unsupported} (set parallel.tp to 1 and shard it with parallel.dp_shard instead)")
+        raise ConfigError(f"tensor parallelism supports backbones that declare supports_tensor_parallel (bert, "
+                          f"roberta, electra, gpt2, llama); this model is {unsupported} (set parallel.tp to 1 and "
+                          "shard it with parallel.dp_shard instead)")
     blocks = transformer_blocks(module)
     if not blocks:
         raise ConfigError(f"{type(module).__name__} has no transformer blocks to split (parallel.tp must be 1)")

@@ -15,7 +15,7 @@ from torch.testing import assert_close
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.models import build_model, make_config
 from ptmkit.models.llama import LlamaConfig
-from ptmkit.nn.moe import MoEConfig, SparseMoE, collect_moe
+from ptmkit.nn.moe import MoEConfig, SparseMoE, collect_moe, moe_layers
 from ptmkit.objectives import OBJECTIVES, seeded_generator
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
 from ptmkit.train.optim import OptimConfig
@@ -388,8 +388,8 @@ def test_training_module_adds_router_losses_in_training_only():
     batch = next(RepeatedWordBatches(obj))
     plain, _ = obj.loss(module.model, batch)
     loss, metrics = module(batch)
-    router = sum(m.router_loss() for m in module._moe)
-    assert len(module._moe) == 2
+    router = sum(m.router_loss() for m in moe_layers(module))
+    assert len(moe_layers(module)) == 2
     assert_close(loss, plain + router)
     assert metrics["loss"] == pytest.approx(plain.item(), rel=1e-6)  # the objective's loss, comparable with dense
     assert metrics["moe_router_loss"] == pytest.approx(router.item(), rel=1e-6)
@@ -407,7 +407,7 @@ def test_layer_skipped_this_step_reports_nothing():
     skipped = module.model.backbone.layers[1]
     skipped.forward = lambda x, *args, **kwargs: x  # as LayerDrop skips a block
     loss, metrics = module(batch)
-    assert module._moe[1].aux_loss is None
+    assert moe_layers(module)[1].aux_loss is None
     loss.backward()  # no stale graph from the previous step
 
 
@@ -416,7 +416,7 @@ def test_dense_model_is_unaffected():
     obj = _objective("clm")
     model = _tiny("gpt2", None)
     module = TrainingModule(model, obj)
-    assert module._moe == ()
+    assert moe_layers(module) == ()
     batch = next(RepeatedWordBatches(obj))
     loss, metrics = module(batch)
     plain, plain_metrics = obj.loss(model, batch)

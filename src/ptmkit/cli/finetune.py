@@ -8,12 +8,14 @@ import json
 
 from ptmkit.recipes.finetune import FinetuneConfig
 from ptmkit.config import from_dict
+from ptmkit.train.optim import OPTIMIZERS
 
 _D = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
 
 
 def _positive_or_none(text: str) -> int | None:
-    return None if text.lower() in ("none", "0") else int(text)
+    """A positive count, or `none` for no limit (0 is refused by the config: it would mean nothing to train)."""
+    return None if text.lower() == "none" else int(text)
 
 
 def add_parser(sub) -> None:
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
         description=(
             "Load MODEL with a new task head, train it with length-bucketed batches, evaluate on the eval "
             "split every --eval-every steps (or each epoch), and keep the best model in OUT/best/. Writes "
-            "OUT/config.json, metrics.jsonl, loss.png and results.json (dev metrics, majority baseline, "
+            "OUT/config.json, metrics.jsonl, loss.png, checkpoints/ and results.json (dev metrics, majority baseline, "
             "time, examples/s)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -48,7 +50,12 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=_D["batch_size"], help="training examples per step")
     p.add_argument("--eval-batch-size", type=int, default=_D["eval_batch_size"], help="examples per eval batch")
     p.add_argument("--epochs", type=float, default=_D["epochs"], help="passes over the training data (may be fractional)")
-    p.add_argument("--max-steps", type=_positive_or_none, default=None, help="cap on optimizer steps")
+    p.add_argument("--max-steps", type=_positive_or_none, default=None,
+                   help="cap on optimizer steps (a positive number; unset or none = no cap)")
+    p.add_argument("--grad-accum", type=int, default=_D["grad_accum"],
+                   help="micro-batches of --batch-size per optimizer step (effective batch = both multiplied)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=_D["optimizer"],
+                   help="optimizer (AdamW; LAMB for large batches), with no weight decay on biases and norms")
     p.add_argument("--max-train-examples", type=_positive_or_none, default=None,
                    help="train on a random subset of this size (fixed by --seed)")
     p.add_argument("--max-eval-examples", type=_positive_or_none, default=None,
@@ -71,13 +78,18 @@ def add_parser(sub) -> None:
     p.add_argument("--log-every", type=int, default=_D["log_every"], help="steps between train-loss records")
     p.add_argument("--bucket-batches", type=int, default=_D["bucket_batches"],
                    help="length bucketing: sort by length inside random chunks of this many batches (0 = off)")
+    p.add_argument("--checkpoint-every", type=int, default=_D["checkpoint_every"],
+                   help="steps between training checkpoints in OUT/checkpoints (0 = at each evaluation)")
+    p.add_argument("--keep-last", type=int, default=_D["keep_last"], help="training checkpoints kept on disk")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last checkpoint (same options), bit for bit")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 
 def config_from_args(args) -> FinetuneConfig:
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}  # --resume is an argument of finetune()
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["show_progress"] = not args.no_progress
     return from_dict(FinetuneConfig, values)
@@ -86,7 +98,10 @@ def config_from_args(args) -> FinetuneConfig:
 def run(args) -> int:
     from ptmkit.recipes.finetune import finetune
 
-    res = finetune(config_from_args(args))
+    res = finetune(config_from_args(args), resume=args.resume)
+    if res.get("interrupted"):
+        print(f"interrupted at step {res['steps']}; continue with the same command and --resume")
+        return 130
     dev = ", ".join(f"{k} {v:.4f}" for k, v in (res["dev"] or {}).items() if v is not None)
     print(f"best {res['eval_split']} ({res['main_metric']}) at step {res['best_step']}: {dev}")
     if "majority_baseline_accuracy" in res:

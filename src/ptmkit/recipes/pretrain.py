@@ -4,7 +4,6 @@ token shards, model (through the registry), objective, batches, evaluation and t
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import time
@@ -25,9 +24,7 @@ from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, ma
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
 from ptmkit.parallel.mesh import setup, teardown
-from ptmkit.train.flops import (
-    applied_parameters, device_peak_entry, format_flops, measure_cpu_peak_flops, training_flops_per_token,
-)
+from ptmkit.train.flops import applied_parameters, format_flops, mfu_denominator, training_flops_per_token
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
 from ptmkit.train.optim import OptimConfig
@@ -126,24 +123,6 @@ def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer)
         model = build_model(section.family, make_config(section.family, params), task)
     check_vocab(tokenizer, backbone_of(model).config.vocab_size)
     return model
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_peak(dtype: str, threads: int) -> float:
-    return measure_cpu_peak_flops(getattr(torch, dtype), size=1024, repeats=3)  # ~0.2 s, once per process
-
-
-def mfu_denominator(device: str, precision: str) -> tuple[float | None, str]:
-    """Peak FLOP/s per device for MFU and where it comes from: the datasheet's dense bf16/fp16 figure on a known GPU,
-    a measured matmul rate on the CPU (no datasheet figure there is reachable by torch)."""
-    if device.startswith("cuda"):
-        entry = device_peak_entry(torch.cuda.get_device_name())
-        return (entry[1], f"{entry[0]} bf16 dense, datasheet") if entry else (None, "unknown GPU")
-    if device == "cpu":
-        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
-        threads = torch.get_num_threads()
-        return _cpu_peak(dtype, threads), f"measured CPU {dtype} matmul, {threads} threads"
-    return None, ""
 
 
 def make_evaluator(batches: list[dict[str, torch.Tensor]], precision_ctx, device):

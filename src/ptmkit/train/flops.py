@@ -7,6 +7,8 @@ MFU = (model FLOPs per token x tokens/s) / peak FLOP/s, always printed with its 
 
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 import statistics
@@ -170,3 +172,21 @@ def measured_step_flops(step) -> float:
     with counter:
         step()
     return float(counter.get_total_flops())
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_peak(dtype: str, threads: int) -> float:
+    return measure_cpu_peak_flops(getattr(torch, dtype), size=1024, repeats=3)  # ~0.2 s, once per process
+
+
+def mfu_denominator(device: str, precision: str) -> tuple[float | None, str]:
+    """Peak FLOP/s per device for MFU and where it comes from: the datasheet's dense bf16/fp16 figure on a known GPU,
+    a measured matmul rate on the CPU (no datasheet figure there is reachable by torch)."""
+    if device.startswith("cuda"):
+        entry = device_peak_entry(torch.cuda.get_device_name())
+        return (entry[1], f"{entry[0]} bf16 dense, datasheet") if entry else (None, "unknown GPU")
+    if device == "cpu":
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+        threads = torch.get_num_threads()
+        return _cpu_peak(dtype, threads), f"measured CPU {dtype} matmul, {threads} threads"
+    return None, ""

@@ -11,6 +11,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ptmkit import atomic
+from ptmkit.log import get
+
+log = get(__name__)
+
 
 class MetricsLogger:
     """Append-only metrics file. Reopening a run (resume) truncates entries past the resumed step, so the
@@ -20,9 +25,8 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            atomic.write_text(self.path, "".join(line + "\n" for line in kept))
         self._f = self.path.open("a")
 
     def log(self, record: dict[str, Any]) -> None:
@@ -35,10 +39,25 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (or of the one in a run directory). A cut-off last line (what a kill or a full
+    disk leaves mid-write) is dropped with a warning; a bad line elsewhere is an error naming file and line."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                log.warning("%s: dropping its cut-off last line %d (%s)", path, i + 1, e.msg)
+                break
+            raise ValueError(f"{path}, line {i + 1}: not a JSON record ({e.msg}); the file is damaged: delete that "
+                             "line to continue") from None
+    return records
 
 
 def progress(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):

@@ -126,6 +126,7 @@ class Trainer:
         self.step = state["step"]
         extra = state.get("extra") or {}
         self.totals.update(extra.get("totals", {}))
+        self.last_eval = extra.get("last_eval", {})
         if self.keep_best is not None and "best" in extra:
             self.keep_best.load_state_dict(extra["best"])
 
@@ -198,7 +199,7 @@ class Trainer:
         self.totals["eval_s"] += time.perf_counter() - t0
 
     def checkpoint(self) -> None:
-        extra = {"totals": self.totals}
+        extra = {"totals": self.totals, "last_eval": self.last_eval}
         if self.keep_best is not None:
             extra["best"] = self.keep_best.state_dict()
         args = (self.run_dir, self.step)

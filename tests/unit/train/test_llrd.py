@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptmkit.recipes.finetune import FinetuneConfig, _adamw
+from ptmkit.recipes.finetune import FinetuneConfig
 from ptmkit.config import ConfigError, from_dict
 from ptmkit.models import build_model, make_config
 from ptmkit.train.optim import OptimConfig, build_optimizer, param_groups
@@ -113,7 +113,7 @@ def test_lamb_groups_get_the_scaled_lrs_too():
 
 def test_finetuning_uses_layer_decay():
     model = build_model("bert", _bert(2).config, "sequence-classification", num_labels=2)
-    opt = _adamw(model, OptimConfig(lr=1e-4, layer_decay=0.5))
+    opt = build_optimizer(model, OptimConfig(lr=1e-4, layer_decay=0.5))  # what finetune() builds
     lrs = _lr_by_name(model, opt.param_groups)
     assert lrs["backbone.layers.1.attn.qkv.weight"] == pytest.approx(5e-5)
     assert lrs["backbone.embeddings.tok.weight"] == pytest.approx(1e-4 / 8)

@@ -187,12 +187,12 @@ def test_finetune_classification_learns_and_writes_run(tiny_model, sst_dir, tmp_
     saved_cfg = json.loads((out / "config.json").read_text())
     assert saved_cfg["lr"] == 1e-2 and saved_cfg["data_dir"] == str(sst_dir)
     saved = json.loads((out / "best" / "config.json").read_text())
-    assert saved["id2label"] == {"0": "0", "1": "1"} and saved["architectures"] == ["BertForSequenceClassification"]
+    assert saved["id2label"] == {"0": "negative", "1": "positive"} and saved["architectures"] == ["BertForSequenceClassification"]
     assert res["examples_per_s"] > 0 and res["tokens_per_s"] > 0 and res["train_time_s"] > 0
     # the unlabelled test split: predictions only
     assert res["test"] == {}
     rows = (out / "test" / "predictions.tsv").read_text().splitlines()
-    assert rows[0] == "index\tprediction" and len(rows) == 13 and rows[1].split("\t")[1] in ("0", "1")
+    assert rows[0] == "index\tprediction" and len(rows) == 13 and rows[1].split("\t")[1] in ("negative", "positive")
 
     # evaluate() on the saved best model reproduces the dev accuracy of the best step
     ev = evaluate(out / "best", "sst2", sst_dir, "dev", tmp_path / "ev", precision="fp32", show_progress=False)
@@ -339,7 +339,7 @@ def test_decoder_family_classifies_with_ids_and_mask_only(sst_dir, tmp_path):
     tok.save(tmp_path / "gpt")
     res = finetune(_cfg(tmp_path / "gpt", sst_dir, tmp_path / "run", max_steps=4))
     assert res["steps"] == 4 and 0 <= res["dev"]["accuracy"] <= 1
-    assert load_model(tmp_path / "run" / "best").label_names == ["0", "1"]
+    assert load_model(tmp_path / "run" / "best").label_names == ["negative", "positive"]  # SST-2's real label names
     # padding must not change a prediction: each dev example alone vs in its padded batch
     for bs in (1, 64):
         evaluate(tmp_path / "run" / "best", "sst2", sst_dir, "dev", tmp_path / f"ev{bs}", precision="fp32",

@@ -1,0 +1,110 @@
+"""Fine-tuning runs on the one training engine: it resumes bit for bit after Ctrl-C and after `kill -9`, and gains
+accumulation, every registered optimizer, and protected run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ptmkit.config import ConfigError
+from ptmkit.data.task_batches import TaskBatches
+from ptmkit.recipes.finetune import finetune
+from ptmkit.train.logging import read_metrics
+from tests.unit.recipes.test_finetune import _cfg, _one_thread, sst_dir, tiny_model  # noqa: F401  (fixtures)
+
+
+def _train_losses(run_dir) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"]
+
+
+def _best_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "best" / "model.safetensors"))
+
+
+def _assert_same_run(a, b) -> None:
+    assert _train_losses(a) == _train_losses(b)  # every logged loss, bit for bit
+    ra, rb = json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
+    assert (ra["best_step"], ra["dev"], ra["steps"], ra["epochs"]) == (rb["best_step"], rb["dev"], rb["steps"], rb["epochs"])
+    wa, wb = _best_weights(a), _best_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# dropout on, several epochs (a resume crosses an epoch boundary), evaluation every 5 steps
+RUN = dict(epochs=3.0, eval_every=5, checkpoint_every=3, log_every=1, lr=3e-3)
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_model, sst_dir, tmp_path, monkeypatch):
+    reference = finetune(_cfg(tiny_model, sst_dir, tmp_path / "ref", **RUN))
+    assert reference["steps"] == 18
+    real_next = TaskBatches.__next__
+    drawn = {"n": 0}
+
+    def next_with_interrupt(self):
+        drawn["n"] += 1
+        if drawn["n"] == 8:  # Ctrl-C during step 8: the loop finishes it, checkpoints and stops
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_next(self)
+
+    monkeypatch.setattr(TaskBatches, "__next__", next_with_interrupt)
+    cfg = _cfg(tiny_model, sst_dir, tmp_path / "cut", **RUN)
+    first = finetune(cfg)
+    assert first == {"interrupted": True, "steps": 8, "out": str(tmp_path / "cut")}
+    monkeypatch.setattr(TaskBatches, "__next__", real_next)
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        finetune(cfg)  # a second start without --resume would lose the first
+    resumed = finetune(cfg, resume=True)
+    assert resumed["steps"] == 18
+    _assert_same_run(tmp_path / "ref", tmp_path / "cut")
+
+
+def test_resume_refuses_other_settings(tiny_model, sst_dir, tmp_path):
+    finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", max_steps=3, checkpoint_every=3))
+    with pytest.raises(ConfigError, match=r"other settings: lr=0.01 \(now 0.02\)"):
+        finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", max_steps=3, checkpoint_every=3, lr=2e-2), resume=True)
+    with pytest.raises(ConfigError, match="holds no fine-tuning run"):
+        finetune(_cfg(tiny_model, sst_dir, tmp_path / "empty"), resume=True)
+
+
+def _cli(model, data, out, *extra):
+    return [sys.executable, "-m", "ptmkit.cli", "finetune", str(model), "--task", "sst2", "--data-dir", str(data),
+            "--out", str(out), "--epochs", "60", "--batch-size", "16", "--lr", "3e-3", "--max-length", "32",
+            "--precision", "fp32", "--eval-every", "40", "--checkpoint-every", "7", "--log-every", "1",
+            "--no-progress", "--device", "cpu", *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_moment_then_resume(tiny_model, sst_dir, tmp_path):
+    """SIGKILL a real `ptm finetune` process at random moments after its first checkpoint (mid-step, mid-write),
+    then `--resume`: the same losses and best weights as a run never interrupted."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    subprocess.run(_cli(tiny_model, sst_dir, tmp_path / "ref"), check=True, env=env, capture_output=True)
+    rng = random.Random(0)
+    killed = 0
+    for attempt in range(3):
+        out = tmp_path / f"kill{attempt}"
+        proc = subprocess.Popen(_cli(tiny_model, sst_dir, out), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / "checkpoints").is_dir() or not any((out / "checkpoints").glob("step-*")):
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        r = subprocess.run(_cli(tiny_model, sst_dir, out, "--resume"), env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        _assert_same_run(tmp_path / "ref", out)
+    assert killed >= 2  # the kills really landed mid-run

@@ -28,4 +28,3 @@ def setup(level: int = logging.INFO) -> None:
     handler._ptmkit = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ptmkit.log import setup
+
+    setup()  # the library's messages (ptmkit logger) reach the terminal as [ptmkit] ...
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "accepts_overrides", False):

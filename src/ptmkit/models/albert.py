@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError, check_positive
+from ptmkit.log import get as _get_logger
 from ptmkit.models.base import Backbone, BackboneOutput, ModelOutput, stack_forward
 from ptmkit.models.heads import MaskedLM, TaskModel, TokenClassifier
 from ptmkit.nn import MLP, AttentionConfig, Embeddings, PostNormBlock, SelfAttention, build_mask
@@ -31,6 +32,8 @@ from ptmkit.nn import MLP, AttentionConfig, Embeddings, PostNormBlock, SelfAtten
 # sub-layers' weight matrices).
 SHARE_MODES = ("all", "attention", "ffn", "none")
 
+
+log = _get_logger(__name__)
 
 @dataclass
 class AlbertConfig:
@@ -168,6 +171,16 @@ class AlbertEncoder(Backbone):
         # hidden_states[0] is the projected embedding output, as in transformers' AlbertModel
         x, hidden = stack_forward(self.layers, x, mask, False, None, None, output_hidden_states)
         return BackboneOutput(x, tuple(hidden) if hidden else None)
+
+    def hf_export_form(self, model: nn.Module) -> nn.Module:
+        """`model` (this backbone or a task model around it) as Hugging Face can hold it: HF's ALBERT shares whole
+        layers only, so share="attention"/"ffn" exports an unshared copy that computes the same function."""
+        if self.config.share not in ("attention", "ffn"):
+            return model
+        log.info("ALBERT share=%s has no Hugging Face form; exporting the equivalent unshared model", self.config.share)
+        model = copy.deepcopy(model)
+        getattr(model, "backbone", model).unshare()
+        return model
 
     def unshare(self) -> "AlbertEncoder":
         """Give every layer its own copy of the weights it shares (share becomes "none"); the function is unchanged.

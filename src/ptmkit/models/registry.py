@@ -188,3 +188,10 @@ def task_of(model) -> str:
 
 def backbone_of(model):
     return model.backbone if isinstance(model, TaskModel) else model
+
+
+def hf_export_form(model):
+    """The model as a Hugging Face checkpoint can hold it. A family whose ptmkit form has no HF equivalent but an
+    equal-function one declares `hf_export_form(model)` on its backbone (ALBERT's partial sharing -> unshared)."""
+    backbone = backbone_of(model)
+    return backbone.hf_export_form(model) if hasattr(backbone, "hf_export_form") else model

@@ -91,6 +91,10 @@ class ReplacedTokenDetection:
         self._shared: nn.Module | None = None  # the embeddings module the generator shares
 
     # ---- auxiliary network ------------------------------------------------------------------------------------
+    def exports(self) -> dict[str, nn.Module]:
+        """Models this objective trains besides the discriminator, saved beside it: the generator is a usable MLM."""
+        return {"generator": self.generator} if self.generator is not None else {}
+
     def bind(self, model: nn.Module) -> nn.Module:
         """Build the generator on `model`'s embeddings (once per model) and return it for the optimizer/checkpoint."""
         backbone = backbone_of(model)

@@ -3,7 +3,6 @@ token shards, model (through the registry), objective, batches, evaluation and t
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ptmkit import atomic
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
 from ptmkit.data.sampler import PackedDataset
@@ -20,7 +20,8 @@ from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models.convert.base import CheckpointError
 from ptmkit.models.io import hf_adapter, load_model, save_model
-from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, make_config
+from ptmkit.log import get
+from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, hf_export_form, make_config
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
 from ptmkit.parallel.mesh import setup, teardown
@@ -28,7 +29,10 @@ from ptmkit.train.flops import applied_parameters, format_flops, mfu_denominator
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
 from ptmkit.train.optim import OptimConfig
+from ptmkit.train.precision import Precision
 from ptmkit.train.schedule import ScheduleConfig
+
+log = get(__name__)
 
 
 @dataclass
@@ -160,12 +164,23 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
-    main = state is None or state.is_main
-    out = Path(cfg.out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+@dataclass
+class _Run:
+    """Everything a pre-training run trains on, built and checked before anything is written."""
+
+    tokenizer: Tokenizer
+    objective: Any
+    model: torch.nn.Module
+    batches: Any
+    evaluate: Any
+    sequences: int
+    flops_per_token: float
+    peak: float | None
+    peak_source: str
+
+
+def _build(cfg: PretrainConfig, state) -> _Run:
+    """Tokenizer, shards, objective, model, batches and evaluator: every check a run can fail happens here."""
     if not cfg.data.train or not cfg.data.tokenizer:
         raise ConfigError("data.train (token shards directory) and data.tokenizer are required")
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -178,58 +193,79 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     max_pos = getattr(bcfg, "max_position_embeddings", None)
     if max_pos is not None and cfg.data.seq_len > max_pos:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings {max_pos}")
-    device = str(state.device) if state is not None else cfg.train.device
     if state is not None:
-        check_model(state.cfg, bcfg.num_layers, bcfg.num_heads, getattr(bcfg, "num_kv_heads", None),
-                    getattr(bcfg, "intermediate_size", None), cfg.data.batch_size)
-        if state.cfg.pp > 1 and (cfg.data.eval or cfg.train.precision == "fp16"):
-            raise ConfigError("pipeline-parallel runs do not evaluate during training or use fp16 loss scaling yet: "
-                              "leave data.eval empty and use precision bf16 or fp32 (evaluate the exported model)")
+        _check_layout(cfg, state, bcfg)
         torch.manual_seed(cfg.train.seed + 1 + state.rank)  # independent dropout draws per rank
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     dataset = PackedDataset(shards, cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
     batches = PretrainBatches(dataset, cfg.data.batch_size, objective, seed=cfg.train.seed)
     if state is not None and state.cfg.dp > 1:
         batches = RankSlice(batches, state.dp_rank, state.cfg.dp)  # data.batch_size is the global batch
+    device = torch.device(str(state.device) if state is not None else cfg.train.device)
     evaluate = None
     if cfg.data.eval:
         eval_set = PackedDataset(TokenShards(cfg.data.eval, tokenizer), cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
-        from ptmkit.train.precision import Precision
-
-        prec = Precision(cfg.train.precision, torch.device(device))
         evaluate = make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
-                                  prec.autocast, torch.device(device))
-    n_params = sum(p.numel() for p in model.parameters())
-    n_applied = applied_parameters(model)  # > n_params when layers share weights (ALBERT)
-    emb = getattr(backbone_of(model), "embeddings", None)  # encoder-decoders (T5, BART) have none
+                                  Precision(cfg.train.precision, device).autocast, device)
+    peak, peak_source = mfu_denominator(str(device), cfg.train.precision)
+    return _Run(tokenizer, objective, model, batches, evaluate, len(dataset), _flops_per_token(model, cfg.data.seq_len),
+                peak, peak_source)
+
+
+def _check_layout(cfg: PretrainConfig, state, bcfg) -> None:
+    check_model(state.cfg, bcfg.num_layers, bcfg.num_heads, getattr(bcfg, "num_kv_heads", None),
+                getattr(bcfg, "intermediate_size", None), cfg.data.batch_size)
+    if state.cfg.pp > 1 and (cfg.data.eval or cfg.train.precision == "fp16"):
+        raise ConfigError("pipeline-parallel runs do not evaluate during training or use fp16 loss scaling yet: "
+                          "leave data.eval empty and use precision bf16 or fp32 (evaluate the exported model)")
+
+
+def _flops_per_token(model, seq_len: int) -> float:
+    backbone = backbone_of(model)
+    bcfg = backbone.config
+    n_applied = applied_parameters(model)  # > the parameter count when layers share weights (ALBERT)
+    emb = getattr(backbone, "embeddings", None)  # encoder-decoders (T5, BART) have none
     n_lookup = sum(m.weight.numel() for m in (emb.pos, emb.segment) if m is not None) if hasattr(emb, "segment") else 0
-    fpt = training_flops_per_token(n_applied - n_lookup, bcfg.num_layers, cfg.data.seq_len, bcfg.hidden_size,
-                                   causal=backbone_of(model).causal)
-    peak, peak_source = mfu_denominator(device, cfg.train.precision)
-    if main:
-        layout = "" if state is None else (f" on {state.world_size} ranks (dp_replicate {state.cfg.dp_replicate}, "
-                                           f"dp_shard {state.cfg.dp_shard}, tp {state.cfg.tp}, pp {state.cfg.pp})")
-        print(f"[ptmkit] {n_params / 1e6:.1f}M parameters, {len(dataset)} training sequences of {cfg.data.seq_len} "
-              f"tokens, {cfg.train.steps} steps x {cfg.data.batch_size * cfg.train.grad_accum} sequences{layout}")
-        if peak:
-            print(f"[ptmkit] MFU denominator: {format_flops(peak)} per device ({peak_source}); "
-                  f"{fpt / 1e6:.1f} MFLOPs per token")
-    layer_drop = apply_layer_drop(model, cfg.layer_drop, seed=cfg.train.seed)
+    return training_flops_per_token(n_applied - n_lookup, bcfg.num_layers, seq_len, bcfg.hidden_size,
+                                    causal=backbone.causal)
+
+
+def _announce(cfg: PretrainConfig, run: _Run, state) -> None:
+    n_params = sum(p.numel() for p in run.model.parameters())
+    layout = "" if state is None else (f" on {state.world_size} ranks (dp_replicate {state.cfg.dp_replicate}, "
+                                       f"dp_shard {state.cfg.dp_shard}, tp {state.cfg.tp}, pp {state.cfg.pp})")
+    log.info("%.1fM parameters, %d training sequences of %d tokens, %d steps x %d sequences%s", n_params / 1e6,
+             run.sequences, cfg.data.seq_len, cfg.train.steps, cfg.data.batch_size * cfg.train.grad_accum, layout)
+    if run.peak:
+        log.info("MFU denominator: %s per device (%s); %.1f MFLOPs per token", format_flops(run.peak),
+                 run.peak_source, run.flops_per_token / 1e6)
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
+    main = state is None or state.is_main
+    out = Path(cfg.out)
+    run = _build(cfg, state)
+    if main:  # everything is validated: only now does the run touch its folder
+        atomic.write_text(out / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+        _announce(cfg, run, state)
+    layer_drop = apply_layer_drop(run.model, cfg.layer_drop, seed=cfg.train.seed)
     t0 = time.perf_counter()
-    summary = train(model, objective, batches, out, cfg.train, cfg.optim, cfg.schedule, evaluate, resume,
-                    flops_per_token=fpt, peak_flops=peak, parallel=state,
+    summary = train(run.model, run.objective, run.batches, out, cfg.train, cfg.optim, cfg.schedule, run.evaluate,
+                    resume, flops_per_token=run.flops_per_token, peak_flops=run.peak, parallel=state,
                     on_step=layer_drop.step if layer_drop.blocks else None)
     trained = summary.pop("trained")
+    summary.pop("best")
     summary["wall_s"] = time.perf_counter() - t0
-    summary["mfu_denominator"] = {"flops_per_s": peak, "source": peak_source} if peak else None
-    summary["epochs"] = batches.epoch
+    summary["mfu_denominator"] = {"flops_per_s": run.peak, "source": run.peak_source} if run.peak else None
+    summary["epochs"] = run.batches.epoch
     if not summary["interrupted"]:
+        model, objective = run.model, run.objective
         if state is not None:  # gather the shards into one plain model on rank 0 (collective)
-            model, objective = _unsharded_copy(cfg, trained, tokenizer, main, state.cfg.pp)
+            model, objective = _unsharded_copy(cfg, trained, run.tokenizer, main, state.cfg.pp)
         if main:
-            summary.update(save_trained(model, objective, tokenizer, out / "model", out / "generator"))
+            summary.update(save_trained(model, objective, run.tokenizer, out / "model", out))
     if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -257,29 +293,24 @@ def plain_training_module(cfg: PretrainConfig, tokenizer: Tokenizer):
                           objective)
 
 
-def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, generator_dir: Path) -> dict[str, str]:
-    """The model directory (HF layout + tokenizer) and, for ELECTRA, the generator beside it (a usable MLM too)."""
-    if getattr(backbone_of(model).config, "share", None) in ("attention", "ffn"):
-        # Hugging Face's ALBERT can share whole layers only: export an unshared copy that computes the same function.
-        print(f"[ptmkit] {model_dir}: ALBERT share={backbone_of(model).config.share} has no Hugging Face form; "
-              "exporting the equivalent unshared model")
-        model = copy.deepcopy(model)
-        backbone_of(model).unshare()
-    generator = getattr(objective, "generator", None)
+def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, exports_dir: Path) -> dict[str, str]:
+    """The model directory (HF layout + tokenizer), and beside it in `exports_dir` every model the objective exports
+    (ELECTRA's generator, a usable MLM too). Family rules live with the family (`hf_export_form`: ALBERT's partial
+    sharing exports as the equivalent unshared model)."""
+    model = hf_export_form(model)
+    extra = dict(objective.exports()) if hasattr(objective, "exports") else {}
     try:  # e.g. BERT/GPT-2 with Mixture-of-Experts layers have no HF form (a LLaMA with MoE saves as Mixtral)
-        for m in (model, generator) if generator is not None else (model,):
+        for m in (model, *extra.values()):
             hf_adapter(m)
     except CheckpointError as e:
-        print(f"[ptmkit] not writing {model_dir}: {e}\n[ptmkit] the run's last training checkpoint holds the trained "
-              "weights")
+        log.warning("not writing %s: %s; the run's last training checkpoint holds the trained weights", model_dir, e)
         return {}
-    save_model(model, model_dir, tokenizer_from=None)
-    tokenizer.save(model_dir)
-    written = {"model_dir": str(model_dir)}
-    if generator is not None:
-        save_model(generator, generator_dir)
-        tokenizer.save(generator_dir)
-        written["generator_dir"] = str(generator_dir)
+    written = {}
+    for name, m, d in (("model", model, model_dir), *((n, m, exports_dir / n) for n, m in extra.items())):
+        with atomic.atomic_dir(d) as tmp:
+            save_model(m, tmp, tokenizer_from=None)
+            tokenizer.save(tmp)
+        written[f"{name}_dir"] = str(d)
     return written
 
 
@@ -307,5 +338,4 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]
 
         load_safetensors_model(module.model, str(ckpt / "model.safetensors"))
         _load_objective(ckpt, module.model, module.aux)
-    return save_trained(module.model, module.loss_fn, tokenizer, out / "model" if module.aux is not None else out,
-                        out / "generator")
+    return save_trained(module.model, module.loss_fn, tokenizer, out / "model" if module.aux is not None else out, out)

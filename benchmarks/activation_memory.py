@@ -4,8 +4,10 @@
 Activation memory is what the forward pass leaves alive for the backward pass, measured by torch's MemTracker
 (torch.distributed._tools.mem_tracker), which attributes every live tensor storage to parameters, gradients,
 optimizer state or activations — exact on CPU as on GPU, unlike process RSS. The peak of the whole step
-(parameters + gradients + activations + the recomputed block's temporaries) is printed beside it. Step times alternate the variants over several rounds and report medians (the 2-core
-machine's speed drifts), so the overhead ratio is meaningful where absolute times are not.
+(parameters + gradients + activations + the recomputed block's temporaries) is printed beside it. Step times rotate the
+variants' order over several rounds and report min / median / max (the 2-core machine's speed drifts; ratios use
+medians), so the overhead ratio is meaningful where absolute times are not. A variant that fails is reported by name
+with its error, and the command then exits 1.
 
     .venv/bin/python benchmarks/activation_memory.py                      # bert-base shape, 12 x 768, seq 512
     .venv/bin/python benchmarks/activation_memory.py --family gpt2 --device cuda --dtype bfloat16
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import os
+import sys
 
 import torch
 
-from ptmkit.models import build_model, make_config
-from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import alternate, error_text, report_failures  # noqa: E402
+
+from ptmkit.models import build_model, make_config  # noqa: E402
+from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing  # noqa: E402
 
 SHAPES = {"bert": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
           "gpt2": dict(hidden_size=768, num_layers=12, num_heads=12),
@@ -78,44 +83,62 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     dtype = getattr(torch, args.dtype)
     variants = [0, *(int(k) for k in args.every.split(",") if k)]
+    names = {k: "off" if k == 0 else f"every_{k}" for k in variants}
     ids = torch.randint(0, 8192, (args.batch_size, args.seq_len), device=args.device)
-    models = {k: build(args, k) for k in variants}
-    mem = {k: memory(m, ids, dtype) for k, m in models.items()}
-    times: dict[int, list[float]] = {k: [] for k in variants}
-    for k, m in models.items():  # warm-up
-        step(m, ids, dtype)
-    for _ in range(args.rounds):
-        for k, m in models.items():
+    failures: dict[str, str] = {}
+    models, mem = {}, {}
+    for k in variants:
+        try:
+            models[k] = build(args, k)
+            mem[k] = memory(models[k], ids, dtype)
+        except Exception as e:  # noqa: BLE001  (reported by name; the other variants still run)
+            failures[names[k]] = error_text(e)
+            models.pop(k, None)
+
+    def timed_step(m):
+        def run():
             m.zero_grad(set_to_none=True)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
             step(m, ids, dtype)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t)
-    base_mem, base_t = mem[0][0], statistics.median(times[0])
+        return run
+
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
+    timed = alternate({names[k]: timed_step(m) for k, m in models.items()}, args.rounds, warmup=1, sync=sync)
+    failures.update(timed.failures)
+    report_failures(failures)
+    ok = [k for k in variants if names[k] in timed.summaries]
     rows = {}
     print(f"{args.family} {args.layers} layers, batch {args.batch_size} x {args.seq_len}, {args.dtype}, {args.device}")
-    print(f"{'checkpointing':>16s} {'activation MiB':>15s} {'saved':>7s} {'peak MiB':>9s} {'step s':>8s} {'time x':>7s}")
-    for k in variants:
-        med = statistics.median(times[k])
+    print(f"{'checkpointing':>16s} {'activation MiB':>15s} {'saved':>7s} {'peak MiB':>9s} "
+          f"{'step s (min/median/max)':>26s} {'time x':>7s}")
+    base = 0 if 0 in ok else None
+    base_mem = mem[0][0] if base is not None else None
+    base_t = timed.summaries["off"].median if base is not None else None
+    for k in ok:
+        t = timed.summaries[names[k]]
         act, peak = mem[k]
-        rows[k] = {"activation_bytes": act, "activation_saving": 1 - act / base_mem, "peak_bytes": peak,
-                   "step_s": med, "time_ratio": med / base_t}
+        rows[k] = {"activation_bytes": act, "activation_saving": (1 - act / base_mem) if base_mem else None,
+                   "peak_bytes": peak, "step_s": t.median, "step_s_min": t.min, "step_s_max": t.max,
+                   "time_ratio": (t.median / base_t) if base_t else None}
         name = "off" if k == 0 else f"every {k}"
-        print(f"{name:>16s} {act / 2**20:15.1f} {100 * rows[k]['activation_saving']:6.1f}% {peak / 2**20:9.1f} "
-              f"{med:8.3f} {med / base_t:7.2f}")
+        saved = f"{100 * rows[k]['activation_saving']:6.1f}%" if base_mem else "      —"
+        ratio = f"{rows[k]['time_ratio']:7.2f}" if base_t else "      —"
+        spread = f"{t.min:.3f}/{t.median:.3f}/{t.max:.3f}"
+        print(f"{name:>16s} {act / 2**20:15.1f} {saved} {peak / 2**20:9.1f} {spread:>26s} {ratio}")
     result = {"benchmark": "activation_memory", "family": args.family, "layers": args.layers,
               "seq_len": args.seq_len, "batch_size": args.batch_size, "dtype": args.dtype, "device": args.device,
-              "rounds": args.rounds, "results": {("off" if k == 0 else f"every_{k}"): v for k, v in rows.items()}}
+              "rounds": args.rounds, "results": {names[k]: v for k, v in rows.items()}, "failures": failures}
     # the house line: the densest checkpointing asked for against none (ratio = times less activation memory)
-    k = min(v for v in variants if v) if len(variants) > 1 else 0
-    ours = rows[k]["activation_bytes"]
-    result.update(ours=ours, reference=base_mem, ratio=base_mem / max(ours, 1), unit="activation bytes")
+    dense = [v for v in ok if v]
+    if base_mem is not None and dense:
+        ours = rows[min(dense)]["activation_bytes"]
+        result.update(ours=ours, reference=base_mem, ratio=base_mem / max(ours, 1), unit="activation bytes")
+    elif base_mem is not None:
+        result.update(ours=base_mem, reference=base_mem, ratio=1.0, unit="activation bytes")
+    else:
+        result.update(ours=None, reference=None, ratio=None, unit="activation bytes")
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(1 if main()["failures"] else 0)

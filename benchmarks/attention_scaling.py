@@ -4,14 +4,16 @@ kernel beats dense SDPA in time and memory from 4,096 tokens on).
 
 One call = kernel(q, k, v) with B = 1, H heads of dimension D (no projections), then backward of a fixed random
 output gradient, each kernel with its default options (a kernel with a `max_len` option gets the length).
-Time: all kernels of one length alternate inside each round (order reversed every round), after one warm-up call
-each; the median of the rounds is reported. Memory: on CPU each (kernel, length) runs in a fresh subprocess that
-allocates its inputs, runs one warm-up call, resets its peak resident set size (/proc/self/clear_refs), runs one
-call and reads the peak (VmHWM of /proc/self/status): peak minus the RSS just before the call is every byte the
-call touched — saved activations, gradients of q/k/v, fused-kernel scratch buffers, allocator overhead — where a
-tensor tracker would miss what SDPA's fused kernel allocates below the dispatcher. Large blocks are mmap-allocated
-(MALLOC_MMAP_THRESHOLD_) so freed memory is returned, not invisibly recycled. On CUDA: max_memory_allocated above
-the inputs.
+Time: all kernels of one length take turns inside each round (the order rotates every round), after one warm-up
+call each; min / median / max of the rounds are kept and the median is reported. A kernel whose options do not apply
+at a length (a ConfigError, e.g. a window wider than the sequence) is reported as not applicable there; any other
+error is a failure: reported by name with its error, kept in the JSON, and the command exits 1.
+Memory: on CPU each (kernel, length) runs in a fresh subprocess that allocates its inputs, runs one warm-up call,
+resets its peak resident set size (/proc/self/clear_refs), runs one call and reads the peak (VmHWM of
+/proc/self/status): peak minus the RSS just before the call is every byte the call touched — saved activations,
+gradients of q/k/v, fused-kernel scratch buffers, allocator overhead — where a tensor tracker would miss what SDPA's
+fused kernel allocates below the dispatcher. Large blocks are mmap-allocated (MALLOC_MMAP_THRESHOLD_) so freed
+memory is returned, not invisibly recycled. On CUDA: max_memory_allocated above the inputs.
 The scaling exponent is the least-squares slope of log(time) and log(memory) vs log(length) over the largest
 three lengths a kernel ran at (2 = quadratic, 1 = linear).
 
@@ -35,8 +37,11 @@ from pathlib import Path
 
 import torch
 
-from ptmkit.config import ConfigError
-from ptmkit.nn import ATTENTION, AttentionConfig
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import alternate, error_text, report_failures  # noqa: E402
+
+from ptmkit.config import ConfigError  # noqa: E402
+from ptmkit.nn import ATTENTION, AttentionConfig  # noqa: E402
 
 REFERENCE = "sdpa"
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +161,7 @@ def memory_child(args) -> None:
     print(json.dumps({"peak_bytes": int(peak)}))
 
 
-def measure_memory(name: str, length: int, args) -> int | None:
+def measure_memory(name: str, length: int, args) -> int:
     cmd = [sys.executable, __file__, "--memory-child", f"{name},{length}", "--heads", str(args.heads),
            "--head-dim", str(args.head_dim), "--dtype", args.dtype, "--device", args.device,
            "--options", args.options] + (["--causal"] if args.causal else [])
@@ -165,8 +170,8 @@ def measure_memory(name: str, length: int, args) -> int | None:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if run.returncode:
-        print(f"  memory of {name} at {length} failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
+        last = run.stderr.strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
+        raise RuntimeError(f"memory child failed: {last[0]}")
     return json.loads(run.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
@@ -252,6 +257,7 @@ def main(argv=None) -> dict:
         names = [REFERENCE, *names]
     lengths = sorted(args.lengths)
     results: dict[str, dict[int, dict]] = {n: {} for n in names}
+    failures: list[dict] = []  # errors other than "these options do not apply at this length"
     started = time.perf_counter()
     print(f"attention call, B=1 H={args.heads} D={args.head_dim} {args.dtype} {args.device} "
           f"{'causal' if args.causal else 'bidirectional'}, {torch.get_num_threads()} threads, "
@@ -265,28 +271,31 @@ def main(argv=None) -> dict:
                 try:
                     kernels[name] = build(name, length, args, overrides)
                     call(kernels[name], q, k, v, grad, args.causal)  # warm-up (also: does it run at this length?)
-                except (ConfigError, RuntimeError) as e:  # reported in the table, the other kernels still run
+                except ConfigError as e:  # these options do not apply at this length: reported in the table
                     kernels.pop(name, None)
-                    reason = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    reason = f"not applicable: {error_text(e)[:140]}"
                     print(f"  {name} at {length}: {reason}", file=sys.stderr)
+                except Exception as e:  # noqa: BLE001  (a failure: reported, the other kernels still run)
+                    kernels.pop(name, None)
+                    reason = f"error: {error_text(e)[:140]}"
+                    failures.append({"kernel": name, "length": length, "error": error_text(e)})
+                    report_failures({name: error_text(e)}, f"T={length}")
             if reason:
                 results[name][length] = {"skipped": reason}
         rounds = args.long_rounds if length >= args.long_from else args.rounds
-        times: dict[str, list[float]] = {n: [] for n in kernels}
-        for r in range(rounds):
-            order = list(kernels) if r % 2 == 0 else list(reversed(kernels))
-            for name in order:
-                sync(args.device)
-                t0 = time.perf_counter()
-                call(kernels[name], q, k, v, grad, args.causal)
-                sync(args.device)
-                times[name].append(time.perf_counter() - t0)
-        for name in kernels:
-            results[name][length] = {"time_s": statistics.median(times[name]), "rounds": rounds}
-        del kernels, q, k, v, grad
+        calls = {n: (lambda kern=kern: call(kern, q, k, v, grad, args.causal)) for n, kern in kernels.items()}
+        timed = alternate(calls, rounds, sync=lambda: sync(args.device))
+        for name, err in timed.failures.items():
+            results[name][length] = {"skipped": f"error: {err[:140]}"}
+            failures.append({"kernel": name, "length": length, "error": err})
+            report_failures({name: err}, f"T={length}")
+        for name, t in timed.summaries.items():
+            results[name][length] = {"time_s": t.median, "time_s_min": t.min, "time_s_max": t.max, "rounds": rounds}
+        del kernels, calls, timed, q, k, v, grad
         ref = results[REFERENCE][length].get("time_s")
         print(f"T={length:>6}: " + "  ".join(
             f"{n} {1e3 * results[n][length]['time_s']:.0f}ms"
+            f" [{1e3 * results[n][length]['time_s_min']:.0f}-{1e3 * results[n][length]['time_s_max']:.0f}]"
             + (f" ({ref / results[n][length]['time_s']:.2f}x)" if ref and n != REFERENCE else "")
             for n in names if results[n][length].get("time_s")) + f"   [{time.perf_counter() - started:.0f}s]",
               flush=True)
@@ -294,7 +303,12 @@ def main(argv=None) -> dict:
         for length in lengths:
             for name in names:
                 if results[name][length].get("time_s"):
-                    results[name][length]["peak_bytes"] = measure_memory(name, length, args)
+                    try:
+                        results[name][length]["peak_bytes"] = measure_memory(name, length, args)
+                    except Exception as e:  # noqa: BLE001  (reported by name; the table shows no memory)
+                        results[name][length]["peak_bytes"] = None
+                        failures.append({"kernel": name, "length": length, "error": f"memory: {error_text(e)}"})
+                        report_failures({name: f"memory: {error_text(e)}"}, f"T={length}")
             ref = results[REFERENCE][length].get("peak_bytes")
             print(f"T={length:>6} peak MiB: " + "  ".join(
                 f"{n} {results[n][length]['peak_bytes'] / 2**20:.0f}"
@@ -324,7 +338,7 @@ def main(argv=None) -> dict:
               "device": args.device, "causal": args.causal, "threads": torch.get_num_threads(),
               "lengths": lengths, "options": overrides,
               "results": {n: {str(t): r for t, r in rows.items()} for n, rows in results.items()},
-              "exponents": exps, "ours": sparse.get(worst), "reference": ref_t,
+              "exponents": exps, "failures": failures, "ours": sparse.get(worst), "reference": ref_t,
               "ratio": (ref_t / sparse[worst]) if worst and ref_t else None, "kernel": worst, "at_length": at,
               "unit": "s per forward+backward; ratio = sdpa / the slowest sub-quadratic kernel"}
     if args.json:
@@ -335,4 +349,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(1 if main().get("failures") else 0)

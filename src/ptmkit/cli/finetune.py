@@ -42,6 +42,16 @@ def add_parser(sub) -> None:
     p.add_argument("--text-fields", nargs="+", default=None,
                    help="task=table: one or two text columns; unset: text")
     p.add_argument("--label-field", default=None, help="task=table: the label column; unset: label")
+    p.add_argument("--columns", nargs="+", default=None,
+                   help="task=table, header-less CSV/TSV: the column names in order (e.g. --columns label text)")
+    p.add_argument("--data-file", default=None,
+                   help="task=table: one file holding every split (relative to --data-dir when given); "
+                        "needs --split-column")
+    p.add_argument("--split-column", default=None,
+                   help="task=table with --data-file: the column naming each row's split; --train-split, "
+                        "--eval-split and --test-split choose rows by its value")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip (and count, with one warning) rows that cannot be read instead of stopping at the first")
     p.add_argument("--regression", action="store_true", default=None,
                    help="task=table: labels are float scores (MSE loss, Pearson/Spearman)")
     p.add_argument("--max-length", type=int, default=_D["max_length"], help="tokens per example, specials included")
@@ -83,6 +93,9 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-last", type=int, default=_D["keep_last"], help="training checkpoints kept on disk")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its last checkpoint (same options), bit for bit")
+    p.add_argument("--data-parallel", choices=["ddp", "fsdp"], default=_D["data_parallel"],
+                   help="under torchrun (torchrun --nproc-per-node N -m ptmkit.cli finetune ...): each rank trains its "
+                        "share of every batch; ddp replicates the model, fsdp shards it (FSDP2, ZeRO-3)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
@@ -102,6 +115,8 @@ def run(args) -> int:
     if res.get("interrupted"):
         print(f"interrupted at step {res['steps']}; continue with the same command and --resume")
         return 130
+    if "rank" in res:  # torchrun: rank 0 reports for everyone
+        return 0
     dev = ", ".join(f"{k} {v:.4f}" for k, v in (res["dev"] or {}).items() if v is not None)
     print(f"best {res['eval_split']} ({res['main_metric']}) at step {res['best_step']}: {dev}")
     if "majority_baseline_accuracy" in res:

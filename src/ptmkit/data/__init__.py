@@ -15,6 +15,9 @@ _EXPORTS = {
     "prepare_shards": "shards", "TokenShards": "shards", "token_dtype": "shards",
     "PackedDataset": "sampler", "StatefulSampler": "sampler", "collate": "sampler",
     "data_root": "paths",
+    "TOKENIZER_KINDS": "tokenizer_kinds",
+    "read_glue": "glue", "GLUE_TASKS": "glue", "read_conll": "conll", "read_table": "tables",
+    "TaskSpec": "task_data", "load_split": "task_data",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,16 +14,27 @@ from ptmkit.data.encode import Encoded, bucket_batches, collate
 
 
 class TaskBatches:
-    def __init__(self, enc: Encoded, batch_size: int, pad_id: int, seed: int = 0, bucket: int = 50):
+    """Global batches of `batch_size` examples; under data parallelism (`world_size` ranks) each rank yields its
+    share of every global batch (rows split as evenly as possible), so every layout trains on the same batches."""
+
+    def __init__(self, enc: Encoded, batch_size: int, pad_id: int, seed: int = 0, bucket: int = 50,
+                 rank: int = 0, world_size: int = 1):
         if len(enc) == 0:
             raise ConfigError("no training examples to batch")
+        if batch_size < world_size:
+            raise ConfigError(f"batch size {batch_size} is smaller than the {world_size} data-parallel ranks; "
+                              f"use a batch size of at least {world_size}")
         self.enc, self.batch_size, self.pad_id, self.seed, self.bucket = enc, batch_size, pad_id, seed, bucket
+        self.rank, self.world_size = rank, world_size
         self.epoch_index, self.position = 0, 0
         self._order = self._epoch_batches(0)
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])  # the same batches for the same seed and epoch
-        return bucket_batches(self.enc.lengths, self.batch_size, rng, self.bucket)
+        batches = bucket_batches(self.enc.lengths, self.batch_size, rng, self.bucket)
+        if self.world_size > 1:  # a last batch too small to give every rank a row is left out (at most one)
+            batches = [b for b in batches if len(b) >= self.world_size]
+        return batches
 
     @property
     def batches_per_epoch(self) -> int:
@@ -42,6 +53,8 @@ class TaskBatches:
             self.epoch_index, self.position = self.epoch_index + 1, 0
             self._order = self._epoch_batches(self.epoch_index)
         idx = self._order[self.position]
+        if self.world_size > 1:
+            idx = np.array_split(idx, self.world_size)[self.rank]
         self.position += 1
         return collate(self.enc, idx, self.pad_id)
 

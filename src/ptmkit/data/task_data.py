@@ -1,26 +1,35 @@
 """Task data for fine-tuning and evaluation: which files a task reads (GLUE, CoNLL-2003, your own tables), its
-label set and metrics, and the encoded splits. Shared by the fine-tuning and evaluation recipes."""
+label set and metrics, and the encoded splits. Shared by the fine-tuning and evaluation recipes.
+
+Your own tables (task "table") come in the layouts users have: one file per split in ``data_dir``
+(``train.csv``, ``dev.tsv.gz``, ...) or one ``data_file`` holding every split, chosen by a ``split_column``;
+with a header line or, for header-less CSV/TSV, with the ``columns`` you name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ptmkit.config import ConfigError
+from ptmkit.data.conll import read_conll
 from ptmkit.data.encode import Encoded, encode_texts, encode_words
+from ptmkit.data.examples import TaskData, TokenTaskData
+from ptmkit.data.glue import GLUE_TASKS, glue_file, glue_task, read_glue
 from ptmkit.data.paths import data_root
-from ptmkit.data.tasks import (
-    GLUE_TASKS, TASK_METRICS, TaskData, TokenTaskData, glue_task, read_conll, read_glue, read_table,
-)
+from ptmkit.data.tables import TABLE_EXTS, check_columns, has_labels, read_table
+from ptmkit.data.tasks import TASK_METRICS
+from ptmkit.log import get as get_logger
+
+log = get_logger(__name__)
 
 TOKEN_TASKS = ("conll2003",)
 OTHER_TASKS = ("conll2003", "table")
-_TABLE_EXTS = (".csv", ".tsv", ".jsonl", ".ndjson")
+CONLL_EXTS = (".txt", ".conll", ".iob")
+_TABLE_EXTS = TABLE_EXTS
 
 
 def canonical_task(name: str) -> str:
@@ -40,13 +49,66 @@ def canonical_task(name: str) -> str:
 
 @dataclass
 class TaskSpec:
-    """How to read and score one task (resolved from FinetuneConfig or a saved model's task file)."""
+    """How to read and score one task (resolved from FinetuneConfig or a saved model's task file).
+
+    GLUE and CoNLL tasks read ``<data_dir>/<split>.tsv`` / ``.txt`` (``data_dir`` defaults to the shared data
+    root's copy). Task "table" reads your own files, with these options:
+
+    - ``text_fields`` (default ["text"]) and ``label_field`` (default "label"): the columns to read;
+    - ``regression``: float scores instead of classes;
+    - ``columns``: the CSV/TSV files have no header line and these are their column names;
+    - ``skip_bad_rows``: skip (and count) unreadable rows instead of stopping at the first;
+    - ``split_column`` + ``data_file``: one file holds every split and this column names each row's split
+      (train / dev / test, or your own names); ``data_file`` is relative to ``data_dir`` when that is given.
+    Without ``data_file`` each split is its own file ``<data_dir>/<split>.{csv,tsv,jsonl}[.gz]``.
+    """
 
     task: str
-    data_dir: Path
+    data_dir: Path | None = None
     text_fields: list[str] | None = None
     label_field: str | None = None
     regression: bool = False
+    columns: list[str] | None = None
+    split_column: str | None = None
+    data_file: Path | None = None
+    skip_bad_rows: bool = False  # skip (and count, with one warning) rows that cannot be read, instead of stopping
+
+    def __post_init__(self) -> None:
+        self.task = canonical_task(self.task)
+        table_only = {k: getattr(self, k) for k in ("columns", "split_column", "data_file")}
+        if self.task != "table":
+            given = [k for k, v in table_only.items() if v is not None]
+            if given:
+                raise ConfigError(f"{given} only apply to task='table' (your own files); task {self.task!r} has "
+                                  "a fixed layout")
+            self.data_dir = Path(self.data_dir) if self.data_dir is not None else default_data_dir(self.task)
+            return
+        self.text_fields = [self.text_fields] if isinstance(self.text_fields, str) else list(
+            self.text_fields or ["text"])
+        if not 1 <= len(self.text_fields) <= 2:
+            raise ConfigError(f"text_fields must name 1 or 2 columns (text_a, text_b), got {self.text_fields}")
+        self.label_field = self.label_field or "label"
+        self.columns = check_columns(self.columns)
+        if self.columns is not None:
+            unknown = [c for c in [*self.text_fields, self.split_column] if c is not None and c not in self.columns]
+            if unknown:
+                raise ConfigError(f"column(s) {unknown} are not among columns {self.columns} (the names of the "
+                                  "header-less file's columns); name them there, or fix text_fields / split_column")
+        if (self.split_column is None) != (self.data_file is None):
+            raise ConfigError(
+                "split_column and data_file go together: data_file is the one file holding every split, "
+                "split_column the column naming each row's split (train / dev / test); for one file per split "
+                f"give data_dir alone (got split_column={self.split_column!r}, data_file={self.data_file!r})"
+            )
+        if self.split_column is not None and self.split_column in (*self.text_fields, self.label_field):
+            raise ConfigError(f"split_column {self.split_column!r} is also a text or label column; name the column "
+                              "that holds each row's split")
+        self.data_dir = Path(self.data_dir).expanduser() if self.data_dir is not None else None
+        if self.data_file is not None:
+            f = Path(self.data_file).expanduser()
+            self.data_file = self.data_dir / f if self.data_dir is not None and not f.is_absolute() else f
+        elif self.data_dir is None:
+            self.data_dir = default_data_dir(self.task)  # raises: a table needs its files named
 
     @property
     def is_token(self) -> bool:
@@ -66,6 +128,20 @@ class TaskSpec:
     def main_metric(self) -> str:
         return self.metrics[0]
 
+    def split_file(self, split: str) -> Path:
+        """The file a split is read from (its own file, or the data_file holding every split)."""
+        if self.task in GLUE_TASKS:
+            return glue_file(self.task, self.data_dir, split)
+        if self.is_token:
+            return _find_file(self.data_dir, split, CONLL_EXTS, "CoNLL")
+        if self.data_file is not None:
+            if not self.data_file.is_file():
+                where = _listing(self.data_file.parent)
+                raise FileNotFoundError(f"data_file {self.data_file} not found ({where}); pass the path of the "
+                                        "CSV/TSV/JSONL file holding every split (relative paths are under data_dir)")
+            return self.data_file
+        return _find_file(self.data_dir, split, TABLE_EXTS, "table")
+
 
 def default_data_dir(task: str) -> Path:
     """Where the shared data root keeps a task: glue/<GLUE name>/ or ner/conll2003/."""
@@ -73,7 +149,8 @@ def default_data_dir(task: str) -> Path:
         return data_root() / "glue" / GLUE_TASKS[task].name
     if task == "conll2003":
         return data_root() / "ner" / "conll2003"
-    raise ConfigError("task 'table' needs data_dir: the folder with <split>.csv / .tsv / .jsonl files")
+    raise ConfigError("task 'table' needs data_dir: the folder with <split>.csv / .tsv / .jsonl files (or data_file "
+                      "+ split_column: one file holding every split)")
 
 
 def _listing(d: Path) -> str:
@@ -95,44 +172,27 @@ def _find_file(d: Path, split: str, exts: tuple[str, ...], what: str) -> Path:
     )
 
 
-def _table_columns(path: Path) -> list[str]:
-    """The header columns (CSV/TSV) or the first record's fields (JSONL) of a table file."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            name = path.name.lower().removesuffix(".gz")
-            if name.endswith((".jsonl", ".ndjson")):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    return []
-                return list(rec) if isinstance(rec, dict) else []
-            import csv
-
-            return next(csv.reader([line], delimiter="," if name.endswith(".csv") else "\t"))
-    return []
-
-
 def load_split(spec: TaskSpec, split: str, *, label_names: list[str] | None = None,
-               allow_unlabelled: bool = False) -> tuple[TaskData | TokenTaskData, Path]:
+               allow_unlabelled: bool = False, labels_from: str | None = None) -> tuple[TaskData | TokenTaskData, Path]:
     """Read one split of a task → (data, source file). ``label_names``: the training split's classes
-    (or tags), so every split shares label ids."""
-    d = spec.data_dir
+    (or tags), so every split shares label ids; a label outside them is an error naming ``labels_from`` (default
+    "the training split"). ``allow_unlabelled``: a table split without labels (no label column, or only empty
+    labels in its rows) reads as unlabelled, for predictions only."""
+    path = spec.split_file(split)
     if spec.task in GLUE_TASKS:
-        data = read_glue(spec.task, d, split)
-        path = d / f"{split}.tsv"
-        return data, path if path.is_file() else path.with_name(path.name + ".gz")
+        return read_glue(spec.task, spec.data_dir, split, skip_bad_rows=spec.skip_bad_rows), path
+    if label_names is not None and labels_from is None:
+        labels_from = "the training split"
     if spec.is_token:
-        path = _find_file(d, split, (".txt", ".conll", ".iob"), "CoNLL")
-        return read_conll(path, tag_scheme="iob2", tag_names=label_names), path
-    path = _find_file(d, split, _TABLE_EXTS, "table")
+        return read_conll(path, tag_scheme="iob2", tag_names=label_names, tags_from=labels_from), path
+    where = dict(split_column=spec.split_column, split=split if spec.split_column is not None else None)
     label_field = spec.label_field
-    if allow_unlabelled and label_field not in _table_columns(path):
-        label_field = None  # e.g. a test file without labels: predictions only
-    data = read_table(path, spec.text_fields, label_field,
-                      label_names=None if spec.regression else label_names, regression=spec.regression)
+    if allow_unlabelled and not has_labels(path, label_field, columns=spec.columns, **where):
+        log.info("%s: split %r has no %r labels; reading it for predictions only", path, split, label_field)
+        label_field = None
+    data = read_table(path, spec.text_fields, label_field, label_names=None if spec.regression else label_names,
+                      regression=spec.regression, columns=spec.columns, labels_from=labels_from,
+                      skip_bad_rows=spec.skip_bad_rows, **where)
     return data, path
 
 

@@ -1,13 +1,8 @@
 """Tokenizers on HF `tokenizers`: train byte-level BPE / WordPiece / Unigram, load GPT-2 and BERT files,
 and save in the Hugging Face layout so `transformers.AutoTokenizer` reads the same ids back.
 
-Families (defaults; ids are assigned in the order shown):
-- ``bpe``: GPT-2/RoBERTa byte-level BPE (Radford et al. 2019; Liu et al. 2019), specials
-  ``<s> <pad> </s> <unk> <mask>``, encode() gives ``<s> A </s>`` (pair ``<s> A </s></s> B </s>``).
-- ``wordpiece``: BERT WordPiece (Devlin et al. 2019; BertNormalizer + BertPreTokenizer), specials
-  ``[PAD] [UNK] [CLS] [SEP] [MASK]``, encode() gives ``[CLS] A [SEP]`` (pair ``[CLS] A [SEP] B [SEP]``).
-- ``unigram``: SentencePiece-style Unigram LM (Kudo 2018; Metaspace ``▁``), specials
-  ``<pad> <unk> <s> </s> <mask>``, encode() gives ``<s> A </s>`` (pair ``<s> A </s> B </s>``).
+The families (their models, normalisers, pre-tokenisers, trainers and special tokens) are classes in
+data/tokenizer_kinds.py, one per kind; this module trains them, loads tokenizer files and wraps the result.
 """
 
 from __future__ import annotations
@@ -20,21 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import models
 
+from ptmkit import atomic
 from ptmkit.config import ConfigError, check_positive
 from ptmkit.data.corpus import iter_documents
+from ptmkit.data.tokenizer_kinds import TOKENIZER_KINDS, TokenizerKind, tokenizer_kind
 
-KINDS = ("bpe", "wordpiece", "unigram")
+KINDS = tuple(TOKENIZER_KINDS)
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 
-# role -> token, listed in id order (dict order); a token may fill several roles (RoBERTa <s> = bos = cls).
-DEFAULT_SPECIALS: dict[str, dict[str, str]] = {
-    "bpe": {"bos": "<s>", "cls": "<s>", "pad": "<pad>", "eos": "</s>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
-    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
-    "unigram": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "cls": "<s>", "eos": "</s>", "sep": "</s>", "mask": "<mask>"},
-}
-DEFAULT_LOWERCASE = {"bpe": False, "wordpiece": True, "unigram": False}
+# role -> token, listed in id order (dict order), and the default casing, of each kind
+DEFAULT_SPECIALS: dict[str, dict[str, str]] = {name: dict(k.specials) for name, k in TOKENIZER_KINDS.items()}
+DEFAULT_LOWERCASE = {name: k.lowercase for name, k in TOKENIZER_KINDS.items()}
 
 GPT2_EOT = "<|endoftext|>"
 # Conventional spellings used to recover roles from a bare tokenizer.json (no tokenizer_config.json).
@@ -74,13 +67,13 @@ def _stable_scores(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     return tokenizers.Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
 
 
-def _resolve_specials(kind: str, special_tokens: Any) -> tuple[dict[str, str], list[str]]:
+def _resolve_specials(kind: TokenizerKind, special_tokens: Any) -> tuple[dict[str, str], list[str]]:
     """Return (role -> token, ordered unique special tokens) for `kind` and the user's override.
 
     ``special_tokens`` may be None (defaults), a mapping role -> token (None removes the role),
     or a list of *additional* special tokens appended after the role tokens.
     """
-    roles = dict(DEFAULT_SPECIALS[kind])
+    roles = dict(kind.specials)
     extra: list[str] = []
     if isinstance(special_tokens, Mapping):
         for role, tok in special_tokens.items():
@@ -133,48 +126,6 @@ def _batched(texts: Iterable[str], n: int, counter: list[int]) -> Iterator[list[
         yield batch
 
 
-def _post_processor(kind: str, roles: Mapping[str, str], backend: tokenizers.Tokenizer):
-    """The post-processor that makes encode() add this family's specials, or None if roles lack them."""
-    cls_tok = roles.get("cls") or roles.get("bos")
-    sep_tok = roles.get("sep") or roles.get("eos")
-    if not cls_tok or not sep_tok:
-        return processors.ByteLevel(trim_offsets=False) if kind == "bpe" else None
-    cls_id, sep_id = backend.token_to_id(cls_tok), backend.token_to_id(sep_tok)
-    if kind == "bpe":
-        return processors.RobertaProcessing((sep_tok, sep_id), (cls_tok, cls_id), trim_offsets=True, add_prefix_space=False)
-    ids = [(cls_tok, cls_id), (sep_tok, sep_id)] if cls_tok != sep_tok else [(cls_tok, cls_id)]
-    return processors.TemplateProcessing(
-        single=f"{cls_tok} $A:0 {sep_tok}:0",
-        pair=f"{cls_tok} $A:0 {sep_tok}:0 $B:1 {sep_tok}:1",
-        special_tokens=ids,
-    )
-
-
-def _build(kind: str, roles: Mapping[str, str], lowercase: bool):
-    """An untrained tokenizers.Tokenizer for `kind` (model, normalizer, pre-tokenizer, decoder)."""
-    if kind == "bpe":
-        tok = tokenizers.Tokenizer(models.BPE())
-        if lowercase:
-            tok.normalizer = normalizers.Lowercase()
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-    elif kind == "wordpiece":
-        tok = tokenizers.Tokenizer(models.WordPiece(unk_token=roles["unk"], continuing_subword_prefix="##"))
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece(prefix="##")
-    else:
-        tok = tokenizers.Tokenizer(models.Unigram())
-        # SentencePiece's nmt_nfkc + collapsing runs of spaces (as in T5 / XLM-R tokenizer.json).
-        norms = [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
-        if lowercase:
-            norms.append(normalizers.Lowercase())
-        tok.normalizer = normalizers.Sequence(norms)
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    return tok
-
-
 def _train(
     source: Any,
     kind: str,
@@ -186,37 +137,16 @@ def _train(
     txt_mode: str,
     show_progress: bool,
 ) -> tuple[tokenizers.Tokenizer, dict[str, str]]:
-    if kind not in KINDS:
-        raise ConfigError(f"tokenizer kind {kind!r} is not one of {list(KINDS)}")
+    spec = tokenizer_kind(kind)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ConfigError(f"vocab_size must be an integer, got {vocab_size!r}")
     check_positive("train_tokenizer", vocab_size=vocab_size)
     if min_frequency < 0:
         raise ConfigError(f"min_frequency must be >= 0, got {min_frequency}")
-    roles, specials = _resolve_specials(kind, special_tokens)
-    if kind in ("wordpiece", "unigram") and "unk" not in roles:
-        raise ConfigError(f"a {kind} tokenizer needs an unk token; keep the 'unk' role in special_tokens")
-    if kind == "bpe" and vocab_size < 256 + len(specials):
-        raise ConfigError(
-            f"vocab_size={vocab_size} is too small for byte-level BPE: it needs the 256 byte symbols plus "
-            f"{len(specials)} special tokens; use vocab_size >= {256 + len(specials)}"
-        )
-    lowercase = DEFAULT_LOWERCASE[kind] if lowercase is None else bool(lowercase)
-    tok = _build(kind, roles, lowercase)
-    if kind == "bpe":
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
-        )
-    elif kind == "wordpiece":
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-            continuing_subword_prefix="##", show_progress=show_progress,
-        )
-    else:  # Unigram prunes by likelihood; min_frequency does not apply.
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=specials, unk_token=roles["unk"], show_progress=show_progress,
-        )
+    roles, specials = _resolve_specials(spec, special_tokens)
+    spec.check(vocab_size, roles, specials)
+    tok = spec.build(roles, spec.lowercase if lowercase is None else bool(lowercase))
+    trainer = spec.trainer(vocab_size, min_frequency, specials, roles, show_progress)
     seen = [0]
     tok.train_from_iterator(_batched(_texts_from(source, text_field, txt_mode), 1000, seen), trainer=trainer)
     if seen[0] == 0:
@@ -224,7 +154,7 @@ def _train(
     for t in specials:
         if tok.token_to_id(t) is None:  # should not happen; guards against trainer behaviour changes
             raise RuntimeError(f"special token {t!r} missing from the trained {kind} vocabulary")
-    post = _post_processor(kind, roles, tok)
+    post = spec.post_processor(roles, tok)
     if post is not None:
         tok.post_processor = post
     return _stable_scores(tok), roles
@@ -296,10 +226,11 @@ def _hf_configs(directory: Path) -> tuple[dict[str, str], dict[str, Any]]:
 
 def _gpt2_backend(vocab: Path, merges: Path) -> tokenizers.Tokenizer:
     """GPT-2's byte-level BPE from vocab.json + merges.txt, configured like HF's GPT-2 tokenizer.json."""
+    bpe = TOKENIZER_KINDS["bpe"]
     tok = tokenizers.Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.decoder = decoders.ByteLevel()
+    tok.pre_tokenizer = bpe.pre_tokenizer()
+    tok.post_processor = bpe.post_processor({}, tok)  # GPT-2 adds no specials: bytes only
+    tok.decoder = bpe.decoder()
     if tok.token_to_id(GPT2_EOT) is not None:
         tok.add_special_tokens([GPT2_EOT])
     return tok
@@ -307,19 +238,19 @@ def _gpt2_backend(vocab: Path, merges: Path) -> tokenizers.Tokenizer:
 
 def _bert_backend(vocab: Path, roles: Mapping[str, str], config: Mapping[str, Any]) -> tokenizers.Tokenizer:
     """BERT WordPiece from vocab.txt; casing and Chinese/accents handling from tokenizer_config.json."""
+    wordpiece = TOKENIZER_KINDS["wordpiece"]
     unk = roles.get("unk", "[UNK]")
     tok = tokenizers.Tokenizer(models.WordPiece.from_file(str(vocab), unk_token=unk))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+    tok.normalizer = wordpiece.normalizer(
+        bool(config.get("do_lower_case", True)),
         strip_accents=config.get("strip_accents"),
-        lowercase=bool(config.get("do_lower_case", True)),
+        chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.pre_tokenizer = wordpiece.pre_tokenizer()
+    tok.decoder = wordpiece.decoder()
     present = [t for t in dict.fromkeys(roles.values()) if tok.token_to_id(t) is not None]
     tok.add_special_tokens(present)
-    post = _post_processor("wordpiece", roles, tok)
+    post = wordpiece.post_processor(roles, tok)
     if post is not None:
         tok.post_processor = post
     return tok
@@ -531,16 +462,13 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `directory`."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         files = {
             "tokenizer.json": self.backend.to_str(pretty=True),
             "tokenizer_config.json": json.dumps(self.hf_config(), indent=2, ensure_ascii=False),
             "special_tokens_map.json": json.dumps({f"{r}_token": t for r, t in self._roles.items()}, indent=2, ensure_ascii=False),
         }
-        for name, text in files.items():  # temp name + rename: a crash never leaves half a file
-            tmp = d / f".{name}.tmp-{os.getpid()}"
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, d / name)
+        for name, text in files.items():  # each file whole or not at all (a model directory may hold other files)
+            atomic.write_text(d / name, text + "\n")
         return d
 
     def __repr__(self) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,12 +16,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ptmkit import atomic
+from ptmkit.log import get as get_logger
 from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, expect_shapes, strip_prefix
 from ptmkit.models.heads import CausalLM
 from ptmkit.models.seq2seq import Seq2SeqLM
 from ptmkit.models.registry import FAMILIES, MOE_ADAPTERS, backbone_of, build_model, task_of
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -124,27 +125,71 @@ def from_hf(
     dtype: torch.dtype | None = None,
     source: str = "checkpoint",
 ):
-    """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model)."""
-    path = source
-    fam_name, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
+    """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model).
+
+    Three steps: convert (the checkpoint's tensors under ptmkit's names, sorting every checkpoint tensor into
+    used / dropped / unexpected), check (nothing missing or unexpected, tied copies equal, shapes right), load
+    (into the built model, reporting fresh and dropped head tensors)."""
+    family, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
     cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
-    kernel_state = {k[len(KERNEL_PREFIX):]: v for k, v in state.items() if k.startswith(KERNEL_PREFIX)}
-    state = {k: v for k, v in state.items() if not k.startswith(KERNEL_PREFIX)}
     ckpt_task = adapter.task_of(hf_config.get("architectures"))
+    task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, source)
+    model = _build(family, cfg, task, num_labels, hf_config, ckpt_task)
+    conv = _convert(adapter, cfg, model, state, task, ckpt_task)
+    _check(conv, model, family, source)
+    _load(conv, model, family, source)
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+@dataclasses.dataclass
+class _Converted:
+    """A checkpoint under ptmkit's names, and where each of its tensors went."""
+
+    adapter: Adapter
+    cfg: Any
+    task: str
+    ckpt_task: str
+    reader: Reader  # what is left in reader.state was not used
+    tensors: dict[str, torch.Tensor]  # ptmkit name -> tensor, backbone and head
+    kernel_state: dict[str, torch.Tensor]  # an efficient attention kernel's own tensors (ptmkit names)
+    bb_prefix: str  # "backbone." in a task model, "" in a bare backbone
+    missing: list[str]  # checkpoint names the model needs but the checkpoint lacks
+    fresh: list[str]  # head tensors of a new task: they keep their random initialisation
+    defaulted: list[str]  # optional head tensors the checkpoint omits (e.g. BART's final_logits_bias)
+    dropped: list[str]  # checkpoint tensors of another task's head, left out on purpose
+    unexpected: list[str]  # checkpoint tensors nothing accounts for
+    tied_copy: torch.Tensor | None  # a tied model's lm_head.weight as the checkpoint lists it, to compare
+
+
+def _resolve_task(hf_config: dict[str, Any], task: str | None, ckpt_task: str, num_labels: int | None,
+                  source: str) -> tuple[str, int | None]:
+    """The task to build (default: the checkpoint's own) and, for a classifier, its number of labels."""
     task = task or ckpt_task
     if task in ("sequence-classification", "token-classification") and num_labels is None:
         num_labels = hf_config.get("num_labels") or len(hf_config.get("id2label") or {}) or None
         if task != ckpt_task or num_labels is None:
-            raise CheckpointError(f"loading {path} for {task} needs num_labels (the number of classes; 1 = regression)")
-    model = build_model(fam_name, cfg, task, num_labels)
-    if task in ("sequence-classification", "token-classification") and "id2label" in hf_config and task == ckpt_task:
-        model.label_names = [hf_config["id2label"][str(i)] if str(i) in hf_config["id2label"]
-                             else hf_config["id2label"][i] for i in range(num_labels)]
+            raise CheckpointError(f"loading {source} for {task} needs num_labels (the number of classes; 1 = regression)")
+    return task, num_labels
 
+
+def _build(family: str, cfg, task: str, num_labels: int | None, hf_config: dict[str, Any], ckpt_task: str):
+    """The randomly initialised model, with the checkpoint's label names when it keeps the checkpoint's classifier."""
+    model = build_model(family, cfg, task, num_labels)
+    if task in ("sequence-classification", "token-classification") and "id2label" in hf_config and task == ckpt_task:
+        id2label = hf_config["id2label"]
+        model.label_names = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(num_labels)]
+    return model
+
+
+def _convert(adapter: Adapter, cfg, model, state: dict[str, torch.Tensor], task: str, ckpt_task: str) -> _Converted:
+    """Rename and reshape the checkpoint's tensors into ptmkit's, and account for every one of them."""
+    kernel_state = {k[len(KERNEL_PREFIX):]: v for k, v in state.items() if k.startswith(KERNEL_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(KERNEL_PREFIX)}
     r = Reader(strip_prefix(state, adapter.prefix))
-    ours = adapter.backbone_from_hf(r, cfg)
     bb_prefix = "backbone." if task != "base" else ""
-    ours = {bb_prefix + k: v for k, v in ours.items()}
+    ours = {bb_prefix + k: v for k, v in adapter.backbone_from_hf(r, cfg).items()}
     missing = [f"{adapter.prefix}{m}" for m in r.missing]
 
     fresh: list[str] = []
@@ -161,15 +206,8 @@ def from_hf(
             missing.append(theirs)
         else:
             ours[mine] = t
-
-    if _tied(model) and r.has("lm_head.weight"):
-        # A tied copy (state_dict() of a tied HF model lists it) must be the same tensor as the embedding.
-        copy, emb = r.take("lm_head.weight"), ours.get(bb_prefix + _embedding_name(model))
-        if emb is not None and (copy.shape != emb.shape or not torch.equal(copy, emb)):
-            raise CheckpointError(
-                f"{path}: config.json ties the output layer to the input embedding but lm_head.weight differs "
-                "from it; set tie_word_embeddings to false in config.json (for T5 also scale_decoder_outputs)"
-            )
+    # A tied copy (state_dict() of a tied HF model lists it) is used only to check it equals the embedding.
+    tied_copy = r.take("lm_head.weight") if _tied(model) and r.has("lm_head.weight") else None
 
     dropped, unexpected = [], []
     for name in r.state:
@@ -179,40 +217,56 @@ def from_hf(
         # backbone is wanted (ptmkit's pooler lives in SequenceClassifier).
         droppable = adapter.is_head_key(name) and (task != ckpt_task or task == "base")
         (dropped if droppable else unexpected).append(name)
-    if missing or unexpected:
+    return _Converted(adapter, cfg, task, ckpt_task, r, ours, kernel_state, bb_prefix, missing, fresh, defaulted,
+                      dropped, unexpected, tied_copy)
+
+
+def _check(conv: _Converted, model, family: str, source: str) -> None:
+    """Refuse a checkpoint that does not fit the model: a tied copy that differs, missing or unexpected tensors,
+    wrong shapes. Each error names the tensors and what to check."""
+    if conv.tied_copy is not None:
+        emb = conv.tensors.get(conv.bb_prefix + _embedding_name(model))
+        if emb is not None and (conv.tied_copy.shape != emb.shape or not torch.equal(conv.tied_copy, emb)):
+            raise CheckpointError(
+                f"{source}: config.json ties the output layer to the input embedding but lm_head.weight differs "
+                "from it; set tie_word_embeddings to false in config.json (for T5 also scale_decoder_outputs)"
+            )
+    if conv.missing or conv.unexpected:
         raise CheckpointError(
-            f"{path} does not fit {fam_name} ({task}):"
-            + (f"\n  missing tensors: {missing}" if missing else "")
-            + (f"\n  unexpected tensors: {unexpected}" if unexpected else "")
+            f"{source} does not fit {family} ({conv.task}):"
+            + (f"\n  missing tensors: {conv.missing}" if conv.missing else "")
+            + (f"\n  unexpected tensors: {conv.unexpected}" if conv.unexpected else "")
             + "\n  check that config.json matches the weights and that model_type/architectures are right"
         )
-
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    prefix = adapter.prefix if task != "base" else ""
-    hf_names = {k: prefix + r.origin[id(v)] if not adapter.is_head_key(r.origin[id(v)]) else r.origin[id(v)]
-                for k, v in ours.items() if id(v) in r.origin}
-    expect_shapes(ours, expected, hf_names)
-    result = model.load_state_dict(ours, strict=False)
-    if kernel_state:  # an efficient kernel's own tensors (Linformer's projections, Performer's features)
-        extra = model.load_state_dict(kernel_state, strict=False).unexpected_keys
+    adapter, origin = conv.adapter, conv.reader.origin
+    prefix = adapter.prefix if conv.task != "base" else ""
+    hf_names = {k: prefix + origin[id(v)] if not adapter.is_head_key(origin[id(v)]) else origin[id(v)]
+                for k, v in conv.tensors.items() if id(v) in origin}
+    expect_shapes(conv.tensors, expected, hf_names)
+
+
+def _load(conv: _Converted, model, family: str, source: str) -> None:
+    """Copy the checked tensors into the model; any model tensor left unset is an internal conversion error."""
+    result = model.load_state_dict(conv.tensors, strict=False)
+    if conv.kernel_state:  # an efficient kernel's own tensors (Linformer's projections, Performer's features)
+        extra = model.load_state_dict(conv.kernel_state, strict=False).unexpected_keys
         if extra:
-            raise CheckpointError(f"{path}: attention-kernel tensors {extra} do not fit this model's "
-                                  f"{getattr(cfg, 'attention_kernel', 'sdpa')} kernel; check ptmkit_attention_* in config.json")
-    tied = {"lm_head.weight"} if _tied(model) else set()
-    not_loaded = [k for k in result.missing_keys
-                  if k not in tied and k not in fresh and k not in defaulted and k not in kernel_state]
+            raise CheckpointError(f"{source}: attention-kernel tensors {extra} do not fit this model's "
+                                  f"{getattr(conv.cfg, 'attention_kernel', 'sdpa')} kernel; check ptmkit_attention_* "
+                                  "in config.json")
+    expected_unset = {"lm_head.weight"} if _tied(model) else set()
+    expected_unset |= set(conv.fresh) | set(conv.defaulted) | set(conv.kernel_state)
+    not_loaded = [k for k in result.missing_keys if k not in expected_unset]
     if not_loaded or result.unexpected_keys:
         raise CheckpointError(
-            f"internal conversion error for {fam_name}: not loaded {not_loaded}, unknown {result.unexpected_keys}"
+            f"internal conversion error for {family}: not loaded {not_loaded}, unknown {result.unexpected_keys}"
         )
-    if fresh:
-        log.warning("%s: new %s head initialised (%s)", path, task, ", ".join(fresh))
-    if dropped:
-        log.warning("%s: dropped tensors that a %s model does not use: %s", path, task, ", ".join(dropped))
-    model.load_report = {"fresh": fresh, "dropped": dropped, "checkpoint_task": ckpt_task}
-    if dtype is not None:
-        model.to(dtype)
-    return model
+    if conv.fresh:
+        log.warning("%s: new %s head initialised (%s)", source, conv.task, ", ".join(conv.fresh))
+    if conv.dropped:
+        log.warning("%s: dropped tensors that a %s model does not use: %s", source, conv.task, ", ".join(conv.dropped))
+    model.load_report = {"fresh": conv.fresh, "dropped": conv.dropped, "checkpoint_task": conv.ckpt_task}
 
 
 # An efficient attention kernel (ptmkit.nn.kernels) has no Hugging Face equivalent: config.json records it under
@@ -306,12 +360,9 @@ def save_model(model, path: str | os.PathLike, tokenizer_from: str | os.PathLike
     path.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage (fused-qkv splits are views): give each its own copy.
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    tmp = path / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / "model.safetensors")
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
-    os.replace(tmp, path / "config.json")
+    with atomic.atomic_path(path / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic.write_text(path / "config.json", json.dumps(hf_config, indent=2) + "\n")
     if tokenizer_from is not None:
         copy_tokenizer(tokenizer_from, path)
     return path
@@ -322,6 +373,7 @@ def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
         if (src / name).is_file() and src.resolve() != dst.resolve():
-            shutil.copyfile(src / name, dst / name)
+            with atomic.atomic_path(dst / name) as tmp:
+                shutil.copyfile(src / name, tmp)
             copied.append(name)
     return copied

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ptmkit.config import ConfigError, from_dict
 from ptmkit.models.bert import BertConfig, BertEncoder
@@ -69,13 +69,48 @@ FAMILIES: dict[str, Family] = {
 # Each adapter's check_export(config) says why a particular MoE setup cannot be written.
 MOE_ADAPTERS: dict[str, Adapter] = {"llama": MixtralAdapter()}
 
-TASKS = (
-    "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",
-    "replaced-token-detection",  # ELECTRA's discriminator (objectives/rtd.py)
-    "seq2seq-lm",  # encoder-decoder language model (models/seq2seq.py): T5, BART, mBART
-    "permutation-lm",  # XLNet's two-stream LM head (models/xlnet.py, objectives/plm.py)
-    "masked-lm-sop",  # ALBERT's pre-training model: MLM + sentence-order head (models/albert.py, objectives/nsp.py)
-)
+def classifier_dropout(config) -> float:
+    """Dropout before a classification layer: the config's classifier_dropout, else its hidden dropout (as
+    transformers' BertForSequenceClassification), else 0.1."""
+    value = getattr(config, "classifier_dropout", None)
+    return value if value is not None else getattr(config, "dropout", 0.1)
+
+
+def _sequence_classifier(backbone, num_labels: int):
+    if backbone.causal:  # GPT-style: the last real token's state, no pooler (transformers' *ForSequenceClassification)
+        return DecoderSequenceClassifier(backbone, num_labels)
+    return SequenceClassifier(backbone, num_labels, dropout=classifier_dropout(backbone.config))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A head kind: how its generic head is built and what a backbone needs for it. A task only some families have
+    (build None) says which in `only`; a family's own head for a task (Family.heads) takes precedence."""
+
+    build: Callable[[Any, int | None], Any] | None = None  # (backbone, num_labels) -> task model
+    needs: str = "any"  # encoder | decoder | any
+    labels: bool = False  # needs num_labels
+    only: str = ""
+
+
+TASKS: dict[str, Task] = {
+    "base": Task(lambda backbone, n: backbone),
+    "masked-lm": Task(lambda backbone, n: MaskedLM(backbone), needs="encoder"),
+    "causal-lm": Task(lambda backbone, n: CausalLM(
+        backbone, tie_word_embeddings=getattr(backbone.config, "tie_word_embeddings", True)), needs="decoder"),
+    "sequence-classification": Task(_sequence_classifier, labels=True),
+    "token-classification": Task(lambda backbone, n: TokenClassifier(
+        backbone, n, dropout=classifier_dropout(backbone.config)), labels=True),
+    # ELECTRA's discriminator (objectives/rtd.py)
+    "replaced-token-detection": Task(only="the electra family (a discriminator head)"),
+    # encoder-decoder language model (models/seq2seq.py)
+    "seq2seq-lm": Task(only="an encoder-decoder family (t5, bart, mbart)"),
+    # XLNet's two-stream LM head (models/xlnet.py, objectives/plm.py)
+    "permutation-lm": Task(only="the two-stream xlnet family"),
+    # ALBERT's pre-training model (models/albert.py, objectives/nsp.py); the sop objective adds its own head elsewhere
+    "masked-lm-sop": Task(only="ALBERT's pre-training model (MLM + sentence-order head): use model family albert, or "
+                               "task masked-lm with other encoders (the sop objective adds its own head)"),
+}
 
 # Sizes as data. "mini" is the shape used by the demo and tests of speed; base/small follow the papers.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -143,43 +178,21 @@ def build_model(family_name: str, config, task: str = "base", num_labels: int | 
 def attach_head(backbone, task: str, num_labels: int | None = None):
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {list(TASKS)}")
-    if task == "base":
-        return backbone
+    spec = TASKS[task]
+    if spec.labels and num_labels is None:
+        raise ConfigError(f"task {task!r} needs num_labels")
     own = FAMILIES[backbone.family].heads.get(task) if backbone.family in FAMILIES else None
     if own is not None:  # e.g. ELECTRA's generator MLM head, discriminator and gelu classifier
-        if task not in ("sequence-classification", "token-classification"):
-            return own(backbone)
-        if num_labels is None:
-            raise ConfigError(f"task {task!r} needs num_labels")
-        return own(backbone, num_labels)
-    if task == "replaced-token-detection":
-        raise ConfigError(f"replaced-token-detection needs a discriminator head; {backbone.family} has none "
-                          "(use model family electra)")
-    if getattr(backbone, "is_encoder_decoder", False):
+        return own(backbone, num_labels) if spec.labels else own(backbone)
+    if spec.build is None:
+        raise ConfigError(f"{task} needs {spec.only}; {backbone.family} has no such head")
+    if task != "base" and getattr(backbone, "is_encoder_decoder", False):
         raise ConfigError(f"{backbone.family} is an encoder-decoder; its tasks are base and seq2seq-lm, not {task!r}")
-    if task == "masked-lm-sop":
-        raise ConfigError(f"masked-lm-sop (MLM + sentence-order head) is ALBERT's pre-training model; "
-                          f"{backbone.family} has none: use model family albert, or task masked-lm (the sop objective "
-                          "adds its own head)")
-    if task == "permutation-lm":
-        raise ConfigError(f"permutation-lm needs the two-stream xlnet family; {backbone.family} is not it")
-    if task == "seq2seq-lm":
-        raise ConfigError(
-            f"seq2seq-lm needs an encoder-decoder family (t5, bart, mbart); {backbone.family} is not one"
-        )
-    if task == "masked-lm":
-        if backbone.causal:
-            raise ConfigError(f"{backbone.family} is a decoder; masked-lm needs an encoder (bert, roberta)")
-        return MaskedLM(backbone)
-    if task == "causal-lm":
-        if not backbone.causal:
-            raise ConfigError(f"{backbone.family} is an encoder; causal-lm needs a decoder (gpt2, llama)")
-        return CausalLM(backbone, tie_word_embeddings=getattr(backbone.config, "tie_word_embeddings", True))
-    if num_labels is None:
-        raise ConfigError(f"task {task!r} needs num_labels")
-    if task == "sequence-classification":
-        return DecoderSequenceClassifier(backbone, num_labels) if backbone.causal else SequenceClassifier(backbone, num_labels)
-    return TokenClassifier(backbone, num_labels)
+    if spec.needs == "encoder" and backbone.causal:
+        raise ConfigError(f"{backbone.family} is a decoder; {task} needs an encoder (bert, roberta)")
+    if spec.needs == "decoder" and not backbone.causal:
+        raise ConfigError(f"{backbone.family} is an encoder; {task} needs a decoder (gpt2, llama)")
+    return spec.build(backbone, num_labels)
 
 
 def task_of(model) -> str:

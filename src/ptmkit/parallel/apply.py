@@ -10,6 +10,8 @@ objective's own layers. Each transformer block is its own FSDP2 unit, gathered j
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -73,3 +75,18 @@ def prepare_training(module: nn.Module, state: ParallelState | None, activation_
     if pipeline is not None:
         pipeline.build()
     return pipeline
+
+
+@contextlib.contextmanager
+def unsharded(module: nn.Module):
+    """Run submodules of an FSDP2-sharded module directly (e.g. its model's forward for predictions, outside the
+    training step): the root unit's own parameters (embeddings, heads) are gathered for the duration, the blocks
+    gather themselves as usual. A no-op for modules that are not sharded."""
+    if not callable(getattr(module, "unshard", None)):
+        yield module
+        return
+    module.unshard()
+    try:
+        yield module
+    finally:
+        module.reshard()

@@ -18,7 +18,8 @@ from ptmkit import atomic
 from ptmkit.analysis.metrics import compute_metrics, entity_scores
 from ptmkit.config import ConfigError
 from ptmkit.data.encode import Encoded, collate, prepare_backend, sorted_batches, word_predictions
-from ptmkit.data.task_data import TaskSpec, _labelled, canonical_task, default_data_dir, encode_split, load_split
+from ptmkit.data.glue import GLUE_TASKS
+from ptmkit.data.task_data import TaskSpec, _labelled, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import load_model
 from ptmkit.objectives.classification import task_logits, task_loss
@@ -100,10 +101,12 @@ def score(spec: TaskSpec, enc: Encoded, data, outputs) -> tuple[Any, dict[str, f
     return preds, compute_metrics(spec.metrics, preds, gold), None
 
 
-def _class_map(model_names: list[str], data_names: list[str], model_dir: Path) -> np.ndarray | None:
+def _class_map(model_names: list[str], data_names: list[str], model_dir: Path, task: str) -> np.ndarray | None:
     """data label id → model class id (by name); None when they are the same list."""
     if model_names == data_names:
         return None
+    if task in GLUE_TASKS and model_names == [str(v) for v in GLUE_TASKS[task].label_values]:
+        return None  # fine-tuned before GLUE labels had names: the files' own values, in the task's order
     if set(data_names) <= set(model_names):
         return np.array([model_names.index(n) for n in data_names])
     if all(n == f"LABEL_{i}" for i, n in enumerate(model_names)) and len(model_names) == len(data_names):
@@ -127,6 +130,10 @@ def evaluate(
     text_fields: list[str] | None = None,
     label_field: str | None = None,
     regression: bool | None = None,
+    columns: list[str] | None = None,
+    split_column: str | None = None,
+    data_file: str | os.PathLike | None = None,
+    skip_bad_rows: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Score a fine-tuned model directory on one split; write out/metrics.json and out/predictions.tsv.
@@ -147,8 +154,11 @@ def evaluate(
         text_fields = text_fields or info.get("text_fields") or ["text"]
         label_field = label_field or info.get("label_field") or "label"
         regression = bool(info.get("regression", False) if regression is None else regression)
-    spec = TaskSpec(task, Path(data_dir) if data_dir else default_data_dir(task), text_fields, label_field,
-                    bool(regression))
+        columns = columns or info.get("columns")
+        split_column = split_column or info.get("split_column")
+        data_file = data_file or info.get("data_file")
+    spec = TaskSpec(task, data_dir, text_fields, label_field, bool(regression), columns=columns,
+                    split_column=split_column, data_file=data_file, skip_bad_rows=skip_bad_rows)
     max_length = max_length or info.get("max_length") or 128
     dev_ = _device(device)
     t0 = time.perf_counter()
@@ -172,7 +182,7 @@ def evaluate(
     if len(enc) == 0:
         raise ValueError(f"{path}: no examples to evaluate")
     if not spec.is_token and not spec.is_regression and enc.labels is not None:
-        cmap = _class_map(model_names, data.label_names, model_dir)
+        cmap = _class_map(model_names, data.label_names, model_dir, spec.task)
         if cmap is not None:  # gold ids into the model's class order
             enc.labels = cmap[enc.labels]
             data = dataclasses.replace(data, examples=[dataclasses.replace(e, label=int(cmap[e.label]))

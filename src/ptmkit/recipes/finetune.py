@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,20 @@ from ptmkit import atomic
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
-from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, default_data_dir, encode_split, load_split
+from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import load_model, save_model
 from ptmkit.models.registry import backbone_of
 from ptmkit.objectives.classification import TaskConfig, TaskObjective
+from ptmkit.parallel.apply import unsharded
+from ptmkit.parallel.config import ParallelConfig
+from ptmkit.parallel.mesh import setup, teardown
 from ptmkit.recipes.evaluate import TASK_FILE, _device, _pad_id, evaluate, kind_of, predict, score
 from ptmkit.train.best import KeepBest
 from ptmkit.train.flops import applied_parameters, mfu_denominator, training_flops_per_token
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OPTIMIZERS, OptimConfig
+from ptmkit.train.precision import Precision
 from ptmkit.train.schedule import ScheduleConfig
 
 # what a resumed run may change: presentation only; everything else must match the interrupted run
@@ -56,6 +61,10 @@ class FinetuneConfig:
     text_fields: list[str] | None = None  # one or two text columns; default ["text"]
     label_field: str | None = None  # default "label"
     regression: bool | None = None  # float scores (MSE) instead of classes; default False
+    columns: list[str] | None = None  # header-less CSV/TSV: the column names, in order
+    split_column: str | None = None  # one file (data_file) holds every split; this column names each row's split
+    data_file: str | None = None  # that file (relative to data_dir when given)
+    skip_bad_rows: bool = False  # skip (and count) unreadable rows instead of stopping at the first
     max_length: int = 128  # tokens per example, specials included
     overlong: Literal["truncate", "error"] = "truncate"
     batch_size: int = 32
@@ -80,6 +89,7 @@ class FinetuneConfig:
     keep_last: int = 1  # training checkpoints kept on disk
     log_every: int = 10  # steps between train-loss records in metrics.jsonl
     bucket_batches: int = 50  # length bucketing: sort inside chunks of this many batches; 0 = off
+    data_parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     overwrite: bool = False  # replace the results of an earlier run in `out`
     show_progress: bool = True
 
@@ -90,7 +100,8 @@ class FinetuneConfig:
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{where}: {name} must be a non-empty path, got {v!r}")
         self.task = canonical_task(self.task)
-        table_only = {k: getattr(self, k) for k in ("text_fields", "label_field", "regression")}
+        table_only = {k: getattr(self, k) for k in ("text_fields", "label_field", "regression", "columns",
+                                                     "split_column", "data_file")}
         if self.task == "table":
             self.text_fields = list(self.text_fields or ["text"])
             if not 1 <= len(self.text_fields) <= 2:
@@ -126,6 +137,8 @@ class FinetuneConfig:
                               f"got {self.layer_decay}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.data_parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"{where}: data_parallel must be ddp or fsdp, got {self.data_parallel!r}")
         if self.decay not in ("linear", "cosine", "constant"):
             raise ConfigError(f"{where}: decay must be linear, cosine or constant, got {self.decay!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -155,6 +168,14 @@ class _Run:
     eval_every: int
 
 
+def _resolved(data_dir, data_file) -> str | None:
+    """The data file as an absolute path, so evaluate() finds it from anywhere."""
+    if data_file is None:
+        return None
+    path = Path(data_file)
+    return str((Path(data_dir) / path if data_dir is not None and not path.is_absolute() else path).resolve())
+
+
 def _check_out(out: Path, cfg: FinetuneConfig, resume: bool) -> None:
     holds_run = (out / "results.json").exists() or (out / "metrics.jsonl").exists()
     if resume:
@@ -173,20 +194,21 @@ def _check_out(out: Path, cfg: FinetuneConfig, resume: bool) -> None:
                           "replace it with --overwrite, or choose another --out")
 
 
-def _build(cfg: FinetuneConfig) -> _Run:
+def _build(cfg: FinetuneConfig, state) -> _Run:
     model_dir = Path(cfg.model)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"model directory {model_dir} has no config.json; pass a model directory "
                                 "(config.json + model.safetensors + tokenizer files)")
-    spec = TaskSpec(cfg.task, Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.task),
-                    cfg.text_fields, cfg.label_field, bool(cfg.regression))
-    device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)  # the new head's initial weights
+    spec = TaskSpec(cfg.task, cfg.data_dir, cfg.text_fields, cfg.label_field, bool(cfg.regression),
+                    columns=cfg.columns, split_column=cfg.split_column, data_file=cfg.data_file,
+                    skip_bad_rows=cfg.skip_bad_rows)
+    device = state.device if state is not None else _device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the new head's initial weights (the same on every rank)
 
     # data: the train split defines the label ids; eval/test are read with the same ones
     train_data, train_path = load_split(spec, cfg.train_split)
     names = train_data.tag_names if spec.is_token else train_data.label_names
-    dev, dev_path = load_split(spec, cfg.eval_split, label_names=names)
+    dev, dev_path = load_split(spec, cfg.eval_split, label_names=names, labels_from=f"the training split {train_path}")
     if not _labelled(dev):
         raise ValueError(f"{dev_path}: the eval split {cfg.eval_split!r} has no labels; pick a labelled split "
                          "to select the best model (score unlabelled splits with evaluate())")
@@ -212,7 +234,11 @@ def _build(cfg: FinetuneConfig) -> _Run:
         raise ConfigError(f"max_length {cfg.max_length} exceeds the model's {max_pos} positions; "
                           f"use max_length <= {max_pos}")
     pad_id = _pad_id(tok)
-    batches = TaskBatches(enc_train, cfg.batch_size, pad_id, seed=cfg.seed, bucket=cfg.bucket_batches)
+    rank, world = (state.dp_rank, state.cfg.dp) if state is not None else (0, 1)
+    batches = TaskBatches(enc_train, cfg.batch_size, pad_id, seed=cfg.seed, bucket=cfg.bucket_batches, rank=rank,
+                          world_size=world)
+    if state is not None:
+        torch.manual_seed(cfg.seed + 1 + state.rank)  # independent dropout draws per rank
     per_epoch = math.ceil(batches.batches_per_epoch / cfg.grad_accum)  # optimizer steps per epoch
     steps = math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.grad_accum)
     if cfg.max_steps is not None:
@@ -234,50 +260,83 @@ def _engine_configs(cfg: FinetuneConfig, run: _Run) -> tuple[TrainConfig, OptimC
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.task``; returns (and writes) out/results.json's contents.
-    resume=True continues the interrupted run in cfg.out from its last checkpoint, bit for bit."""
+    resume=True continues the interrupted run in cfg.out from its last checkpoint, bit for bit. Under torchrun,
+    every rank trains its share of each batch (cfg.data_parallel: DDP replicas or FSDP2 shards)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    layout = ParallelConfig(dp_shard=-1) if cfg.data_parallel == "fsdp" else ParallelConfig(dp_replicate=world,
+                                                                                             dp_shard=1)
+    state = setup(layout, "cuda" if _device(cfg.device).type == "cuda" else "cpu")
+    try:
+        results = _finetune(cfg, resume, state)
+    except BaseException:
+        teardown(wait=False)
+        raise
+    teardown()
+    return results
+
+
+def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
     wall0 = time.perf_counter()
+    main = state is None or state.is_main
     out = Path(cfg.out)
     _check_out(out, cfg, resume)
-    run = _build(cfg)
+    run = _build(cfg, state)
     spec, model_dir = run.spec, Path(cfg.model)
     train_cfg, optim_cfg, sched_cfg = _engine_configs(cfg, run)
-    from ptmkit.train.precision import Precision
-
     precision = Precision(cfg.precision, run.device)
 
-    def evaluator(module) -> dict[str, float]:
-        outputs, loss = predict(module.model, run.enc_dev, spec, cfg.eval_batch_size, precision, run.device,
-                                run.pad_id)
+    def evaluator(module) -> dict[str, float]:  # every rank scores the whole eval split: the same figures
+        with unsharded(module):
+            outputs, loss = predict(module.model, run.enc_dev, spec, cfg.eval_batch_size, precision, run.device,
+                                    run.pad_id)
         return {"loss": loss, **score(spec, run.enc_dev, run.dev, outputs)[1]}
 
     task_info = {"task": spec.task, "max_length": cfg.max_length, "text_fields": spec.text_fields,
-                 "label_field": spec.label_field, "regression": spec.is_regression,
+                 "label_field": spec.label_field, "regression": spec.is_regression, "columns": spec.columns,
+                 "split_column": spec.split_column, "data_file": _resolved(spec.data_dir, spec.data_file),
                  "tag_scheme": "iob2" if spec.is_token else None}
 
     def save_best(model, step: int) -> None:
+        if state is not None and state.cfg.dp_shard > 1:
+            model = _plain_copy(cfg, run, model, main)
+        if not main:
+            return
         with atomic.atomic_dir(out / "best") as tmp:  # a crash mid-save leaves the previous best intact
             save_model(model, tmp, tokenizer_from=str(model_dir))
             atomic.write_text(tmp / TASK_FILE, json.dumps(task_info, indent=2) + "\n")
 
-    if not resume:  # everything is validated: only now does the run touch its folder
+    if main and not resume:  # everything is validated: only now does the run touch its folder
         out.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "results.json"):
             (out / name).unlink(missing_ok=True)
         atomic.write_text(out / "config.json",
-                          json.dumps(to_dict(dataclasses.replace(cfg, data_dir=str(spec.data_dir))), indent=2) + "\n")
+                          json.dumps(to_dict(dataclasses.replace(cfg, data_dir=str(spec.data_dir) if spec.data_dir else None)), indent=2) + "\n")
     bcfg = backbone_of(run.model).config
-    mean_len = float(np.mean(run.enc_train.lengths))
-    fpt = training_flops_per_token(applied_parameters(run.model), bcfg.num_layers, round(mean_len), bcfg.hidden_size,
+    fpt = training_flops_per_token(applied_parameters(run.model), bcfg.num_layers,
+                                   round(float(np.mean(run.enc_train.lengths))), bcfg.hidden_size,
                                    causal=backbone_of(run.model).causal)
     peak, _ = mfu_denominator(str(run.device), cfg.precision)
     summary = train(run.model, run.objective, run.batches, out, train_cfg, optim_cfg, sched_cfg, evaluate=evaluator,
-                    resume=resume, flops_per_token=fpt, peak_flops=peak,
-                    keep_best=KeepBest(spec.main_metric, save_best), title=f"{model_dir.parent.name}/{model_dir.name} "
-                    f"on {spec.task}")
+                    resume=resume, flops_per_token=fpt, peak_flops=peak, parallel=state,
+                    keep_best=KeepBest(spec.main_metric, save_best),
+                    title=f"{model_dir.parent.name}/{model_dir.name} on {spec.task}")
     summary.pop("trained")
     if summary["interrupted"]:
         return {"interrupted": True, "steps": summary["steps"], "out": str(out)}
-    return _results(cfg, run, summary, wall0)
+    return _results(cfg, run, summary, wall0) if main else {"rank": state.rank, "steps": summary["steps"]}
+
+
+def _plain_copy(cfg: FinetuneConfig, run: _Run, sharded, main: bool) -> torch.nn.Module | None:
+    """Collective under FSDP2: gather the sharded weights; rank 0 gets them as a plain single-device model."""
+    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+            for k, v in sharded.state_dict().items()}
+    if not main:
+        return None
+    plain = load_model(cfg.model, task=run.objective.task, num_labels=len(run.names) if run.names else 1)
+    plain.load_state_dict(full)
+    if run.names is not None:
+        plain.label_names = list(run.names)
+    return plain
 
 
 def _results(cfg: FinetuneConfig, run: _Run, summary: dict[str, Any], wall0: float) -> dict[str, Any]:

@@ -227,6 +227,56 @@ def test_finetune_regression_table(tiny_model, tmp_path):
     assert float(first[2]) == 0.5
 
 
+def _one_headerless_file(path, rows_per_split: dict[str, int]):
+    """Every split in one gzipped CSV without a header: split, label name, text."""
+    import gzip
+
+    rng = random.Random(5)
+    rows = [f"{split},{'pos' if i % 2 else 'neg'},{_sentence(rng, i % 2)}"
+            for split, n in rows_per_split.items() for i in range(n)]
+    rng.shuffle(rows)
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def test_cli_finetune_headerless_table_with_a_split_column_then_evaluate(tiny_model, tmp_path, capsys):
+    """A user's own file as it arrives: no header, all splits in one gzipped CSV, label names as text."""
+    from ptmkit.cli.main import main
+
+    data = tmp_path / "all.csv.gz"
+    _one_headerless_file(data, {"training": 96, "held-out": 40})
+    common = ["--task", "table", "--data-file", str(data), "--columns", "part", "label", "text",
+              "--split-column", "part"]
+    rc = main(["finetune", str(tiny_model), *common, "--out", str(tmp_path / "run"), "--train-split", "training",
+               "--eval-split", "held-out", "--epochs", "8", "--batch-size", "16", "--lr", "1e-2", "--max-length", "32",
+               "--precision", "fp32", "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["train_examples"] == 96 and res["eval_examples"] == 40 and res["dev"]["accuracy"] >= 0.9
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "neg", "1": "pos"}  # the file's own label names
+    # evaluate reads the file, columns and split column from the saved model directory
+    ev = evaluate(tmp_path / "run" / "best", split="held-out", precision="fp32", show_progress=False)
+    assert ev["metrics"]["accuracy"] == pytest.approx(res["dev"]["accuracy"])
+    # a split value the file does not have, and a column the file does not have: errors that say what is there
+    assert main(["finetune", str(tiny_model), *common, "--out", str(tmp_path / "bad"), "--train-split", "train",
+                 "--eval-split", "held-out"]) == 2
+    err = capsys.readouterr().err
+    assert "train" in err and "training" in err and "held-out" in err
+    assert main(["finetune", str(tiny_model), "--task", "table", "--data-file", str(data), "--columns", "part",
+                 "label", "text", "--split-column", "fold", "--out", str(tmp_path / "bad2")]) == 2
+    assert "fold" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()  # refused runs write nothing
+
+
+def test_label_only_in_dev_is_an_error_naming_file_and_label(tiny_model, tmp_path):
+    (tmp_path / "train.tsv").write_text("text\tlabel\ngood film\tpos\nbad film\tneg\n")
+    (tmp_path / "dev.tsv").write_text("text\tlabel\nfine film\tpos\nodd film\tmeh\n")
+    with pytest.raises(ValueError, match=r"dev.tsv.*meh.*training split"):
+        finetune(_cfg(tiny_model, tmp_path, tmp_path / "run", task="table"))
+    assert not (tmp_path / "run").exists()
+
+
 def _write_conll(path, n: int, seed: int):
     rng = random.Random(seed)
     lines = ["-DOCSTART- -X- -X- O", ""]

@@ -1,15 +1,6 @@
-"""Token shards: tokenise a corpus once into memory-mapped .bin arrays + per-shard document indices.
-Pre-training then reads fixed-length windows with zero tokenisation cost (nanoGPT/Megatron style).
-
-Directory layout (written to a temporary directory, then renamed, so it is complete or absent)::
-
-    meta.json            format, tokenizer fingerprint + vocab size, dtype, counts, shard list, throughput
-    shard_00000.bin      raw token ids, uint16 when every id fits (vocab <= 65,536), else uint32
-    shard_00000.idx      int64 document offsets into that shard: [0, end_0, end_1, ..., n_tokens]
-
-A document never spans two shards: a shard is closed at the first document boundary at or after
-``shard_tokens`` tokens, so one shard may exceed the target by up to one document.
-"""
+"""Writing token shards: tokenise a corpus once (Rust batch encoding, or a pool of processes) into numbered
+``shard_NNNNN.bin`` / ``.idx`` files plus meta.json, built in a temporary directory published whole by
+ptmkit.atomic. The layout is described in ptmkit.data.shards."""
 
 from __future__ import annotations
 
@@ -19,31 +10,21 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import shutil
 import threading
 import time
-import uuid
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tokenizers
 
+from ptmkit import atomic
 from ptmkit.config import ConfigError, check_positive
 from ptmkit.data.corpus import CorpusStats, iter_documents
+from ptmkit.data.shards.format import FORMAT, META, VERSION, token_dtype
 from ptmkit.data.tokenizer import Tokenizer
-
-FORMAT = "ptmkit-token-shards"
-VERSION = 1
-META = "meta.json"
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when all ids 0..vocab_size-1 fit in 16 bits (vocab_size <= 65,536), else uint32."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
 
 # ----------------------------------------------------------------------------------------------
 # encoding (shared by the in-process path and pool workers)
@@ -256,10 +237,7 @@ def prepare_shards(
     stats = CorpusStats()
     docs = iter_documents(spec, text_field=text_field, txt_mode=txt_mode, stats=stats)  # raises on missing paths now
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic.atomic_dir(out) as tmp:  # complete or absent: an old directory is replaced only at the end
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         batches = _batched(docs, batch_docs)
         if num_workers > 0:
@@ -309,10 +287,6 @@ def prepare_shards(
             },
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
@@ -331,172 +305,3 @@ def _progress_bar(enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(unit="doc", desc="tokenising", dynamic_ncols=True)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished temporary directory to `out`, replacing an old one only at the end."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-
-
-# ----------------------------------------------------------------------------------------------
-# reading
-
-
-class TokenShards:
-    """Read-only, memory-mapped view of a prepared shard directory as one token stream.
-
-    ``doc_offsets`` (int64, D+1) are global token offsets of document boundaries, so document i is
-    ``tokens(doc_offsets[i], doc_offsets[i+1])``; ``gather(starts, length)`` reads many windows.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> None:
-        self.directory = d = Path(directory)
-        meta_path = d / META
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{meta_path} not found: {d} is not a prepared token-shard directory; create one with "
-                "`ptm data prepare --input SPEC --tokenizer DIR --out DIR`"
-            )
-        try:
-            self.meta = meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}:{e.lineno}: invalid JSON ({e.msg}); re-run `ptm data prepare`") from None
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(
-                f"{meta_path}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT!r} v{VERSION}; "
-                "re-run `ptm data prepare` with this ptmkit version"
-            )
-        if tokenizer is not None:
-            self.check_tokenizer(tokenizer)
-        self.dtype = np.dtype(meta["dtype"])
-        self._arrays: list[np.ndarray] = []
-        offsets = []
-        shard_lengths = []
-        for s in meta["shards"]:
-            n = int(s["tokens"])
-            path = d / s["file"]
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} listed in {meta_path} is missing; re-run `ptm data prepare`")
-            size = path.stat().st_size
-            if size != n * self.dtype.itemsize:
-                raise ValueError(
-                    f"{path} has {size} bytes but {meta_path} records {n} {self.dtype.name} tokens "
-                    f"({n * self.dtype.itemsize} bytes): the shard is truncated or corrupt; re-run `ptm data prepare`"
-                )
-            self._arrays.append(np.memmap(path, dtype=self.dtype, mode="r") if n else np.zeros(0, self.dtype))
-            idx_path = d / s["index"]
-            if not idx_path.is_file():
-                raise FileNotFoundError(f"{idx_path} listed in {meta_path} is missing; re-run `ptm data prepare`")
-            idx = np.fromfile(idx_path, dtype=np.int64)
-            if len(idx) != int(s["documents"]) + 1 or idx[0] != 0 or idx[-1] != n or np.any(np.diff(idx) < 0):
-                raise ValueError(
-                    f"{idx_path} is inconsistent with {meta_path} (expected {s['documents']} + 1 nondecreasing "
-                    f"offsets from 0 to {n}); re-run `ptm data prepare`"
-                )
-            offsets.append(idx[:-1])
-            shard_lengths.append(n)
-        # (S+1,) global start of each shard; (D+1,) global document boundaries
-        self.shard_starts = np.zeros(len(shard_lengths) + 1, dtype=np.int64)
-        np.cumsum(shard_lengths, out=self.shard_starts[1:])
-        starts = [o + self.shard_starts[i] for i, o in enumerate(offsets)]
-        self.doc_offsets = np.concatenate([*starts, self.shard_starts[-1:]]).astype(np.int64, copy=False)
-
-    # -- metadata -------------------------------------------------------------------------------
-
-    @property
-    def fingerprint(self) -> str:
-        return self.meta["tokenizer"]["fingerprint"]
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.meta["tokenizer"]["vocab_size"])
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.meta["tokenizer"].get("eos_id")
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.meta["tokenizer"].get("pad_id")
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.shard_starts[-1])
-
-    @property
-    def num_documents(self) -> int:
-        return len(self.doc_offsets) - 1
-
-    def __len__(self) -> int:
-        return self.num_documents
-
-    @property
-    def doc_lengths(self) -> np.ndarray:
-        return np.diff(self.doc_offsets)
-
-    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
-        """Refuse a tokenizer whose fingerprint differs from the one the shards were made with."""
-        want, got = self.meta["tokenizer"]["fingerprint"], tokenizer.fingerprint()
-        if want != got:
-            raise ValueError(
-                f"token shards in {self.directory} were prepared with tokenizer {want[:12]}… "
-                f"(vocab {self.meta['tokenizer']['vocab_size']}) but the tokenizer given is {got[:12]}… "
-                f"(vocab {tokenizer.vocab_size}); the same ids would mean different tokens. Re-run "
-                f"`ptm data prepare --tokenizer <this tokenizer> --out {self.directory} --overwrite`, "
-                "or use the tokenizer the shards were prepared with."
-            )
-
-    # -- reading --------------------------------------------------------------------------------
-
-    def tokens(self, start: int, stop: int) -> np.ndarray:
-        """Tokens [start, stop) of the global stream (a view when inside one shard)."""
-        if not 0 <= start <= stop <= self.num_tokens:
-            raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
-        s0 = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
-        s1 = int(np.searchsorted(self.shard_starts, max(stop - 1, start), side="right")) - 1
-        if s0 == s1 or start == stop:
-            base = self.shard_starts[s0]
-            return self._arrays[s0][start - base : stop - base]
-        parts = []
-        for s in range(s0, s1 + 1):
-            lo, hi = max(start, self.shard_starts[s]), min(stop, self.shard_starts[s + 1])
-            parts.append(self._arrays[s][lo - self.shard_starts[s] : hi - self.shard_starts[s]])
-        return np.concatenate(parts)
-
-    def document(self, i: int) -> np.ndarray:
-        if not -self.num_documents <= i < self.num_documents:
-            raise IndexError(f"document {i} out of range for {self.num_documents} documents")
-        i %= self.num_documents
-        return self.tokens(int(self.doc_offsets[i]), int(self.doc_offsets[i + 1]))
-
-    def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """(N, length) tokens from windows starting at `starts`; windows may cross shard boundaries."""
-        starts = np.asarray(starts, dtype=np.int64)
-        return self.take(starts[:, None] + np.arange(length, dtype=np.int64))  # (N, L) global positions
-
-    def take(self, positions: np.ndarray) -> np.ndarray:
-        """Tokens at arbitrary global `positions` (any shape), vectorised over shards."""
-        pos = np.asarray(positions, dtype=np.int64)
-        if pos.size and (pos.min() < 0 or pos.max() >= self.num_tokens):
-            bad = pos.min() if pos.min() < 0 else pos.max()
-            raise IndexError(f"token position {bad} outside [0, {self.num_tokens})")
-        if len(self._arrays) == 1:
-            return np.asarray(self._arrays[0][pos])
-        shard = np.searchsorted(self.shard_starts, pos, side="right") - 1  # same shape as pos
-        out = np.empty(pos.shape, dtype=self.dtype)
-        for s in np.unique(shard):  # loop over the shards touched, not over tokens
-            m = shard == s
-            out[m] = self._arrays[s][pos[m] - self.shard_starts[s]]
-        return out
-
-    def __repr__(self) -> str:
-        return (
-            f"TokenShards({str(self.directory)!r}, documents={self.num_documents:,}, tokens={self.num_tokens:,}, "
-            f"shards={len(self._arrays)}, dtype={self.dtype.name})"
-        )

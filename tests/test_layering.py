@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ptmkit"
 
 BASE = {"config", "atomic", "log"}
 ALLOWED: dict[str, set[str]] = {
-    "config": set(), "atomic": set(), "log": {"atomic"},
+    "config": {"atomic"}, "atomic": set(), "log": {"atomic"},
     "nn": BASE, "data": BASE,
     "models": BASE | {"nn", "data"},
     "objectives": BASE | {"nn", "data", "models"},

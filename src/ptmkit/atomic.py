@@ -59,29 +59,39 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `path`; on success it becomes `path` (an existing directory there
-    is moved aside and deleted after the swap), on any error it is removed and `path` is left as it was."""
+def publish_dir(tmp: Path, path: str | os.PathLike) -> None:
+    """Make the finished directory `tmp` (beside `path`) durable and swap it in: an existing `path` is moved aside
+    and deleted after the swap; if the swap fails half-way the old directory is put back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.mkdir()
+    _fsync_tree(tmp)
     old = None
     try:
-        yield tmp
-        _fsync_tree(tmp)
         if path.exists():
-            old = _tmp_name(path).with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists() and not path.exists():
-            os.replace(old, path)  # the swap failed half-way: put the old directory back
+            os.replace(old, path)
         raise
     if old is not None:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; on success it becomes `path` (see publish_dir), on any
+    error it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        publish_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

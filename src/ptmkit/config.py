@@ -149,7 +149,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def dump_json(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n")
+    from ptmkit import atomic  # a module of the same base layer
+
+    atomic.write_text(path, json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n")
 
 
 def check_positive(where: str, **values: float) -> None:

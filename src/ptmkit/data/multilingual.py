@@ -8,6 +8,8 @@ Dimension legend: B batch, T padded row length, N sentences per language, L lang
 
 from __future__ import annotations
 
+import warnings
+
 import gzip
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -45,7 +47,7 @@ def read_aligned(split: str, langs: Sequence[str] = MULTI30K_LANGS, root: str | 
     keep = [i for i in range(len(out[langs[0]])) if all(out[l][i].strip() for l in langs)]
     dropped = len(out[langs[0]]) - len(keep)
     if dropped:
-        print(f"[ptmkit] {split}: dropped {dropped} aligned rows with an empty line")
+        warnings.warn(f"{split}: dropped {dropped} aligned rows with an empty line in some language", stacklevel=2)
         out = {l: [v[i] for i in keep] for l, v in out.items()}
     if limit is not None:
         out = {l: v[:limit] for l, v in out.items()}

@@ -102,7 +102,7 @@ TASKS: dict[str, Task] = {
     "token-classification": Task(lambda backbone, n: TokenClassifier(
         backbone, n, dropout=classifier_dropout(backbone.config)), labels=True),
     # ELECTRA's discriminator (objectives/rtd.py)
-    "replaced-token-detection": Task(only="the electra family (a discriminator head)"),
+    "replaced-token-detection": Task(only="a discriminator head (use model family electra)"),
     # encoder-decoder language model (models/seq2seq.py)
     "seq2seq-lm": Task(only="an encoder-decoder family (t5, bart, mbart)"),
     # XLNet's two-stream LM head (models/xlnet.py, objectives/plm.py)

@@ -76,3 +76,16 @@ def teardown(wait: bool = True) -> None:
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def run_on_ranks(cfg: ParallelConfig, device: str, fn, *args):
+    """`fn(*args, state)` in this process: every rank of a torchrun launch (state = this rank's ParallelState), or a
+    single process (state = None). The process group is set up before and torn down after, also on an error."""
+    state = setup(cfg, device)
+    try:
+        result = fn(*args, state)
+    except BaseException:
+        teardown(wait=False)  # the other ranks may never arrive
+        raise
+    teardown()
+    return result

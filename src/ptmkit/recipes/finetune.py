@@ -33,7 +33,7 @@ from ptmkit.models.registry import backbone_of
 from ptmkit.objectives.classification import TaskConfig, TaskObjective
 from ptmkit.parallel.apply import unsharded
 from ptmkit.parallel.config import ParallelConfig
-from ptmkit.parallel.mesh import setup, teardown
+from ptmkit.parallel.mesh import run_on_ranks
 from ptmkit.recipes.evaluate import TASK_FILE, _device, _pad_id, evaluate, kind_of, predict, score
 from ptmkit.train.best import KeepBest
 from ptmkit.train.flops import applied_parameters, mfu_denominator, training_flops_per_token
@@ -265,14 +265,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     layout = ParallelConfig(dp_shard=-1) if cfg.data_parallel == "fsdp" else ParallelConfig(dp_replicate=world,
                                                                                              dp_shard=1)
-    state = setup(layout, "cuda" if _device(cfg.device).type == "cuda" else "cpu")
-    try:
-        results = _finetune(cfg, resume, state)
-    except BaseException:
-        teardown(wait=False)
-        raise
-    teardown()
-    return results
+    return run_on_ranks(layout, "cuda" if _device(cfg.device).type == "cuda" else "cpu", _finetune, cfg, resume)
 
 
 def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:

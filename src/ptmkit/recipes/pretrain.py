@@ -24,7 +24,7 @@ from ptmkit.log import get
 from ptmkit.models.registry import PRESETS, backbone_of, build_model, family, hf_export_form, make_config
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.parallel.config import ParallelConfig, check_model
-from ptmkit.parallel.mesh import setup, teardown
+from ptmkit.parallel.mesh import run_on_ranks
 from ptmkit.train.flops import applied_parameters, format_flops, mfu_denominator, training_flops_per_token
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
@@ -154,14 +154,7 @@ def make_evaluator(batches: list[dict[str, torch.Tensor]], precision_ctx, device
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Single process, or every rank of a torchrun launch (then cfg.parallel says how the ranks split the work)."""
-    state = setup(cfg.parallel, cfg.train.device)
-    try:
-        summary = _pretrain(cfg, resume, state)
-    except BaseException:
-        teardown(wait=False)
-        raise
-    teardown()
-    return summary
+    return run_on_ranks(cfg.parallel, cfg.train.device, _pretrain, cfg, resume)
 
 
 @dataclass
@@ -189,6 +182,8 @@ def _build(cfg: PretrainConfig, state) -> _Run:
     task = pretrain_task(OBJECTIVES[cfg.objective.name][1], cfg.model.family) if cfg.objective.name in OBJECTIVES else None
     objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
     model = build_pretrain_model(cfg.model, task, tokenizer)
+    if hasattr(objective, "bind"):  # auxiliary networks (ELECTRA's generator) draw their initial weights now, from
+        objective.bind(model)      # the seed every rank shares, not after the per-rank dropout seed below
     bcfg = backbone_of(model).config
     max_pos = getattr(bcfg, "max_position_embeddings", None)
     if max_pos is not None and cfg.data.seq_len > max_pos:

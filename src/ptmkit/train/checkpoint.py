@@ -9,7 +9,6 @@ has auxiliary networks (ELECTRA's generator), also objective.safetensors: their 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
+
+from ptmkit import atomic
 
 PREFIX = "step-"
 OBJECTIVE_FILE = "objective.safetensors"
@@ -62,14 +63,8 @@ def save_checkpoint(
     objective_module: torch.nn.Module | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically; a crash mid-write leaves earlier checkpoints untouched."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"{PREFIX}{step:08d}"
-    tmp = ckpt_root / f".tmp-{PREFIX}{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    final = Path(run_dir) / "checkpoints" / f"{PREFIX}{step:08d}"
+    with atomic.atomic_dir(final) as tmp:  # a crash mid-write leaves earlier checkpoints untouched
         save_safetensors_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
         if objective_module is not None:
             own = objective_tensors(objective_module, model)
@@ -86,15 +81,6 @@ def save_checkpoint(
         )
         state = {"step": step, "data": data_state, "rng": rng_state(), "extra": extra or {}}
         (tmp / "state.json").write_text(json.dumps(state))
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
 )
 
+from ptmkit import atomic
 from ptmkit.train.checkpoint import PREFIX, list_checkpoints, rng_state, set_rng_state
 
 FORMAT = "dcp"
@@ -86,9 +87,7 @@ def save_dcp_checkpoint(run_dir: str | Path, step: int, module, optimizer, sched
         state = {"step": step, "data": data_state, "rng": rng_state(), "extra": extra or {}, "format": FORMAT,
                  "world_size": _world()}
         (tmp / "state.json").write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        atomic.publish_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()

@@ -98,6 +98,7 @@ class Trainer:
         self.device = self.parallel.device if self.parallel is not None else torch.device(self.cfg.device)
         self.model.to(self.device)
         self.module = TrainingModule(self.model, self.objective)  # model (+ the objective's networks, if any)
+        self.module.to(self.device)  # networks an objective built before the run (bound early) move too
         self.pipeline = prepare_training(self.module, self.parallel, self.cfg.activation_checkpointing,
                                          unused_parameters=self.on_step is not None)
         self.optimizer = build_optimizer(self.module, self.optim_cfg)

@@ -1,5 +1,5 @@
 """Shared fixtures for the data-pipeline tests: tiny corpora in tmp_path and the shared GPT-2 files.
-Real data is found through PTMKIT_DATA (default <repo>/../shared/data); tests needing it skip cleanly.
+Real data is found through PTMKIT_DATA (default <repo>/../shared/data); a test needing it fails when it is missing.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ptmkit.data.paths import data_root
 from ptmkit.data.tokenizer import Tokenizer
+from tests.conftest import shared_path
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -36,10 +36,9 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 @pytest.fixture(scope="session")
 def gpt2_dir() -> Path:
-    d = data_root() / "tokenizers" / "gpt2"
-    if not (d / "vocab.json").is_file() or not (d / "merges.txt").is_file():
-        pytest.skip(f"GPT-2 tokenizer files not found under {d} (set PTMKIT_DATA)")
-    return d
+    for name in ("vocab.json", "merges.txt"):
+        shared_path("tokenizers", "gpt2", name)  # a missing file fails the test, naming it
+    return shared_path("tokenizers", "gpt2")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 from pathlib import Path
 
@@ -22,10 +21,7 @@ from ptmkit.data.tasks import (
     read_glue,
     read_table,
 )
-
-DATA = Path(
-    os.environ.get("PTMKIT_DATA", Path(__file__).resolve().parents[3].parent / "shared" / "data")
-)
+from tests.conftest import shared_path
 
 
 def P(path: Path) -> str:
@@ -64,9 +60,7 @@ REAL_GLUE = [
 
 @pytest.mark.parametrize("task,split,count,labelled", REAL_GLUE)
 def test_real_glue_counts(task, split, count, labelled):
-    d = DATA / "glue" / GLUE_TASKS[task].name
-    if not (d / f"{split}.tsv").is_file():
-        pytest.skip(f"{d}/{split}.tsv not present (set PTMKIT_DATA)")
+    d = shared_path("glue", GLUE_TASKS[task].name, f"{split}.tsv").parent  # a missing file fails, naming it
     data = read_glue(task, d, split)
     assert len(data) == count
     assert data.has_labels == labelled
@@ -80,11 +74,9 @@ def test_real_glue_counts(task, split, count, labelled):
 
 
 def test_real_glue_label_statistics():
-    root = DATA / "glue"
-    if not (root / "SST-2" / "dev.tsv").is_file():
-        pytest.skip("GLUE data not present (set PTMKIT_DATA)")
+    root = shared_path("glue")
     sst = read_glue("SST-2", root / "SST-2", "dev")
-    assert sum(e.label for e in sst.examples) == 444 and sst.label_names == ["0", "1"]
+    assert sum(e.label for e in sst.examples) == 444 and sst.label_names == ["negative", "positive"]
     cola = read_glue("cola", root / "CoLA", "train")
     assert sum(e.label for e in cola.examples) == 6023
     rte = read_glue("rte", root / "RTE", "train")
@@ -104,9 +96,7 @@ def test_real_glue_label_statistics():
     "split,count,tokens", [("train", 14041, 203621), ("dev", 3250, 51362), ("test", 3453, 46435)]
 )
 def test_real_conll(split, count, tokens):
-    path = DATA / "ner" / "conll2003" / f"{split}.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not present (set PTMKIT_DATA)")
+    path = shared_path("ner", "conll2003", f"{split}.txt")
     data = read_conll(path)
     assert len(data) == count
     assert sum(map(len, data.sentences)) == tokens
@@ -284,11 +274,11 @@ def test_mnli_layout(tmp_path):
         ),
     )
     train = read_glue("mnli", tmp_path, "train")
-    assert train.label_names == ["contradiction", "entailment", "neutral"]
-    assert [e.label for e in train.examples] == [2, 1]
+    assert train.label_names == ["entailment", "neutral", "contradiction"]  # the ids of HF datasets' glue/mnli
+    assert [e.label for e in train.examples] == [1, 0]
     assert train.examples[0].text_a == "Conceptually cream skimming has two dimensions."  # column 8
     dev = read_glue("mnli", tmp_path, "dev_matched")
-    assert dev.examples[0].label == 0  # gold_label is the last column, not label1
+    assert dev.examples[0].label == 2  # gold_label (contradiction) is the last column, not label1
     assert read_glue("mnli", tmp_path, "test_matched").examples[0] == Example(
         "Hierbas, ans seco.", "Hierbas is a name.", None
     )
@@ -340,7 +330,7 @@ def test_qnli_and_wnli_layouts(tmp_path):
         ),
     )
     w = read_glue("WNLI", tmp_path / "WNLI", "dev")
-    assert [e.label for e in w.examples] == [0, 1] and w.label_names == ["0", "1"]
+    assert [e.label for e in w.examples] == [0, 1] and w.label_names == ["not_entailment", "entailment"]
     assert not read_glue("wnli", tmp_path / "WNLI", "test").has_labels
 
 
@@ -356,7 +346,7 @@ def test_glue_unlabelled_test_layouts_of_cola_and_sst2(tmp_path):
     )
     cola = read_glue("cola", tmp_path / "CoLA", "test")
     assert [e.text_a for e in cola.examples] == ["Bill whistled past the house.", 'He said "hi.']
-    assert not cola.has_labels and cola.label_names == ["0", "1"]
+    assert not cola.has_labels and cola.label_names == ["unacceptable", "acceptable"]
     assert read_glue("sst2", tmp_path / "SST-2", "test").examples[0].label is None
 
 

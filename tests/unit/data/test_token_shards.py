@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokenizers
+import transformers
 from tokenizers import models, pre_tokenizers
 
 from ptmkit.data.corpus import EmptyCorpusError
-from ptmkit.data.paths import data_root
 from ptmkit.data.shards import TokenShards, prepare_shards, token_dtype
 from ptmkit.data.tokenizer import Tokenizer
+from tests.conftest import shared_path
 
 from .conftest import TEXTS, write_jsonl
 
@@ -125,10 +126,7 @@ def test_append_eos_needs_an_eos_token(tmp_path: Path) -> None:
 
 
 def test_gutenberg_slice_matches_transformers(tmp_path: Path, gpt2_dir: Path, gpt2: Tokenizer) -> None:
-    transformers = pytest.importorskip("transformers")
-    src = data_root() / "corpora" / "gutenberg.jsonl.gz"
-    if not src.is_file():
-        pytest.skip(f"{src} not found (set PTMKIT_DATA)")
+    src = shared_path("corpora", "gutenberg.jsonl.gz")
     with gzip.open(src, "rt", encoding="utf-8") as f:
         docs = [json.loads(line)["text"][:10_000] for line in itertools.islice(f, 3)]
     write_jsonl(tmp_path / "g.jsonl", [{"id": i, "text": d} for i, d in enumerate(docs)])

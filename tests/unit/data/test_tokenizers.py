@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import tokenizers
+import transformers
 
 from ptmkit.config import ConfigError
 from ptmkit.data.tokenizer import Tokenizer, VocabMismatchError, check_vocab, train_tokenizer
 
 from .conftest import TEXTS, write_jsonl
-
-transformers = pytest.importorskip("transformers")
 
 SAMPLES = ["Hello world, the quick fox!", "Über café — naïve zebras jump.", "a"]
 VOCAB = {"bpe": 320, "wordpiece": 150, "unigram": 100}

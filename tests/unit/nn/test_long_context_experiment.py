@@ -1,5 +1,6 @@
-"""experiments/long_context.py: every kernel starts from the same weights, and (when the demo data is present) a
-seconds-long study of two kernels writes its named results block without touching the rest of the page."""
+"""experiments/long_context.py: every kernel starts from the same weights, and a seconds-long study of two kernels (on
+the demo's data at a tiny size, the demo_data fixture) writes its named results block without touching the rest of
+the page."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from ptmkit.analysis.report import write_results_block
-from tests.conftest import REPO, load_experiment
+from tests.conftest import demo_args, load_experiment
 
 
 def test_every_kernel_starts_from_the_same_weights():
@@ -40,17 +41,14 @@ def test_named_results_blocks_share_a_page(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "runs/demo/data/gutenberg/meta.json").exists()
-                    or not (REPO / "runs/demo/data/wikitext2-valid/meta.json").exists(),
-                    reason="needs the demo shards and tokenizer (scripts/demo.sh)")
-def test_two_kernels_train_and_evaluate_for_a_few_steps(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_two_kernels_train_and_evaluate_for_a_few_steps(tmp_path, monkeypatch, demo_data):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the checkout
     exp = load_experiment("long_context")
     doc = tmp_path / "page.md"
     doc.write_text("# Page\n\nkept\n\n<!-- results:long-context:begin -->\nold\n<!-- results:long-context:end -->\n")
     argv = ["--kernels", "sdpa,lsh", "--hidden", "32", "--layers", "1", "--heads", "2", "--context", "64",
-            "--steps", "2", "--warmup", "1", "--eval-batches", "2", "--threads", "1", "--out", str(tmp_path / "run"),
-            "--docs", str(doc)]
+            "--steps", "2", "--warmup", "1", "--eval-batches", "2", "--threads", "1", *demo_args(demo_data),
+            "--out", str(tmp_path / "run"), "--docs", str(doc)]
     out = exp.main(argv)
     assert [r["kernel"] for r in out["rows"]] == ["sdpa", "lsh"]
     for r in out["rows"]:

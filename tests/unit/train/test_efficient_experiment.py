@@ -1,5 +1,5 @@
 """experiments/efficient_pretraining.py: the equal wall-clock step plan, the per-step hook that drives PLD through the
-unchanged training loop, and (when the demo data is present) a seconds-long run of every method."""
+unchanged training loop, and a seconds-long run of every method on the demo's data at a tiny size (demo_data)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from argparse import Namespace
 
 import pytest
 
-from tests.conftest import REPO, load_experiment
-
+from tests.conftest import demo_args, load_experiment
 
 
 def _load():
@@ -33,16 +32,14 @@ def test_plan_fills_the_budget_for_every_method():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "runs/demo/data/gutenberg/meta.json").exists(),
-                    reason="needs the demo shards and tokenizer (scripts/demo.sh)")
-def test_every_method_runs_for_a_second(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_every_method_runs_for_a_second(tmp_path, monkeypatch, demo_data):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the checkout
     exp = _load()
     doc = tmp_path / "page.md"
     doc.write_text("# Page\n\nkept\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nend kept\n")
     out = exp.main(["--budget-s", "1", "--hidden", "32", "--layers", "2", "--heads", "2", "--batch-size", "4",
-                    "--seq-len", "32", "--eval-batches", "1", "--probe-steps", "2", "--out", str(tmp_path / "run"),
-                    "--docs", str(doc)])
+                    "--seq-len", "32", "--eval-batches", "1", "--probe-steps", "2", *demo_args(demo_data),
+                    "--out", str(tmp_path / "run"), "--docs", str(doc)])
     assert [r["method"] for r in out["results"]] == list(exp.METHODS)
     for r in out["results"]:
         assert r["steps"] >= 1 and math.isfinite(r["loss"]), r

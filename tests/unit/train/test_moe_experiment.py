@@ -1,5 +1,5 @@
-"""experiments/moe_vs_dense.py: parameter accounting (active = dense at equal expert size) and, when the demo data is
-present, a seconds-long run of both variants that writes results, the plot and the docs table."""
+"""experiments/moe_vs_dense.py: parameter accounting (active = dense at equal expert size) and a seconds-long run of
+both variants on the demo's data at a tiny size (demo_data) that writes results, the plot and the docs table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import pytest
 
 from ptmkit.models import build_model, make_config
-from tests.conftest import REPO, load_experiment
+from tests.conftest import demo_args, load_experiment
 
 
 def test_active_parameters_of_top1_moe_equal_the_dense_model_plus_routers():
@@ -26,15 +26,14 @@ def test_active_parameters_of_top1_moe_equal_the_dense_model_plus_routers():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "runs/demo/data/wikitext2-valid/meta.json").exists(),
-                    reason="needs the demo shards and tokenizer (scripts/demo.sh)")
-def test_both_variants_run_for_a_few_steps(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_both_variants_run_for_a_few_steps(tmp_path, monkeypatch, demo_data):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the checkout
     exp = load_experiment("moe_vs_dense")
     doc = tmp_path / "page.md"
     doc.write_text("# Page\n\nkept\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n")
     out = exp.main(["--steps", "3", "--hidden", "32", "--layers", "2", "--heads", "2", "--batch-size", "4",
-                    "--seq-len", "32", "--eval-batches", "1", "--out", str(tmp_path / "run"), "--docs", str(doc)])
+                    "--seq-len", "32", "--eval-batches", "1", *demo_args(demo_data), "--out", str(tmp_path / "run"),
+                    "--docs", str(doc)])
     assert [r["variant"] for r in out["results"]] == ["dense", "moe"]
     for r in out["results"]:
         assert r["steps"] == 3 and math.isfinite(r["loss"]), r

@@ -59,16 +59,58 @@ def test_schedules():
         build_scheduler(opt, ScheduleConfig(warmup_steps=20), 10)
 
 
-def test_fp16_skips_steps_with_inf_gradients():
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.SGD([p], lr=0.1)
+def _fp16_step(prec, opt, p, grad):
+    """One training step whose (unscaled) gradient for p is `grad`."""
+    prec.backward((p * grad).sum())
+    return prec.step(opt, [p], 0.0)
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale():
+    """An inf or NaN gradient leaves the parameters AND the optimizer state untouched, is counted, and halves the
+    scale (GradScaler backoff 0.5; Micikevicius et al. 2018 §3.2)."""
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    opt = torch.optim.Adam([p], lr=0.1)
     prec = Precision("fp16", torch.device("cpu"))
-    prec.backward((p * torch.tensor([1.0, float("inf"), 1.0])).sum())
-    _, skipped = prec.step(opt, [p], 1.0)
-    assert skipped and prec.skipped_steps == 1 and torch.equal(p.data, torch.ones(3))
-    prec.backward(p.sum())
-    _, skipped = prec.step(opt, [p], 0.0)
-    assert not skipped and p.data[0] < 1
+    assert prec.scaler.get_scale() == 2.0 ** 16
+    norm, skipped = _fp16_step(prec, opt, p, torch.tensor([3.0, -4.0, 0.0]))  # a good step: Adam now has state
+    assert not skipped and norm == pytest.approx(5.0)  # the norm of the unscaled gradient
+    # Adam's first moment is (1 - beta1) x the unscaled gradient; its first step moves each weight by lr x sign(g)
+    assert torch.equal(opt.state[p]["exp_avg"], 0.1 * torch.tensor([3.0, -4.0, 0.0]))
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, 2.1, 3.0]))
+    assert prec.scaler.get_scale() == 2.0 ** 16 and prec.skipped_steps == 0
+    weights = p.detach().clone()
+    state = {k: v.clone() for k, v in opt.state[p].items()}  # step, exp_avg, exp_avg_sq
+    for i, bad in enumerate((float("inf"), float("nan")), start=1):
+        _, skipped = _fp16_step(prec, opt, p, torch.tensor([1.0, bad, 1.0]))
+        assert skipped and prec.skipped_steps == i
+        assert torch.equal(p.detach(), weights)
+        assert opt.state[p].keys() == state.keys()
+        assert all(torch.equal(opt.state[p][k], v) for k, v in state.items()), "optimizer state changed"
+        assert p.grad is None  # the bad gradient is dropped, not accumulated into the next step
+        assert prec.scaler.get_scale() == 2.0 ** (16 - i)
+    _fp16_step(prec, opt, p, torch.tensor([3.0, -4.0, 0.0]))  # training goes on from the same state
+    assert opt.state[p]["step"] == 2 and not torch.equal(p.detach(), weights)
+
+
+def test_fp16_loss_scale_grows_after_growth_interval_good_steps():
+    """The scale doubles after `growth_interval` (2000) consecutive steps without overflow, counted from the last
+    overflow, and not one step earlier."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=2.0 ** -14)  # a power of two: every update below is exact in float32
+    prec = Precision("fp16", torch.device("cpu"))
+    interval = prec.scaler.get_growth_interval()
+    assert interval == 2000 and prec.scaler.get_growth_factor() == 2.0
+    _, skipped = _fp16_step(prec, opt, p, torch.tensor([1.0, float("inf"), 1.0]))  # restarts the count
+    assert skipped and prec.scaler.get_scale() == 2.0 ** 15
+    one = torch.ones(3)
+    for _ in range(interval - 1):
+        _fp16_step(prec, opt, p, one)
+    assert prec.scaler.get_scale() == 2.0 ** 15, "grew before growth_interval good steps"
+    _, skipped = _fp16_step(prec, opt, p, one)
+    assert not skipped and prec.scaler.get_scale() == 2.0 ** 16
+    assert prec.skipped_steps == 1
+    # every good step applied the unscaled gradient (1 per weight): SGD moved each weight by interval x lr
+    assert torch.equal(p.detach(), torch.full((3,), 1 - interval * 2.0 ** -14))
 
 
 def test_gradient_clipping_reports_norm_before_clipping():

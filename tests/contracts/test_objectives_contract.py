@@ -80,10 +80,8 @@ def test_objective_loss_falls(name):
         params.update(mask_token_id=3, vocab_size=V, special_token_ids=[0, 1, 2, 3])
     if hasattr(obj_cls, "from_tokenizer"):  # reads the vocabulary: built as `ptm pretrain` builds it
         tokenizer = _seq2seq_tokenizer() if obj_cls.task == "seq2seq-lm" else _tiny_tokenizer()
-        try:
-            objective = build_objective(ObjectiveSection(name=name), tokenizer, V, seq_len=16)
-        except FileNotFoundError as e:  # e.g. an entity dictionary from the shared data root
-            pytest.skip(str(e))
+        # (the entity objective reads its dictionary from the shared data root: missing data fails, naming the path)
+        objective = build_objective(ObjectiveSection(name=name), tokenizer, V, seq_len=16)
     else:
         objective = obj_cls(from_dict(cfg_cls, params))
     model = _model(objective.task)

@@ -108,3 +108,20 @@ def test_kill_9_at_a_random_moment_then_resume(tiny_model, sst_dir, tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         _assert_same_run(tmp_path / "ref", out)
     assert killed >= 2  # the kills really landed mid-run
+
+
+def test_accumulation_lamb_and_mfu_come_from_the_engine(tiny_model, sst_dir, tmp_path):
+    """96 examples in batches of 16 = 6 micro-batches an epoch; with --grad-accum 2, 3 optimizer steps an epoch."""
+    res = finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", epochs=4.0, grad_accum=2, optimizer="lamb",
+                        log_every=1, lr=2e-2))
+    assert res["steps"] == 12 and res["epochs"] == 4.0
+    records = read_metrics(tmp_path / "run")
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) == 12 and all(r["mfu"] > 0 for r in train)
+    assert train[-1]["epoch"] == pytest.approx(4.0)
+    assert sum(r["loss"] for r in train[-3:]) < sum(r["loss"] for r in train[:3])  # the loss falls
+    assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6, 9, 12]  # each epoch
+    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
+        _cfg(tiny_model, sst_dir, tmp_path / "x", optimizer="sgd")
+    with pytest.raises(ConfigError, match="max_steps=0"):
+        _cfg(tiny_model, sst_dir, tmp_path / "x", max_steps=0)  # 0 steps is refused, not a silent full epoch

@@ -16,9 +16,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ptmkit"
 
-BASE = {"config", "atomic", "log"}
+BASE = {"config", "atomic", "log", "outputs"}
 ALLOWED: dict[str, set[str]] = {
-    "config": {"atomic"}, "atomic": set(), "log": {"atomic"},
+    "config": {"atomic"}, "atomic": set(), "log": {"atomic"}, "outputs": {"config"},
     "nn": BASE, "data": BASE,
     "models": BASE | {"nn", "data"},
     "objectives": BASE | {"nn", "data", "models"},

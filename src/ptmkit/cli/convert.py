@@ -34,12 +34,23 @@ def add_parser(sub) -> None:
                         "(default: the checkpoint's own)")
     p.add_argument("--num-labels", type=int, default=None, help="classes for a new classification head")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights before saving")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in DST (the folder is removed as a whole, with any stale files)")
     p.set_defaults(run=run)
 
 
+MODEL_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "finetune_task.json", "tokenizer.json", "model", "generator")
+
+
 def run(args) -> int:
+    from ptmkit import outputs
     from ptmkit.models import load_model, save_model
     from ptmkit.models.io import copy_tokenizer
+
+    if Path(args.dst).resolve() == Path(args.src).resolve():
+        raise SystemExit("ptm convert: DST is SRC; write the converted model to another folder")
+    outputs.check_free(args.dst, MODEL_MARKERS, overwrite=args.overwrite, kind="model")
 
     if (Path(args.src) / "state.json").exists():  # a training checkpoint
         from ptmkit.recipes.pretrain import export_checkpoint
@@ -47,12 +58,16 @@ def run(args) -> int:
         if args.gguf_file or args.task or args.num_labels or args.dtype:
             raise SystemExit("ptm convert: --gguf-file/--task/--num-labels/--dtype apply to model directories, not "
                              "to training checkpoints (convert the exported model again to change them)")
-        written = export_checkpoint(args.src, args.dst)
-        print("wrote " + ", ".join(written.values()))
+        from ptmkit import atomic
+
+        with atomic.atomic_dir(args.dst) as tmp:  # built aside, swapped in whole (an earlier DST goes only then)
+            written = export_checkpoint(args.src, tmp)
+        print("wrote " + ", ".join(v.replace(str(tmp), str(args.dst)) for v in written.values()))
         return 0
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     model = load_model(args.src, task=args.task, num_labels=args.num_labels, dtype=dtype, gguf_file=args.gguf_file)
+    outputs.discard(args.dst)  # loaded and checked: only now does the old DST go
     dst = save_model(model, args.dst, tokenizer_from=None)
     copied = copy_tokenizer(args.src, dst)
     if args.gguf_file and not copied:

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("config", nargs="?", default=None, help="YAML recipe (optional: all keys can be given as overrides)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in the output folder (it is removed as a whole); without it, or "
+                        "--resume, a folder holding a run is refused")
     p.set_defaults(run=run, accepts_overrides=True)
 
 
@@ -37,7 +40,7 @@ def run(args) -> int:
     from ptmkit.recipes.pretrain import PretrainConfig, pretrain
 
     cfg = build_config(PretrainConfig, args.config, parse_dotted(args.overrides))
-    summary = pretrain(cfg, resume=args.resume)
+    summary = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 130 if summary["interrupted"] else 0
     ev = summary.get("eval") or {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ptmkit import outputs
 from ptmkit.data.corpus import TXT_MODES, CorpusStats, iter_documents
 from ptmkit.data.tokenizer import KINDS, Tokenizer
 
@@ -26,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("--kind", required=True, choices=KINDS, help="tokenizer family")
     t.add_argument("--vocab-size", required=True, type=int, metavar="N", help="target vocabulary size, special tokens included")
     t.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer files into")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a tokenizer already in --out (token shards made with it will then be refused)")
     t.add_argument("--min-frequency", type=int, default=2, metavar="N", help="minimum pair count to merge (bpe, wordpiece; default 2)")
     t.add_argument(
         "--lowercase", action=argparse.BooleanOptionalAction, default=None,
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.path}: {type(tok.backend.model).__name__}")
         print(_describe(tok))
         return 0
+    markers = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt")
+    outputs.check_free(args.out, markers, overwrite=args.overwrite, kind="tokenizer")  # before hours of training
     stats = CorpusStats()
     docs = iter_documents(args.input, text_field=args.text_field, txt_mode=args.txt_mode, stats=stats)
     t0 = time.perf_counter()
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         show_progress=args.progress, model_max_length=args.model_max_length,
     )
     seconds = time.perf_counter() - t0
+    outputs.discard(args.out)  # the old tokenizer's files go as a whole, none left beside the new ones
     out = tok.save(args.out)
     print(f"trained {args.kind} tokenizer on {stats.documents:,} documents ({stats.chars:,} chars) from {stats.files} file(s) in {seconds:.1f} s")
     if stats.num_bad:

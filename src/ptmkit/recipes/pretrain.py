@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ptmkit import atomic
+from ptmkit import atomic, outputs
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
 from ptmkit.data.sampler import PackedDataset
@@ -152,8 +152,16 @@ def make_evaluator(batches: list[dict[str, torch.Tensor]], precision_ctx, device
     return evaluate
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Single process, or every rank of a torchrun launch (then cfg.parallel says how the ranks split the work)."""
+RUN_MARKERS = ("run_config.json", "metrics.jsonl", "summary.json", "checkpoints", "model")
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Single process, or every rank of a torchrun launch (then cfg.parallel says how the ranks split the work).
+    A folder that holds a run is continued with resume=True or replaced with overwrite=True, never mixed."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the output folder and --overwrite replaces it: choose one")
+    if not resume:
+        outputs.check_free(cfg.out, RUN_MARKERS, overwrite=overwrite, kind="pre-training run", resume_flag="--resume")
     return run_on_ranks(cfg.parallel, cfg.train.device, _pretrain, cfg, resume)
 
 
@@ -241,6 +249,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     out = Path(cfg.out)
     run = _build(cfg, state)
     if main:  # everything is validated: only now does the run touch its folder
+        if not resume:
+            outputs.discard(out)  # an earlier run there (allowed by --overwrite) goes as a whole
         atomic.write_text(out / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         _announce(cfg, run, state)
     layer_drop = apply_layer_drop(run.model, cfg.layer_drop, seed=cfg.train.seed)

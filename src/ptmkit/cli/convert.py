@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -76,6 +77,14 @@ def run(args) -> int:
 
         AutoTokenizer.from_pretrained(args.src, gguf_file=args.gguf_file).save_pretrained(dst)
         copied = ["tokenizer.json (from GGUF)"]
+    if (Path(dst) / "tokenizer.json").is_file():
+        from ptmkit.data.tokenizer import Tokenizer
+
+        words = Tokenizer.load(dst).vocab_size
+        if words > model.config.vocab_size:
+            print(f"ptm convert: warning: the tokenizer has {words} tokens but the model's embeddings only "
+                  f"{model.config.vocab_size}: ids >= {model.config.vocab_size} would fail; use the tokenizer the "
+                  "model was trained with", file=sys.stderr)
     n = sum(p.numel() for p in model.parameters())
     arch = json.loads((Path(dst) / "config.json").read_text())["architectures"][0]
     print(f"wrote {dst}: {arch}, {n / 1e6:.1f}M parameters; tokenizer files: {', '.join(copied) or 'none found'}")

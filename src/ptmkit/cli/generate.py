@@ -60,6 +60,13 @@ def run(args) -> int:
     pad = getattr(model.config, "pad_token_id", None)
     pad = pad if pad is not None else (stops[0] if stops else 0)
     enc = [tok.encode(p, add_special_tokens=False).ids for p in args.prompt]
+    bos = getattr(model.config, "bos_token_id", None)
+    for i, e in enumerate(enc):
+        if not e:  # an empty prompt: start from the beginning-of-text token, as GPT-2 samples unconditionally
+            if bos is None:
+                raise ValueError(f"prompt {i + 1} ({args.prompt[i]!r}) has no tokens and the model has no "
+                                 "bos_token_id to start from; give some text to continue")
+            e.append(bos)
     width = max(len(e) for e in enc)
     ids = torch.full((len(enc), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)

@@ -47,6 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors carry messages written for users; show them without a traceback.
         print(f"ptm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the system refused a read or write: say which file and what to do
+        print(f"ptm {args.command}: error: {_os_advice(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_advice(e: OSError) -> str:
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    fix = {errno.EACCES: "the folder is not writable by you: choose another output folder or fix its permissions",
+           errno.EROFS: "the file system is read-only: choose an output folder on a writable disk",
+           errno.ENOSPC: "the disk is full: free space or write elsewhere (checkpoints already written are intact)",
+           errno.EFBIG: "the file exceeds a file-size limit (ulimit -f or the file system's): raise the limit or "
+                        "write elsewhere (checkpoints already written are intact)",
+           errno.EDQUOT: "your disk quota is exhausted: free space or write elsewhere"}.get(e.errno, "")
+    return f"{where}{e.strerror or e}" + (f"; {fix}" if fix else "")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ if [ ! -f "$OUT/data/gutenberg/meta.json" ]; then
 fi
 if [ ! -f "$OUT/pretrain/model/model.safetensors" ]; then
     stage "3/5 pre-training BERT-mini with masked LM ($PRETRAIN_STEPS steps, bf16 autocast)"
-    "${PTM[@]}" pretrain configs/bert-mini-mlm.yaml --out "$OUT/pretrain" --train.steps "$PRETRAIN_STEPS" \
+    # an interrupted earlier run continues from its last checkpoint; a folder without one starts afresh
+    CONTINUE=--overwrite; [ -d "$OUT/pretrain/checkpoints" ] && CONTINUE=--resume
+    "${PTM[@]}" pretrain configs/bert-mini-mlm.yaml --out "$OUT/pretrain" "$CONTINUE" --train.steps "$PRETRAIN_STEPS" \
         --train.eval_every 200 --train.checkpoint_every 200 \
         --data.train "$OUT/data/gutenberg" --data.eval "$OUT/data/wikitext2-valid" --data.tokenizer "$OUT/tokenizer"
 fi

@@ -53,5 +53,5 @@ def test_tp_splits_grouped_query_attention_and_the_gated_feed_forward(corpus, tm
 
 def test_tp_refuses_families_it_cannot_split():
     cfg = make_config("bart", dict(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32))
-    with pytest.raises(ConfigError, match=r"tensor parallelism supports the families .* this model is \['bart'\]"):
+    with pytest.raises(ConfigError, match=r"tensor parallelism supports backbones that declare supports_tensor_parallel .* this model is \['bart'\]"):
         apply_tensor_parallel(build_model("bart", cfg, "base"), tp_mesh=None)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ptmkit import atomic
+from ptmkit import atomic, outputs
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
@@ -176,22 +176,23 @@ def _resolved(data_dir, data_file) -> str | None:
     return str((Path(data_dir) / path if data_dir is not None and not path.is_absolute() else path).resolve())
 
 
+RUN_MARKERS = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "best")
+
+
 def _check_out(out: Path, cfg: FinetuneConfig, resume: bool) -> None:
-    holds_run = (out / "results.json").exists() or (out / "metrics.jsonl").exists()
-    if resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {out} holds no fine-tuning run (config.json missing); start it without --resume")
-        old = json.loads(saved.read_text())
-        new = to_dict(dataclasses.replace(cfg, data_dir=old.get("data_dir")))
-        changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
-        if changed:
-            raise ConfigError(f"--resume: {out} was started with other settings: "
-                              + ", ".join(f"{k}={old.get(k)!r} (now {new[k]!r})" for k in changed)
-                              + "; resume with the same options or start a new run in another folder")
-    elif holds_run and not cfg.overwrite:
-        raise ConfigError(f"{out} already holds a run (metrics.jsonl / results.json); continue it with --resume, "
-                          "replace it with --overwrite, or choose another --out")
+    if not resume:
+        outputs.check_free(out, RUN_MARKERS, overwrite=cfg.overwrite, kind="fine-tuning run", resume_flag="--resume")
+        return
+    saved = out / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {out} holds no fine-tuning run (config.json missing); start it without --resume")
+    old = json.loads(saved.read_text())
+    new = to_dict(dataclasses.replace(cfg, data_dir=old.get("data_dir")))
+    changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(f"--resume: {out} was started with other settings: "
+                          + ", ".join(f"{k}={old.get(k)!r} (now {new[k]!r})" for k in changed)
+                          + "; resume with the same options or start a new run in another folder")
 
 
 def _build(cfg: FinetuneConfig, state) -> _Run:
@@ -299,9 +300,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
             atomic.write_text(tmp / TASK_FILE, json.dumps(task_info, indent=2) + "\n")
 
     if main and not resume:  # everything is validated: only now does the run touch its folder
+        outputs.discard(out)  # an earlier run there (allowed by --overwrite) goes as a whole: never two runs mixed
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "results.json"):
-            (out / name).unlink(missing_ok=True)
         atomic.write_text(out / "config.json",
                           json.dumps(to_dict(dataclasses.replace(cfg, data_dir=str(spec.data_dir) if spec.data_dir else None)), indent=2) + "\n")
     bcfg = backbone_of(run.model).config

@@ -201,7 +201,7 @@ def test_finetune_classification_learns_and_writes_run(tiny_model, sst_dir, tmp_
     assert rows[0] == "index\tprediction\tgold" and len(rows) == 41
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["labelled"] is True
 
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
         finetune(_cfg(tiny_model, sst_dir, out))
 
 

@@ -61,7 +61,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_model, sst_dir, tmp
     first = finetune(cfg)
     assert first == {"interrupted": True, "steps": 8, "out": str(tmp_path / "cut")}
     monkeypatch.setattr(TaskBatches, "__next__", real_next)
-    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+    with pytest.raises(ConfigError, match="already holds a fine-tuning run.*--resume"):
         finetune(cfg)  # a second start without --resume would lose the first
     resumed = finetune(cfg, resume=True)
     assert resumed["steps"] == 18
@@ -125,3 +125,15 @@ def test_accumulation_lamb_and_mfu_come_from_the_engine(tiny_model, sst_dir, tmp
         _cfg(tiny_model, sst_dir, tmp_path / "x", optimizer="sgd")
     with pytest.raises(ConfigError, match="max_steps=0"):
         _cfg(tiny_model, sst_dir, tmp_path / "x", max_steps=0)  # 0 steps is refused, not a silent full epoch
+
+
+def test_overwrite_replaces_the_whole_run(tiny_model, sst_dir, tmp_path):
+    out = tmp_path / "run"
+    finetune(_cfg(tiny_model, sst_dir, out, epochs=2.0, checkpoint_every=5, keep_last=3))
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-00000005", "step-00000010",
+                                                                         "step-00000012"]
+    with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
+        finetune(_cfg(tiny_model, sst_dir, out, max_steps=2))
+    finetune(_cfg(tiny_model, sst_dir, out, max_steps=2, overwrite=True))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # none of the old run's
+    assert max(r["step"] for r in read_metrics(out)) == 2

@@ -191,7 +191,7 @@ def run_pretraining(args, tok: str, shards: str) -> dict[str, dict]:
             run = out / "pretrain" / f"{o}-seed{seed}"
             if not (run / "summary.json").exists() or not (run / "model").exists():
                 print(f"[equal-compute] pre-training {o} seed {seed}: {plan[o]['steps']} steps", flush=True)
-                pretrain(pretrain_config(args, o, plan[o]["steps"], seed, run, tok, shards))
+                pretrain(pretrain_config(args, o, plan[o]["steps"], seed, run, tok, shards), overwrite=True)  # an unfinished run restarts
             summary = json.loads((run / "summary.json").read_text())
             plan[o]["runs"][seed] = {"dir": str(run / "model"), "wall_s": summary["wall_s"],
                                      "steps": summary["steps"]}

@@ -19,11 +19,24 @@ def get(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("ptmkit") else f"ptmkit.{name}")
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the message (tests and notebooks swap it), never to a stream
+    captured once and closed since."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup(level: int = logging.INFO) -> None:
     """Send ptmkit's messages to stderr as `[ptmkit] message` (idempotent)."""
     if any(getattr(h, "_ptmkit", False) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("[ptmkit] %(message)s"))
     handler._ptmkit = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

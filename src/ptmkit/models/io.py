@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ptmkit import atomic
@@ -45,32 +47,44 @@ def _adapter_for(model_type: str | None, architectures: list[str] | None = None)
     for name, adapter in MOE_ADAPTERS.items():
         if adapter.model_type == model_type:
             return name, adapter
-    supported = sorted([f.adapter.model_type for f in FAMILIES.values()]
-                       + [a.model_type for a in MOE_ADAPTERS.values()])
+    supported = sorted({f.adapter.model_type for f in FAMILIES.values()}  # t5 and t5-encoder share one
+                       | {a.model_type for a in MOE_ADAPTERS.values()})
     raise CheckpointError(f"unsupported model_type {model_type!r} in config.json; supported: {supported}")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a model directory: single or sharded safetensors, else legacy pytorch_model.bin."""
+    """All tensors of a model directory: single or sharded safetensors, else legacy pytorch_model.bin. A file that
+    cannot be read (truncated, corrupt, missing shard) is named in a CheckpointError."""
+    # weights_only=True: a pickle can run code; this refuses anything but tensors and plain containers.
+    load_bin = lambda f: torch.load(f, map_location="cpu", weights_only=True)  # noqa: E731
     if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
-    for index_name, loader in (
-        ("model.safetensors.index.json", load_file),
-        ("pytorch_model.bin.index.json", lambda f: torch.load(f, map_location="cpu", weights_only=True)),
-    ):
+        return _read_file(path / "model.safetensors", load_file)
+    for index_name, loader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", load_bin)):
         if (path / index_name).is_file():
-            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            index = _read_file(path / index_name, lambda f: json.loads(f.read_text())["weight_map"])
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(loader(path / shard))
+            for shard in sorted(set(index.values())):
+                state.update(_read_file(path / shard, loader))
             return state
     if (path / "pytorch_model.bin").is_file():
-        # weights_only=True: a pickle can run code; this refuses anything but tensors and plain containers.
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return _read_file(path / "pytorch_model.bin", load_bin)
     raise FileNotFoundError(
         f"no weights in {path}: looked for model.safetensors, model.safetensors.index.json, "
         "pytorch_model.bin.index.json and pytorch_model.bin"
     )
+
+
+def _read_file(f: Path, loader):
+    """loader(f), naming `f` when it is missing, truncated or corrupt (safetensors' and torch's errors do not)."""
+    try:
+        return loader(f)
+    except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as e:
+        what = ("missing" if not f.exists() else
+                "refused by torch.load(weights_only=True): truncated, corrupt, or holding more than tensors"
+                if isinstance(e, pickle.UnpicklingError) else "truncated or corrupt")
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{f}: {what} ({type(e).__name__}: {detail}); download or save the model directory "
+                              "again (a copy that stopped early leaves a short file)") from e
 
 
 def read_gguf(path: Path, gguf_file: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

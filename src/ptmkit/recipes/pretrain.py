@@ -54,6 +54,13 @@ class DataSection:
     batch_size: int = 32  # sequences per micro-batch
     eval_batches: int = 10  # fixed held-out batches scored at each evaluation
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batches"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise ConfigError(f"data.seq_len must be an integer >= 2 (a token and its target), got {self.seq_len!r}")
+
 
 @dataclass
 class ObjectiveSection:
@@ -335,12 +342,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, str]
     cfg = from_dict(PretrainConfig, json.loads(run_config.read_text()))
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
     module = plain_training_module(cfg, tokenizer)
+    from ptmkit.train.checkpoint import check_checkpoint, load_checkpoint_weights
+
+    check_checkpoint(ckpt)  # a missing, truncated or corrupt file is named before anything is exported
     if is_dcp_checkpoint(ckpt):
         load_dcp_weights(ckpt, module)
     else:
-        from ptmkit.train.checkpoint import _load_objective
-        from safetensors.torch import load_model as load_safetensors_model
-
-        load_safetensors_model(module.model, str(ckpt / "model.safetensors"))
-        _load_objective(ckpt, module.model, module.aux)
+        load_checkpoint_weights(ckpt, module.model, module.aux)
     return save_trained(module.model, module.loss_fn, tokenizer, out / "model" if module.aux is not None else out, out)

@@ -7,6 +7,7 @@ A checkpoint directory `step-00001234/` in this format holds:
   train.pt        scheduler and precision state (identical on every rank; written by rank 0)
   rng-rank{r}.pt  each rank's torch RNG (dropout draws differ per rank)
   state.json      step, data position, Python/NumPy RNG, "format": "dcp", the world size that wrote it
+  manifest.json   every file above with its size and SHA-256, written last (see train/checkpoint.py)
 It is written under a temporary name and renamed into place by rank 0 after every rank has finished, so a crash
 mid-write leaves the earlier checkpoints intact (as the single-process format does).
 """
@@ -23,12 +24,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
 )
 
 from ptmkit import atomic
-from ptmkit.train.checkpoint import PREFIX, list_checkpoints, rng_state, set_rng_state
+from ptmkit.train.checkpoint import (
+    PREFIX, BrokenCheckpointError, error_detail, load_torch_file, read_state, rng_state, rotate, set_rng_state,
+    write_manifest,
+)
 
 FORMAT = "dcp"
 
@@ -87,9 +92,9 @@ def save_dcp_checkpoint(run_dir: str | Path, step: int, module, optimizer, sched
         state = {"step": step, "data": data_state, "rng": rng_state(), "extra": extra or {}, "format": FORMAT,
                  "world_size": _world()}
         (tmp / "state.json").write_text(json.dumps(state))
+        write_manifest(tmp)  # last, every rank's files complete: it vouches for all of them
         atomic.publish_dir(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        rotate(run_dir, step, keep_last)
     _barrier()
     return final
 
@@ -99,27 +104,39 @@ def load_dcp_checkpoint(path: str | Path, module, optimizer, scheduler, precisio
     path = Path(path)
     if not is_dcp_checkpoint(path):
         raise FileNotFoundError(f"{path} is not a distributed (DCP) checkpoint: {path / 'dcp' / '.metadata'} missing")
+    state = read_state(path)
     sd = _state(module, optimizer)
-    with _single_process_ok():
-        dcp.load(sd, checkpoint_id=str(path / "dcp"))
+    _dcp_load(sd, path)
     set_model_state_dict(module, sd["model"])
     if optimizer is not None:
         set_optimizer_state_dict(module, optimizer, sd["optim"])
-    blob = torch.load(path / "train.pt", map_location="cpu", weights_only=True)
+    blob = load_torch_file(path / "train.pt")
     scheduler.load_state_dict(blob["scheduler"])
     precision.load_state_dict(blob["precision"])
-    state = json.loads((path / "state.json").read_text())
     own = path / f"rng-rank{_rank()}.pt"  # a rank the writer did not have takes rank 0's stream
-    rng = torch.load(own if own.exists() else path / "rng-rank0.pt", map_location="cpu", weights_only=True)
+    rng = load_torch_file(own if own.exists() else path / "rng-rank0.pt")
     set_rng_state(state["rng"], rng["torch_rng"], rng["cuda_rng"])
     return state
+
+
+def _dcp_load(sd: dict[str, Any], path: Path) -> None:
+    """dcp.load, naming the checkpoint and each rank's cause when its shards cannot be read (DCP raises a
+    CheckpointException, a BaseException, with per-rank tracebacks that name neither the checkpoint nor the file)."""
+    try:
+        with _single_process_ok():
+            dcp.load(sd, checkpoint_id=str(path / "dcp"))
+    except CheckpointException as e:
+        causes = "; ".join(f"rank {r}: {error_detail(exc)}" for r, (exc, _) in sorted(e.failures.items()))
+        raise BrokenCheckpointError(
+            f"{path / 'dcp'}: could not be read ({causes}); if the model matches the one that wrote it, its shards "
+            "are truncated or corrupt: restore them from a backup, or move this checkpoint directory aside so that "
+            "--resume falls back to the previous one") from e
 
 
 def load_dcp_weights(path: str | Path, module: torch.nn.Module) -> None:
     """Only the model weights of a DCP checkpoint, into `module` (any layout, or one plain process)."""
     sd = {"model": get_model_state_dict(module)}
-    with _single_process_ok():
-        dcp.load(sd, checkpoint_id=str(Path(path) / "dcp"))
+    _dcp_load(sd, Path(path))
     set_model_state_dict(module, sd["model"])
 
 

@@ -18,11 +18,12 @@ from typing import Any, Callable
 import torch
 
 from ptmkit.config import ConfigError
+from ptmkit.log import get
 from ptmkit.parallel.apply import prepare_training
 from ptmkit.parallel.collectives import any_rank, mean_over_ranks, token_weight
 from ptmkit.parallel.mesh import ParallelState
 from ptmkit.train.best import KeepBest
-from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ptmkit.train.checkpoint import load_checkpoint, newest_intact_checkpoint, save_checkpoint
 from ptmkit.train.dcp import is_dcp_checkpoint, load_dcp_checkpoint, save_dcp_checkpoint
 from ptmkit.train.interrupt import StopFlag
 from ptmkit.train.logging import MetricsLogger, plot_run, progress
@@ -30,6 +31,9 @@ from ptmkit.train.module import TrainingModule, bind_objective  # noqa: F401  (t
 from ptmkit.train.optim import OptimConfig, build_optimizer
 from ptmkit.train.precision import Precision
 from ptmkit.train.schedule import ScheduleConfig, build_scheduler
+
+
+log = get(__name__)
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Trainer:
         fmt = self.cfg.checkpoint_format
         self.use_dcp = fmt == "dcp" or (fmt == "auto" and self.parallel is not None)
         if resume:
-            self.resume_from(latest_checkpoint(self.run_dir))
+            self.resume_from(newest_intact_checkpoint(self.run_dir))  # verified; broken newer ones are named
         self.logger = MetricsLogger(self.run_dir, resume_step=self.step) if self.main else None
         if self.logger is not None and self.step == 0:
             self.logger.path.write_text("")  # a fresh run starts a fresh history
@@ -219,6 +223,8 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         self.setup(resume)
         self.start = self.step
+        if resume and self.main:
+            log.info("resuming %s at step %d of %d", self.run_dir, self.step, self.cfg.steps)
         self.bar = progress(self.cfg.steps, self.start, desc=f"train {self.run_dir.name}",
                             enabled=self.cfg.progress_bar and self.main)
         stopped = False

@@ -66,3 +66,27 @@ def test_a_file_size_limit_is_a_message_and_leaves_no_torn_file(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "file-size limit" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "tokenizer.json").exists()  # the atomic writer left no half-written file
+
+
+def test_os_refusals_are_explained():
+    import errno
+
+    from ptmkit.cli.main import _os_advice
+
+    assert "not writable" in _os_advice(OSError(errno.EACCES, "Permission denied", "/ro/run"))
+    assert _os_advice(OSError(errno.EROFS, "Read-only file system", "/ro")).startswith("/ro: Read-only file system")
+    assert "disk is full" in _os_advice(OSError(errno.ENOSPC, "No space left on device", "/x"))
+
+
+def test_convert_warns_when_the_tokenizer_outgrows_the_model(tmp_path, capsys):
+    from ptmkit.data.tokenizer import Tokenizer
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat and the dog sat on the log\n" * 20)
+    tok = Tokenizer.train(str(text), "wordpiece", vocab_size=60, min_frequency=1)
+    cfg = make_config("bert", dict(vocab_size=tok.vocab_size - 5, hidden_size=32, num_layers=1, num_heads=2,
+                                   intermediate_size=64, max_position_embeddings=16))
+    save_model(build_model("bert", cfg), tmp_path / "m")
+    tok.save(tmp_path / "m")
+    assert main(["convert", str(tmp_path / "m"), str(tmp_path / "out")]) == 0
+    assert "the tokenizer has" in capsys.readouterr().err

@@ -135,3 +135,27 @@ def test_a_malicious_pickle_never_runs(tmp_path):
     msg = str(e.value)
     assert "pytorch_model.bin" in msg and "weights_only=False" not in msg
     assert not marker.exists()  # the payload never executed
+
+
+def test_a_write_that_fails_part_way_leaves_the_last_checkpoint_to_resume_from(reference, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE in the child, as a full disk) makes the next checkpoint write fail: the run
+    stops with a message naming the limit, leaves no torn checkpoint, and resumes to the same end once it can write."""
+    import resource
+
+    config, ref = reference
+    out = tmp_path / "run"
+    proc = _start_and_wait_for_a_checkpoint(config, out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    biggest = max(f.stat().st_size for f in (out / "checkpoints" / kept[-1]).iterdir())
+
+    def limit():  # small files (metrics, state) still fit; the next checkpoint's largest file does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (biggest // 2, biggest // 2))
+
+    r = subprocess.run(_cmd(config, out, "--resume"), env=ENV, capture_output=True, text=True, preexec_fn=limit)
+    assert r.returncode == 2 and "file-size limit" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == kept  # nothing torn published
+    r = subprocess.run(_cmd(config, out, "--resume"), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same(ref, out)

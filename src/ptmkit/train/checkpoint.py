@@ -243,6 +243,25 @@ def objective_tensors(objective_module: torch.nn.Module, model: torch.nn.Module)
     return {k: v for k, v in objective_module.state_dict(keep_vars=True).items() if id(v) not in shared}
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """torch.save, with the system's refusal kept as what it is: torch reports a full disk or a file-size limit as
+    a bare RuntimeError ("unexpected pos ..."), which is turned back into the OSError (ENOSPC / EFBIG) it was, so
+    the user is told which file and why."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        import errno
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        written = path.stat().st_size if path.exists() else 0
+        if limit != resource.RLIM_INFINITY and written + (1 << 16) >= limit:
+            raise OSError(errno.EFBIG, "File too large", str(path)) from e
+        if shutil.disk_usage(path.parent).free < (1 << 20):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        raise
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -262,7 +281,7 @@ def save_checkpoint(
         if objective_module is not None:
             own = objective_tensors(objective_module, model)
             save_file({k: v.detach().contiguous().clone() for k, v in own.items()}, str(tmp / OBJECTIVE_FILE))
-        torch.save(
+        save_torch(
             {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),

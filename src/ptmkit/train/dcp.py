@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ptmkit import atomic
 from ptmkit.train.checkpoint import (
-    PREFIX, BrokenCheckpointError, error_detail, load_torch_file, read_state, rng_state, rotate, set_rng_state,
+    PREFIX, BrokenCheckpointError, error_detail, load_torch_file, read_state, rng_state, rotate, save_torch, set_rng_state,
     write_manifest,
 )
 
@@ -83,12 +83,12 @@ def save_dcp_checkpoint(run_dir: str | Path, step: int, module, optimizer, sched
     _barrier()
     with _single_process_ok():
         dcp.save(_state(module, optimizer), checkpoint_id=str(tmp / "dcp"))
-    torch.save({"torch_rng": torch.get_rng_state(),
+    save_torch({"torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                tmp / f"rng-rank{rank}.pt")
     _barrier()
     if rank == 0:
-        torch.save({"scheduler": scheduler.state_dict(), "precision": precision.state_dict()}, tmp / "train.pt")
+        save_torch({"scheduler": scheduler.state_dict(), "precision": precision.state_dict()}, tmp / "train.pt")
         state = {"step": step, "data": data_state, "rng": rng_state(), "extra": extra or {}, "format": FORMAT,
                  "world_size": _world()}
         (tmp / "state.json").write_text(json.dumps(state))

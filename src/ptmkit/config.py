@@ -6,6 +6,7 @@ and every value must have the declared type (ints widen to floats; nothing else 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -71,7 +72,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float's range (~1.8e308)
+            raise ConfigError(f"{where}: a {value.bit_length()}-bit integer is too large for a float") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -92,9 +96,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
     """Build dataclass `cls` from `data`; unknown keys and wrong types are errors naming the key."""
     where = where or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if k not in fields), key=repr)  # YAML keys may be 1, null, true
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}"
@@ -112,7 +118,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """Parse a command-line override value as YAML scalar/list (`3e-4`, `true`, `[1,2]`)."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # `[1,`, `*a`, a date 2024-13-45 ...
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{text!r} is not a YAML value ({problem}); fix it, or for a string holding YAML syntax "
+                          f"put it in YAML quotes: \"'{text}'\"") from None
     # YAML 1.1 reads "3e-4" as a string; accept the float spelling users type.
     if isinstance(value, str):
         try:
@@ -124,7 +135,7 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of `data` with dotted keys (`train.lr`) set; intermediate mappings are created."""
-    out = json.loads(json.dumps(data))
+    out = copy.deepcopy(data)  # YAML values need not be JSON (dates, bytes, sets): from_dict judges them
     for dotted, value in overrides.items():
         node = out
         parts = dotted.split(".")
@@ -137,13 +148,41 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+def _yaml_error(path: Path, text: str, e: Exception) -> ConfigError:
+    """The ConfigError for a YAML file that does not parse, at path:line:column of the fault."""
+
+    def at(index: int) -> str:  # lines end at "\n" as in every ptmkit reader (YAML also breaks at \r, \u2028 ...)
+        return f"{text.count(chr(10), 0, index) + 1}:{index - text.rfind(chr(10), 0, index)}"
+
+    if isinstance(e, yaml.MarkedYAMLError) and (e.problem_mark or e.context_mark):
+        mark = e.problem_mark or e.context_mark
+        context = f" ({e.context} at {at(e.context_mark.index)})" if e.context and e.context_mark else ""
+        return ConfigError(f"{path}:{at(mark.index)}: not valid YAML: {e.problem or e}{context}; fix the syntax there")
+    if isinstance(e, yaml.reader.ReaderError):  # a control character, e.g. NUL
+        char = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        return ConfigError(f"{path}:{at(e.position)}: unacceptable character {char} ({e.reason}); remove it")
+    return ConfigError(f"{path}: not a readable YAML config ({type(e).__name__}: {e}); fix that value, or quote it to "
+                       "keep it as text")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file; a file that is not UTF-8 or not YAML is a ConfigError naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({e.reason}); save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: e.g. a date 2024-13-45
+        raise _yaml_error(path, text, e) from None
+    if data is None:  # an empty file (or only comments): every key at its default
+        return {}
+    if not isinstance(data, dict):  # `[]`, `0`, `false` too: not an empty config in disguise
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
 

@@ -28,13 +28,23 @@ def parse_dotted(extra: list[str]) -> dict[str, object]:
                 raise ConfigError(f"override {arg} needs a value")
             value = extra[i + 1]
             i += 2
-        out[key] = parse_value(value)
+        try:
+            out[key] = parse_value(value)
+        except ConfigError as e:
+            raise ConfigError(f"override --{key}: {e}") from None
     return out
 
 
 def build_config(cls, yaml_path: str | None, overrides: dict[str, object]):
+    """The typed config of a YAML file plus overrides; an error names the file (and the key, via from_dict)."""
     data = load_yaml(yaml_path) if yaml_path else {}
-    return from_dict(cls, apply_overrides(data, overrides), where="config")
+    try:
+        return from_dict(cls, apply_overrides(data, overrides), where="config")
+    except ConfigError as e:
+        if not yaml_path:
+            raise
+        given = " with the command-line overrides" if overrides else ""
+        raise ConfigError(f"{yaml_path}{given}: {e}") from None
 
 
 def _field_comments(cls) -> dict[str, str]:

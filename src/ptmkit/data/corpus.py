@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import glob
 import gzip
-import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ptmkit.data.textio import json_line
 
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
 TXT_MODES = ("file", "lines")
@@ -184,10 +185,9 @@ def _iter_jsonl(path: Path, text_field: str, stats: CorpusStats) -> Iterator[str
             if not line.strip():
                 stats.record_bad(BLANK_LINE, path, lineno)
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                stats.record_bad(INVALID_JSON, path, lineno, f"{e.msg} at column {e.colno}")
+            obj, why = json_line(line)
+            if why is not None:
+                stats.record_bad(INVALID_JSON, path, lineno, why)
                 continue
             if not isinstance(obj, dict):
                 stats.record_bad(NOT_AN_OBJECT, path, lineno, f"got a JSON {type(obj).__name__}")

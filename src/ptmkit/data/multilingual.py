@@ -9,13 +9,12 @@ Dimension legend: B batch, T padded row length, N sentences per language, L lang
 from __future__ import annotations
 
 import warnings
-
-import gzip
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
+from ptmkit.data import textio
 from ptmkit.data.paths import data_root
 
 MULTI30K_LANGS = ("en", "de", "fr")
@@ -39,15 +38,17 @@ def read_aligned(split: str, langs: Sequence[str] = MULTI30K_LANGS, root: str | 
         if not path.exists():
             have = sorted(p.name for p in d.glob(f"{split}.*.gz"))
             raise FileNotFoundError(f"{path} does not exist; split {split!r} has {have}")
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            out[lang] = [line.rstrip("\n") for line in f]
-    counts = {lang: len(v) for lang, v in out.items()}
+        out[lang] = [line.rstrip("\r\n") for line in textio.lines(path)]  # bad UTF-8 / gzip: error at file:line
+    counts = {d / f"{split}.{lang}.gz": len(v) for lang, v in out.items()}
     if len(set(counts.values())) != 1:
-        raise ValueError(f"{split}: languages are not aligned (line counts {counts})")
+        listed = ", ".join(f"{p} has {n}" for p, n in counts.items())
+        raise ValueError(f"split {split!r}: languages are not aligned: {listed} lines; line i of every language "
+                         "must be the same sentence, so fix or re-download the shorter file(s)")
     keep = [i for i in range(len(out[langs[0]])) if all(out[l][i].strip() for l in langs)]
     dropped = len(out[langs[0]]) - len(keep)
     if dropped:
-        warnings.warn(f"{split}: dropped {dropped} aligned rows with an empty line in some language", stacklevel=2)
+        warnings.warn(f"{d}: split {split!r}: dropped {dropped} aligned rows with an empty line in some language",
+                      stacklevel=2)
         out = {l: [v[i] for i in keep] for l, v in out.items()}
     if limit is not None:
         out = {l: v[:limit] for l, v in out.items()}

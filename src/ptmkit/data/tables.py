@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import collections
 import csv
+import decimal
 import itertools
 import json
-import math
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ptmkit.config import ConfigError
 from ptmkit.data.examples import Example, TaskData
-from ptmkit.data.textio import BadRows, base_name, csv_rows, lines, parse_float
+from ptmkit.data.textio import BadRows, base_name, csv_rows, json_line, lines, parse_float
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TABLE_EXTS = tuple(TABLE_FORMATS)
@@ -61,7 +61,8 @@ def _label_key(value: object) -> str | None:
 def _int_or_text_order(keys: set[str]) -> list[str]:
     """Sorted label names: numerically when every name is an integer ("2" before "10")."""
     if keys and all(re.fullmatch(r"[+-]?\d+", k) for k in keys):
-        return sorted(keys, key=int)
+        # Decimal, not int: no 4300-digit limit; the text breaks ties ("1" / "01") so ids never depend on set order
+        return sorted(keys, key=lambda k: (decimal.Decimal(k), k))
     return sorted(keys)
 
 
@@ -70,10 +71,9 @@ def _jsonl_records(path: Path, needed: list[str], bad: BadRows) -> Iterator[tupl
     for line, text in enumerate(lines(path), start=1):
         if not text.strip():
             continue
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            bad(f"{path}:{line}: not valid JSON ({e.msg} at column {e.colno})")
+        rec, why = json_line(text)
+        if why is not None:
+            bad(f"{path}:{line}: not valid JSON ({why})")
             continue
         if not isinstance(rec, dict):
             bad(f"{path}:{line}: expected a JSON object per line, got {type(rec).__name__}")
@@ -249,7 +249,7 @@ def read_table(
                 if isinstance(raw, str):
                     label = parse_float(raw.strip())
                 elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
-                    label = float(raw) if math.isfinite(raw) else None
+                    label = parse_float(raw)
                 if label is None:
                     bad(f"{path}:{line}: {label_field} {raw!r} is not a finite number")
                     continue

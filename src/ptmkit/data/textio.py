@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import math
 import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def is_gzip(path: Path) -> bool:
@@ -67,11 +69,25 @@ def csv_rows(path: Path, delimiter: str, quoting: int) -> Iterator[tuple[int, li
         start = reader.line_num + 1
 
 
-def parse_float(raw: str) -> float | None:
-    """A finite float, or None for text that is not one ('n/a', 'inf', '')."""
+def json_line(text: str) -> tuple[Any, str | None]:
+    """(value, None) for one line of JSON, or (None, why it is not): besides json's own errors, an integer longer
+    than Python's 4300-digit limit (a plain ValueError) and nesting deeper than the recursion limit (RecursionError)
+    are bad lines too, for the caller to report with file:line."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        return None, f"{e.msg} at column {e.colno}"
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion ..."
+        return None, str(e).split(";")[0]
+    except RecursionError:
+        return None, "nested too deeply"
+
+
+def parse_float(raw: str | int | float) -> float | None:
+    """A finite float, or None for what is not one ('n/a', 'inf', '', a JSON integer beyond float's range)."""
     try:
         value = float(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return value if math.isfinite(value) else None
 

@@ -59,6 +59,6 @@ def test_pipeline_refuses_what_it_cannot_run(corpus, tmp_path):  # noqa: F811
     cfg["data"].update(train=str(corpus / "shards-wordpiece"), tokenizer=str(corpus / "tok-wordpiece"),
                        boundary="cross")
     cfg["objective"] = {"name": "mlm"}
-    with pytest.raises(AssertionError, match="pipeline parallelism trains the clm objective"):
+    with pytest.raises(AssertionError, match="pipeline parallelism needs an objective with a pipeline_loss"):
         torchrun(2, write_config(tmp_path / "mlm.yaml", cfg), tmp_path / "mlm", "--parallel.pp", "2",
                  "--parallel.dp_shard", "1")

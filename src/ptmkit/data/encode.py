@@ -14,7 +14,7 @@ Dimension legend: N examples, B batch, T padded length, W words of a sentence.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +32,8 @@ OVERLONG = ("truncate", "error")
 class Encoded:
     """One split, tokenised. Per-example arrays are ragged (no padding) until `collate`."""
 
-    input_ids: list[np.ndarray]  # N × (T_i,)
-    type_ids: list[np.ndarray]  # N × (T_i,) segment ids (0 = text_a, 1 = text_b)
+    input_ids: list[np.ndarray]  # N × (T_i,) int32 (collate widens to int64)
+    type_ids: list[np.ndarray]  # N × (T_i,) int32 segment ids (0 = text_a, 1 = text_b)
     lengths: np.ndarray  # (N,) tokens per example, specials included
     labels: np.ndarray | list[np.ndarray] | None  # (N,) class ids / scores, or N × (T_i,) tags
     word_index: list[np.ndarray] | None = None  # token tasks: N × (K_i,) words that kept a token
@@ -61,37 +61,62 @@ def _check_length(max_length: int, overlong: str) -> None:
         raise ConfigError(f"overlong must be one of {list(OVERLONG)}, got {overlong!r}")
 
 
+# Memory: a `tokenizers` Encoding keeps ~250 bytes per token (token strings, offsets, masks, word ids), so one
+# encode_batch over a whole split held ~4.5 GB for SST-2's 67k rows at 256 tokens, and the freed memory mostly
+# stays in the process (glibc keeps it), under the whole training run: fine-tuning peaked at 2x transformers'
+# Trainer (benchmarks/finetune_memory.py). So a split is encoded ENCODE_CHUNK examples at a time and each chunk is
+# reduced to compact arrays (int32 ids: 4 bytes a token, as datasets' Arrow tables keep them) before the next one
+# is encoded; the batch call still runs in parallel inside a chunk, so the speed is unchanged.
+ENCODE_CHUNK = 1024
+
+
 def _encode_checked(backend, inputs: list, max_length: int, overlong: str, source: str,
-                    pretokenized: bool, fast: bool) -> tuple[list, int]:
-    """Encode everything untruncated; then refuse or re-encode (truncated) the overlong examples."""
+                    pretokenized: bool, fast: bool, keep: Callable[[list], None]) -> int:
+    """Encode ENCODE_CHUNK examples at a time, untruncated; then refuse or re-encode (truncated) the overlong
+    examples; hand each chunk's encodings, in order, to `keep`. Returns how many examples were truncated."""
     enc_fn = backend.encode_batch_fast if fast and hasattr(backend, "encode_batch_fast") else backend.encode_batch
-    enc = enc_fn(inputs, is_pretokenized=pretokenized)
-    lengths = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
-    over = np.flatnonzero(lengths > max_length)
-    if len(over) == 0:
-        return enc, 0
-    if overlong == "error":
-        i = int(over[0])
-        raise ValueError(
-            f"{source}: example {i} is {lengths[i]} tokens long, over max_length={max_length} "
-            f"({len(over)} of {len(enc)} examples are; the longest has {lengths.max()} tokens). "
-            "Raise max_length or pass overlong='truncate' (--overlong truncate)"
+    lengths = np.zeros(len(inputs), dtype=np.int64)  # (N,) untruncated, for the messages
+    truncated = 0
+    for start in range(0, len(inputs), ENCODE_CHUNK):
+        part = inputs[start:start + ENCODE_CHUNK]
+        enc = enc_fn(part, is_pretokenized=pretokenized)
+        lengths[start:start + len(enc)] = [len(e) for e in enc]
+        over = np.flatnonzero(lengths[start:start + len(enc)] > max_length)
+        if len(over) and overlong == "error":
+            for rest in range(start + ENCODE_CHUNK, len(inputs), ENCODE_CHUNK):  # the message counts the split
+                lengths[rest:rest + ENCODE_CHUNK] = [len(e) for e in enc_fn(inputs[rest:rest + ENCODE_CHUNK],
+                                                                             is_pretokenized=pretokenized)]
+            i, n_over = start + int(over[0]), int((lengths > max_length).sum())
+            raise ValueError(
+                f"{source}: example {i} is {lengths[i]} tokens long, over max_length={max_length} "
+                f"({n_over} of {len(inputs)} examples are; the longest has {lengths.max()} tokens). "
+                "Raise max_length or pass overlong='truncate' (--overlong truncate)"
+            )
+        if len(over):
+            # Only the overlong examples are encoded again, with the backend's own truncation:
+            # longest-first for pairs (trims the longer text first), trailing words for pre-split words.
+            backend.enable_truncation(max_length, strategy="longest_first")
+            try:
+                redo = enc_fn([part[i] for i in over], is_pretokenized=pretokenized)
+            finally:
+                backend.no_truncation()
+            for i, e in zip(over.tolist(), redo, strict=True):
+                enc[i] = e
+            truncated += len(over)
+        keep(enc)
+        del enc, part
+    if truncated:
+        warnings.warn(
+            f"{source}: truncated {truncated} of {len(inputs)} examples longer than max_length={max_length} "
+            f"tokens (the longest has {lengths.max()})",
+            stacklevel=3,
         )
-    warnings.warn(
-        f"{source}: truncated {len(over)} of {len(enc)} examples longer than max_length={max_length} "
-        f"tokens (the longest has {lengths.max()})",
-        stacklevel=3,
-    )
-    # Only the few overlong examples are encoded again, with the backend's own truncation:
-    # longest-first for pairs (trims the longer text first), trailing words for pre-split words.
-    backend.enable_truncation(max_length, strategy="longest_first")
-    try:
-        redo = enc_fn([inputs[i] for i in over], is_pretokenized=pretokenized)
-    finally:
-        backend.no_truncation()
-    for i, e in zip(over.tolist(), redo, strict=True):
-        enc[i] = e
-    return enc, len(over)
+    return truncated
+
+
+def _ids(enc) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token and segment ids of a chunk as int32 arrays (ids are u32 in `tokenizers`; collate widens them)."""
+    return [np.asarray(e.ids, dtype=np.int32) for e in enc], [np.asarray(e.type_ids, dtype=np.int32) for e in enc]
 
 
 def encode_texts(
@@ -110,14 +135,22 @@ def encode_texts(
     """
     _check_length(max_length, overlong)
     inputs = list(texts_a) if texts_b is None else list(zip(texts_a, texts_b, strict=True))
-    enc, truncated = _encode_checked(backend, inputs, max_length, overlong, source, False, True)
+    input_ids: list[np.ndarray] = []
+    type_ids: list[np.ndarray] = []
+
+    def keep(enc: list) -> None:
+        ids, types = _ids(enc)
+        input_ids.extend(ids)
+        type_ids.extend(types)
+
+    truncated = _encode_checked(backend, inputs, max_length, overlong, source, False, True, keep)
     y = None
     if labels is not None and len(labels) and all(v is not None for v in labels):
         y = np.asarray(labels, dtype=np.float32 if regression else np.int64)  # (N,)
     return Encoded(
-        input_ids=[np.asarray(e.ids, dtype=np.int64) for e in enc],
-        type_ids=[np.asarray(e.type_ids, dtype=np.int64) for e in enc],
-        lengths=np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc)),
+        input_ids=input_ids,
+        type_ids=type_ids,
+        lengths=np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids)),
         labels=y,
         truncated=truncated,
     )
@@ -136,26 +169,35 @@ def encode_words(
     Words that produce no token (e.g. a lone zero-width space) or fall past a truncation get no
     position: `word_predictions` fills them with tag 0 ("O" in CoNLL tag lists)."""
     _check_length(max_length, overlong)
-    # encode_batch (not _fast): word_ids are needed to find each word's first piece
-    enc, truncated = _encode_checked(backend, [list(s) for s in sentences], max_length, overlong,
-                                     source, True, False)
+    input_ids: list[np.ndarray] = []
+    type_ids: list[np.ndarray] = []
     word_index, word_pos, labels = [], [], []
-    for i, e in enumerate(enc):
-        w = np.array(e.word_ids, dtype=np.float64)  # (T_i,) word of each token; None -> nan (specials)
-        prev = np.concatenate([[np.nan], w[:-1]])
-        first = ~np.isnan(w) & (w != prev)  # a token whose word differs from the previous token's
-        pos = np.flatnonzero(first)  # (K_i,)
-        widx = w[pos].astype(np.int64)
-        word_index.append(widx)
-        word_pos.append(pos)
-        if tags is not None:
-            y = np.full(len(w), IGNORE_INDEX, dtype=np.int64)
-            y[pos] = np.asarray(tags[i], dtype=np.int64)[widx]
-            labels.append(y)
+
+    def keep(enc: list) -> None:
+        ids, types = _ids(enc)
+        for e in enc:
+            i = len(word_index)  # the example's index in the split
+            w = np.array(e.word_ids, dtype=np.float64)  # (T_i,) word of each token; None -> nan (specials)
+            prev = np.concatenate([[np.nan], w[:-1]])
+            first = ~np.isnan(w) & (w != prev)  # a token whose word differs from the previous token's
+            pos = np.flatnonzero(first)  # (K_i,)
+            widx = w[pos].astype(np.int64)
+            word_index.append(widx)
+            word_pos.append(pos)
+            if tags is not None:
+                y = np.full(len(w), IGNORE_INDEX, dtype=np.int64)
+                y[pos] = np.asarray(tags[i], dtype=np.int64)[widx]
+                labels.append(y)
+        input_ids.extend(ids)
+        type_ids.extend(types)
+
+    # encode_batch (not _fast): word_ids are needed to find each word's first piece
+    truncated = _encode_checked(backend, [list(s) for s in sentences], max_length, overlong, source, True, False,
+                                keep)
     return Encoded(
-        input_ids=[np.asarray(e.ids, dtype=np.int64) for e in enc],
-        type_ids=[np.asarray(e.type_ids, dtype=np.int64) for e in enc],
-        lengths=np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc)),
+        input_ids=input_ids,
+        type_ids=type_ids,
+        lengths=np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids)),
         labels=labels if tags is not None else None,
         word_index=word_index,
         word_pos=word_pos,

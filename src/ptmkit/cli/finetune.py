@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     p.add_argument("--task", required=True,
                    help="sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli, conll2003, or table")
     p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--init", choices=["pretrained", "random"], default=_D["init"],
+                   help="pretrained: start from MODEL's weights; random: from a freshly initialised model of MODEL's "
+                        "architecture (its config.json and tokenizer; no weights read), seeded by --seed: the "
+                        "baseline that shows what pre-training adds under the same recipe")
     p.add_argument("--data-dir", default=None,
                    help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
     p.add_argument("--train-split", default=_D["train_split"], help="training split (file name without extension)")

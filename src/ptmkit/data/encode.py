@@ -32,8 +32,8 @@ OVERLONG = ("truncate", "error")
 class Encoded:
     """One split, tokenised. Per-example arrays are ragged (no padding) until `collate`."""
 
-    input_ids: list[np.ndarray]  # N × (T_i,) int32 (collate widens to int64)
-    type_ids: list[np.ndarray]  # N × (T_i,) int32 segment ids (0 = text_a, 1 = text_b)
+    input_ids: list[np.ndarray]  # N × (T_i,) uint16 or int32, by chunk (collate widens to int64)
+    type_ids: list[np.ndarray]  # N × (T_i,) int8 segment ids (0 = text_a, 1 = text_b)
     lengths: np.ndarray  # (N,) tokens per example, specials included
     labels: np.ndarray | list[np.ndarray] | None  # (N,) class ids / scores, or N × (T_i,) tags
     word_index: list[np.ndarray] | None = None  # token tasks: N × (K_i,) words that kept a token
@@ -65,8 +65,9 @@ def _check_length(max_length: int, overlong: str) -> None:
 # encode_batch over a whole split held ~4.5 GB for SST-2's 67k rows at 256 tokens, and the freed memory mostly
 # stays in the process (glibc keeps it), under the whole training run: fine-tuning peaked at 2x transformers'
 # Trainer (benchmarks/finetune_memory.py). So a split is encoded ENCODE_CHUNK examples at a time and each chunk is
-# reduced to compact arrays (int32 ids: 4 bytes a token, as datasets' Arrow tables keep them) before the next one
-# is encoded; the batch call still runs in parallel inside a chunk, so the speed is unchanged.
+# reduced to compact arrays (ids as uint16 where the chunk's ids fit, else int32; segment ids as int8: 3 bytes a
+# token where datasets' Arrow tables keep 8) before the next one is encoded; the batch call still runs in parallel
+# inside a chunk, so the speed is unchanged.
 ENCODE_CHUNK = 1024
 
 
@@ -115,8 +116,11 @@ def _encode_checked(backend, inputs: list, max_length: int, overlong: str, sourc
 
 
 def _ids(enc) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Token and segment ids of a chunk as int32 arrays (ids are u32 in `tokenizers`; collate widens them)."""
-    return [np.asarray(e.ids, dtype=np.int32) for e in enc], [np.asarray(e.type_ids, dtype=np.int32) for e in enc]
+    """Token and segment ids of a chunk as compact arrays: ids as uint16 when every id of the chunk fits (vocabularies
+    up to 65,536), else int32; segment ids (0/1) as int8. Collate widens them to int64."""
+    wide = any(max(e.ids, default=0) > np.iinfo(np.uint16).max for e in enc)
+    dtype = np.int32 if wide else np.uint16
+    return [np.asarray(e.ids, dtype=dtype) for e in enc], [np.asarray(e.type_ids, dtype=np.int8) for e in enc]
 
 
 def encode_texts(

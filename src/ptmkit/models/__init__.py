@@ -9,7 +9,7 @@ from ptmkit.models.gpt import GPT2Config, GPT2Decoder
 from ptmkit.models.heads import (
     CausalLM, DecoderSequenceClassifier, MaskedLM, SequenceClassifier, TokenClassifier,
 )
-from ptmkit.models.io import load_model, save_model
+from ptmkit.models.io import init_model, load_model, save_model
 from ptmkit.models.llama import LlamaConfig, LlamaDecoder
 from ptmkit.models.registry import FAMILIES, PRESETS, TASKS, build_model, from_preset, make_config
 from ptmkit.models.roberta import RobertaConfig, RobertaEncoder
@@ -27,7 +27,7 @@ from ptmkit.models.xlnet import (
 __all__ = [
     "BackboneOutput", "ModelOutput", "BertConfig", "BertEncoder", "GPT2Config", "GPT2Decoder",
     "CausalLM", "DecoderSequenceClassifier", "MaskedLM", "SequenceClassifier", "TokenClassifier",
-    "load_model", "save_model", "LlamaConfig", "LlamaDecoder", "FAMILIES", "PRESETS", "TASKS",
+    "init_model", "load_model", "save_model", "LlamaConfig", "LlamaDecoder", "FAMILIES", "PRESETS", "TASKS",
     "build_model", "from_preset", "make_config", "RobertaConfig", "RobertaEncoder",
     "ElectraConfig", "ElectraEncoder", "ElectraMaskedLM", "ReplacedTokenDetector",
     "BartConfig", "BartEncoderDecoder", "MBartConfig", "MBartEncoderDecoder", "T5Config", "T5Encoder",

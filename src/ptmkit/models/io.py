@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ptmkit import atomic
+from ptmkit.config import ConfigError
 from ptmkit.log import get as get_logger
 from ptmkit.models.convert.base import Adapter, CheckpointError, Reader, expect_shapes, strip_prefix
 from ptmkit.models.heads import CausalLM
@@ -129,6 +130,32 @@ def load_model(
         hf_config = json.loads((path / "config.json").read_text())
         state = read_weights(path)
     return from_hf(hf_config, state, task, num_labels, dtype, source=str(path))
+
+
+def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int | None = None):
+    """The model a directory's config.json describes, freshly initialised: no weights are read (the directory needs
+    none). The baseline that tells what pre-training bought: the same architecture, tokenizer and fine-tuning recipe,
+    without the pre-trained weights. Initialised by the family's own scheme from torch's current RNG state (seed it
+    first for a reproducible model). A config.json lacking a key that fixes a shape is refused, naming the key: with
+    no weights to check against, a silently defaulted size would build some other model."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; is it a model directory?")
+    hf_config = _read_file(path / "config.json", lambda f: json.loads(f.read_text()))
+    if not isinstance(hf_config, dict):
+        raise ConfigError(f"{path / 'config.json'}: expected a JSON object, got {type(hf_config).__name__}")
+    family, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
+    missing = [k for k in adapter.shape_keys if hf_config.get(k) is None]
+    if missing:
+        raise ConfigError(
+            f"{path / 'config.json'}: cannot build a randomly initialised {family} model: missing "
+            + ", ".join(repr(k) for k in missing)
+            + f"; a {adapter.model_type} config.json needs {', '.join(adapter.shape_keys)} (they fix the shapes)"
+        )
+    cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
+    ckpt_task = adapter.task_of(hf_config.get("architectures"))
+    task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, str(path))
+    return _build(family, cfg, task, num_labels, hf_config, ckpt_task)
 
 
 def from_hf(

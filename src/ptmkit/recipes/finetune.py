@@ -30,7 +30,7 @@ from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
-from ptmkit.models import load_model, save_model
+from ptmkit.models import init_model, load_model, save_model
 from ptmkit.models.registry import backbone_of
 from ptmkit.objectives.classification import TaskConfig, TaskObjective
 from ptmkit.parallel.apply import unsharded
@@ -55,6 +55,9 @@ class FinetuneConfig:
     model: str  # model directory (config.json + weights + tokenizer files)
     task: str  # GLUE task (sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli), conll2003 or table
     out: str  # run directory
+    # pretrained: start from the directory's weights; random: from a freshly initialised model of its architecture
+    # (config.json and tokenizer only), the baseline that measures what pre-training bought
+    init: Literal["pretrained", "random"] = "pretrained"
     data_dir: str | None = None  # default: <data root>/glue/<TASK> or <data root>/ner/conll2003
     train_split: str = "train"
     eval_split: str = "dev"
@@ -134,6 +137,12 @@ class FinetuneConfig:
         for name in ("weight_decay", "grad_clip", "eval_every", "bucket_batches", "checkpoint_every", "keep_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
+        if self.init not in ("pretrained", "random"):
+            raise ConfigError(f"{where}: init must be 'pretrained' or 'random', got {self.init!r}")
+        if self.init == "random" and self.layer_decay != 1:
+            raise ConfigError(f"{where}: layer_decay={self.layer_decay} with init='random': layer-wise decay keeps "
+                              "pre-trained lower layers close to their weights, and a random model has none to keep; "
+                              "use layer_decay=1 for the random-initialisation baseline")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"{where}: layer_decay must be in (0, 1] (1 = off; ELECTRA fine-tunes with 0.8), "
                               f"got {self.layer_decay}")
@@ -228,7 +237,7 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
     enc_dev = encode_split(spec, backend, dev, cfg.max_length, cfg.overlong, dev_path)
 
     objective = TaskObjective(TaskConfig(kind_of(spec)))
-    model = load_model(model_dir, task=objective.task, num_labels=len(names) if not spec.is_regression else 1)
+    model = _model(cfg, objective.task, len(names) if not spec.is_regression else 1)
     if names is not None:
         model.label_names = list(names)  # saved as config.json id2label
     check_vocab(tok, model.config.vocab_size)
@@ -248,6 +257,14 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
         steps = min(steps, cfg.max_steps)
     return _Run(spec, model, objective, batches, enc_train, enc_dev, dev, names, device, pad_id, steps,
                 cfg.eval_every or per_epoch)
+
+
+def _model(cfg: FinetuneConfig, task: str, num_labels: int) -> torch.nn.Module:
+    """The model to fine-tune, with a new task head: the directory's pre-trained weights, or (init='random') a freshly
+    initialised model of its architecture, drawn from torch's RNG as seeded by cfg.seed."""
+    if cfg.init == "random":
+        return init_model(cfg.model, task=task, num_labels=num_labels)
+    return load_model(cfg.model, task=task, num_labels=num_labels)
 
 
 def _return_freed_memory() -> None:
@@ -331,7 +348,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
     summary = train(run.model, run.objective, run.batches, out, train_cfg, optim_cfg, sched_cfg, evaluate=evaluator,
                     resume=resume, flops_per_token=fpt, peak_flops=peak, parallel=state,
                     keep_best=KeepBest(spec.main_metric, save_best),
-                    title=f"{model_dir.parent.name}/{model_dir.name} on {spec.task}")
+                    title=f"{model_dir.parent.name}/{model_dir.name}{' (random init)' if cfg.init == 'random' else ''} "
+                          f"on {spec.task}")
     summary.pop("trained")
     if summary["interrupted"]:
         return {"interrupted": True, "steps": summary["steps"], "out": str(out)}
@@ -344,7 +362,7 @@ def _plain_copy(cfg: FinetuneConfig, run: _Run, sharded, main: bool) -> torch.nn
             for k, v in sharded.state_dict().items()}
     if not main:
         return None
-    plain = load_model(cfg.model, task=run.objective.task, num_labels=len(run.names) if run.names else 1)
+    plain = _model(cfg, run.objective.task, len(run.names) if run.names else 1)
     plain.load_state_dict(full)
     if run.names is not None:
         plain.label_names = list(run.names)
@@ -356,7 +374,7 @@ def _results(cfg: FinetuneConfig, run: _Run, summary: dict[str, Any], wall0: flo
     train_s = max(summary["train_s"], 1e-9)
     best = summary["best"] or {}
     results: dict[str, Any] = {
-        "task": spec.task, "model": cfg.model, "eval_split": cfg.eval_split,
+        "task": spec.task, "model": cfg.model, "init": cfg.init, "eval_split": cfg.eval_split,
         "main_metric": spec.main_metric, "best_step": best.get("step"), "dev": best.get("metrics"),
         "final": summary["eval"], "steps": summary["steps"], "epochs": round(summary["sequences"] / n_train, 4),
         "train_examples": n_train, "eval_examples": len(run.enc_dev),

@@ -2,6 +2,9 @@
 
 Warm-up shapes, as multipliers of the peak lr for the update at 0-based step s < W (= warmup_steps):
   linear       (s + 1) / W                    Goyal et al. 2017 §2.2 "gradual warmup" (the default)
+  linear_from_zero  s / W                     transformers' get_linear_schedule_with_warmup (and so the HF Trainer):
+                                              the first update runs at lr 0 (it only fills Adam's moments); use it
+                                              to reproduce a transformers run step for step
   exponential  1 - exp(-5 (s + 1) / W)        Ma & Yarats 2021 "On the adequacy of untuned warmup for adaptive
                                               optimization": 1 - exp(-t / τ) with τ = W / 5, so the factor reaches
                                               1 - e^-5 = 0.993 at the end of warm-up. Their untuned rule
@@ -20,7 +23,7 @@ import torch
 
 from ptmkit.config import ConfigError
 
-WARMUPS = ("linear", "exponential", "constant")
+WARMUPS = ("linear", "linear_from_zero", "exponential", "constant")
 # τ = W / 5: five time constants in the warm-up, so exponential ends within 1% of the peak, as linear does
 EXP_WARMUP_TIME_CONSTANTS = 5.0
 
@@ -30,7 +33,7 @@ class ScheduleConfig:
     warmup_steps: int = 0  # warm-up length W in steps (0 = none)
     decay: Literal["cosine", "linear", "constant"] = "linear"  # shape after warm-up
     min_lr_ratio: float = 0.0  # final lr as a fraction of the peak
-    warmup: Literal["linear", "exponential", "constant"] = "linear"  # warm-up shape (see the module docstring)
+    warmup: Literal["linear", "linear_from_zero", "exponential", "constant"] = "linear"  # warm-up shape (see the module docstring)
     constant_warmup_factor: float = 0.1  # warmup: constant holds lr at this fraction of the peak for W steps
 
     def __post_init__(self) -> None:
@@ -51,6 +54,8 @@ def warmup_factor(step: int, cfg: ScheduleConfig) -> float:
         return cfg.constant_warmup_factor
     if cfg.warmup == "exponential":
         return 1.0 - math.exp(-EXP_WARMUP_TIME_CONSTANTS * (step + 1) / cfg.warmup_steps)
+    if cfg.warmup == "linear_from_zero":
+        return step / cfg.warmup_steps
     return (step + 1) / cfg.warmup_steps
 
 

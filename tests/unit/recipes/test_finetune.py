@@ -138,6 +138,25 @@ def test_bucketing_covers_every_example_and_cuts_padding():
     assert all((a == b).all() for a, b in zip(batches, again))  # seeded: same order
 
 
+def test_compact_ids_keep_every_value_and_collate_widens_them():
+    """Ids are stored as uint16 when a chunk's ids fit, else int32 (a 100k-token vocabulary); both collate exactly."""
+    from types import SimpleNamespace
+
+    from ptmkit.data.encode import Encoded, _ids
+
+    small = [SimpleNamespace(ids=[2, 65535, 7], type_ids=[0, 0, 1])]
+    large = [SimpleNamespace(ids=[2, 65536, 99_999], type_ids=[0, 1, 1])]
+    (ids_s,), (types_s,) = _ids(small)
+    (ids_l,), _ = _ids(large)
+    assert ids_s.dtype == np.uint16 and types_s.dtype == np.int8 and ids_l.dtype == np.int32
+    enc = Encoded(input_ids=[ids_s, ids_l], type_ids=[types_s, types_s], lengths=np.array([3, 3]),
+                  labels=np.array([0, 1]))
+    batch = collate(enc, np.array([0, 1]), pad_id=0)
+    assert batch["input_ids"].dtype == torch.int64
+    assert batch["input_ids"].tolist() == [[2, 65535, 7], [2, 65536, 99_999]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 1]]
+
+
 def test_collate_pads_and_masks(tiny_model):
     backend = prepare_backend(Tokenizer.load(tiny_model))
     enc = encode_words(backend, [["john"], ["mary", "said", "in", "paris"]], [[1], [1, 0, 0, 3]], 32)

@@ -18,6 +18,22 @@ def test_default_is_the_linear_warmup():
     assert [lr_factor(s, 8, cfg) for s in range(8)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25])
 
 
+def test_linear_from_zero_is_transformers_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = ScheduleConfig(warmup_steps=4, warmup="linear_from_zero")
+    assert [lr_factor(s, 10, cfg) for s in range(10)] == pytest.approx([0, 0.25, 0.5, 0.75, 1, 5 / 6, 4 / 6, 0.5,
+                                                                         2 / 6, 1 / 6])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_linear_schedule_with_warmup(opt, num_warmup_steps=4, num_training_steps=10)
+    theirs = []
+    for _ in range(10):
+        theirs.append(hf.get_last_lr()[0])
+        opt.step()
+        hf.step()
+    assert [lr_factor(s, 10, cfg) for s in range(10)] == pytest.approx(theirs)
+
+
 def test_exponential_warmup_values():
     cfg = ScheduleConfig(warmup_steps=10, warmup="exponential", decay="constant")
     # 1 - exp(-5 (s + 1) / 10): time constant W / 5 = 2 steps
@@ -54,7 +70,7 @@ def test_the_optimizer_sees_the_warmup():
 def test_yaml_keys_and_validation():
     cfg = from_dict(ScheduleConfig, {"warmup_steps": 100, "warmup": "exponential"})
     assert cfg.warmup == "exponential"
-    with pytest.raises(ConfigError, match=r"\['linear', 'exponential', 'constant'\]"):
+    with pytest.raises(ConfigError, match=r"\['linear', 'linear_from_zero', 'exponential', 'constant'\]"):
         from_dict(ScheduleConfig, {"warmup": "cubic"})
     with pytest.raises(ConfigError, match="constant_warmup_factor must be in"):
         ScheduleConfig(warmup="constant", constant_warmup_factor=0.0)

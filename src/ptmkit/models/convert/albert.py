@@ -80,6 +80,7 @@ def _legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @dataclass
 class AlbertAdapter(Adapter):
     model_type: str = "albert"
+    shape_keys: tuple = ('vocab_size', 'embedding_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'max_position_embeddings')
     prefix: str = "albert."
     architectures: dict = field(default_factory=lambda: {
         "AlbertModel": "base",

@@ -58,6 +58,7 @@ def _qkv(r: Reader, names: list[str], heads: int) -> torch.Tensor | None:
 @dataclass
 class BartAdapter(Adapter):
     model_type: str = "bart"
+    shape_keys: tuple = ('vocab_size', 'd_model', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads', 'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim', 'max_position_embeddings')
     prefix: str = "model."
     config_class: type = BartConfig
     architectures: dict = field(default_factory=lambda: {

@@ -53,6 +53,10 @@ class Adapter:
     ignore: tuple[str, ...] = ()  # glob patterns of non-weight buffers found in old checkpoints
     tied_ignore: dict[str, tuple[str, ...]] = field(default_factory=dict)  # task -> tied copies to skip
     optional: tuple[str, ...] = ()  # head tensors a checkpoint may omit (kept at their initial value)
+    # config.json keys that fix the model's shapes. Loading weights checks every shape against them; building a
+    # randomly initialised model (ptmkit.models.init_model) has no weights to check against, so it refuses a config
+    # that lacks one rather than silently taking the family's default size.
+    shape_keys: tuple[str, ...] = ()
 
     # Family files override these four.
     def config_from_hf(self, hf: dict[str, Any]):

@@ -56,6 +56,7 @@ def _legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @dataclass
 class BertAdapter(Adapter):
     model_type: str = "bert"
+    shape_keys: tuple = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'max_position_embeddings')
     prefix: str = "bert."
     config_class: type = BertConfig
     architectures: dict = field(default_factory=lambda: {

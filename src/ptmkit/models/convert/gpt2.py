@@ -54,6 +54,7 @@ _UNSUPPORTED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": F
 @dataclass
 class GPT2Adapter(Adapter):
     model_type: str = "gpt2"
+    shape_keys: tuple = ('vocab_size', 'n_embd', 'n_layer', 'n_head', 'n_positions')
     prefix: str = "transformer."
     architectures: dict = field(default_factory=lambda: {
         "GPT2Model": "base",

@@ -57,6 +57,7 @@ def _rope(hf: dict) -> tuple[float, float]:
 @dataclass
 class LlamaAdapter(Adapter):
     model_type: str = "llama"
+    shape_keys: tuple = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size')
     prefix: str = "model."
     architectures: dict = field(default_factory=lambda: {
         "LlamaModel": "base",

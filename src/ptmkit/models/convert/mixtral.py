@@ -73,6 +73,7 @@ def _stack(tensors: list[torch.Tensor | None], what: str) -> torch.Tensor | None
 @dataclass
 class MixtralAdapter(LlamaAdapter):
     model_type: str = "mixtral"
+    shape_keys: tuple = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'num_local_experts')
     architectures: dict = field(default_factory=lambda: {
         "MixtralModel": "base",
         "MixtralForCausalLM": "causal-lm",

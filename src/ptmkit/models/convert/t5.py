@@ -96,6 +96,7 @@ def encoder_to_hf(sd: dict[str, torch.Tensor], cfg: T5Config) -> dict[str, torch
 @dataclass
 class T5Adapter(Adapter):
     model_type: str = "t5"
+    shape_keys: tuple = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_kv', 'd_ff')
     prefix: str = ""  # T5 task models keep the backbone at the top level
     architectures: dict = field(default_factory=lambda: {
         "T5Model": "base",

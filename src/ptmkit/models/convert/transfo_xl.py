@@ -22,6 +22,7 @@ from ptmkit.models.transfo_xl import TransfoXLBackbone, TransfoXLConfig
 @dataclass
 class TransfoXLAdapter(Adapter):
     model_type: str = "ptmkit-transfo-xl"
+    shape_keys: tuple = ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size')
     prefix: str = "transformer."
     architectures: dict = field(default_factory=lambda: {
         "TransfoXLModel": "base",

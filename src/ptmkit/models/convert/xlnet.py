@@ -53,6 +53,7 @@ _PLAIN = {  # ptmkit name inside a layer -> HF name inside transformer.layer.{i}
 @dataclass
 class XLNetAdapter(Adapter):
     model_type: str = "xlnet"
+    shape_keys: tuple = ('vocab_size', 'd_model', 'n_layer', 'n_head', 'd_inner')
     prefix: str = "transformer."
     architectures: dict = field(default_factory=lambda: {
         "XLNetModel": "base",

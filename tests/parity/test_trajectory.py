@@ -94,14 +94,22 @@ def _transformers_losses(hf_model, objective: str, batches, steps: int) -> list[
               {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8)
     sched = T.get_linear_schedule_with_warmup(opt, num_warmup_steps=WARMUP, num_training_steps=steps)
-    hf_model.train()
-    losses = []
-    for batch in batches[:steps]:
-        # transformers' causal LM shifts the labels itself: give it the tokens (ptmkit's batch holds them shifted)
+
+    def loss(batch):  # transformers' causal LM shifts the labels itself: it gets the tokens (ptmkit's are shifted)
         labels = batch["labels"] if objective == "mlm" else batch["input_ids"]
-        loss = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        return hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+
+    return _optimise(hf_model, loss, opt, sched, batches[:steps])
+
+
+def _optimise(model, loss_fn, opt, sched, batches) -> list[float]:
+    """Forward, backward, clip the global norm at 1.0, step, schedule: the loop every trajectory here runs."""
+    model.train()
+    losses = []
+    for batch in batches:
+        loss = loss_fn(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf_model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -145,17 +153,7 @@ def _engine_parts_losses(model, objective: str, batches, steps: int) -> list[flo
         else CausalLM()
     opt = build_optimizer(model, OptimConfig(lr=LR, weight_decay=0.01, grad_clip=1.0))
     sched = build_scheduler(opt, ScheduleConfig(warmup_steps=WARMUP, warmup="linear_from_zero"), steps)
-    model.train()
-    losses = []
-    for batch in batches[:steps]:
-        loss, _ = obj.loss(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
+    return _optimise(model, lambda batch: obj.loss(model, batch)[0], opt, sched, batches[:steps])
 
 
 def _curve(losses: list[float]) -> list[float]:

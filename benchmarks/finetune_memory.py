@@ -175,8 +175,8 @@ def hf_child(args, run_dir: str) -> None:
             for s in range(0, n, 1000):
                 part = tok([r[0] for r in rows[s:s + 1000]], truncation=True, max_length=t, padding="max_length",
                            return_tensors="pt")
-                for k, v in self.enc.items():
-                    v[s:s + 1000] = part[k]
+                for k, v in self.enc.items():  # a tokenizer without segment ids (not BERT's) gives zeros
+                    v[s:s + 1000] = part[k] if k in part else 0
             self.labels = torch.tensor([int(lab) for _, lab in rows])
 
         def __len__(self):

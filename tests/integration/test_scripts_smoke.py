@@ -145,6 +145,33 @@ def test_real_weights_parity(capsys, data_dir):
     assert line["benchmark"] == "minilm_forward" and line["failures"] == {} and line["max_abs_diff"] < 1e-4
 
 
+
+def test_finetune_memory(capsys, tmp_path):
+    """Both sides (ptm finetune and transformers' Trainer, each a child process) on a tiny saved BERT and a
+    12-row SST-2 layout; the peak-memory and s/step fields are filled for both."""
+    from tests.unit.recipes.test_finetune import _write_sst
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.models import build_model, make_config, save_model
+
+    sst = tmp_path / "sst2"
+    for split, n, seed in (("train", 24, 1), ("dev", 8, 2)):
+        sst.mkdir(exist_ok=True)
+        (sst / f"{split}.tsv").write_text(_write_sst(sst, n, seed))
+    tok = Tokenizer.train([ln.split("\t")[0] for ln in (sst / "train.tsv").read_text().splitlines()[1:]],
+                          "wordpiece", vocab_size=80, min_frequency=1)
+    model_dir = tmp_path / "model"
+    save_model(build_model("bert", make_config("bert", dict(
+        vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+        max_position_embeddings=32))), model_dir)
+    tok.save(model_dir)
+    result, line = run_main(BENCH / "finetune_memory.py",
+                            ["--model", str(model_dir), "--sst2", str(sst), "--work", str(tmp_path / "work"),
+                             "--rounds", "1", "--steps", "2", "--skip-steps", "0", "--batch-size", "4",
+                             "--max-length", "16", "--eval-batch-size", "8"], capsys)
+    assert line["benchmark"] == "finetune_memory" and line["failures"] == {}
+    for side in ("ptmkit", "transformers"):
+        assert line["results"][side]["peak_rss_gb"]["n"] == 1 and line["results"][side]["step_s"]["median"] > 0
+
 # -- experiments ----------------------------------------------------------------------------------------------------
 
 def test_crosslingual_retrieval(capsys, data_dir):

@@ -201,3 +201,21 @@ def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811
                              "--docs", ""], capsys)
     assert set(line["ppl"]) == {"train16-eval0", "train16-eval16"}
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_pretraining_budget(capsys, tmp_path, demo_data):
+    from tests.conftest import demo_args
+
+    result, line = run_main(EXP / "pretraining_budget.py",
+                            ["--variants", "base,tapt", "--steps", "2", "--width", "32", "--layers", "1",
+                             "--tasks", "sst2", "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64",
+                             "--task-text-limit", "200", "--out", str(tmp_path / "study"),
+                             "--docs", str(tmp_path / "doc.md"), *demo_args(demo_data)], capsys)
+    assert line["experiment"] == "pretraining_budget" and set(line["table"]) == {"random", "base", "tapt"}
+    assert "| random | no pre-training" in (tmp_path / "doc.md").read_text()
+    # a repeated command reuses every finished run
+    again, _ = run_main(EXP / "pretraining_budget.py",
+                        ["--variants", "base,tapt", "--steps", "2", "--width", "32", "--layers", "1", "--tasks", "sst2",
+                         "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64", "--task-text-limit", "200",
+                         "--out", str(tmp_path / "study"), "--docs", "", *demo_args(demo_data)], capsys)
+    assert again["runs"] == result["runs"]

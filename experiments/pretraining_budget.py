@@ -1,0 +1,274 @@
+"""Issue 20: what makes a few CPU-minutes of pre-training pay off? Each variant changes one thing in the demo's recipe
+(BERT-mini, 4 x 256, masked LM on Gutenberg, 600 steps of 32 x 128 tokens, lr 1e-3, dropout 0.1, 16k WordPiece),
+pre-trains, and is fine-tuned on SST-2 (a 2,000-example training subset) and CoLA (all 8,551) with 3 seeds; the
+reference row is the same architecture fine-tuned from random initialisation with the same recipe
+(`ptm finetune --init random`). Variants follow Geiping & Goldstein 2023 ("Cramming": no dropout, larger lr and
+batch, shorter sequences), Wettig et al. 2023 (mask rate), Clark et al. 2020 (ELECTRA), Joshi et al. 2020
+(span masking) and Gururangan et al. 2020 (task-adaptive pre-training on the tasks' own unlabelled training text).
+
+    python experiments/pretraining_budget.py                          # every variant (resumable)
+    python experiments/pretraining_budget.py --variants base,tapt     # some of them
+    python experiments/pretraining_budget.py --steps 20 --seeds 0 --ft-epochs 0.05 --out /tmp/x --docs ''   # smoke
+
+Finished pre-training and fine-tuning runs are reused when the command is repeated (same --out), so a study can be
+extended or continued after an interruption; results.json and the docs block are rebuilt from every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+from ptmkit.analysis.report import write_results_block
+from ptmkit.config import from_dict
+from ptmkit.data.demo import ensure_demo_data
+from ptmkit.data.paths import data_root
+from ptmkit.data.shards import prepare_shards
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.recipes.finetune import FinetuneConfig, finetune
+from ptmkit.recipes.pretrain import PretrainConfig, pretrain
+
+# The demo's recipe (configs/bert-mini-mlm.yaml), at the demo's 600 steps.
+BASE = {
+    "model": {"family": "bert", "preset": "bert-mini",
+              "config": {"max_position_embeddings": 128, "dropout": 0.1, "attention_dropout": 0.1}},
+    "data": {"seq_len": 128, "batch_size": 32, "boundary": "no_cross", "eval_batches": 8},
+    "objective": {"name": "mlm", "params": {"mask_prob": 0.15}},
+    "train": {"steps": 600, "precision": "bf16", "log_every": 10, "eval_every": 0, "checkpoint_every": 200},
+    "optim": {"lr": 1e-3, "weight_decay": 0.01, "betas": [0.9, 0.98], "grad_clip": 1.0},
+    "schedule": {"warmup_steps": 100, "decay": "linear"},
+}
+# name -> (what changes, dotted overrides of BASE). Token budgets stay equal: a larger batch takes fewer steps.
+# "<tapt>" and "<gutenberg8k>"/"<tok8k>" name data this script builds.
+VARIANTS = {
+    "base": ("the demo's recipe", {}),
+    "lr3e-4": ("peak lr 3e-4", {"optim.lr": 3e-4}),
+    "lr2e-3": ("peak lr 2e-3", {"optim.lr": 2e-3}),
+    "no-dropout": ("no dropout (Cramming)", {"model.config.dropout": 0.0, "model.config.attention_dropout": 0.0}),
+    "batch128": ("batch 128 (4 x 32 accumulated), 150 steps", {"train.grad_accum": 4, "train.steps": 150,
+                                                               "schedule.warmup_steps": 25}),
+    "seq64": ("64-token sequences, batch 64", {"data.seq_len": 64, "data.batch_size": 64}),
+    "mask30": ("30% masking (Wettig et al.)", {"objective.params.mask_prob": 0.3}),
+    "vocab8k": ("8k WordPiece vocabulary", {"data.tokenizer": "<tok8k>", "data.train": "<gutenberg8k>"}),
+    "span": ("span masking + SBO (SpanBERT)", {"objective.name": "span", "objective.params": {}}),
+    "electra": ("ELECTRA replaced-token detection", {"model.family": "electra", "model.preset": None,
+                                                     "model.config.hidden_size": 256, "model.config.num_layers": 4,
+                                                     "model.config.num_heads": 4,
+                                                     "model.config.intermediate_size": 1024,
+                                                     "objective.name": "rtd", "objective.params": {}}),
+    "tapt": ("task-adaptive: SST-2 + CoLA training text, packed", {"data.train": "<tapt>", "data.boundary": "mask"}),
+}
+TASKS = {"sst2": dict(max_train_examples=2000, max_length=64), "cola": dict(max_train_examples=None, max_length=64)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {list(VARIANTS)}")
+    p.add_argument("--no-random", action="store_true", help="skip the random-initialisation reference row")
+    p.add_argument("--steps", type=int, help="pre-training steps of the base recipe (default 600; variants that "
+                                             "change the batch scale it to keep the tokens equal)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    p.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs")
+    p.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning peak lr (every model, every task)")
+    p.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch size")
+    p.add_argument("--sst2-train", type=int, default=TASKS["sst2"]["max_train_examples"],
+                   help="SST-2 training examples (a seeded subset)")
+    p.add_argument("--width", type=int, help="encoder width over every variant's (heads = width / 64, at least 2)")
+    p.add_argument("--layers", type=int, help="encoder depth over every variant's")
+    p.add_argument("--tokenizer", default="runs/demo/tokenizer", help="16k tokenizer (built here when missing)")
+    p.add_argument("--shards", default="runs/demo/data/gutenberg", help="Gutenberg shards (built when missing)")
+    p.add_argument("--eval-shards", default="runs/demo/data/wikitext2-valid", help="held-out shards (built when "
+                                                                                   "missing)")
+    p.add_argument("--task-text-limit", type=int, help="tapt: use only the first N task sentences")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--out", default="runs/pretraining_budget", help="study folder (resumable)")
+    p.add_argument("--docs", default="docs/pretraining_budget.md", help="page whose results block is rewritten "
+                                                                        "('' = none)")
+    args = p.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    for name, allowed in (("variants", VARIANTS), ("tasks", TASKS)):
+        bad = [v for v in getattr(args, name) if v not in allowed]
+        if bad:
+            p.error(f"--{name}: unknown {bad}; choose from {list(allowed)}")
+    return args
+
+
+# ---- data -----------------------------------------------------------------------------------------------------------
+
+def ensure_data(args, out: Path, variants: list[str]) -> dict[str, str]:
+    """Tokenizers and shards the variants read: the demo's (16k WordPiece, Gutenberg, WikiText-2 valid), plus an 8k
+    tokenizer and its Gutenberg shards, and the task text (SST-2 + CoLA training sentences, no labels, no dev text)."""
+    paths = {"tok": args.tokenizer, "gutenberg": args.shards, "valid": args.eval_shards}
+    ensure_demo_data(paths["tok"], paths["gutenberg"], paths["valid"], tag="[budget]")
+    if "vocab8k" in variants:
+        paths["tok8k"], paths["gutenberg8k"] = str(out / "data" / "tok8k"), str(out / "data" / "gutenberg8k")
+        if not (Path(paths["tok8k"]) / "tokenizer.json").exists():
+            corpus = data_root() / "corpora" / "gutenberg.jsonl.gz"
+            Tokenizer.train(corpus, kind="wordpiece", vocab_size=8000, model_max_length=128).save(paths["tok8k"])
+        if not (Path(paths["gutenberg8k"]) / "meta.json").exists():
+            prepare_shards(data_root() / "corpora" / "gutenberg.jsonl.gz", paths["tok8k"], paths["gutenberg8k"],
+                           overwrite=True)
+    if "tapt" in variants:
+        paths["tapt"] = str(out / "data" / "tapt")
+        if not (Path(paths["tapt"]) / "meta.json").exists():
+            text = out / "data" / "task_text.txt"
+            text.parent.mkdir(parents=True, exist_ok=True)
+            text.write_text("\n".join(task_sentences()[:args.task_text_limit]) + "\n", encoding="utf-8")
+            prepare_shards(text, paths["tok"], paths["tapt"], txt_mode="lines", overwrite=True)
+    return paths
+
+
+def task_sentences() -> list[str]:
+    """The training sentences of SST-2 (header: sentence, label) and CoLA (no header; sentence in column 4)."""
+    glue = data_root() / "glue"
+    with (glue / "SST-2" / "train.tsv").open(encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(rows)
+        sentences = [r[0] for r in rows if r]
+    with (glue / "CoLA" / "train.tsv").open(encoding="utf-8", newline="") as f:
+        sentences += [r[3] for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 4]
+    return sentences
+
+
+# ---- pre-training ---------------------------------------------------------------------------------------------------
+
+def variant_config(name: str, args, paths: dict[str, str], run: Path) -> PretrainConfig:
+    cfg = json.loads(json.dumps(BASE))
+    cfg["data"].update(train=paths["gutenberg"], eval=paths["valid"], tokenizer=paths["tok"])
+    if args.steps is not None:
+        cfg["train"]["steps"] = args.steps
+        cfg["schedule"]["warmup_steps"] = max(1, args.steps // 6)
+    for key, value in VARIANTS[name][1].items():
+        if isinstance(value, str) and value.startswith("<"):
+            value = paths[value.strip("<>")]
+        if key in ("train.steps", "schedule.warmup_steps") and args.steps is not None:  # the same token budget
+            value = max(1, value * args.steps // BASE["train"]["steps"])
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    if args.width is not None:
+        cfg["model"]["config"].update(hidden_size=args.width, num_heads=max(2, args.width // 64),
+                                      intermediate_size=4 * args.width)
+    if args.layers is not None:
+        cfg["model"]["config"]["num_layers"] = args.layers
+    cfg["train"]["device"] = args.device
+    cfg["out"] = str(run)
+    return from_dict(PretrainConfig, cfg)
+
+
+def run_pretraining(args, paths) -> dict[str, dict]:
+    models = {}
+    for name in args.variants:
+        run = Path(args.out) / "pretrain" / name
+        if not (run / "summary.json").exists() or not (run / "model" / "config.json").exists():
+            print(f"[budget] pre-training {name}: {VARIANTS[name][0]}", flush=True)
+            pretrain(variant_config(name, args, paths, run), overwrite=True)  # an unfinished run restarts
+        summary = json.loads((run / "summary.json").read_text())
+        models[name] = {"dir": str(run / "model"), "wall_s": summary["wall_s"], "steps": summary["steps"],
+                        "eval_loss": (summary.get("eval") or {}).get("loss"), "tokens": summary.get("tokens")}
+    return models
+
+
+# ---- fine-tuning ----------------------------------------------------------------------------------------------------
+
+def run_finetuning(args, models: dict[str, dict]) -> list[dict]:
+    """Every (model, task, seed); the random row fine-tunes the base architecture from a fresh initialisation."""
+    plan = [(name, m["dir"], "pretrained") for name, m in models.items()]
+    if not args.no_random:
+        base_dir = models.get("base", next(iter(models.values())))["dir"]
+        plan.insert(0, ("random", base_dir, "random"))
+    rows = []
+    for name, model_dir, init in plan:
+        for task in args.tasks:
+            for seed in args.seeds:
+                out = Path(args.out) / "finetune" / name / f"{task}-seed{seed}"
+                if not (out / "results.json").exists():
+                    print(f"[budget] fine-tuning {name} on {task}, seed {seed}", flush=True)
+                    finetune(FinetuneConfig(
+                        model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=args.ft_lr,
+                        batch_size=args.ft_batch_size, max_length=TASKS[task]["max_length"], seed=seed,
+                        max_train_examples=args.sst2_train if task == "sst2" else TASKS[task]["max_train_examples"],
+                        device=args.device, overwrite=True, show_progress=False))
+                res = json.loads((out / "results.json").read_text())
+                metric = res["main_metric"]
+                rows.append({"variant": name, "task": task, "seed": seed, "metric": metric,
+                             "final": res["final"][metric], "best": res["dev"][metric], "wall_s": res["wall_time_s"]})
+    return rows
+
+
+def stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(rows: list[dict], names: list[str], tasks: list[str]) -> dict[str, dict[str, dict]]:
+    """Mean ± std over fine-tuning seeds of the final dev score (x 100), per variant and task."""
+    return {n: {t: stats([100 * r["final"] for r in rows if r["variant"] == n and r["task"] == t]) for t in tasks}
+            for n in names}
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+
+def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
+    metric = {r["task"]: r["metric"] for r in rows}
+    cols = [f"{t.upper()} ({metric.get(t, '')})" for t in args.tasks]
+    lines = ["| variant | what changes | pre-train min | WikiText-2 MLM loss | " + " | ".join(cols)
+             + " | gain over random |", "|" + "---|" * (5 + len(cols))]
+    ref = table.get("random")
+    for name, cells in table.items():
+        m = models.get(name)
+        what = "no pre-training (same architecture, `--init random`)" if name == "random" else VARIANTS[name][0]
+        minutes = f"{m['wall_s'] / 60:.1f}" if m else "0"
+        loss = f"{m['eval_loss']:.2f}" if m and m["eval_loss"] is not None else "–"
+        scores = [f"{cells[t]['mean']:.1f} ± {cells[t]['std']:.1f}" for t in args.tasks]
+        gain = "" if ref is None or name == "random" else ", ".join(
+            f"{cells[t]['mean'] - ref[t]['mean']:+.1f}" for t in args.tasks)
+        lines.append(f"| {name} | {what} | {minutes} | {loss} | " + " | ".join(scores) + f" | {gain} |")
+    lines += ["", f"Mean ± standard deviation over fine-tuning seeds {args.seeds} of the final dev score × 100 (no "
+              f"checkpoint selection on dev). Fine-tuning: {args.ft_epochs:g} epochs, lr {args.ft_lr:g}, batch "
+              f"{args.ft_batch_size}, 64 tokens, bf16 autocast; SST-2 on a {args.sst2_train}-example training subset "
+              f"(seeded), CoLA on all of its training set. Measured {date.today().isoformat()} on {args.device} "
+              "(2 CPU cores, torch 2.13) with `python experiments/pretraining_budget.py`."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = ensure_data(args, out, args.variants)
+    models = run_pretraining(args, paths)
+    rows = run_finetuning(args, models)
+    names = (["random"] if not args.no_random else []) + list(models)
+    table = summarise(rows, names, args.tasks)
+    result = {"experiment": "pretraining_budget", "models": models, "table": table, "runs": rows,
+              "wall_s": time.perf_counter() - t0}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    block = markdown(args, models, table, rows)
+    print(block)
+    if args.docs:
+        write_results_block(Path(args.docs), block, "Pre-training variants at the demo's budget")
+    print(json.dumps({"experiment": "pretraining_budget",
+                      "table": {n: {t: round(v["mean"], 2) for t, v in c.items()} for n, c in table.items()}}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

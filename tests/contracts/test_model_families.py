@@ -36,6 +36,7 @@ _SIZE = dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=4, intermedia
 TINY: dict[str, tuple[dict, str, str]] = {
     "bert": (dict(_SIZE, max_position_embeddings=64), "masked-lm", "tokens"),
     "roberta": (dict(_SIZE, max_position_embeddings=66), "masked-lm", "tokens"),  # positions start at pad + 1
+    "megatron-bert": (dict(_SIZE, max_position_embeddings=64), "masked-lm", "tokens"),
     "gpt2": (dict(_SIZE, max_position_embeddings=64, bos_token_id=0, eos_token_id=0), "causal-lm", "tokens"),
     "llama": (dict(_SIZE, num_kv_heads=2, max_position_embeddings=64), "causal-lm", "tokens"),
     "electra": (dict(_SIZE, embedding_size=32, max_position_embeddings=64), "replaced-token-detection", "tokens"),
@@ -52,6 +53,7 @@ TINY: dict[str, tuple[dict, str, str]] = {
 HF_FORM: dict[str, type] = {
     "bert": T.BertForMaskedLM,
     "roberta": T.RobertaForMaskedLM,
+    "megatron-bert": T.MegatronBertForMaskedLM,
     "gpt2": T.GPT2LMHeadModel,
     "llama": T.LlamaForCausalLM,
     "electra": T.ElectraForPreTraining,

@@ -90,3 +90,46 @@ def test_convert_warns_when_the_tokenizer_outgrows_the_model(tmp_path, capsys):
     tok.save(tmp_path / "m")
     assert main(["convert", str(tmp_path / "m"), str(tmp_path / "out")]) == 0
     assert "the tokenizer has" in capsys.readouterr().err
+
+
+def _tiny_model_dir(tmp_path):
+    """A saved tiny BERT with a WordPiece tokenizer, and a two-split CSV table it can be fine-tuned on."""
+    from ptmkit.data.tokenizer import Tokenizer
+
+    rows = [("a good film", 1), ("a bad film", 0), ("good acting", 1), ("bad plot", 0)] * 4
+    data = tmp_path / "table"
+    data.mkdir()
+    for split in ("train", "dev"):
+        (data / f"{split}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    tok = Tokenizer.train([t for t, _ in rows], "wordpiece", vocab_size=40, min_frequency=1)
+    cfg = make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+                                   intermediate_size=64, max_position_embeddings=16))
+    save_model(build_model("bert", cfg), tmp_path / "m")
+    tok.save(tmp_path / "m")
+    return tmp_path / "m", data
+
+
+def test_finetune_and_convert_name_a_truncated_model_file(tmp_path, capsys):
+    model, data = _tiny_model_dir(tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy that stopped early
+    for argv, out in ((["finetune", str(model), "--task", "table", "--data-dir", str(data), "--out",
+                        str(tmp_path / "run"), "--max-steps", "1"], tmp_path / "run"),
+                      (["convert", str(model), str(tmp_path / "converted")], tmp_path / "converted")):
+        assert main(argv) == 2, argv[0]
+        err = capsys.readouterr().err
+        assert f"{weights}: truncated or corrupt" in err and "save the model directory again" in err, err
+        assert "Traceback" not in err and not out.exists()  # refused before anything was written
+
+
+def test_bad_rows_advise_the_flag_the_command_takes(tmp_path, capsys):
+    model, data = _tiny_model_dir(tmp_path)
+    with (data / "train.csv").open("a") as f:
+        f.write("a ragged row,1,extra\n")
+    argv = ["finetune", str(model), "--task", "table", "--data-dir", str(data), "--max-steps", "1",
+            "--precision", "fp32", "--no-progress", "--max-length", "16"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "train.csv:18" in err and "--skip-bad-rows" in err, err
+    with pytest.warns(UserWarning, match="skipped 1 bad row"):  # the advice works as given
+        assert main([*argv, "--out", str(tmp_path / "skipped"), "--skip-bad-rows"]) == 0

@@ -5,6 +5,7 @@ metrics.jsonl (what a full disk or a kill leaves) is dropped with a warning; a m
 from __future__ import annotations
 
 import os
+import re
 import pickle
 import random
 import signal
@@ -94,7 +95,7 @@ def test_ctrl_c_checkpoints_and_resumes(reference, tmp_path):
     assert proc.wait(timeout=120) == 130  # finished the step, checkpointed, exited as interrupted
     r = subprocess.run(_cmd(config, out, "--resume"), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resum" in r.stderr  # it says where it continues from
+    assert re.search(rf"resuming \S+ at step \d+ of {STEPS}", r.stderr), r.stderr  # it says where it continues from
     _assert_same(ref, out)
 
 

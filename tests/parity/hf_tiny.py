@@ -19,6 +19,10 @@ def hf_config(family: str):
         return T.BertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
                             attention_probs_dropout_prob=0.0)
+    if family == "megatron-bert":  # pre-norm BERT with a final norm and no embedding norm
+        return T.MegatronBertConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0)
     if family == "roberta":
         return T.RobertaConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=128, max_position_embeddings=66, hidden_dropout_prob=0.0,
@@ -52,6 +56,10 @@ HF_CLASSES = {
     ("bert", "masked-lm"): T.BertForMaskedLM,
     ("bert", "sequence-classification"): T.BertForSequenceClassification,
     ("bert", "token-classification"): T.BertForTokenClassification,
+    ("megatron-bert", "base"): T.MegatronBertModel,
+    ("megatron-bert", "masked-lm"): T.MegatronBertForMaskedLM,
+    ("megatron-bert", "sequence-classification"): T.MegatronBertForSequenceClassification,
+    ("megatron-bert", "token-classification"): T.MegatronBertForTokenClassification,
     ("roberta", "base"): T.RobertaModel,
     ("roberta", "masked-lm"): T.RobertaForMaskedLM,
     ("roberta", "sequence-classification"): T.RobertaForSequenceClassification,

@@ -61,12 +61,13 @@ def bert_embeddings(c: BertConfig, width: int) -> Embeddings:
     )
 
 
-def post_norm_layers(c: BertConfig) -> nn.ModuleList:
-    """BERT's stack of c.num_layers post-norm blocks (ELECTRA reuses it unchanged)."""
+def post_norm_layers(c: BertConfig, block: type[nn.Module] = PostNormBlock) -> nn.ModuleList:
+    """BERT's stack of c.num_layers post-norm blocks (ELECTRA reuses it unchanged; Megatron-BERT passes the
+    pre-norm block)."""
     attn = AttentionConfig(c.hidden_size, c.num_heads, dropout=c.attention_dropout, kernel=c.attention_kernel,
                            kernel_options=c.attention_options)
     return nn.ModuleList(
-        PostNormBlock(
+        block(
             SelfAttention(attn),
             SparseMoE(c.moe, c.hidden_size, c.intermediate_size, c.hidden_act, init_std=c.initializer_range)
             if c.moe is not None and c.moe.sparse_layer(i)

@@ -19,6 +19,8 @@ from ptmkit.models.heads import (
 )
 from ptmkit.models.llama import LlamaConfig, LlamaDecoder
 from ptmkit.models.roberta import RobertaConfig, RobertaEncoder
+from ptmkit.models.megatron_bert import MegatronBertConfig, MegatronBertEncoder
+from ptmkit.models.convert.megatron_bert import MegatronBertAdapter
 from ptmkit.models.bart import BartConfig, BartEncoderDecoder
 from ptmkit.models.convert.bart import BartAdapter, MBartAdapter
 from ptmkit.models.convert.t5 import T5Adapter, T5EncoderAdapter
@@ -46,6 +48,8 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "bert": Family(BertConfig, BertEncoder, BertAdapter()),
     "roberta": Family(RobertaConfig, RobertaEncoder, RobertaAdapter()),
+    # BERT with pre-norm blocks and a final norm (Shoeybi et al. 2019): the pre-norm encoder, exported as MegatronBert
+    "megatron-bert": Family(MegatronBertConfig, MegatronBertEncoder, MegatronBertAdapter()),
     "gpt2": Family(GPT2Config, GPT2Decoder, GPT2Adapter()),
     "llama": Family(LlamaConfig, LlamaDecoder, LlamaAdapter()),
     "electra": Family(ElectraConfig, ElectraEncoder, ElectraAdapter(), heads=ELECTRA_HEADS),
@@ -116,6 +120,7 @@ TASKS: dict[str, Task] = {
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "bert-tiny": ("bert", dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512)),
     "bert-mini": ("bert", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)),
+    "megatron-bert-mini": ("megatron-bert", dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)),
     "bert-base": ("bert", dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)),
     "roberta-base": ("roberta", dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)),
     "gpt2-mini": ("gpt2", dict(hidden_size=256, num_layers=4, num_heads=4)),

@@ -175,43 +175,35 @@ def variant_config(name: str, args, paths: dict[str, str], run: Path) -> Pretrai
     return from_dict(PretrainConfig, cfg)
 
 
-def run_pretraining(args, paths) -> dict[str, dict]:
-    models = {}
-    for name in args.variants:
-        run = Path(args.out) / "pretrain" / name
-        if not (run / "summary.json").exists() or not (run / "model" / "config.json").exists():
-            print(f"[budget] pre-training {name}: {VARIANTS[name][0]}", flush=True)
-            pretrain(variant_config(name, args, paths, run), overwrite=True)  # an unfinished run restarts
-        summary = json.loads((run / "summary.json").read_text())
-        models[name] = {"dir": str(run / "model"), "wall_s": summary["wall_s"], "steps": summary["steps"],
-                        "eval_loss": (summary.get("eval") or {}).get("loss"), "tokens": summary.get("tokens")}
-    return models
+def pretrain_variant(name: str, args, paths) -> dict:
+    run = Path(args.out) / "pretrain" / name
+    if not (run / "summary.json").exists() or not (run / "model" / "config.json").exists():
+        print(f"[budget] pre-training {name}: {VARIANTS[name][0]}", flush=True)
+        pretrain(variant_config(name, args, paths, run), overwrite=True)  # an unfinished run restarts
+    summary = json.loads((run / "summary.json").read_text())
+    return {"dir": str(run / "model"), "wall_s": summary["wall_s"], "steps": summary["steps"],
+            "eval_loss": (summary.get("eval") or {}).get("loss"), "tokens": summary.get("tokens")}
 
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------------------
 
-def run_finetuning(args, models: dict[str, dict]) -> list[dict]:
-    """Every (model, task, seed); the random row fine-tunes the base architecture from a fresh initialisation."""
-    plan = [(name, m["dir"], "pretrained") for name, m in models.items()]
-    if not args.no_random:
-        base_dir = models.get("base", next(iter(models.values())))["dir"]
-        plan.insert(0, ("random", base_dir, "random"))
+def finetune_model(args, name: str, model_dir: str, init: str) -> list[dict]:
+    """Every (task, seed) of one model; `init` random fine-tunes its architecture from a fresh initialisation."""
     rows = []
-    for name, model_dir, init in plan:
-        for task in args.tasks:
-            for seed in args.seeds:
-                out = Path(args.out) / "finetune" / name / f"{task}-seed{seed}"
-                if not (out / "results.json").exists():
-                    print(f"[budget] fine-tuning {name} on {task}, seed {seed}", flush=True)
-                    finetune(FinetuneConfig(
-                        model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=args.ft_lr,
-                        batch_size=args.ft_batch_size, max_length=TASKS[task]["max_length"], seed=seed,
-                        max_train_examples=args.sst2_train if task == "sst2" else TASKS[task]["max_train_examples"],
-                        device=args.device, overwrite=True, show_progress=False))
-                res = json.loads((out / "results.json").read_text())
-                metric = res["main_metric"]
-                rows.append({"variant": name, "task": task, "seed": seed, "metric": metric,
-                             "final": res["final"][metric], "best": res["dev"][metric], "wall_s": res["wall_time_s"]})
+    for task in args.tasks:
+        for seed in args.seeds:
+            out = Path(args.out) / "finetune" / name / f"{task}-seed{seed}"
+            if not (out / "results.json").exists():
+                print(f"[budget] fine-tuning {name} on {task}, seed {seed}", flush=True)
+                finetune(FinetuneConfig(
+                    model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=args.ft_lr,
+                    batch_size=args.ft_batch_size, max_length=TASKS[task]["max_length"], seed=seed,
+                    max_train_examples=args.sst2_train if task == "sst2" else TASKS[task]["max_train_examples"],
+                    device=args.device, overwrite=True, show_progress=False))
+            res = json.loads((out / "results.json").read_text())
+            metric = res["main_metric"]
+            rows.append({"variant": name, "task": task, "seed": seed, "metric": metric,
+                         "final": res["final"][metric], "best": res["dev"][metric], "wall_s": res["wall_time_s"]})
     return rows
 
 
@@ -259,19 +251,31 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = ensure_data(args, out, args.variants)
-    models = run_pretraining(args, paths)
-    rows = run_finetuning(args, models)
+    # one variant at a time, pre-training then fine-tuning, so results accrue as the study runs
+    models = {args.variants[0]: pretrain_variant(args.variants[0], args, paths)}
+    rows = [] if args.no_random else finetune_model(args, "random", models[args.variants[0]]["dir"], "random")
+    for name in args.variants:
+        models[name] = models.get(name) or pretrain_variant(name, args, paths)
+        rows += finetune_model(args, name, models[name]["dir"], "pretrained")
+        report(args, models, rows)
+    return report(args, models, rows, final=True, wall_s=time.perf_counter() - t0)
+
+
+def report(args, models: dict, rows: list[dict], final: bool = False, wall_s: float | None = None) -> dict:
+    """results.json and the docs block from every finished run (after each variant, so a long study shows its
+    progress); the final call prints the table and the JSON result line."""
+    out = Path(args.out)
     names = (["random"] if not args.no_random else []) + list(models)
     table = summarise(rows, names, args.tasks)
-    result = {"experiment": "pretraining_budget", "models": models, "table": table, "runs": rows,
-              "wall_s": time.perf_counter() - t0}
+    result = {"experiment": "pretraining_budget", "models": models, "table": table, "runs": rows, "wall_s": wall_s}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     block = markdown(args, models, table, rows)
-    print(block)
     if args.docs:
         write_results_block(Path(args.docs), block, "Pre-training variants at the demo's budget")
-    print(json.dumps({"experiment": "pretraining_budget",
-                      "table": {n: {t: round(v["mean"], 2) for t, v in c.items()} for n, c in table.items()}}))
+    if final:
+        print(block)
+        print(json.dumps({"experiment": "pretraining_budget",
+                          "table": {n: {t: round(v["mean"], 2) for t, v in c.items()} for n, c in table.items()}}))
     return result
 
 

@@ -82,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
     p.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning peak lr (every model, every task)")
+    p.add_argument("--random-lrs", default="",
+                   help="comma list of further fine-tuning lrs for the random-initialisation rows (random-lrX): a "
+                        "random model may want a larger lr than a pre-trained one, so its best lr is a fairer floor")
     p.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch size")
     p.add_argument("--sst2-train", type=int, default=TASKS["sst2"]["max_train_examples"],
                    help="SST-2 training examples (a seeded subset)")
@@ -100,6 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.variants = [v for v in args.variants.split(",") if v]
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.random_lrs = [float(v) for v in args.random_lrs.split(",") if v]
     for name, allowed in (("variants", VARIANTS), ("tasks", TASKS)):
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
@@ -187,16 +191,16 @@ def pretrain_variant(name: str, args, paths) -> dict:
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------------------
 
-def finetune_model(args, name: str, model_dir: str, init: str) -> list[dict]:
+def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None = None) -> list[dict]:
     """Every (task, seed) of one model; `init` random fine-tunes its architecture from a fresh initialisation."""
-    rows = []
+    rows, lr = [], lr or args.ft_lr
     for task in args.tasks:
         for seed in args.seeds:
             out = Path(args.out) / "finetune" / name / f"{task}-seed{seed}"
             if not (out / "results.json").exists():
                 print(f"[budget] fine-tuning {name} on {task}, seed {seed}", flush=True)
                 finetune(FinetuneConfig(
-                    model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=args.ft_lr,
+                    model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=lr,
                     batch_size=args.ft_batch_size, max_length=TASKS[task]["max_length"], seed=seed,
                     max_train_examples=args.sst2_train if task == "sst2" else TASKS[task]["max_train_examples"],
                     device=args.device, overwrite=True, show_progress=False))
@@ -230,11 +234,13 @@ def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
     ref = table.get("random")
     for name, cells in table.items():
         m = models.get(name)
-        what = "no pre-training (same architecture, `--init random`)" if name == "random" else VARIANTS[name][0]
+        what = ("no pre-training (same architecture, `--init random`)" if name == "random" else
+                f"no pre-training, fine-tuned at lr {name.split('-lr')[1]}" if name.startswith("random-lr") else
+                VARIANTS[name][0])
         minutes = f"{m['wall_s'] / 60:.1f}" if m else "0"
         loss = f"{m['eval_loss']:.2f}" if m and m["eval_loss"] is not None else "–"
         scores = [f"{cells[t]['mean']:.1f} ± {cells[t]['std']:.1f}" for t in args.tasks]
-        gain = "" if ref is None or name == "random" else ", ".join(
+        gain = "" if ref is None or name.startswith("random") else ", ".join(
             f"{cells[t]['mean'] - ref[t]['mean']:+.1f}" for t in args.tasks)
         lines.append(f"| {name} | {what} | {minutes} | {loss} | " + " | ".join(scores) + f" | {gain} |")
     lines += ["", f"Mean ± standard deviation over fine-tuning seeds {args.seeds} of the final dev score × 100 (no "
@@ -254,6 +260,8 @@ def main(argv=None) -> dict:
     # one variant at a time, pre-training then fine-tuning, so results accrue as the study runs
     models = {args.variants[0]: pretrain_variant(args.variants[0], args, paths)}
     rows = [] if args.no_random else finetune_model(args, "random", models[args.variants[0]]["dir"], "random")
+    for lr in [] if args.no_random else args.random_lrs:
+        rows += finetune_model(args, f"random-lr{lr:g}", models[args.variants[0]]["dir"], "random", lr)
     for name in args.variants:
         models[name] = models.get(name) or pretrain_variant(name, args, paths)
         rows += finetune_model(args, name, models[name]["dir"], "pretrained")
@@ -265,7 +273,8 @@ def report(args, models: dict, rows: list[dict], final: bool = False, wall_s: fl
     """results.json and the docs block from every finished run (after each variant, so a long study shows its
     progress); the final call prints the table and the JSON result line."""
     out = Path(args.out)
-    names = (["random"] if not args.no_random else []) + list(models)
+    randoms = [] if args.no_random else ["random", *(f"random-lr{lr:g}" for lr in args.random_lrs)]
+    names = randoms + list(models)
     table = summarise(rows, names, args.tasks)
     result = {"experiment": "pretraining_budget", "models": models, "table": table, "runs": rows, "wall_s": wall_s}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -273,8 +273,10 @@ def save_checkpoint(
     keep_last: int = 3,
     extra: dict[str, Any] | None = None,
     objective_module: torch.nn.Module | None = None,
+    keep_steps: tuple[int, ...] | list[int] = (),
 ) -> Path:
-    """Write checkpoint `step` atomically; a crash mid-write leaves earlier checkpoints untouched."""
+    """Write checkpoint `step` atomically; a crash mid-write leaves earlier checkpoints untouched. Rotation keeps
+    the newest `keep_last` and every step in `keep_steps`."""
     final = Path(run_dir) / "checkpoints" / f"{PREFIX}{step:08d}"
     with atomic.atomic_dir(final) as tmp:  # a crash mid-write leaves earlier checkpoints untouched
         save_safetensors_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
@@ -294,7 +296,7 @@ def save_checkpoint(
         state = {"step": step, "data": data_state, "rng": rng_state(), "extra": extra or {}}
         (tmp / "state.json").write_text(json.dumps(state))
         write_manifest(tmp)  # last: it vouches for every file above
-    rotate(run_dir, step, keep_last)
+    rotate(run_dir, step, keep_last, keep_steps)
     return final
 
 
@@ -316,14 +318,16 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for p in _step_dirs(run_dir) if (p / "state.json").exists()]
 
 
-def rotate(run_dir: str | Path, step: int, keep_last: int) -> None:
-    """Keep the newest `keep_last` checkpoints up to `step` (the one just written). Newer ones (left when a resume
-    fell back from a broken checkpoint) stay until the run writes their step again, so an intact one is never
-    deleted in favour of a broken one."""
+def rotate(run_dir: str | Path, step: int, keep_last: int, keep_steps: tuple[int, ...] | list[int] = ()) -> None:
+    """Keep the newest `keep_last` checkpoints up to `step` (the one just written), and every checkpoint whose step
+    is in `keep_steps` (milestones, e.g. the points of a learning curve). Newer ones (left when a resume fell back
+    from a broken checkpoint) stay until the run writes their step again, so an intact one is never deleted in
+    favour of a broken one."""
     if keep_last <= 0:
         return
     for old in [p for p in list_checkpoints(run_dir) if step_of(p) <= step][:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if step_of(old) not in keep_steps:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

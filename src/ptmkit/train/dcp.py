@@ -71,8 +71,9 @@ def _state(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> 
 
 
 def save_dcp_checkpoint(run_dir: str | Path, step: int, module, optimizer, scheduler, precision,
-                        data_state: dict[str, Any], keep_last: int = 3, extra: dict[str, Any] | None = None) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
+                        data_state: dict[str, Any], keep_last: int = 3, extra: dict[str, Any] | None = None,
+                        keep_steps: tuple[int, ...] | list[int] = ()) -> Path:
+    """Collective: every rank calls it. Returns the final directory (rotation as in checkpoint.rotate)."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"{PREFIX}{step:08d}", root / f".tmp-{PREFIX}{step:08d}"
     rank = _rank()
@@ -94,7 +95,7 @@ def save_dcp_checkpoint(run_dir: str | Path, step: int, module, optimizer, sched
         (tmp / "state.json").write_text(json.dumps(state))
         write_manifest(tmp)  # last, every rank's files complete: it vouches for all of them
         atomic.publish_dir(tmp, final)
-        rotate(run_dir, step, keep_last)
+        rotate(run_dir, step, keep_last, keep_steps)
     _barrier()
     return final
 

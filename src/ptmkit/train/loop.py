@@ -11,7 +11,7 @@ sees exactly the batches it would have seen. The objective is anything with `los
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +45,7 @@ class TrainConfig:
     eval_every: int = 200  # 0 = only at the end
     checkpoint_every: int = 500  # 0 = only at the end
     keep_last: int = 2  # checkpoints kept on disk (older ones are deleted)
+    keep_steps: list[int] = field(default_factory=list)  # also checkpoint at these steps and never delete them
     seed: int = 0  # model init, data order, masking and dropout all derive from it
     device: str = "cpu"  # cpu, cuda, cuda:1, ...
     activation_checkpointing: int = 0  # 0 = off; k = recompute every k-th block in backward (1 = all; saves memory)
@@ -60,6 +61,9 @@ class TrainConfig:
                 raise ConfigError(f"train: {name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train: precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        bad = [s for s in self.keep_steps if not isinstance(s, int) or not 0 < s <= self.steps]
+        if bad:
+            raise ConfigError(f"train: keep_steps must be steps of the run, 1..{self.steps}; got {bad}")
         if self.checkpoint_format not in ("auto", "safetensors", "dcp"):
             raise ConfigError(f"train: checkpoint_format must be auto, safetensors or dcp, got {self.checkpoint_format!r}")
 
@@ -210,11 +214,12 @@ class Trainer:
         args = (self.run_dir, self.step)
         if self.use_dcp:
             save_dcp_checkpoint(*args, self.module, self.optimizer, self.scheduler, self.precision,
-                                self.batches.state_dict(), self.cfg.keep_last, extra=extra)
+                                self.batches.state_dict(), self.cfg.keep_last, extra=extra,
+                                keep_steps=self.cfg.keep_steps)
         else:
             save_checkpoint(*args, self.model, self.optimizer, self.scheduler, self.precision,
                             self.batches.state_dict(), self.cfg.keep_last, extra=extra,
-                            objective_module=self.module.aux)
+                            objective_module=self.module.aux, keep_steps=self.cfg.keep_steps)
 
     def _due(self, every: int) -> bool:
         return (every > 0 and self.step % every == 0) or self.step == self.cfg.steps
@@ -253,7 +258,7 @@ class Trainer:
                     self.bar.write(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
                     stopped = True
                     break
-                if self._due(self.cfg.checkpoint_every):
+                if self._due(self.cfg.checkpoint_every) or self.step in self.cfg.keep_steps:
                     self.checkpoint()
         return self.finish(stopped)
 

@@ -175,3 +175,40 @@ def test_bad_optim_configs():
     with pytest.raises(ConfigError, match="precision"):
         Precision("fp8", torch.device("cpu"))
     assert math.isfinite(OptimConfig().eps)
+
+
+class _Fixed:
+    """A resumable batch iterator over seeded random integer rows."""
+
+    def __init__(self):
+        self.i = 0
+
+    def __next__(self):
+        self.i += 1
+        return {"input_ids": torch.randint(0, 3, (2, 4), generator=torch.Generator().manual_seed(self.i))}
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+class _Fit:
+    """The smallest objective: a linear map learns y = 2x."""
+
+    def loss(self, model, batch):
+        x = batch["input_ids"].float()
+        loss = ((model(x) - 2 * x) ** 2).mean()
+        return loss, {"loss": loss.item()}
+
+
+def test_keep_steps_are_checkpointed_and_never_rotated_away(tmp_path):
+    from ptmkit.train.loop import TrainConfig, train
+
+    cfg = TrainConfig(steps=6, precision="fp32", checkpoint_every=0, keep_last=1, keep_steps=[2, 3],
+                      eval_every=0, progress_bar=False)
+    train(torch.nn.Linear(4, 4), _Fit(), _Fixed(), tmp_path, cfg, OptimConfig(lr=1e-2), ScheduleConfig())
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003", "step-00000006"]
+    with pytest.raises(ConfigError, match=r"keep_steps must be steps of the run, 1..6; got \[7\]"):
+        TrainConfig(steps=6, keep_steps=[2, 7])

@@ -9,6 +9,11 @@ batch, shorter sequences), Wettig et al. 2023 (mask rate), Clark et al. 2020 (EL
     python experiments/pretraining_budget.py                          # every variant (resumable)
     python experiments/pretraining_budget.py --variants base,tapt     # some of them
     python experiments/pretraining_budget.py --steps 20 --seeds 0 --ft-epochs 0.05 --out /tmp/x --docs ''   # smoke
+    python experiments/pretraining_budget.py --curve 500,2000,6000,18000 --variants base    # learning curve
+
+--curve STEPS: one long pre-training run of the first variant keeps its checkpoints at these steps (train.keep_steps);
+each is exported and fine-tuned like the variants, beside the random-initialisation point (0 steps), and the curve of
+dev score against pre-training tokens and CPU-minutes is written to docs/pretraining_curve.{md,png}.
 
 Finished pre-training and fine-tuning runs are reused when the command is repeated (same --out), so a study can be
 extended or continued after an interruption; results.json and the docs block are rebuilt from every finished run.
@@ -95,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-shards", default="runs/demo/data/wikitext2-valid", help="held-out shards (built when "
                                                                                    "missing)")
     p.add_argument("--task-text-limit", type=int, help="tapt: use only the first N task sentences")
+    p.add_argument("--curve", default="", help="comma list of pre-training steps: the learning-curve mode (see above)")
+    p.add_argument("--curve-docs", default="docs/pretraining_curve.md", help="page of the curve ('' = none)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--out", default="runs/pretraining_budget", help="study folder (resumable)")
     p.add_argument("--docs", default="docs/pretraining_budget.md", help="page whose results block is rewritten "
@@ -104,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.random_lrs = [float(v) for v in args.random_lrs.split(",") if v]
+    args.curve = sorted({int(v) for v in args.curve.split(",") if v})
+    if any(v <= 0 for v in args.curve):
+        p.error(f"--curve: steps must be positive, got {args.curve}")
     for name, allowed in (("variants", VARIANTS), ("tasks", TASKS)):
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
@@ -257,6 +267,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = ensure_data(args, out, args.variants)
+    if args.curve:
+        return run_curve(args, paths, t0)
     # one variant at a time, pre-training then fine-tuning, so results accrue as the study runs
     models = {args.variants[0]: pretrain_variant(args.variants[0], args, paths)}
     rows = [] if args.no_random else finetune_model(args, "random", models[args.variants[0]]["dir"], "random")
@@ -286,6 +298,85 @@ def report(args, models: dict, rows: list[dict], final: bool = False, wall_s: fl
         print(json.dumps({"experiment": "pretraining_budget",
                           "table": {n: {t: round(v["mean"], 2) for t, v in c.items()} for n, c in table.items()}}))
     return result
+
+
+# ---- learning curve -------------------------------------------------------------------------------------------------
+
+def run_curve(args, paths, t0: float) -> dict:
+    """One pre-training run of the first variant to the last --curve step, its checkpoints at every --curve step kept,
+    exported and fine-tuned; step 0 is the same architecture from random initialisation."""
+    from ptmkit.recipes.pretrain import export_checkpoint
+
+    name, last = args.variants[0], args.curve[-1]
+    run = Path(args.out) / "curve" / name
+    cfg = variant_config(name, args, paths, run)
+    scale = last / cfg.train.steps  # the variant's own warm-up, stretched with the run (a long run, one schedule)
+    cfg.train.steps, cfg.train.keep_steps, cfg.train.keep_last = last, list(args.curve), 1
+    cfg.train.checkpoint_every = max(1, min(1000, last // 4))  # an interrupted long run resumes from here
+    cfg.schedule.warmup_steps = max(1, round(cfg.schedule.warmup_steps * min(scale, 1.0)))
+    if not (run / "summary.json").exists():
+        print(f"[curve] pre-training {name} to step {last}, keeping steps {args.curve}", flush=True)
+        pretrain(cfg, resume=(run / "checkpoints").is_dir(), overwrite=not (run / "checkpoints").is_dir())
+    summary = json.loads((run / "summary.json").read_text())
+    per_step = summary["wall_s"] / max(1, summary["steps"])  # this run's mean step time, evaluation included
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
+    rows = finetune_model(args, f"{name}-step0", str(run / "model"), "random")  # this run's architecture
+    points = [{"steps": 0, "tokens": 0, "minutes": 0.0, "name": f"{name}-step0"}]
+    for step in args.curve:
+        model_dir = run / "exported" / f"step-{step:08d}"
+        if not (model_dir / "config.json").exists():
+            export_checkpoint(run / "checkpoints" / f"step-{step:08d}", model_dir)
+        rows += finetune_model(args, f"{name}-step{step}", str(model_dir), "pretrained")
+        points.append({"steps": step, "tokens": step * tokens_per_step, "minutes": step * per_step / 60,
+                       "name": f"{name}-step{step}"})
+    table = summarise(rows, [p["name"] for p in points], args.tasks)
+    result = {"experiment": "pretraining_curve", "variant": name, "points": points, "table": table, "runs": rows,
+              "wall_s": time.perf_counter() - t0}
+    (Path(args.out) / "curve_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    metric = {r["task"]: r["metric"] for r in rows}
+    lines = ["| pre-training steps | tokens | CPU-min | " + " | ".join(f"{t.upper()} ({metric[t]})" for t in args.tasks)
+             + " |", "|" + "---|" * (3 + len(args.tasks))]
+    for p in points:
+        cells = [f"{table[p['name']][t]['mean']:.1f} ± {table[p['name']][t]['std']:.1f}" for t in args.tasks]
+        lines.append(f"| {p['steps']} | {p['tokens'] / 1e6:.2f}M | {p['minutes']:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", f"One pre-training run of `{name}` ({VARIANTS[name][0]}) to step {last}, its checkpoints at each "
+              f"step above fine-tuned with seeds {args.seeds} (mean ± std of the final dev score × 100); step 0 is "
+              f"the same architecture from random initialisation. CPU-min = steps × the run's mean step time "
+              f"({per_step:.2f} s, evaluation included). Measured {date.today().isoformat()} on {args.device} "
+              "with `python experiments/pretraining_budget.py --curve ...`."]
+    block = "\n".join(lines)
+    print(block)
+    if args.curve_docs:
+        doc = Path(args.curve_docs)
+        plot_curve(points, table, args.tasks, metric, doc.with_suffix(".png"))
+        write_results_block(doc, block + f"\n\n![curve]({doc.with_suffix('.png').name})",
+                            "Fine-tuning quality against pre-training compute")
+    print(json.dumps({"experiment": "pretraining_curve",
+                      "curve": {p["steps"]: {t: round(table[p["name"]][t]["mean"], 2) for t in args.tasks}
+                                for p in points}}))
+    return result
+
+
+def plot_curve(points: list[dict], table: dict, tasks: list[str], metric: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    xs = [p["tokens"] / 1e6 for p in points]
+    for ax, task in zip(axes[0], tasks):
+        ys = [table[p["name"]][task]["mean"] for p in points]
+        es = [table[p["name"]][task]["std"] for p in points]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
+        ax.set_xscale("symlog", linthresh=max(xs[1] if len(xs) > 1 else 1.0, 1e-3))
+        ax.set_xlabel("pre-training tokens (millions; 0 = random init)")
+        ax.set_ylabel(f"{task.upper()} dev {metric[task]} x 100")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -221,3 +221,15 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
                          "--out", str(tmp_path / "study"), "--random-lrs", "1e-3", "--docs", "",
                          *demo_args(demo_data)], capsys)
     assert again["runs"] == result["runs"]
+
+
+def test_pretraining_curve(capsys, tmp_path, demo_data):
+    from tests.conftest import demo_args
+
+    result, line = run_main(EXP / "pretraining_budget.py",
+                            ["--curve", "2,4", "--variants", "base", "--width", "32", "--layers", "1",
+                             "--tasks", "sst2", "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64",
+                             "--out", str(tmp_path / "study"), "--curve-docs", str(tmp_path / "curve.md"),
+                             *demo_args(demo_data)], capsys)
+    assert line["experiment"] == "pretraining_curve" and set(line["curve"]) == {"0", "2", "4"}
+    assert (tmp_path / "curve.png").is_file() and "| 4 |" in (tmp_path / "curve.md").read_text()

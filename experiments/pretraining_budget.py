@@ -73,7 +73,12 @@ VARIANTS = {
                                                      "objective.name": "rtd", "objective.params": {}}),
     # packed across sentence boundaries (RoBERTa's FULL-SENTENCES): the sentences are short, and "mask" packing's
     # per-row document masks ran ~5x slower per step here
-    "tapt": ("task-adaptive: SST-2 + CoLA training text, packed", {"data.train": "<tapt>", "data.boundary": "cross"}),
+    "tapt": ("task-adaptive from scratch: SST-2 + CoLA training text instead of Gutenberg",
+             {"data.train": "<tapt>", "data.boundary": "cross"}),
+    # Gururangan et al.'s TAPT proper: the base model's pre-training continued on the task text (+1/3 compute)
+    "base+tapt": ("base, then 200 more steps on SST-2 + CoLA training text (lr 5e-4)",
+                  {"model.init_from": "<model:base>", "data.train": "<tapt>", "data.boundary": "cross",
+                   "train.steps": 200, "schedule.warmup_steps": 20, "optim.lr": 5e-4}),
 }
 TASKS = {"sst2": dict(max_train_examples=2000, max_length=64), "cola": dict(max_train_examples=None, max_length=64)}
 
@@ -138,7 +143,7 @@ def ensure_data(args, out: Path, variants: list[str]) -> dict[str, str]:
         if not (Path(paths["gutenberg8k"]) / "meta.json").exists():
             prepare_shards(data_root() / "corpora" / "gutenberg.jsonl.gz", paths["tok8k"], paths["gutenberg8k"],
                            overwrite=True)
-    if "tapt" in variants:
+    if "tapt" in variants or "base+tapt" in variants:
         paths["tapt"] = str(out / "data" / "tapt")
         if not (Path(paths["tapt"]) / "meta.json").exists():
             text = out / "data" / "task_text.txt"
@@ -169,7 +174,9 @@ def variant_config(name: str, args, paths: dict[str, str], run: Path) -> Pretrai
         cfg["train"]["steps"] = args.steps
         cfg["schedule"]["warmup_steps"] = max(1, args.steps // 6)
     for key, value in VARIANTS[name][1].items():
-        if isinstance(value, str) and value.startswith("<"):
+        if isinstance(value, str) and value.startswith("<model:"):  # another variant's pre-trained model
+            value = str(Path(args.out) / "pretrain" / value[len("<model:"):-1] / "model")
+        elif isinstance(value, str) and value.startswith("<"):
             value = paths[value.strip("<>")]
         if key in ("train.steps", "schedule.warmup_steps") and args.steps is not None:  # the same token budget
             value = max(1, value * args.steps // BASE["train"]["steps"])

@@ -111,4 +111,9 @@ class BertEncoder(Backbone):
         x = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)  # (B, T, H)
         mask, _ = build_mask(attention_mask, t, t, causal=False, device=x.device)
         x, hidden = stack_forward(self.layers, x, mask, False, None, None, output_hidden_states)
+        final_norm = self._modules.get("final_norm")  # pre-norm stacks (Megatron-BERT) normalise once, at the end
+        if final_norm is not None:
+            x = final_norm(x)
+            if hidden:
+                hidden[-1] = x  # as transformers: the last hidden state is the normalised one
         return BackboneOutput(x, tuple(hidden) if hidden else None)

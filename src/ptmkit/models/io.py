@@ -152,10 +152,7 @@ def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int
             + ", ".join(repr(k) for k in missing)
             + f"; a {adapter.model_type} config.json needs {', '.join(adapter.shape_keys)} (they fix the shapes)"
         )
-    cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
-    ckpt_task = adapter.task_of(hf_config.get("architectures"))
-    task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, str(path))
-    return _build(family, cfg, task, num_labels, hf_config, ckpt_task)
+    return _fresh(family, adapter, hf_config, task, num_labels, str(path))[0]
 
 
 def from_hf(
@@ -172,16 +169,24 @@ def from_hf(
     used / dropped / unexpected), check (nothing missing or unexpected, tied copies equal, shapes right), load
     (into the built model, reporting fresh and dropped head tensors)."""
     family, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
-    cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
-    ckpt_task = adapter.task_of(hf_config.get("architectures"))
-    task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, source)
-    model = _build(family, cfg, task, num_labels, hf_config, ckpt_task)
+    model, cfg, task, ckpt_task = _fresh(family, adapter, hf_config, task, num_labels, source)
     conv = _convert(adapter, cfg, model, state, task, ckpt_task)
     _check(conv, model, family, source)
     _load(conv, model, family, source)
     if dtype is not None:
         model.to(dtype)
     return model
+
+
+def _fresh(family: str, adapter: Adapter, hf_config: dict[str, Any], task: str | None, num_labels: int | None,
+           source: str):
+    """The randomly initialised model a config.json describes, for `task` (default: the checkpoint's own):
+    (model, its config, the task built, the checkpoint's task). Shared by from_hf (which then loads weights) and
+    init_model (which does not)."""
+    cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
+    ckpt_task = adapter.task_of(hf_config.get("architectures"))
+    task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, source)
+    return _build(family, cfg, task, num_labels, hf_config, ckpt_task), cfg, task, ckpt_task
 
 
 @dataclasses.dataclass

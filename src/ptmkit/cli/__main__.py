@@ -1,3 +1,3 @@
-from ptmkit.cli.main import main
+from ptmkit.cli.main import entry
 
-raise SystemExit(main())
+entry()

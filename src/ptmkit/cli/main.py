@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 # name -> module under ptmkit.cli; each module defines add_parser(subparsers) and run(args) -> int.
@@ -65,5 +67,21 @@ def _os_advice(e: OSError) -> str:
     return f"{where}{e.strerror or e}" + (f"; {fix}" if fix else "")
 
 
+def entry(argv: list[str] | None = None) -> None:
+    """The process entry (`ptm ...`, `python -m ptmkit.cli ...`, torchrun ranks): run `main` and exit with its code.
+
+    A torchrun rank ends with os._exit once its output is flushed. By then the process group is destroyed and every
+    file is written and closed, but interpreter finalization can still destroy gloo's worker threads while they
+    hold tensors, and an occasional rank then aborts ("terminate called without an active exception") after a run
+    that succeeded, failing the whole launch (pytorch/pytorch#179291 describes the race)."""
+    code = main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

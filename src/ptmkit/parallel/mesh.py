@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -73,6 +74,7 @@ def teardown(wait: bool = True) -> None:
     model; a rank that tears gloo down while a peer still works can abort at exit). After an error, do not wait —
     the other ranks may never arrive."""
     if dist.is_initialized():
+        gc.collect()  # release finished collectives (FSDP keeps handles) while the process group can still free them
         if wait:
             dist.barrier()
         dist.destroy_process_group()

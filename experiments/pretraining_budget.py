@@ -79,6 +79,10 @@ VARIANTS = {
     "base+tapt": ("base, then 200 more steps on SST-2 + CoLA training text (lr 5e-4)",
                   {"model.init_from": "<model:base>", "data.train": "<tapt>", "data.boundary": "cross",
                    "train.steps": 200, "schedule.warmup_steps": 20, "optim.lr": 5e-4}),
+    # the no-dropout model again, fine-tuned with dropout 0.1 (Cramming pre-trains without and fine-tunes with it):
+    # "same_model" reuses another variant's pre-trained model, "finetune.*" sets a fine-tuning option
+    "no-dropout-ft0.1": ("the no-dropout model, fine-tuned with dropout 0.1 (Cramming)",
+                         {"same_model": "no-dropout", "finetune.dropout": 0.1}),
     "no-dropout+tapt": ("no-dropout, then 200 more steps on SST-2 + CoLA training text (lr 5e-4)",
                         {"model.init_from": "<model:no-dropout>", "model.config.dropout": 0.0,
                          "model.config.attention_dropout": 0.0, "data.train": "<tapt>", "data.boundary": "cross",
@@ -178,6 +182,8 @@ def variant_config(name: str, args, paths: dict[str, str], run: Path) -> Pretrai
         cfg["train"]["steps"] = args.steps
         cfg["schedule"]["warmup_steps"] = max(1, args.steps // 6)
     for key, value in VARIANTS[name][1].items():
+        if key == "same_model" or key.startswith("finetune."):  # not pre-training settings
+            continue
         if isinstance(value, str) and value.startswith("<model:"):  # another variant's pre-trained model
             value = str(Path(args.out) / "pretrain" / value[len("<model:"):-1] / "model")
         elif isinstance(value, str) and value.startswith("<"):
@@ -203,6 +209,8 @@ def variant_config(name: str, args, paths: dict[str, str], run: Path) -> Pretrai
 
 
 def pretrain_variant(name: str, args, paths) -> dict:
+    if "same_model" in VARIANTS[name][1]:  # a fine-tuning variant of another variant's model
+        return pretrain_variant(VARIANTS[name][1]["same_model"], args, paths)
     run = Path(args.out) / "pretrain" / name
     if not (run / "summary.json").exists() or not (run / "model" / "config.json").exists():
         print(f"[budget] pre-training {name}: {VARIANTS[name][0]}", flush=True)
@@ -214,8 +222,10 @@ def pretrain_variant(name: str, args, paths) -> dict:
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------------------
 
-def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None = None) -> list[dict]:
-    """Every (task, seed) of one model; `init` random fine-tunes its architecture from a fresh initialisation."""
+def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None = None,
+                   dropout: float | None = None) -> list[dict]:
+    """Every (task, seed) of one model; `init` random fine-tunes its architecture from a fresh initialisation;
+    `dropout` None keeps the model's own rates."""
     rows, lr = [], lr or args.ft_lr
     for task in args.tasks:
         for seed in args.seeds:
@@ -226,12 +236,16 @@ def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None 
                     model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=lr,
                     batch_size=args.ft_batch_size, max_length=TASKS[task]["max_length"], seed=seed,
                     max_train_examples=args.sst2_train if task == "sst2" else TASKS[task]["max_train_examples"],
-                    device=args.device, overwrite=True, show_progress=False))
+                    device=args.device, dropout=dropout, overwrite=True, show_progress=False))
             res = json.loads((out / "results.json").read_text())
             metric = res["main_metric"]
             rows.append({"variant": name, "task": task, "seed": seed, "metric": metric,
                          "final": res["final"][metric], "best": res["dev"][metric], "wall_s": res["wall_time_s"]})
     return rows
+
+
+def ft_dropout(name: str) -> float | None:
+    return VARIANTS[name][1].get("finetune.dropout")
 
 
 def stats(values: list[float]) -> dict:
@@ -289,7 +303,7 @@ def main(argv=None) -> dict:
         rows += finetune_model(args, f"random-lr{lr:g}", models[args.variants[0]]["dir"], "random", lr)
     for name in args.variants:
         models[name] = models.get(name) or pretrain_variant(name, args, paths)
-        rows += finetune_model(args, name, models[name]["dir"], "pretrained")
+        rows += finetune_model(args, name, models[name]["dir"], "pretrained", dropout=ft_dropout(name))
         report(args, models, rows)
     return report(args, models, rows, final=True, wall_s=time.perf_counter() - t0)
 
@@ -333,13 +347,14 @@ def run_curve(args, paths, t0: float) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     per_step = summary["wall_s"] / max(1, summary["steps"])  # this run's mean step time, evaluation included
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
-    rows = finetune_model(args, f"{name}-step0", str(run / "model"), "random")  # this run's architecture
+    # step 0 is this run's architecture from random initialisation, with the same fine-tuning recipe
+    rows = finetune_model(args, f"{name}-step0", str(run / "model"), "random", dropout=ft_dropout(name))
     points = [{"steps": 0, "tokens": 0, "minutes": 0.0, "name": f"{name}-step0"}]
     for step in args.curve:
         model_dir = run / "exported" / f"step-{step:08d}"
         if not (model_dir / "config.json").exists():
             export_checkpoint(run / "checkpoints" / f"step-{step:08d}", model_dir)
-        rows += finetune_model(args, f"{name}-step{step}", str(model_dir), "pretrained")
+        rows += finetune_model(args, f"{name}-step{step}", str(model_dir), "pretrained", dropout=ft_dropout(name))
         points.append({"steps": step, "tokens": step * tokens_per_step, "minutes": step * per_step / 60,
                        "name": f"{name}-step{step}"})
     table = summarise(rows, [p["name"] for p in points], args.tasks)

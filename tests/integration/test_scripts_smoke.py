@@ -219,16 +219,21 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
     from tests.conftest import demo_args
 
     result, line = run_main(EXP / "pretraining_budget.py",
-                            ["--variants", "base,base+tapt", "--steps", "2", "--width", "32", "--layers", "1",
+                            ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
                              "--tasks", "sst2", "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64",
                              "--task-text-limit", "200", "--out", str(tmp_path / "study"), "--random-lrs", "1e-3",
                              "--docs", str(tmp_path / "doc.md"), *demo_args(demo_data)], capsys)
     assert line["experiment"] == "pretraining_budget"
-    assert set(line["table"]) == {"random", "random-lr0.001", "base", "base+tapt"}
+    assert set(line["table"]) == {"random", "random-lr0.001", "base", "base+tapt", "no-dropout-ft0.1"}
     assert "| random | no pre-training" in (tmp_path / "doc.md").read_text()
+    # a fine-tuning variant reuses another variant's pre-trained model and sets the fine-tuning option
+    assert result["models"]["no-dropout-ft0.1"]["dir"].endswith("pretrain/no-dropout/model")
+    ft = tmp_path / "study" / "finetune" / "no-dropout-ft0.1" / "sst2-seed0" / "best" / "config.json"
+    assert json.loads(ft.read_text())["hidden_dropout_prob"] == 0.1
     # a repeated command reuses every finished run
     again, _ = run_main(EXP / "pretraining_budget.py",
-                        ["--variants", "base,base+tapt", "--steps", "2", "--width", "32", "--layers", "1", "--tasks", "sst2",
+                        ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
+                         "--tasks", "sst2",
                          "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64", "--task-text-limit", "200",
                          "--out", str(tmp_path / "study"), "--random-lrs", "1e-3", "--docs", "",
                          *demo_args(demo_data)], capsys)

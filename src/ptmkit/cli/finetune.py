@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
                    help="pretrained: start from MODEL's weights; random: from a freshly initialised model of MODEL's "
                         "architecture (its config.json and tokenizer; no weights read), seeded by --seed: the "
                         "baseline that shows what pre-training adds under the same recipe")
+    p.add_argument("--dropout", type=float, default=_D["dropout"],
+                   help="set every dropout rate of the model (hidden, attention, embedding) for fine-tuning; unset: "
+                        "the rates in MODEL's config.json. A model pre-trained without dropout (Cramming) is usually "
+                        "fine-tuned with 0.1")
     p.add_argument("--data-dir", default=None,
                    help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
     p.add_argument("--train-split", default=_D["train_split"], help="training split (file name without extension)")

@@ -113,11 +113,14 @@ def load_model(
     num_labels: int | None = None,
     dtype: torch.dtype | None = None,
     gguf_file: str | None = None,
+    dropout: float | None = None,
 ):
     """Build the model a directory describes and load its weights.
 
     task: None = the checkpoint's own head; another task keeps the backbone and starts a new head
     (the usual start of fine-tuning), reporting the head tensors it created and dropped.
+    dropout: None keeps the directory's rates; a value sets every dropout rate of the config (hidden, attention,
+    embedding) to it, e.g. to fine-tune with dropout a model pre-trained without (Cramming's recipe).
     """
     path = Path(path)
     if not path.is_dir():
@@ -129,10 +132,11 @@ def load_model(
             raise FileNotFoundError(f"{path} has no config.json; is it a model directory?")
         hf_config = json.loads((path / "config.json").read_text())
         state = read_weights(path)
-    return from_hf(hf_config, state, task, num_labels, dtype, source=str(path))
+    return from_hf(hf_config, state, task, num_labels, dtype, source=str(path), dropout=dropout)
 
 
-def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int | None = None):
+def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int | None = None,
+               dropout: float | None = None):
     """The model a directory's config.json describes, freshly initialised: no weights are read (the directory needs
     none). The baseline that tells what pre-training bought: the same architecture, tokenizer and fine-tuning recipe,
     without the pre-trained weights. Initialised by the family's own scheme from torch's current RNG state (seed it
@@ -152,7 +156,7 @@ def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int
             + ", ".join(repr(k) for k in missing)
             + f"; a {adapter.model_type} config.json needs {', '.join(adapter.shape_keys)} (they fix the shapes)"
         )
-    return _fresh(family, adapter, hf_config, task, num_labels, str(path))[0]
+    return _fresh(family, adapter, hf_config, task, num_labels, str(path), dropout)[0]
 
 
 def from_hf(
@@ -162,6 +166,7 @@ def from_hf(
     num_labels: int | None = None,
     dtype: torch.dtype | None = None,
     source: str = "checkpoint",
+    dropout: float | None = None,
 ):
     """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model).
 
@@ -169,7 +174,7 @@ def from_hf(
     used / dropped / unexpected), check (nothing missing or unexpected, tied copies equal, shapes right), load
     (into the built model, reporting fresh and dropped head tensors)."""
     family, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
-    model, cfg, task, ckpt_task = _fresh(family, adapter, hf_config, task, num_labels, source)
+    model, cfg, task, ckpt_task = _fresh(family, adapter, hf_config, task, num_labels, source, dropout)
     conv = _convert(adapter, cfg, model, state, task, ckpt_task)
     _check(conv, model, family, source)
     _load(conv, model, family, source)
@@ -178,12 +183,20 @@ def from_hf(
     return model
 
 
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "embedding_dropout")  # the rates `dropout=` sets, where a family has them
+
+
 def _fresh(family: str, adapter: Adapter, hf_config: dict[str, Any], task: str | None, num_labels: int | None,
-           source: str):
+           source: str, dropout: float | None = None):
     """The randomly initialised model a config.json describes, for `task` (default: the checkpoint's own):
     (model, its config, the task built, the checkpoint's task). Shared by from_hf (which then loads weights) and
     init_model (which does not)."""
     cfg = _with_attention_kernel(adapter.config_from_hf(hf_config), hf_config)
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        cfg = dataclasses.replace(cfg, **{k: dropout for k in DROPOUT_FIELDS if k in fields})
     ckpt_task = adapter.task_of(hf_config.get("architectures"))
     task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, source)
     return _build(family, cfg, task, num_labels, hf_config, ckpt_task), cfg, task, ckpt_task

@@ -109,3 +109,22 @@ def test_every_saved_config_holds_the_keys_random_init_requires(family):
     written = fam.adapter.config_to_hf(fam.config())
     assert fam.adapter.shape_keys, family
     assert set(fam.adapter.shape_keys) <= set(written), set(fam.adapter.shape_keys) - set(written)
+
+
+def test_dropout_override_sets_every_rate_and_is_saved(tiny_model, sst_dir, tmp_path):  # noqa: F811
+    """--dropout: fine-tune a model pre-trained without dropout with it (Cramming), or the reverse."""
+    kept = load_model(tiny_model, task="sequence-classification", num_labels=2)
+    for init in (load_model, init_model):
+        m = init(tiny_model, task="sequence-classification", num_labels=2, dropout=0.3)
+        assert m.config.dropout == 0.3 and m.config.attention_dropout == 0.3
+        # the modules were built with it (BERT has no dropout inside its FFN: that one stays 0)
+        rates = {n: mod.p for n, mod in m.named_modules() if isinstance(mod, torch.nn.Dropout)}
+        assert rates and all(p == (0.0 if n.endswith("ffn.drop") else 0.3) for n, p in rates.items()), rates
+    assert kept.config.dropout != 0.3  # unset keeps the directory's rates
+    finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", max_steps=2, eval_every=2, dropout=0.0))
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == 0.0 and saved["attention_probs_dropout_prob"] == 0.0
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\)"):
+        _cfg(tiny_model, sst_dir, tmp_path / "bad", dropout=1.0)
+    with pytest.raises(ConfigError, match="other settings"):  # a resume keeps the rates it started with
+        finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", max_steps=2, eval_every=2, dropout=0.1), resume=True)

@@ -102,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
     p.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning peak lr (every model, every task)")
+    p.add_argument("--ft-lrs", default="",
+                   help="comma list of further fine-tuning lrs for every model (random initialisation included): each "
+                        "model is then compared at its best lr, so no model is judged at an lr that suits another")
     p.add_argument("--random-lrs", default="",
                    help="comma list of further fine-tuning lrs for the random-initialisation rows (random-lrX): a "
                         "random model may want a larger lr than a pre-trained one, so its best lr is a fairer floor")
@@ -126,6 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.random_lrs = [float(v) for v in args.random_lrs.split(",") if v]
+    args.ft_lrs = [float(v) for v in args.ft_lrs.split(",") if v]
     args.curve = sorted({int(v) for v in args.curve.split(",") if v})
     if any(v <= 0 for v in args.curve):
         p.error(f"--curve: steps must be positive, got {args.curve}")
@@ -239,13 +243,35 @@ def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None 
                     device=args.device, dropout=dropout, overwrite=True, show_progress=False))
             res = json.loads((out / "results.json").read_text())
             metric = res["main_metric"]
-            rows.append({"variant": name, "task": task, "seed": seed, "metric": metric,
+            rows.append({"variant": name, "task": task, "seed": seed, "lr": lr, "metric": metric,
                          "final": res["final"][metric], "best": res["dev"][metric], "wall_s": res["wall_time_s"]})
     return rows
 
 
 def ft_dropout(name: str) -> float | None:
     return VARIANTS[name][1].get("finetune.dropout")
+
+
+def lrs_of(args, random: bool = False) -> list[float]:
+    """The fine-tuning lrs a model is tried at: the reference --ft-lr first, then --ft-lrs (and --random-lrs for the
+    random-initialisation rows)."""
+    return list(dict.fromkeys([args.ft_lr, *args.ft_lrs, *(args.random_lrs if random else [])]))
+
+
+def lr_name(args, name: str, lr: float) -> str:
+    """A model's row at one fine-tuning lr: its own name at the reference lr, `<name>-lr<lr>` at another."""
+    return name if lr == args.ft_lr else f"{name}-lr{lr:g}"
+
+
+def split_name(args, row: str) -> tuple[str, float]:
+    """(model, fine-tuning lr) of a row name made by lr_name."""
+    model, _, lr = row.rpartition("-lr")
+    if row in VARIANTS or row == "random" or not model:
+        return row, args.ft_lr
+    try:
+        return model, float(lr)
+    except ValueError:  # "-lr" belongs to the model's own name (pre-norm-lr2e-3-step500)
+        return row, args.ft_lr
 
 
 def stats(values: list[float]) -> dict:
@@ -263,27 +289,69 @@ def summarise(rows: list[dict], names: list[str], tasks: list[str]) -> dict[str,
 
 # ---- report ---------------------------------------------------------------------------------------------------------
 
+def best_lr(args, table: dict) -> dict[str, dict[str, dict]]:
+    """model -> task -> its best row over fine-tuning lrs (by mean over seeds), with that row's lr."""
+    best: dict[str, dict[str, dict]] = {}
+    for row, cells in table.items():
+        model, lr = split_name(args, row)
+        for task, cell in cells.items():
+            if cell["n"] and (task not in best.get(model, {}) or cell["mean"] > best[model][task]["mean"]):
+                best.setdefault(model, {})[task] = {**cell, "lr": lr}
+    return best
+
+
+def describe(args, row: str) -> str:
+    model, lr = split_name(args, row)
+    what = "no pre-training (same architecture, `--init random`)" if model == "random" else VARIANTS[model][0]
+    return what if lr == args.ft_lr else f"{what}; fine-tuned at lr {lr:g}"
+
+
 def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
     metric = {r["task"]: r["metric"] for r in rows}
     cols = [f"{t.upper()} ({metric.get(t, '')})" for t in args.tasks]
-    lines = ["| variant | what changes | pre-train min | WikiText-2 MLM loss | " + " | ".join(cols)
-             + " | gain over random |", "|" + "---|" * (5 + len(cols))]
-    ref = table.get("random")
+
+    def pre(model: str) -> tuple[str, str]:
+        m = models.get(model)
+        return (f"{m['wall_s'] / 60:.1f}" if m else "0",
+                f"{m['eval_loss']:.2f}" if m and m["eval_loss"] is not None else "–")
+
+    lines = []
+    best = best_lr(args, table)
+    tried = {split_name(args, r)[1] for r in table}
+    if len(tried) > 1:  # each model at its best fine-tuning lr: the fair comparison
+        ref = best.get("random")
+        lines += [f"Each model at its best fine-tuning lr (of {', '.join(f'{lr:g}' for lr in sorted(tried))}; "
+                  "the lr in brackets; a model tried at fewer lrs is marked *):", "",
+                  "| model | what changes | pre-train min | WikiText-2 MLM loss | " + " | ".join(cols)
+                  + " | gain over random |", "|" + "---|" * (5 + len(cols))]
+        for model, cells in best.items():
+            n_lrs = len({split_name(args, r)[1] for r in table if split_name(args, r)[0] == model})
+            star = "" if n_lrs == len(tried) else " *"
+            scores = [f"{cells[t]['mean']:.1f} ± {cells[t]['std']:.1f} ({cells[t]['lr']:g})" if t in cells else "–"
+                      for t in args.tasks]
+            gain = "" if ref is None or model == "random" else ", ".join(
+                f"{cells[t]['mean'] - ref[t]['mean']:+.1f}" for t in args.tasks if t in cells and t in ref)
+            minutes, loss = pre(model)
+            lines.append(f"| {model}{star} | {describe(args, model)} | {minutes} | {loss} | " + " | ".join(scores)
+                         + f" | {gain} |")
+        lines += ["", "Every run:", ""]
+    lines += ["| variant | what changes | pre-train min | WikiText-2 MLM loss | " + " | ".join(cols)
+              + " | gain over random |", "|" + "---|" * (5 + len(cols))]
     for name, cells in table.items():
-        m = models.get(name)
-        what = ("no pre-training (same architecture, `--init random`)" if name == "random" else
-                f"no pre-training, fine-tuned at lr {name.split('-lr')[1]}" if name.startswith("random-lr") else
-                VARIANTS[name][0])
-        minutes = f"{m['wall_s'] / 60:.1f}" if m else "0"
-        loss = f"{m['eval_loss']:.2f}" if m and m["eval_loss"] is not None else "–"
+        model, lr = split_name(args, name)
+        minutes, loss = pre(model)
+        ref = table.get(lr_name(args, "random", lr))  # random initialisation fine-tuned at the same lr
         scores = [f"{cells[t]['mean']:.1f} ± {cells[t]['std']:.1f}" for t in args.tasks]
-        gain = "" if ref is None or name.startswith("random") else ", ".join(
+        gain = "" if ref is None or model == "random" else ", ".join(
             f"{cells[t]['mean'] - ref[t]['mean']:+.1f}" for t in args.tasks)
-        lines.append(f"| {name} | {what} | {minutes} | {loss} | " + " | ".join(scores) + f" | {gain} |")
+        lines.append(f"| {name} | {describe(args, name)} | {minutes} | {loss} | " + " | ".join(scores)
+                     + f" | {gain} |")
     lines += ["", f"Mean ± standard deviation over fine-tuning seeds {args.seeds} of the final dev score × 100 (no "
-              f"checkpoint selection on dev). Fine-tuning: {args.ft_epochs:g} epochs, lr {args.ft_lr:g}, batch "
-              f"{args.ft_batch_size}, 64 tokens, bf16 autocast; SST-2 on a {args.sst2_train}-example training subset "
-              f"(seeded), CoLA on all of its training set. Measured {date.today().isoformat()} on {args.device} "
+              f"checkpoint selection on dev). Fine-tuning: {args.ft_epochs:g} epochs, lr {args.ft_lr:g} unless the "
+              f"row says otherwise, batch {args.ft_batch_size}, 64 tokens, bf16 autocast, the model's own dropout "
+              f"unless the row says otherwise; SST-2 on a {args.sst2_train}-example training subset "
+              f"(seeded), CoLA on all of its training set; \"gain over random\" in the table of every run is against "
+              "random initialisation fine-tuned at the same lr. Measured {date.today().isoformat()} on {args.device} "
               "(2 CPU cores, torch 2.13) with `python experiments/pretraining_budget.py`."]
     return "\n".join(lines)
 
@@ -298,12 +366,14 @@ def main(argv=None) -> dict:
         return run_curve(args, paths, t0)
     # one variant at a time, pre-training then fine-tuning, so results accrue as the study runs
     models = {args.variants[0]: pretrain_variant(args.variants[0], args, paths)}
-    rows = [] if args.no_random else finetune_model(args, "random", models[args.variants[0]]["dir"], "random")
-    for lr in [] if args.no_random else args.random_lrs:
-        rows += finetune_model(args, f"random-lr{lr:g}", models[args.variants[0]]["dir"], "random", lr)
+    rows = []
+    for lr in [] if args.no_random else lrs_of(args, random=True):
+        rows += finetune_model(args, lr_name(args, "random", lr), models[args.variants[0]]["dir"], "random", lr)
     for name in args.variants:
         models[name] = models.get(name) or pretrain_variant(name, args, paths)
-        rows += finetune_model(args, name, models[name]["dir"], "pretrained", dropout=ft_dropout(name))
+        for lr in lrs_of(args):
+            rows += finetune_model(args, lr_name(args, name, lr), models[name]["dir"], "pretrained", lr,
+                                   dropout=ft_dropout(name))
         report(args, models, rows)
     return report(args, models, rows, final=True, wall_s=time.perf_counter() - t0)
 
@@ -312,8 +382,7 @@ def report(args, models: dict, rows: list[dict], final: bool = False, wall_s: fl
     """results.json and the docs block from every finished run (after each variant, so a long study shows its
     progress); the final call prints the table and the JSON result line."""
     out = Path(args.out)
-    randoms = [] if args.no_random else ["random", *(f"random-lr{lr:g}" for lr in args.random_lrs)]
-    names = randoms + list(models)
+    names = list(dict.fromkeys(r["variant"] for r in rows))  # every (model, lr) row, in the order they ran
     table = summarise(rows, names, args.tasks)
     result = {"experiment": "pretraining_budget", "models": models, "table": table, "runs": rows, "wall_s": wall_s}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -339,25 +408,32 @@ def run_curve(args, paths, t0: float) -> dict:
     cfg = variant_config(name, args, paths, run)
     scale = last / cfg.train.steps  # the variant's own warm-up, stretched with the run (a long run, one schedule)
     cfg.train.steps, cfg.train.keep_steps, cfg.train.keep_last = last, list(args.curve), 1
-    cfg.train.checkpoint_every = max(1, min(1000, last // 4))  # an interrupted long run resumes from here
+    cfg.train.checkpoint_every = max(1, min(250, last // 4))  # an interrupted long run resumes from here
     cfg.schedule.warmup_steps = max(1, round(cfg.schedule.warmup_steps * min(scale, 1.0)))
     if not (run / "summary.json").exists():
         print(f"[curve] pre-training {name} to step {last}, keeping steps {args.curve}", flush=True)
         pretrain(cfg, resume=(run / "checkpoints").is_dir(), overwrite=not (run / "checkpoints").is_dir())
     summary = json.loads((run / "summary.json").read_text())
-    per_step = summary["wall_s"] / max(1, summary["steps"])  # this run's mean step time, evaluation included
+    # this run's mean step time, evaluation included, summed over every session of a resumed run
+    per_step = (summary.get("train_s", summary["wall_s"]) + summary.get("eval_s", 0.0)) / max(1, summary["steps"])
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
-    # step 0 is this run's architecture from random initialisation, with the same fine-tuning recipe
-    rows = finetune_model(args, f"{name}-step0", str(run / "model"), "random", dropout=ft_dropout(name))
+    # step 0 is this run's architecture from random initialisation, with the same fine-tuning recipe; every point is
+    # fine-tuned at each lr and shown at its best
+    rows = []
+    for lr in lrs_of(args, random=True):
+        rows += finetune_model(args, lr_name(args, f"{name}-step0", lr), str(run / "model"), "random", lr,
+                               dropout=ft_dropout(name))
     points = [{"steps": 0, "tokens": 0, "minutes": 0.0, "name": f"{name}-step0"}]
     for step in args.curve:
         model_dir = run / "exported" / f"step-{step:08d}"
         if not (model_dir / "config.json").exists():
             export_checkpoint(run / "checkpoints" / f"step-{step:08d}", model_dir)
-        rows += finetune_model(args, f"{name}-step{step}", str(model_dir), "pretrained", dropout=ft_dropout(name))
+        for lr in lrs_of(args):
+            rows += finetune_model(args, lr_name(args, f"{name}-step{step}", lr), str(model_dir), "pretrained", lr,
+                                   dropout=ft_dropout(name))
         points.append({"steps": step, "tokens": step * tokens_per_step, "minutes": step * per_step / 60,
                        "name": f"{name}-step{step}"})
-    table = summarise(rows, [p["name"] for p in points], args.tasks)
+    table = best_lr(args, summarise(rows, list(dict.fromkeys(r["variant"] for r in rows)), args.tasks))
     result = {"experiment": "pretraining_curve", "variant": name, "points": points, "table": table, "runs": rows,
               "wall_s": time.perf_counter() - t0}
     (Path(args.out) / "curve_results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -365,10 +441,14 @@ def run_curve(args, paths, t0: float) -> dict:
     lines = ["| pre-training steps | tokens | CPU-min | " + " | ".join(f"{t.upper()} ({metric[t]})" for t in args.tasks)
              + " |", "|" + "---|" * (3 + len(args.tasks))]
     for p in points:
-        cells = [f"{table[p['name']][t]['mean']:.1f} ± {table[p['name']][t]['std']:.1f}" for t in args.tasks]
+        cells = [f"{table[p['name']][t]['mean']:.1f} ± {table[p['name']][t]['std']:.1f}"
+                 + (f" ({table[p['name']][t]['lr']:g})" if len(lrs_of(args, random=True)) > 1 else "")
+                 for t in args.tasks]
         lines.append(f"| {p['steps']} | {p['tokens'] / 1e6:.2f}M | {p['minutes']:.1f} | " + " | ".join(cells) + " |")
     lines += ["", f"One pre-training run of `{name}` ({VARIANTS[name][0]}) to step {last}, its checkpoints at each "
-              f"step above fine-tuned with seeds {args.seeds} (mean ± std of the final dev score × 100); step 0 is "
+              f"step above fine-tuned with seeds {args.seeds} (mean ± std of the final dev score × 100"
+              + (f", at the best of fine-tuning lrs {', '.join(f'{lr:g}' for lr in lrs_of(args, random=True))}, "
+                 "in brackets" if len(lrs_of(args, random=True)) > 1 else "") + "); step 0 is "
               f"the same architecture from random initialisation. CPU-min = steps × the run's mean step time "
               f"({per_step:.2f} s, evaluation included). Measured {date.today().isoformat()} on {args.device} "
               "with `python experiments/pretraining_budget.py --curve ...`."]

@@ -222,10 +222,13 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
                             ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
                              "--tasks", "sst2", "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64",
                              "--task-text-limit", "200", "--out", str(tmp_path / "study"), "--random-lrs", "1e-3",
-                             "--docs", str(tmp_path / "doc.md"), *demo_args(demo_data)], capsys)
+                             "--ft-lrs", "3e-4", "--docs", str(tmp_path / "doc.md"), *demo_args(demo_data)], capsys)
     assert line["experiment"] == "pretraining_budget"
-    assert set(line["table"]) == {"random", "random-lr0.001", "base", "base+tapt", "no-dropout-ft0.1"}
-    assert "| random | no pre-training" in (tmp_path / "doc.md").read_text()
+    models = {"random", "base", "base+tapt", "no-dropout-ft0.1"}
+    assert set(line["table"]) == models | {f"{m}-lr0.0003" for m in models} | {"random-lr0.001"}
+    doc = (tmp_path / "doc.md").read_text()
+    assert "| random | no pre-training" in doc and "Each model at its best fine-tuning lr" in doc
+    assert "| base-lr0.0003 | the demo's recipe; fine-tuned at lr 0.0003 |" in doc
     # a fine-tuning variant reuses another variant's pre-trained model and sets the fine-tuning option
     assert result["models"]["no-dropout-ft0.1"]["dir"].endswith("pretrain/no-dropout/model")
     ft = tmp_path / "study" / "finetune" / "no-dropout-ft0.1" / "sst2-seed0" / "best" / "config.json"
@@ -235,7 +238,7 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
                         ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
                          "--tasks", "sst2",
                          "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64", "--task-text-limit", "200",
-                         "--out", str(tmp_path / "study"), "--random-lrs", "1e-3", "--docs", "",
+                         "--out", str(tmp_path / "study"), "--random-lrs", "1e-3", "--ft-lrs", "3e-4", "--docs", "",
                          *demo_args(demo_data)], capsys)
     assert again["runs"] == result["runs"]
 
@@ -246,7 +249,17 @@ def test_pretraining_curve(capsys, tmp_path, demo_data):
     result, line = run_main(EXP / "pretraining_budget.py",
                             ["--curve", "2,4", "--variants", "base", "--width", "32", "--layers", "1",
                              "--tasks", "sst2", "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64",
-                             "--out", str(tmp_path / "study"), "--curve-docs", str(tmp_path / "curve.md"),
-                             *demo_args(demo_data)], capsys)
+                             "--ft-lrs", "3e-4", "--out", str(tmp_path / "study"),
+                             "--curve-docs", str(tmp_path / "curve.md"), *demo_args(demo_data)], capsys)
     assert line["experiment"] == "pretraining_curve" and set(line["curve"]) == {"0", "2", "4"}
+    assert {r["variant"] for r in result["runs"]} == {f"base-step{s}{lr}" for s in (0, 2, 4) for lr in ("", "-lr0.0003")}
+    assert "at the best of fine-tuning lrs 0.0001, 0.0003" in (tmp_path / "curve.md").read_text()
     assert (tmp_path / "curve.png").is_file() and "| 4 |" in (tmp_path / "curve.md").read_text()
+
+
+def test_pretraining_budget_row_names_round_trip():
+    study = load_script(EXP / "pretraining_budget.py")
+    args = study.parse_args([])
+    for model in ("random", "base", "pre-norm-lr2e-3", "lr3e-4", "no-dropout+tapt", "pre-norm-lr2e-3-step500"):
+        for lr in (args.ft_lr, 3e-4, 1e-3):
+            assert study.split_name(args, study.lr_name(args, model, lr)) == (model, lr)

@@ -64,7 +64,8 @@ VARIANTS = {
                                                                "schedule.warmup_steps": 25}),
     "seq64": ("64-token sequences, batch 64", {"data.seq_len": 64, "data.batch_size": 64}),
     "mask30": ("30% masking (Wettig et al.)", {"objective.params.mask_prob": 0.3}),
-    "vocab8k": ("8k WordPiece vocabulary", {"data.tokenizer": "<tok8k>", "data.train": "<gutenberg8k>"}),
+    "vocab8k": ("8k WordPiece vocabulary (its MLM loss is over other tokens: not comparable)",
+                {"data.tokenizer": "<tok8k>", "data.train": "<gutenberg8k>", "data.eval": "<valid8k>"}),
     "span": ("span masking + SBO (SpanBERT)", {"objective.name": "span", "objective.params": {}}),
     "electra": ("ELECTRA replaced-token detection", {"model.family": "electra", "model.preset": None,
                                                      "model.config.hidden_size": 256, "model.config.num_layers": 4,
@@ -155,6 +156,10 @@ def ensure_data(args, out: Path, variants: list[str]) -> dict[str, str]:
         if not (Path(paths["gutenberg8k"]) / "meta.json").exists():
             prepare_shards(data_root() / "corpora" / "gutenberg.jsonl.gz", paths["tok8k"], paths["gutenberg8k"],
                            overwrite=True)
+        paths["valid8k"] = str(out / "data" / "wikitext2-valid8k")  # held-out text under the 8k tokenizer
+        if not (Path(paths["valid8k"]) / "meta.json").exists():
+            prepare_shards(data_root() / "corpora" / "wikitext-2" / "valid.txt", paths["tok8k"], paths["valid8k"],
+                           txt_mode="lines", overwrite=True)
     if any(v.endswith("tapt") for v in variants):
         paths["tapt"] = str(out / "data" / "tapt")
         if not (Path(paths["tapt"]) / "meta.json").exists():

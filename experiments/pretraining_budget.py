@@ -121,6 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task-text-limit", type=int, help="tapt: use only the first N task sentences")
     p.add_argument("--curve", default="", help="comma list of pre-training steps: the learning-curve mode (see above)")
     p.add_argument("--curve-docs", default="docs/pretraining_curve.md", help="page of the curve ('' = none)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite results.json and the docs block from the runs that have finished")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--out", default="runs/pretraining_budget", help="study folder (resumable)")
     p.add_argument("--docs", default="docs/pretraining_budget.md", help="page whose results block is rewritten "
@@ -221,7 +223,10 @@ def pretrain_variant(name: str, args, paths) -> dict:
     if "same_model" in VARIANTS[name][1]:  # a fine-tuning variant of another variant's model
         return pretrain_variant(VARIANTS[name][1]["same_model"], args, paths)
     run = Path(args.out) / "pretrain" / name
-    if not (run / "summary.json").exists() or not (run / "model" / "config.json").exists():
+    finished = (run / "summary.json").exists() and (run / "model" / "config.json").exists()
+    if args.report_only and not finished:
+        return None
+    if not finished:
         print(f"[budget] pre-training {name}: {VARIANTS[name][0]}", flush=True)
         pretrain(variant_config(name, args, paths, run), overwrite=True)  # an unfinished run restarts
     summary = json.loads((run / "summary.json").read_text())
@@ -240,6 +245,8 @@ def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None 
         for seed in args.seeds:
             out = Path(args.out) / "finetune" / name / f"{task}-seed{seed}"
             if not (out / "results.json").exists():
+                if args.report_only:
+                    continue
                 print(f"[budget] fine-tuning {name} on {task}, seed {seed}", flush=True)
                 finetune(FinetuneConfig(
                     model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=lr,
@@ -326,15 +333,15 @@ def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
     if len(tried) > 1:  # each model at its best fine-tuning lr: the fair comparison
         ref = best.get("random")
         lines += [f"Each model at its best fine-tuning lr (of {', '.join(f'{lr:g}' for lr in sorted(tried))}; "
-                  "the lr in brackets; a model tried at fewer lrs is marked *):", "",
+                  "the lr in brackets; * = not yet tried at every lr, so no gain is stated):", "",
                   "| model | what changes | pre-train min | WikiText-2 MLM loss | " + " | ".join(cols)
                   + " | gain over random |", "|" + "---|" * (5 + len(cols))]
         for model, cells in best.items():
-            n_lrs = len({split_name(args, r)[1] for r in table if split_name(args, r)[0] == model})
-            star = "" if n_lrs == len(tried) else " *"
+            got = {split_name(args, r)[1] for r in table if split_name(args, r)[0] == model}
+            star = "" if set(lrs_of(args, random=model == "random")) <= got else " *"
             scores = [f"{cells[t]['mean']:.1f} ± {cells[t]['std']:.1f} ({cells[t]['lr']:g})" if t in cells else "–"
                       for t in args.tasks]
-            gain = "" if ref is None or model == "random" else ", ".join(
+            gain = "" if ref is None or model == "random" else "–" if star else ", ".join(
                 f"{cells[t]['mean'] - ref[t]['mean']:+.1f}" for t in args.tasks if t in cells and t in ref)
             minutes, loss = pre(model)
             lines.append(f"| {model}{star} | {describe(args, model)} | {minutes} | {loss} | " + " | ".join(scores)
@@ -356,7 +363,7 @@ def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
               f"row says otherwise, batch {args.ft_batch_size}, 64 tokens, bf16 autocast, the model's own dropout "
               f"unless the row says otherwise; SST-2 on a {args.sst2_train}-example training subset "
               f"(seeded), CoLA on all of its training set; \"gain over random\" in the table of every run is against "
-              "random initialisation fine-tuned at the same lr. Measured {date.today().isoformat()} on {args.device} "
+              f"random initialisation fine-tuned at the same lr. Measured {date.today().isoformat()} on {args.device} "
               "(2 CPU cores, torch 2.13) with `python experiments/pretraining_budget.py`."]
     return "\n".join(lines)
 
@@ -366,16 +373,22 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = ensure_data(args, out, args.variants)
+    paths = {} if args.report_only else ensure_data(args, out, args.variants)
     if args.curve:
         return run_curve(args, paths, t0)
     # one variant at a time, pre-training then fine-tuning, so results accrue as the study runs
     models = {args.variants[0]: pretrain_variant(args.variants[0], args, paths)}
+    if models[args.variants[0]] is None:
+        raise SystemExit(f"--report-only: {args.variants[0]} (the first variant, whose architecture the random rows "
+                         f"use) has not been pre-trained in {out} yet")
     rows = []
     for lr in [] if args.no_random else lrs_of(args, random=True):
         rows += finetune_model(args, lr_name(args, "random", lr), models[args.variants[0]]["dir"], "random", lr)
     for name in args.variants:
         models[name] = models.get(name) or pretrain_variant(name, args, paths)
+        if models[name] is None:  # --report-only and not pre-trained yet
+            del models[name]
+            continue
         for lr in lrs_of(args):
             rows += finetune_model(args, lr_name(args, name, lr), models[name]["dir"], "pretrained", lr,
                                    dropout=ft_dropout(name))

@@ -234,6 +234,13 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
     ft = tmp_path / "study" / "finetune" / "no-dropout-ft0.1" / "sst2-seed0" / "best" / "config.json"
     assert json.loads(ft.read_text())["hidden_dropout_prob"] == 0.1
     # a repeated command reuses every finished run
+    # --report-only trains nothing: a variant that never ran is left out, the finished ones are reported again
+    only, _ = run_main(EXP / "pretraining_budget.py",
+                       ["--variants", "base,no-dropout-ft0.1,mask30", "--tasks", "sst2", "--seeds", "0",
+                        "--ft-lrs", "3e-4", "--random-lrs", "1e-3", "--report-only", "--out", str(tmp_path / "study"),
+                        "--docs", ""], capsys)
+    assert set(only["models"]) == {"base", "no-dropout-ft0.1"} and not (tmp_path / "study" / "pretrain" / "mask30").exists()
+    assert only["table"]["base-lr0.0003"] == result["table"]["base-lr0.0003"]
     again, _ = run_main(EXP / "pretraining_budget.py",
                         ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
                          "--tasks", "sst2",

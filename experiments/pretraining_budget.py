@@ -467,7 +467,9 @@ def run_curve(args, paths, t0: float) -> dict:
               f"step above fine-tuned with seeds {args.seeds} (mean ± std of the final dev score × 100"
               + (f", at the best of fine-tuning lrs {', '.join(f'{lr:g}' for lr in lrs_of(args, random=True))}, "
                  "in brackets" if len(lrs_of(args, random=True)) > 1 else "") + "); step 0 is "
-              f"the same architecture from random initialisation. CPU-min = steps × the run's mean step time "
+              f"the same architecture from random initialisation. One linear schedule spans the whole run, so an early "
+              f"checkpoint has not had its learning rate decayed: it understates what a run of that length alone "
+              f"would reach. CPU-min = steps × the run's mean step time "
               f"({per_step:.2f} s, evaluation included). Measured {date.today().isoformat()} on {args.device} "
               "with `python experiments/pretraining_budget.py --curve ...`."]
     block = "\n".join(lines)

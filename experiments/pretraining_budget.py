@@ -84,6 +84,11 @@ VARIANTS = {
     # "same_model" reuses another variant's pre-trained model, "finetune.*" sets a fine-tuning option
     "no-dropout-ft0.1": ("the no-dropout model, fine-tuned with dropout 0.1 (Cramming)",
                          {"same_model": "no-dropout", "finetune.dropout": 0.1}),
+    # mean pooling for the classifier (MLM never trains [CLS]), for the base model and for random initialisation
+    "base-mean": ("the base model, classifier on the mean of the token vectors", {"same_model": "base",
+                                                                                   "finetune.pooling": "mean"}),
+    "random-mean": ("no pre-training, classifier on the mean of the token vectors",
+                    {"same_model": "base", "finetune.pooling": "mean", "finetune.init": "random"}),
     "no-dropout+tapt": ("no-dropout, then 200 more steps on SST-2 + CoLA training text (lr 5e-4)",
                         {"model.init_from": "<model:no-dropout>", "model.config.dropout": 0.0,
                          "model.config.attention_dropout": 0.0, "data.train": "<tapt>", "data.boundary": "cross",
@@ -237,9 +242,9 @@ def pretrain_variant(name: str, args, paths) -> dict:
 # ---- fine-tuning ----------------------------------------------------------------------------------------------------
 
 def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None = None,
-                   dropout: float | None = None) -> list[dict]:
+                   options: dict | None = None) -> list[dict]:
     """Every (task, seed) of one model; `init` random fine-tunes its architecture from a fresh initialisation;
-    `dropout` None keeps the model's own rates."""
+    `options` are further FinetuneConfig fields (a variant's finetune.* keys: dropout, pooling)."""
     rows, lr = [], lr or args.ft_lr
     for task in args.tasks:
         for seed in args.seeds:
@@ -252,7 +257,7 @@ def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None 
                     model=model_dir, init=init, task=task, out=str(out), epochs=args.ft_epochs, lr=lr,
                     batch_size=args.ft_batch_size, max_length=TASKS[task]["max_length"], seed=seed,
                     max_train_examples=args.sst2_train if task == "sst2" else TASKS[task]["max_train_examples"],
-                    device=args.device, dropout=dropout, overwrite=True, show_progress=False))
+                    device=args.device, overwrite=True, show_progress=False, **(options or {})))
             res = json.loads((out / "results.json").read_text())
             metric = res["main_metric"]
             rows.append({"variant": name, "task": task, "seed": seed, "lr": lr, "metric": metric,
@@ -260,8 +265,9 @@ def finetune_model(args, name: str, model_dir: str, init: str, lr: float | None 
     return rows
 
 
-def ft_dropout(name: str) -> float | None:
-    return VARIANTS[name][1].get("finetune.dropout")
+def ft_options(name: str) -> dict:
+    """A variant's fine-tuning options (its finetune.* keys), e.g. {"dropout": 0.1} or {"pooling": "mean"}."""
+    return {k[len("finetune."):]: v for k, v in VARIANTS[name][1].items() if k.startswith("finetune.")}
 
 
 def lrs_of(args, random: bool = False) -> list[float]:
@@ -323,7 +329,8 @@ def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
     cols = [f"{t.upper()} ({metric.get(t, '')})" for t in args.tasks]
 
     def pre(model: str) -> tuple[str, str]:
-        m = models.get(model)
+        random_init = model == "random" or VARIANTS.get(model, ("", {}))[1].get("finetune.init") == "random"
+        m = None if random_init else models.get(model)
         return (f"{m['wall_s'] / 60:.1f}" if m else "0",
                 f"{m['eval_loss']:.2f}" if m and m["eval_loss"] is not None else "–")
 
@@ -389,9 +396,10 @@ def main(argv=None) -> dict:
         if models[name] is None:  # --report-only and not pre-trained yet
             del models[name]
             continue
-        for lr in lrs_of(args):
-            rows += finetune_model(args, lr_name(args, name, lr), models[name]["dir"], "pretrained", lr,
-                                   dropout=ft_dropout(name))
+        options = ft_options(name)
+        init = options.pop("init", "pretrained")  # a fine-tuning variant of the random-initialisation row
+        for lr in lrs_of(args, random=init == "random"):
+            rows += finetune_model(args, lr_name(args, name, lr), models[name]["dir"], init, lr, options=options)
         report(args, models, rows)
     return report(args, models, rows, final=True, wall_s=time.perf_counter() - t0)
 
@@ -437,10 +445,10 @@ def run_curve(args, paths, t0: float) -> dict:
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
     # step 0 is this run's architecture from random initialisation, with the same fine-tuning recipe; every point is
     # fine-tuned at each lr and shown at its best
-    rows = []
+    rows, curve_options = [], {k: v for k, v in ft_options(name).items() if k != "init"}
     for lr in lrs_of(args, random=True):
         rows += finetune_model(args, lr_name(args, f"{name}-step0", lr), str(run / "model"), "random", lr,
-                               dropout=ft_dropout(name))
+                               options=curve_options)
     points = [{"steps": 0, "tokens": 0, "minutes": 0.0, "name": f"{name}-step0"}]
     for step in args.curve:
         model_dir = run / "exported" / f"step-{step:08d}"
@@ -448,7 +456,7 @@ def run_curve(args, paths, t0: float) -> dict:
             export_checkpoint(run / "checkpoints" / f"step-{step:08d}", model_dir)
         for lr in lrs_of(args):
             rows += finetune_model(args, lr_name(args, f"{name}-step{step}", lr), str(model_dir), "pretrained", lr,
-                                   dropout=ft_dropout(name))
+                                   options=curve_options)
         points.append({"steps": step, "tokens": step * tokens_per_step, "minutes": step * per_step / 60,
                        "name": f"{name}-step{step}"})
     table = best_lr(args, summarise(rows, list(dict.fromkeys(r["variant"] for r in rows)), args.tasks))

@@ -219,13 +219,16 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
     from tests.conftest import demo_args
 
     result, line = run_main(EXP / "pretraining_budget.py",
-                            ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
+                            ["--variants", "base,base+tapt,no-dropout-ft0.1,random-mean", "--steps", "2",
+                             "--width", "32", "--layers", "1",
                              "--tasks", "sst2", "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64",
                              "--task-text-limit", "200", "--out", str(tmp_path / "study"), "--random-lrs", "1e-3",
                              "--ft-lrs", "3e-4", "--docs", str(tmp_path / "doc.md"), *demo_args(demo_data)], capsys)
     assert line["experiment"] == "pretraining_budget"
-    models = {"random", "base", "base+tapt", "no-dropout-ft0.1"}
-    assert set(line["table"]) == models | {f"{m}-lr0.0003" for m in models} | {"random-lr0.001"}
+    models = {"random", "base", "base+tapt", "no-dropout-ft0.1", "random-mean"}
+    assert set(line["table"]) == models | {f"{m}-lr0.0003" for m in models} | {"random-lr0.001", "random-mean-lr0.001"}
+    mean = json.loads((tmp_path / "study" / "finetune" / "random-mean" / "sst2-seed0" / "config.json").read_text())
+    assert mean["init"] == "random" and mean["pooling"] == "mean"
     doc = (tmp_path / "doc.md").read_text()
     assert "| random | no pre-training" in doc and "Each model at its best fine-tuning lr" in doc
     assert "| base-lr0.0003 | the demo's recipe; fine-tuned at lr 0.0003 |" in doc
@@ -239,10 +242,12 @@ def test_pretraining_budget(capsys, tmp_path, demo_data):
                        ["--variants", "base,no-dropout-ft0.1,mask30", "--tasks", "sst2", "--seeds", "0",
                         "--ft-lrs", "3e-4", "--random-lrs", "1e-3", "--report-only", "--out", str(tmp_path / "study"),
                         "--docs", ""], capsys)
-    assert set(only["models"]) == {"base", "no-dropout-ft0.1"} and not (tmp_path / "study" / "pretrain" / "mask30").exists()
+    assert set(only["models"]) == {"base", "no-dropout-ft0.1"}
+    assert not (tmp_path / "study" / "pretrain" / "mask30").exists()
     assert only["table"]["base-lr0.0003"] == result["table"]["base-lr0.0003"]
     again, _ = run_main(EXP / "pretraining_budget.py",
-                        ["--variants", "base,base+tapt,no-dropout-ft0.1", "--steps", "2", "--width", "32", "--layers", "1",
+                        ["--variants", "base,base+tapt,no-dropout-ft0.1,random-mean", "--steps", "2", "--width", "32",
+                         "--layers", "1",
                          "--tasks", "sst2",
                          "--seeds", "0", "--ft-epochs", "0.02", "--sst2-train", "64", "--task-text-limit", "200",
                          "--out", str(tmp_path / "study"), "--random-lrs", "1e-3", "--ft-lrs", "3e-4", "--docs", "",
@@ -259,7 +264,8 @@ def test_pretraining_curve(capsys, tmp_path, demo_data):
                              "--ft-lrs", "3e-4", "--out", str(tmp_path / "study"),
                              "--curve-docs", str(tmp_path / "curve.md"), *demo_args(demo_data)], capsys)
     assert line["experiment"] == "pretraining_curve" and set(line["curve"]) == {"0", "2", "4"}
-    assert {r["variant"] for r in result["runs"]} == {f"base-step{s}{lr}" for s in (0, 2, 4) for lr in ("", "-lr0.0003")}
+    steps = {f"base-step{s}{lr}" for s in (0, 2, 4) for lr in ("", "-lr0.0003")}
+    assert {r["variant"] for r in result["runs"]} == steps
     assert "at the best of fine-tuning lrs 0.0001, 0.0003" in (tmp_path / "curve.md").read_text()
     assert (tmp_path / "curve.png").is_file() and "| 4 |" in (tmp_path / "curve.md").read_text()
 

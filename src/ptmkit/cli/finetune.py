@@ -42,6 +42,11 @@ def add_parser(sub) -> None:
                    help="set every dropout rate of the model (hidden, attention, embedding) for fine-tuning; unset: "
                         "the rates in MODEL's config.json. A model pre-trained without dropout (Cramming) is usually "
                         "fine-tuned with 0.1")
+    p.add_argument("--pooling", choices=["cls", "mean"], default=_D["pooling"],
+                   help="sentence vector of the classifier: cls (BERT's first token) or mean (the masked mean of the "
+                        "token vectors; MLM never trains [CLS]). Unset: a fine-tuned MODEL's own, else cls. The "
+                        "generic encoder head only (bert, roberta, megatron-bert); transformers cannot run a mean-"
+                        "pooled classifier, ptmkit can")
     p.add_argument("--data-dir", default=None,
                    help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
     p.add_argument("--train-split", default=_D["train_split"], help="training split (file name without extension)")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ptmkit.models.base import Backbone, ModelOutput, init_normal
+from ptmkit.models.pooling import POOLINGS, pool
 from ptmkit.nn.feedforward import get_activation
 
 
@@ -120,16 +121,22 @@ class CausalLM(TaskModel):
 class SequenceClassifier(TaskModel):
     """Encoder classifier (BERT §4.1): dense+tanh "pooler" on the first token, dropout, linear to C classes.
 
-    num_labels == 1 means regression (e.g. STS-B scores).
+    num_labels == 1 means regression (e.g. STS-B scores). pooling="mean" feeds the pooler the masked mean of the
+    token vectors instead of the first token's (Sentence-BERT's pooling): MLM never trains the [CLS] position, so a
+    model pre-trained by MLM alone has its knowledge in the token vectors. transformers has no such classifier: its
+    export keeps the weights and names the pooling in config.json (`ptmkit_pooling`), which only ptmkit reads.
     """
 
     task = "sequence-classification"
 
-    def __init__(self, backbone: Backbone, num_labels: int, dropout: float = 0.1):
+    def __init__(self, backbone: Backbone, num_labels: int, dropout: float = 0.1, pooling: str = "cls"):
         super().__init__(backbone)
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         h = backbone.config.hidden_size
+        self.pooling = pooling
         self.num_labels = num_labels
         self.dense = nn.Linear(h, h)
         self.drop = nn.Dropout(dropout)
@@ -139,7 +146,8 @@ class SequenceClassifier(TaskModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_hidden_states: bool = False) -> ModelOutput:
         out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states)
-        pooled = torch.tanh(self.dense(self.drop(out.last_hidden_state[:, 0])))  # (B, H)
+        first = pool(out.last_hidden_state, attention_mask, self.pooling)  # (B, H)
+        pooled = torch.tanh(self.dense(self.drop(first)))  # (B, H)
         return ModelOutput(self.out(self.drop(pooled)), out.last_hidden_state, out.hidden_states)  # (B, C)
 
 

@@ -114,6 +114,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     gguf_file: str | None = None,
     dropout: float | None = None,
+    pooling: str | None = None,
 ):
     """Build the model a directory describes and load its weights.
 
@@ -121,6 +122,8 @@ def load_model(
     (the usual start of fine-tuning), reporting the head tensors it created and dropped.
     dropout: None keeps the directory's rates; a value sets every dropout rate of the config (hidden, attention,
     embedding) to it, e.g. to fine-tune with dropout a model pre-trained without (Cramming's recipe).
+    pooling: the sequence classifier's sentence vector, "cls" or "mean" (heads.SequenceClassifier); None keeps the
+    checkpoint's own classifier's (`ptmkit_pooling` in config.json) or, for a new head, "cls".
     """
     path = Path(path)
     if not path.is_dir():
@@ -132,11 +135,11 @@ def load_model(
             raise FileNotFoundError(f"{path} has no config.json; is it a model directory?")
         hf_config = json.loads((path / "config.json").read_text())
         state = read_weights(path)
-    return from_hf(hf_config, state, task, num_labels, dtype, source=str(path), dropout=dropout)
+    return from_hf(hf_config, state, task, num_labels, dtype, source=str(path), dropout=dropout, pooling=pooling)
 
 
 def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int | None = None,
-               dropout: float | None = None):
+               dropout: float | None = None, pooling: str | None = None):
     """The model a directory's config.json describes, freshly initialised: no weights are read (the directory needs
     none). The baseline that tells what pre-training bought: the same architecture, tokenizer and fine-tuning recipe,
     without the pre-trained weights. Initialised by the family's own scheme from torch's current RNG state (seed it
@@ -156,7 +159,7 @@ def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int
             + ", ".join(repr(k) for k in missing)
             + f"; a {adapter.model_type} config.json needs {', '.join(adapter.shape_keys)} (they fix the shapes)"
         )
-    return _fresh(family, adapter, hf_config, task, num_labels, str(path), dropout)[0]
+    return _fresh(family, adapter, hf_config, task, num_labels, str(path), dropout, pooling)[0]
 
 
 def from_hf(
@@ -167,6 +170,7 @@ def from_hf(
     dtype: torch.dtype | None = None,
     source: str = "checkpoint",
     dropout: float | None = None,
+    pooling: str | None = None,
 ):
     """Build a ptmkit model from a Hugging Face config dict and state dict (see load_model).
 
@@ -174,7 +178,7 @@ def from_hf(
     used / dropped / unexpected), check (nothing missing or unexpected, tied copies equal, shapes right), load
     (into the built model, reporting fresh and dropped head tensors)."""
     family, adapter = _adapter_for(hf_config.get("model_type"), hf_config.get("architectures"))
-    model, cfg, task, ckpt_task = _fresh(family, adapter, hf_config, task, num_labels, source, dropout)
+    model, cfg, task, ckpt_task = _fresh(family, adapter, hf_config, task, num_labels, source, dropout, pooling)
     conv = _convert(adapter, cfg, model, state, task, ckpt_task)
     _check(conv, model, family, source)
     _load(conv, model, family, source)
@@ -183,11 +187,12 @@ def from_hf(
     return model
 
 
-DROPOUT_FIELDS = ("dropout", "attention_dropout", "embedding_dropout")  # the rates `dropout=` sets, where a family has them
+# the rates `dropout=` sets, where a family has them
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "embedding_dropout")
 
 
 def _fresh(family: str, adapter: Adapter, hf_config: dict[str, Any], task: str | None, num_labels: int | None,
-           source: str, dropout: float | None = None):
+           source: str, dropout: float | None = None, pooling: str | None = None):
     """The randomly initialised model a config.json describes, for `task` (default: the checkpoint's own):
     (model, its config, the task built, the checkpoint's task). Shared by from_hf (which then loads weights) and
     init_model (which does not)."""
@@ -199,7 +204,27 @@ def _fresh(family: str, adapter: Adapter, hf_config: dict[str, Any], task: str |
         cfg = dataclasses.replace(cfg, **{k: dropout for k in DROPOUT_FIELDS if k in fields})
     ckpt_task = adapter.task_of(hf_config.get("architectures"))
     task, num_labels = _resolve_task(hf_config, task, ckpt_task, num_labels, source)
-    return _build(family, cfg, task, num_labels, hf_config, ckpt_task), cfg, task, ckpt_task
+    model = _build(family, cfg, task, num_labels, hf_config, ckpt_task)
+    if pooling is None and task == ckpt_task:  # the checkpoint's own classifier keeps its pooling
+        pooling = hf_config.get("ptmkit_pooling")
+    if pooling is not None:
+        set_pooling(model, pooling, family)
+    return model, cfg, task, ckpt_task
+
+
+def set_pooling(model, pooling: str, family: str) -> None:
+    """Choose the sentence vector of an encoder's sequence classifier ("cls" or "mean")."""
+    from ptmkit.models.heads import SequenceClassifier
+    from ptmkit.models.pooling import POOLINGS
+
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    if isinstance(model, SequenceClassifier):
+        model.pooling = pooling
+    elif pooling != "cls":
+        raise ConfigError(f"pooling={pooling!r} is for the sequence classifier of encoders with the generic head "
+                          f"(bert, roberta, megatron-bert); this {family} {task_of(model)} model reads its own token "
+                          "(use pooling 'cls' or leave it unset)")
 
 
 @dataclasses.dataclass
@@ -391,6 +416,10 @@ def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                          label2id={n: i for i, n in enumerate(names)})
         if task == "sequence-classification" and model.num_labels == 1:
             hf_config["problem_type"] = "regression"
+    if task == "sequence-classification" and getattr(model, "pooling", "cls") != "cls":
+        hf_config["ptmkit_pooling"] = model.pooling
+        log.warning("pooling %r has no Hugging Face classifier: transformers would pool the first token and predict "
+                    "differently; load this classifier with ptmkit (load_model reads ptmkit_pooling)", model.pooling)
     sd = {k: v for k, v in model.state_dict().items()}
     kernel = getattr(cfg, "attention_kernel", "sdpa")
     kernel_state = {k: sd.pop(k) for k in [k for k in sd if ".attn.kernel." in k]}

@@ -61,6 +61,9 @@ class FinetuneConfig:
     # every dropout rate of the model (hidden, attention, embedding) while fine-tuning; None keeps the directory's.
     # A model pre-trained without dropout (Cramming) is usually fine-tuned with it (0.1)
     dropout: float | None = None
+    # the classifier's sentence vector: "cls" (BERT) or "mean" of the token vectors (MLM never trains [CLS]); None
+    # keeps a fine-tuned directory's own (config.json ptmkit_pooling), else "cls". Encoders with the generic head only
+    pooling: Literal["cls", "mean"] | None = None
     data_dir: str | None = None  # default: <data root>/glue/<TASK> or <data root>/ner/conll2003
     train_split: str = "train"
     eval_split: str = "dev"
@@ -149,6 +152,8 @@ class FinetuneConfig:
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"{where}: layer_decay must be in (0, 1] (1 = off; ELECTRA fine-tunes with 0.8), "
                               f"got {self.layer_decay}")
+        if self.pooling not in (None, "cls", "mean"):
+            raise ConfigError(f"{where}: pooling must be 'cls' or 'mean' (or unset), got {self.pooling!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"{where}: dropout must be in [0, 1) (or unset to keep the model's), got {self.dropout}")
         if not 0 <= self.warmup_ratio < 1:
@@ -268,8 +273,8 @@ def _model(cfg: FinetuneConfig, task: str, num_labels: int) -> torch.nn.Module:
     """The model to fine-tune, with a new task head: the directory's pre-trained weights, or (init='random') a freshly
     initialised model of its architecture, drawn from torch's RNG as seeded by cfg.seed."""
     if cfg.init == "random":
-        return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout)
-    return load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout)
+        return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
+    return load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
 
 
 def _return_freed_memory() -> None:

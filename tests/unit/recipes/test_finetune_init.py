@@ -128,3 +128,18 @@ def test_dropout_override_sets_every_rate_and_is_saved(tiny_model, sst_dir, tmp_
         _cfg(tiny_model, sst_dir, tmp_path / "bad", dropout=1.0)
     with pytest.raises(ConfigError, match="other settings"):  # a resume keeps the rates it started with
         finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", max_steps=2, eval_every=2, dropout=0.1), resume=True)
+
+
+def test_finetune_with_mean_pooling_learns_and_keeps_it(tiny_model, sst_dir, tmp_path):  # noqa: F811
+    res = finetune(_cfg(tiny_model, sst_dir, tmp_path / "run", pooling="mean"))
+    assert res["dev"]["accuracy"] >= 0.9
+    assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["ptmkit_pooling"] == "mean"
+    assert load_model(tmp_path / "run" / "best").pooling == "mean"
+    with pytest.raises(ConfigError, match="pooling must be 'cls' or 'mean'"):
+        _cfg(tiny_model, sst_dir, tmp_path / "bad", pooling="max")
+    parser = argparse.ArgumentParser()
+    cli_finetune.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["finetune", str(tiny_model), "--task", "sst2", "--out", str(tmp_path / "x"),
+                              "--pooling", "mean", "--dropout", "0.2"])
+    cfg = cli_finetune.config_from_args(args)
+    assert cfg.pooling == "mean" and cfg.dropout == 0.2

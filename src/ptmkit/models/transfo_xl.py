@@ -110,9 +110,17 @@ class RelativeCausalAttention(nn.Module):
         h, n, d = c.hidden_size, c.num_heads, c.head_dim
         self.num_heads, self.head_dim, self.scale = n, d, d ** -0.5
         self.qkv = nn.Linear(h, 3 * n * d, bias=False)  # rows [q; k; v] (the paper's qkv_net)
+        # forward slices qkv's weight (q for the segment only, k/v for memory + segment) instead of calling it, so
+        # a forward hook on it would never run: delta-tuning methods must refuse it (ptmkit.adapt.base.find_sites)
+        self.weights_read_directly = ("qkv",)
         self.r = nn.Linear(h, n * d, bias=False)  # W_{k,R}: projects the sinusoidal relative positions
         self.o = nn.Linear(n * d, h, bias=False)
         self.drop_attn = nn.Dropout(c.attention_dropout)
+
+    def fused_parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Rows of qkv that are q, k and v (the names delta-tuning methods use; see weights_read_directly)."""
+        rows = torch.arange(self.qkv.out_features).view(3, -1)
+        return {"qkv": {"q": rows[0], "k": rows[1], "v": rows[2]}}
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, blocked: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                 mem: torch.Tensor | None = None) -> torch.Tensor:

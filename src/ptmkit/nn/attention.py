@@ -107,6 +107,14 @@ class SelfAttention(nn.Module):
         self.scale = cfg.scale if cfg.scale is not None else 1.0 / math.sqrt(self.d)
         self.kernel = ATTENTION[cfg.kernel](cfg)  # a module: Linformer's projections and Performer's features live here
 
+    def fused_parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Which output rows of the fused projection are q, k and v: delta-tuning methods target them by these names
+        (LoRA on "q" and "v" as in Hu et al. 2021) without the model giving up its one fused matmul."""
+        g = self.h // self.kv
+        groups = self.qkv.out_features // ((g + 2) * self.d)  # all key/value heads, or a tensor-parallel share
+        rows = torch.arange(self.qkv.out_features).view(groups, g + 2, self.d)  # (K, g+2, D)
+        return {"qkv": {"q": rows[:, :g].reshape(-1), "k": rows[:, g].reshape(-1), "v": rows[:, g + 1].reshape(-1)}}
+
     def forward(
         self,
         x: torch.Tensor,  # (B, T, hidden)
@@ -227,6 +235,11 @@ class CrossAttention(nn.Module):
         # Efficient kernels are for long self-attention; cross-attention reads the encoder output densely.
         kernel = ATTENTION[cfg.kernel] if ATTENTION[cfg.kernel].kind == "dense" else ATTENTION["sdpa"]
         self.kernel = kernel(cfg)
+
+    def fused_parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Rows of the fused key/value projection: [k; v] (see SelfAttention.fused_parts)."""
+        n = self.kv.out_features // 2
+        return {"kv": {"k": torch.arange(n), "v": torch.arange(n, 2 * n)}}
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, _ = memory.shape

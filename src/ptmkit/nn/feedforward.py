@@ -58,6 +58,11 @@ class GatedMLP(nn.Module):
         self.act = get_activation(activation)
         self.drop = nn.Dropout(dropout)  # on the gated activations (T5 v1.1); 0 = none
 
+    def fused_parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Rows of the fused projection that are the gate and the up projection (delta methods target them)."""
+        rows = torch.arange(self.gate_up.out_features).view(-1, 2)  # (F, 2)
+        return {"gate_up": {"gate": rows[:, 0], "up": rows[:, 1]}}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pairs = self.gate_up(x).unflatten(-1, (-1, 2))  # (B, T, F, 2)
         gate, up = pairs[..., 0], pairs[..., 1]  # (B, T, F) each

@@ -402,8 +402,23 @@ def hf_adapter(model) -> Adapter:
     return adapter
 
 
-def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The model's config.json dict and its tensors under Hugging Face names."""
+def base_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's state dict without the parameters of delta-tuning methods (ptmkit.adapt): those are saved as an
+    adapter beside the base model, never into its weights. A merged method is in the weights already."""
+    owners = [n + "." for n, m in model.named_modules() if getattr(m, "is_delta", False)]
+    sd = model.state_dict()
+    if owners:
+        unmerged = {n for n, m in model.named_modules() if getattr(m, "is_delta", False) and not m.merged}
+        if unmerged:
+            log.warning("saving the base weights without the %d unmerged delta-tuning site(s) (e.g. %s): save the "
+                        "adapter with ptmkit.adapt.save_adapter, or merge it first", len(unmerged), min(unmerged))
+        sd = {k: v for k, v in sd.items() if not any(k.startswith(o) for o in owners)}
+    return sd
+
+
+def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The model's config.json dict and its tensors under Hugging Face names (`state`: tensors to convert in place
+    of the model's own, under the same names)."""
     backbone, task = backbone_of(model), task_of(model)
     adapter = hf_adapter(model)
     cfg = backbone.config
@@ -420,7 +435,7 @@ def hf_state_dict(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         hf_config["ptmkit_pooling"] = model.pooling
         log.warning("pooling %r has no Hugging Face classifier: transformers would pool the first token and predict "
                     "differently; load this classifier with ptmkit (load_model reads ptmkit_pooling)", model.pooling)
-    sd = {k: v for k, v in model.state_dict().items()}
+    sd = dict(base_state_dict(model) if state is None else state)
     kernel = getattr(cfg, "attention_kernel", "sdpa")
     kernel_state = {k: sd.pop(k) for k in [k for k in sd if ".attn.kernel." in k]}
     if kernel not in ("sdpa", "eager"):

@@ -1,0 +1,144 @@
+"""Parity with PEFT: adapters trained in ptmkit run in `peft` on the exported transformers model with the same
+logits, and adapters made with `peft` load into ptmkit with the same logits (atol 1e-5), for LoRA and IA3 on an
+encoder (BERT), a decoder with fused q/k/v stored transposed (GPT-2) and a grouped-query decoder (LLaMA).
+
+ptmkit fuses q, k and v into one matmul; PEFT adapts transformers' separate q_proj/v_proj (or GPT-2's fused c_attn
+in its own row order), so these tests are what shows the split and re-fusion of the adapter tensors is exact.
+"""
+
+from __future__ import annotations
+
+import json
+
+import peft
+import pytest
+import torch
+import transformers as T
+from torch.testing import assert_close
+
+from ptmkit import adapt
+from ptmkit.adapt.peft_io import load_adapter, save_adapter
+from ptmkit.config import ConfigError
+from ptmkit.models import load_model, save_model
+from tests.parity.hf_tiny import make_reference
+
+TOL = dict(atol=1e-5, rtol=1e-4)
+HF_CLASS = {"bert": T.BertForMaskedLM, "gpt2": T.GPT2LMHeadModel, "llama": T.LlamaForCausalLM}
+TASK = {"bert": "masked-lm", "gpt2": "causal-lm", "llama": "causal-lm"}
+# method -> family -> (ptmkit options, the PEFT config of the same method for the import direction)
+PEFT_TARGETS = {"bert": (["query", "value"], ["key", "value", "output.dense"], ["output.dense"]),
+                "gpt2": (["c_attn"], ["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
+                "llama": (["q_proj", "v_proj"], ["k_proj", "v_proj", "down_proj"], ["down_proj"])}
+OURS = {"lora": {"rank": 4, "alpha": 8.0, "targets": ["q", "v", "ffn.up"]},
+        "ia3": {}}
+
+
+def _ids(seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 101, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+def _train_a_little(model) -> None:
+    """Three Adam steps on the delta parameters alone (from a perturbed start, so every tensor moves)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in adapt.delta_parameters(model).values():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    adapt.freeze_except(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = model(_ids(1)).logits.float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _base_dir(family: str, tmp_path):
+    ref = make_reference(family, TASK[family]).eval()
+    ref.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+@pytest.mark.parametrize("family", sorted(HF_CLASS))
+def test_a_ptmkit_adapter_runs_in_peft(family, method, tmp_path):
+    base_dir = _base_dir(family, tmp_path)
+    model = load_model(base_dir).eval()
+    adapt.apply(model, method, OURS[method])
+    _train_a_little(model)
+    model.eval()
+    ours = model(_ids()).logits
+    with adapt.disabled(model):
+        assert (model(_ids()).logits - ours).abs().max() > 1e-3, "the adapter does not change the logits"
+    save_adapter(model, tmp_path / "adapter", base_model=base_dir)
+    files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "ptmkit_adapter.json"]
+    hf = HF_CLASS[family].from_pretrained(base_dir).eval()
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    assert_close(theirs(input_ids=_ids()).logits, ours, **TOL)
+    # and back: the saved adapter loads onto a fresh base model with the same logits
+    again = load_adapter(load_model(base_dir).eval(), tmp_path / "adapter")
+    assert_close(again(_ids()).logits, ours, **TOL)
+
+
+def _peft_config(family: str, method: str):
+    lora_targets, ia3_targets, ff = PEFT_TARGETS[family]
+    if method == "lora":
+        return peft.LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets, init_lora_weights=False,
+                               fan_in_fan_out=family == "gpt2")
+    return peft.IA3Config(target_modules=ia3_targets, feedforward_modules=ff, init_ia3_weights=False,
+                          fan_in_fan_out=family == "gpt2")
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+@pytest.mark.parametrize("family", sorted(HF_CLASS))
+def test_a_peft_adapter_loads_into_ptmkit(family, method, tmp_path):
+    base_dir = _base_dir(family, tmp_path)
+    torch.manual_seed(7)  # init_*_weights=False: PEFT draws non-trivial adapter values
+    theirs = peft.get_peft_model(HF_CLASS[family].from_pretrained(base_dir).eval(), _peft_config(family, method))
+    theirs.eval()
+    expected = theirs(input_ids=_ids()).logits
+    with theirs.disable_adapter():
+        assert (theirs(input_ids=_ids()).logits - expected).abs().max() > 1e-3, "the adapter changes nothing"
+    theirs.save_pretrained(tmp_path / "peft")
+    model = load_adapter(load_model(base_dir).eval(), tmp_path / "peft")
+    assert_close(model(_ids()).logits, expected, **TOL)
+    # re-saved by ptmkit, the adapter still runs in PEFT with the same logits
+    save_adapter(model, tmp_path / "resaved", base_model=base_dir)
+    hf = HF_CLASS[family].from_pretrained(base_dir).eval()
+    assert_close(peft.PeftModel.from_pretrained(hf, tmp_path / "resaved")(input_ids=_ids()).logits, expected, **TOL)
+
+
+def test_an_adapter_for_another_base_model_is_an_error(tmp_path):
+    model = load_model(_base_dir("llama", tmp_path))
+    adapt.apply(model, "lora")
+    save_adapter(model, tmp_path / "adapter")
+    other = load_model(_base_dir("bert", tmp_path / "b"))
+    with pytest.raises(ConfigError, match="another base model"):
+        load_adapter(other, tmp_path / "adapter")
+
+
+def test_the_adapter_never_lands_in_the_base_model_directory(tmp_path):
+    base_dir = _base_dir("gpt2", tmp_path)
+    before = (base_dir / "model.safetensors").read_bytes()
+    model = load_model(base_dir)
+    adapt.apply(model, "lora")
+    with pytest.raises(ConfigError, match="base model's directory"):
+        save_adapter(model, base_dir, base_model=base_dir)
+    save_adapter(model, tmp_path / "adapter", base_model=base_dir)
+    assert (base_dir / "model.safetensors").read_bytes() == before
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(base_dir)
+
+
+@pytest.mark.parametrize("method", ["bitfit", "houlsby", "pfeiffer"])
+def test_methods_peft_lacks_round_trip_in_the_same_layout(method, tmp_path):
+    base_dir = _base_dir("bert", tmp_path)
+    model = load_model(base_dir).eval()
+    adapt.apply(model, method)
+    _train_a_little(model)
+    model.eval()
+    save_adapter(model, tmp_path / "adapter")
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == f"PTMKIT_{method.upper()}"
+    again = load_adapter(load_model(base_dir).eval(), tmp_path / "adapter")
+    assert_close(again(_ids()).logits, model(_ids()).logits, atol=0, rtol=0)

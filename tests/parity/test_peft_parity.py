@@ -142,3 +142,31 @@ def test_methods_peft_lacks_round_trip_in_the_same_layout(method, tmp_path):
     assert cfg["peft_type"] == f"PTMKIT_{method.upper()}"
     again = load_adapter(load_model(base_dir).eval(), tmp_path / "adapter")
     assert_close(again(_ids()).logits, model(_ids()).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["prefix", "ptuning-v2"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_ptmkit_prefix_runs_in_peft(family, method, tmp_path):
+    base_dir = _base_dir(family, tmp_path)
+    model = load_model(base_dir).eval()
+    adapt.apply(model, method, {"num_virtual_tokens": 5, "projection_hidden": 16})
+    _train_a_little(model)
+    model.eval()
+    ours = model(_ids()).logits
+    save_adapter(model, tmp_path / "adapter", base_model=base_dir)
+    hf = HF_CLASS[family].from_pretrained(base_dir).eval()
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    assert_close(theirs(input_ids=_ids()).logits, ours, **TOL)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_peft_prefix_loads_into_ptmkit(family, tmp_path):
+    base_dir = _base_dir(family, tmp_path)
+    torch.manual_seed(7)
+    config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True,
+                                     encoder_hidden_size=16)
+    theirs = peft.get_peft_model(HF_CLASS[family].from_pretrained(base_dir).eval(), config).eval()
+    expected = theirs(input_ids=_ids()).logits
+    theirs.save_pretrained(tmp_path / "peft")
+    model = load_adapter(load_model(base_dir).eval(), tmp_path / "peft")
+    assert_close(model(_ids()).logits, expected, **TOL)

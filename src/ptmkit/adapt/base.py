@@ -32,7 +32,8 @@ class Delta(nn.Module):
     `enabled` False makes the site behave as the base model."""
 
     is_delta = True  # models/io.py recognises delta parameters by this flag (it cannot import adapt)
-    hook = "output"  # "output": change the module's output; "input": change its first positional input
+    hook: str | None = "output"  # "output": change the module's output; "input": its first positional input;
+    # None: no hook, the module reads the Delta itself (prefix-tuning's keys and values, read by SelfAttention)
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,6 +71,9 @@ class _InputHook:
     def __call__(self, module, inputs):
         delta = getattr(module, self.attr)
         if not delta.enabled or delta.merged:
+            return None
+        if not inputs:  # called with keyword arguments only: nothing positional to change
+            delta.input(module, None)
             return None
         return (delta.input(module, inputs[0]), *inputs[1:])
 
@@ -118,6 +122,9 @@ def find_sites(model: nn.Module, targets: str | Sequence[str], *, types: tuple[t
     deltas = {n for n, m in model.named_modules() if getattr(m, "is_delta", False)}
     real = [(n, Site(n, m)) for n, m in model.named_modules()
             if n and isinstance(m, types) and not _inside_delta(n, deltas)]
+    if not real:
+        raise ConfigError(f"{method}: {type(model).__name__} has no {'/'.join(t.__name__ for t in types)} modules, so "
+                          f"{method} does not apply to this model family")
     virtual = _parts(model, deltas) if parts and nn.Linear in types else []
     # modules whose owner reads their weight instead of calling them (Transformer-XL's qkv): a hook never runs there
     direct = {f"{pn}.{c}" if pn else c for pn, parent in model.named_modules()
@@ -157,7 +164,7 @@ def attach(site: Site, attr: str, delta: Delta) -> None:
     module.add_module(attr, delta)
     if delta.hook == "output":
         module.register_forward_hook(_OutputHook(attr))
-    else:
+    elif delta.hook == "input":
         module.register_forward_pre_hook(_InputHook(attr))
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ptmkit.adapt import base, bitfit, bottleneck, ia3, lora
+from ptmkit.adapt import base, bitfit, bottleneck, ia3, lora, prefix
 from ptmkit.config import ConfigError, from_dict
 
 
@@ -21,6 +21,8 @@ class Method:
     citation: str
     mergeable: bool = False
     peft_type: str | None = None  # PEFT's peft_type; None = saved in the same layout under "PTMKIT_<NAME>"
+    identity_at_init: bool = True  # a fresh method leaves the model's outputs unchanged (zero / identity init)
+    cleanup: Callable[[nn.Module], None] | None = None  # undoes what apply set outside the Delta children
 
 
 METHODS: dict[str, Method] = {
@@ -31,6 +33,11 @@ METHODS: dict[str, Method] = {
                       "Houlsby et al. 2019"),
     "pfeiffer": Method("pfeiffer", bottleneck.PfeifferConfig, bottleneck.apply_pfeiffer, bottleneck.ATTR,
                        "Pfeiffer et al. 2021"),
+    "prefix": Method("prefix", prefix.PrefixConfig, prefix.apply, prefix.ATTR, "Li & Liang 2021",
+                     peft_type="PREFIX_TUNING", identity_at_init=False, cleanup=prefix.cleanup),
+    "ptuning-v2": Method("ptuning-v2", prefix.PTuningV2Config, prefix.apply_ptuning_v2, prefix.ATTR,
+                         "Liu et al. 2022", peft_type="PREFIX_TUNING", identity_at_init=False,
+                         cleanup=prefix.cleanup),
 }
 
 
@@ -84,5 +91,7 @@ def remove(model: nn.Module, name: str) -> nn.Module:
         base.unmerge(model, attr)
     for _, module, _ in list(base.deltas(model, attr)):
         base.detach(module, attr)
+    if METHODS[name].cleanup is not None:
+        METHODS[name].cleanup(model)
     del applied[name]
     return model

@@ -22,13 +22,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ptmkit import atomic
-from ptmkit.adapt import base, ia3, lora
+from ptmkit.adapt import base, ia3, lora, prefix
 from ptmkit.adapt.hf_names import HFSlice, hf_slices
 from ptmkit.adapt.methods import METHODS, make_config
 from ptmkit.config import ConfigError, to_dict
 from ptmkit.log import get as get_logger
 from ptmkit.models.convert.base import CheckpointError
-from ptmkit.models.registry import backbone_of
+from ptmkit.models.io import hf_adapter
+from ptmkit.models.registry import backbone_of, task_of
 
 log = get_logger(__name__)
 
@@ -199,6 +200,41 @@ def _ia3_from_peft(model: nn.Module, config: dict[str, Any], tensors: dict[str, 
         base.attach(base.Site(mname, module), ia3.ATTR, delta)
 
 
+# ----------------------------------------------------------------------------------------------------- prefix
+
+TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS",
+              "seq2seq-lm": "SEQ_2_SEQ_LM"}
+
+
+def _task_type(model: nn.Module) -> str:
+    return TASK_TYPES.get(task_of(model), "FEATURE_EXTRACTION")
+
+
+def _prefix_to_peft(model: nn.Module, cfg: prefix.PrefixConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT keeps only the prefix table (its reparameterisation MLP is not saved): ours is baked the same way."""
+    hf_adapter(model)  # PEFT needs the transformers form of the base model
+    encoder = getattr(model, prefix.ENCODER)
+    sites = [d for _, _, d in base.deltas(model, prefix.ATTR)]
+    with torch.no_grad():
+        table = encoder.compute().detach().cpu()  # (P, L*2*K*D)
+    config = {"peft_type": "PREFIX_TUNING", "task_type": _task_type(model), "num_virtual_tokens": table.shape[0],
+              "token_dim": encoder.kv_dim, "num_layers": encoder.layers, "num_attention_heads": sites[0].heads,
+              "num_transformer_submodules": 1, "prefix_projection": False, "inference_mode": True}
+    return config, {"prompt_embeddings": table}
+
+
+def _prefix_from_peft(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    table = tensors.get("prompt_embeddings")
+    if table is None or table.dim() != 2:
+        raise ConfigError("adapter load: a PREFIX_TUNING adapter holds one 2-D tensor, prompt_embeddings")
+    cfg = prefix.PTuningV2Config(num_virtual_tokens=table.shape[0])
+    prefix.apply_ptuning_v2(model, cfg)
+    encoder = getattr(model, prefix.ENCODER)
+    _check_shape("prompt_embeddings", table, table.shape[0], encoder.embedding.weight.shape[1])
+    with torch.no_grad():
+        encoder.embedding.weight.copy_(table.to(encoder.embedding.weight.dtype))
+
+
 # ----------------------------------------------------------------------------------------------------- shared
 
 def _in_delta(model: nn.Module, name: str) -> bool:
@@ -247,8 +283,8 @@ def _check_shape(hf: str, got: torch.Tensor, rows: int | None, cols: int | None)
                           "was trained on a base model of another size: load it onto that model")
 
 
-WRITERS = {"lora": _lora_to_peft, "ia3": _ia3_to_peft}
-READERS = {"LORA": _lora_from_peft, "IA3": _ia3_from_peft}
+WRITERS = {"lora": _lora_to_peft, "ia3": _ia3_to_peft, "prefix": _prefix_to_peft, "ptuning-v2": _prefix_to_peft}
+READERS = {"LORA": _lora_from_peft, "IA3": _ia3_from_peft, "PREFIX_TUNING": _prefix_from_peft}
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> Path:

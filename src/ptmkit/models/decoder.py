@@ -16,6 +16,15 @@ class DecoderBackbone(Backbone):
 
     causal = True
 
+    def prefix_length(self) -> int:
+        """Positions taken before the first token by learned prefixes: prefix-tuning's keys/values (ptmkit.adapt.
+        prefix) act as that many cached tokens, as in Li & Liang 2021 and PEFT. 0 without one."""
+        for block in self.layers:
+            prefix = block.attn._modules.get("prefix")
+            if prefix is not None and prefix.enabled:
+                return prefix.length
+        return 0
+
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device) -> KVCache:
         attn = self.layers[0].attn
         return KVCache(len(self.layers), batch, attn.kv, attn.d, max_len, dtype, device)
@@ -42,6 +51,7 @@ class DecoderBackbone(Backbone):
                 position_ids = positions_from_mask(attention_mask, past)  # left padding keeps positions 0..
             else:
                 position_ids = torch.arange(past, past + t, device=ref.device)[None].expand(b, t)
+            position_ids = position_ids + self.prefix_length()
         x = self.embeddings(input_ids, position_ids, None, inputs_embeds)  # (B, T, H)
         mask, is_causal = build_mask(attention_mask, t, past + t, causal=True, device=x.device)
         rotary = self.rotary(position_ids, x.dtype) if self.rotary is not None else None

@@ -135,6 +135,9 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, k, *rotary)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        prefix = self._modules.get("prefix")  # prefix-tuning (ptmkit.adapt.prefix): learned keys/values go first
+        if prefix is not None and prefix.enabled:
+            k, v, mask, is_causal = prefix.extend(k, v, mask, is_causal)  # (B, K, P+S, D)
         p = self.cfg.dropout if self.training else 0.0
         y = self.kernel(q, k, v, mask, is_causal and mask is None, p, self.scale)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, H*D)

@@ -170,3 +170,35 @@ def test_a_peft_prefix_loads_into_ptmkit(family, tmp_path):
     theirs.save_pretrained(tmp_path / "peft")
     model = load_adapter(load_model(base_dir).eval(), tmp_path / "peft")
     assert_close(model(_ids()).logits, expected, **TOL)
+
+
+P = 5  # virtual tokens
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_ptmkit_prompt_runs_in_peft(family, method, tmp_path):
+    base_dir = _base_dir(family, tmp_path)
+    model = load_model(base_dir).eval()
+    adapt.apply(model, method, {"num_virtual_tokens": P})
+    _train_a_little(model)
+    model.eval()
+    ours = model(_ids()).logits  # (B, T, V): the prompt positions are dropped
+    save_adapter(model, tmp_path / "adapter", base_model=base_dir)
+    hf = HF_CLASS[family].from_pretrained(base_dir).eval()
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    assert_close(theirs(input_ids=_ids()).logits[:, P:], ours, **TOL)  # PEFT keeps the P prompt positions
+
+
+@pytest.mark.parametrize("kind", ["prompt", "ptuning"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_peft_prompt_loads_into_ptmkit(family, kind, tmp_path):
+    base_dir = _base_dir(family, tmp_path)
+    torch.manual_seed(7)
+    config = (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P) if kind == "prompt" else
+              peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, encoder_hidden_size=16))
+    theirs = peft.get_peft_model(HF_CLASS[family].from_pretrained(base_dir).eval(), config).eval()
+    expected = theirs(input_ids=_ids()).logits[:, P:]
+    theirs.save_pretrained(tmp_path / "peft")
+    model = load_adapter(load_model(base_dir).eval(), tmp_path / "peft")
+    assert_close(model(_ids()).logits, expected, **TOL)

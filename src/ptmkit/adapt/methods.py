@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ptmkit.adapt import base, bitfit, bottleneck, ia3, lora, prefix
+from ptmkit.adapt import base, bitfit, bottleneck, ia3, lora, prefix, prompt
 from ptmkit.config import ConfigError, from_dict
 
 
@@ -23,6 +23,7 @@ class Method:
     peft_type: str | None = None  # PEFT's peft_type; None = saved in the same layout under "PTMKIT_<NAME>"
     identity_at_init: bool = True  # a fresh method leaves the model's outputs unchanged (zero / identity init)
     cleanup: Callable[[nn.Module], None] | None = None  # undoes what apply set outside the Delta children
+    bake: Callable[[nn.Module], nn.Module] | None = None  # drops a training-only reparameterisation, same outputs
 
 
 METHODS: dict[str, Method] = {
@@ -34,10 +35,14 @@ METHODS: dict[str, Method] = {
     "pfeiffer": Method("pfeiffer", bottleneck.PfeifferConfig, bottleneck.apply_pfeiffer, bottleneck.ATTR,
                        "Pfeiffer et al. 2021"),
     "prefix": Method("prefix", prefix.PrefixConfig, prefix.apply, prefix.ATTR, "Li & Liang 2021",
-                     peft_type="PREFIX_TUNING", identity_at_init=False, cleanup=prefix.cleanup),
+                     peft_type="PREFIX_TUNING", identity_at_init=False, cleanup=prefix.cleanup, bake=prefix.bake),
     "ptuning-v2": Method("ptuning-v2", prefix.PTuningV2Config, prefix.apply_ptuning_v2, prefix.ATTR,
                          "Liu et al. 2022", peft_type="PREFIX_TUNING", identity_at_init=False,
                          cleanup=prefix.cleanup),
+    "prompt": Method("prompt", prompt.PromptConfig, prompt.apply, prompt.ATTR, "Lester et al. 2021",
+                     peft_type="PROMPT_TUNING", identity_at_init=False, cleanup=prompt.cleanup),
+    "ptuning": Method("ptuning", prompt.PTuningConfig, prompt.apply_ptuning, prompt.ATTR, "Liu et al. 2021",
+                      peft_type="PROMPT_TUNING", identity_at_init=False, cleanup=prompt.cleanup, bake=prompt.bake),
 }
 
 
@@ -78,6 +83,15 @@ def unmerge(model: nn.Module) -> nn.Module:
     for n in base.applied(model):
         if METHODS[n].mergeable:
             base.unmerge(model, METHODS[n].attr)
+    return model
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Drop every training-only reparameterisation (prefix-tuning's MLP, P-tuning's prompt encoder): the outputs
+    stay the same and only the computed prefixes/prompts remain (the form adapters are saved in)."""
+    for n in base.applied(model):
+        if METHODS[n].bake is not None:
+            METHODS[n].bake(model)
     return model
 
 

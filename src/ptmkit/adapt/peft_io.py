@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ptmkit import atomic
-from ptmkit.adapt import base, ia3, lora, prefix
+from ptmkit.adapt import base, ia3, lora, prefix, prompt
 from ptmkit.adapt.hf_names import HFSlice, hf_slices
 from ptmkit.adapt.methods import METHODS, make_config
 from ptmkit.config import ConfigError, to_dict
@@ -235,6 +235,32 @@ def _prefix_from_peft(model: nn.Module, config: dict[str, Any], tensors: dict[st
         encoder.embedding.weight.copy_(table.to(encoder.embedding.weight.dtype))
 
 
+# ----------------------------------------------------------------------------------------------------- prompt
+
+def _prompt_to_peft(model: nn.Module, cfg: prompt.PromptConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT keeps the prompt itself (P-tuning's encoder is not saved): both methods write the prompt they compute."""
+    hf_adapter(model)
+    site = getattr(backbone_of(model), prompt.ATTR)
+    with torch.no_grad():
+        table = site.prompt().detach().cpu()  # (P, E)
+    cfg_bb = backbone_of(model).config
+    config = {"peft_type": "PROMPT_TUNING", "task_type": _task_type(model), "num_virtual_tokens": table.shape[0],
+              "token_dim": table.shape[1], "num_layers": cfg_bb.num_layers, "num_attention_heads": cfg_bb.num_heads,
+              "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM", "inference_mode": True}
+    return config, {"prompt_embeddings": table}
+
+
+def _prompt_from_peft(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    table = tensors.get("prompt_embeddings")
+    if table is None or table.dim() != 2:
+        raise ConfigError(f"adapter load: a {config.get('peft_type')} adapter holds one 2-D tensor, prompt_embeddings")
+    prompt.apply(model, prompt.PromptConfig(num_virtual_tokens=table.shape[0]))
+    site = getattr(backbone_of(model), prompt.ATTR)
+    _check_shape("prompt_embeddings", table, table.shape[0], site.embedding.shape[1])
+    with torch.no_grad():
+        site.embedding.copy_(table.to(site.embedding.dtype))
+
+
 # ----------------------------------------------------------------------------------------------------- shared
 
 def _in_delta(model: nn.Module, name: str) -> bool:
@@ -283,8 +309,11 @@ def _check_shape(hf: str, got: torch.Tensor, rows: int | None, cols: int | None)
                           "was trained on a base model of another size: load it onto that model")
 
 
-WRITERS = {"lora": _lora_to_peft, "ia3": _ia3_to_peft, "prefix": _prefix_to_peft, "ptuning-v2": _prefix_to_peft}
-READERS = {"LORA": _lora_from_peft, "IA3": _ia3_from_peft, "PREFIX_TUNING": _prefix_from_peft}
+WRITERS = {"lora": _lora_to_peft, "ia3": _ia3_to_peft, "prefix": _prefix_to_peft, "ptuning-v2": _prefix_to_peft,
+           "prompt": _prompt_to_peft, "ptuning": _prompt_to_peft}
+# PEFT saves P-tuning's prompt, not its encoder: read, it is a prompt-tuning prompt
+READERS = {"LORA": _lora_from_peft, "IA3": _ia3_from_peft, "PREFIX_TUNING": _prefix_from_peft,
+           "PROMPT_TUNING": _prompt_from_peft, "P_TUNING": _prompt_from_peft}
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> Path:

@@ -33,6 +33,9 @@ class Backbone(nn.Module):
 
     family: str = ""
     causal: bool = False
+    # Soft prompts (ptmkit.adapt.prompt) go before the input embeddings: the backbone takes inputs_embeds and a
+    # (B, T) padding mask and returns one state per input position. Families where that is not so say False.
+    takes_soft_prompt: bool = True
 
     @property
     def hidden_size(self) -> int:

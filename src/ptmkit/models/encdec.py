@@ -155,6 +155,9 @@ class DecoderStack(_Stack):
 
 
 class EncoderDecoderBackbone(Backbone):
+    # a prompt widens the encoder output, but generation encodes separately and passes the source mask to the
+    # decoder as it is: not supported until both follow the prompt
+    takes_soft_prompt = False
     """Subclasses build self.shared (token embedding used by both stacks and, when tied, the LM head),
     self.encoder (EncoderStack) and self.decoder (DecoderStack), and may set embed_scale and lm_bias."""
 

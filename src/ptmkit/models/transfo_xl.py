@@ -190,6 +190,7 @@ def causal_blocks(t: int, m: int, attention_mask: torch.Tensor | None, device) -
 
 
 class TransfoXLBackbone(Backbone):
+    takes_soft_prompt = False  # segment recurrence: a prompt in every segment would enter the memory
     family = "transfo-xl"
     causal = True
 

@@ -213,6 +213,7 @@ def attention_blocks(attention_mask, perm_mask, b: int, t: int, m: int, device):
 
 
 class XLNetBackbone(Backbone):
+    takes_soft_prompt = False  # perm_mask and target_mapping are (B, T, T) over the tokens: a prompt would shift them
     family = "xlnet"
     causal = False
 

@@ -1,6 +1,6 @@
 """Contract: every registered delta-tuning method (ptmkit.adapt.METHODS) on every model family at tiny size.
 
-For each method x family: a fresh method is the base model (every method's documented zero/identity init); only the
+For each method x a representative family of each kind of block (FAMILIES): a fresh method is the base model (every method's documented zero/identity init); only the
 method's parameters can train and each of them gets a gradient; switched off (`disabled`) it is the base model again
 even after its parameters changed; merged equals unmerged for mergeable methods, and unmerging restores the base
 weights; a few optimiser steps on the delta parameters alone lower the loss; and the bad inputs the issue lists are
@@ -17,6 +17,7 @@ from torch.testing import assert_close
 
 from ptmkit import adapt
 from ptmkit.config import ConfigError
+from ptmkit.models import build_model, make_config
 from tests.contracts.test_model_families import TINY, _build, _inputs
 
 # (method, family) -> a fragment of the error that refuses it
@@ -33,8 +34,12 @@ REFUSED: dict[tuple[str, str], str] = {
     ("ptuning-v2", "transfo-xl"): "has no SelfAttention modules",
     **{(m, f): "does not take a soft prompt" for m in ("prompt", "ptuning")
        for f in ("t5", "bart", "mbart", "xlnet", "transfo-xl")},
+    **{("feature", f): "encoder-decoder|sequence-classification" for f in ("t5", "bart", "mbart")},
 }
-FAMILIES = sorted(TINY)
+# A representative of each kind of block: the families left out share their blocks with one listed (roberta and
+# megatron-bert with bert, mbart with bart, t5-encoder with t5), and test_model_families covers them as models.
+FAMILIES = ["albert", "bart", "bert", "electra", "gpt2", "llama", "t5", "transfo-xl", "xlnet"]
+CLASSIFIER_METHODS = ("feature",)
 CASES = [(m, f) for m in sorted(adapt.METHODS) for f in FAMILIES]
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -47,6 +52,14 @@ def _logits(model, family: str) -> torch.Tensor:
 
 def _setup(method: str, family: str):
     torch.manual_seed(0)
+    if method in CLASSIFIER_METHODS:  # trains a classifier on the features: a sequence-classification model
+        overrides = TINY[family][0]
+        model = build_model(family, make_config(family, overrides), "sequence-classification", num_labels=3).eval()
+        torch.manual_seed(1)
+        ids = torch.randint(6, 101, (2, 10))
+        mask = torch.ones_like(ids)
+        mask[1, 7:] = 0
+        return model, ([ids, mask], {}, {})
     model = _build(family).eval()
     torch.manual_seed(1)
     inputs = _inputs(family, padded=True)
@@ -70,6 +83,10 @@ def _perturb(model, seed: int = 3) -> None:
 
 
 def _applied(method: str, family: str):
+    if (method, family) in REFUSED and method in CLASSIFIER_METHODS:
+        with pytest.raises(ConfigError, match=REFUSED[(method, family)]):
+            _setup(method, family)
+        pytest.skip(f"{family} has no sequence classifier: refusal checked")
     model, inputs = _setup(method, family)
     if (method, family) in REFUSED:
         with pytest.raises(ConfigError, match=REFUSED[(method, family)]):
@@ -142,7 +159,7 @@ def test_a_few_steps_lower_the_loss(method, family):
     adapt.freeze_except(model)  # dropout stays off (eval mode): the loss is deterministic
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(5):
         loss = (_run(model, inputs).float() - target).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -153,7 +170,7 @@ def test_a_few_steps_lower_the_loss(method, family):
 
 @pytest.mark.parametrize("method", sorted(adapt.METHODS))
 def test_applying_a_method_twice_is_an_error(method):
-    model = _build("bert")
+    model = _setup(method, "bert")[0]
     adapt.apply(model, method)
     with pytest.raises(ConfigError, match="already applied"):
         adapt.apply(model, method)

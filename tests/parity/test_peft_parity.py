@@ -130,17 +130,18 @@ def test_the_adapter_never_lands_in_the_base_model_directory(tmp_path):
     assert cfg["base_model_name_or_path"] == str(base_dir)
 
 
-@pytest.mark.parametrize("method", ["bitfit", "houlsby", "pfeiffer"])
+@pytest.mark.parametrize("method", ["bitfit", "houlsby", "pfeiffer", "feature"])
 def test_methods_peft_lacks_round_trip_in_the_same_layout(method, tmp_path):
     base_dir = _base_dir("bert", tmp_path)
-    model = load_model(base_dir).eval()
-    adapt.apply(model, method)
+    task = dict(task="sequence-classification", num_labels=3) if method == "feature" else {}
+    model = load_model(base_dir, **task).eval()
+    adapt.apply(model, method, {"mix": True} if method == "feature" else None)
     _train_a_little(model)
     model.eval()
     save_adapter(model, tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == f"PTMKIT_{method.upper()}"
-    again = load_adapter(load_model(base_dir).eval(), tmp_path / "adapter")
+    again = load_adapter(load_model(base_dir, **task).eval(), tmp_path / "adapter")
     assert_close(again(_ids()).logits, model(_ids()).logits, atol=0, rtol=0)
 
 

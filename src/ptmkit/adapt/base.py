@@ -162,6 +162,7 @@ def attach(site: Site, attr: str, delta: Delta) -> None:
     if hasattr(module, attr):
         raise ConfigError(f"{site.name} already carries {attr!r}: a method is applied once (remove it first)")
     module.add_module(attr, delta)
+    delta.train(module.training)  # a new module starts in training mode: follow the model's (dropout off in eval)
     if delta.hook == "output":
         module.register_forward_hook(_OutputHook(attr))
     elif delta.hook == "input":

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ptmkit.adapt import base, bitfit, bottleneck, ia3, lora, prefix, prompt
+from ptmkit.adapt import base, bitfit, bottleneck, feature, ia3, lora, prefix, prompt
 from ptmkit.config import ConfigError, from_dict
 
 
@@ -43,6 +43,8 @@ METHODS: dict[str, Method] = {
                      peft_type="PROMPT_TUNING", identity_at_init=False, cleanup=prompt.cleanup),
     "ptuning": Method("ptuning", prompt.PTuningConfig, prompt.apply_ptuning, prompt.ATTR, "Liu et al. 2021",
                       peft_type="PROMPT_TUNING", identity_at_init=False, cleanup=prompt.cleanup, bake=prompt.bake),
+    "feature": Method("feature", feature.FeatureConfig, feature.apply, feature.ATTR, "Peters et al. 2018",
+                      identity_at_init=False, cleanup=feature.cleanup),
 }
 
 

@@ -340,7 +340,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | No
         if config is None:
             config = {"peft_type": f"PTMKIT_{name.upper()}", "task_type": None, "inference_mode": True}
             tensors = {PREFIX + k: v for k, v in base.delta_parameters(model).items()
-                       if f".{METHODS[name].attr}." in k}
+                       if METHODS[name].attr in k.split(".")}
         config["base_model_name_or_path"] = None if base_model is None else str(base_model)
         sidecar = {"method": name, "config": to_dict(cfg), "base": _base_description(model)}
         _write(where, config, tensors, sidecar)
@@ -377,8 +377,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     name = sidecar["method"]
     METHODS[name].apply(model, make_config(name, sidecar["config"]))
     own = base.delta_parameters(model)
-    mine = {k: v for k, v in own.items() if f".{METHODS[name].attr}." in k}
+    mine = {k: v for k, v in own.items() if METHODS[name].attr in k.split(".")}
     stored = {k[len(PREFIX):]: v for k, v in tensors.items()}
+    if not mine:
+        raise ConfigError(f"load_adapter: {name} added no parameters to this model; cannot load {path}")
     missing, extra = sorted(set(mine) - set(stored)), sorted(set(stored) - set(mine))
     bad = [k for k in set(mine) & set(stored) if tuple(mine[k].shape) != tuple(stored[k].shape)]
     if missing or extra or bad:

@@ -36,7 +36,7 @@ class HFSlice:
 def _probe(model: nn.Module, names: list[str], axis: int) -> tuple[dict[str, torch.Tensor], list[tuple[str, float]]]:
     """Convert `model` with each named weight replaced by its row (axis 0) or column (axis 1) numbers plus an
     offset of its own; everything else is zero. Returns the HF tensors and (module name, offset) pairs."""
-    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in base_state_dict(model).items()}
+    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in base_state_dict(model, deltas="beside").items()}
     offsets, start = [], _OFFSET
     for name in names:
         w = state[name + ".weight"]

@@ -43,9 +43,8 @@ class PromptConfig:
             raise ConfigError(f"prompt: num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
         if self.init not in INITS:
             raise ConfigError(f"prompt: init must be one of {INITS}, got {self.init!r}")
-        if self.init == "text" and not self.init_ids:
-            raise ConfigError("prompt: init 'text' needs init_ids, the token ids of init_text (ptm finetune "
-                              "tokenises --prompt.init_text for you)")
+        if self.init == "text" and not (self.init_ids or self.init_text):
+            raise ConfigError("prompt: init 'text' needs init_text (or its token ids, init_ids)")
 
 
 @dataclass
@@ -93,6 +92,9 @@ class SoftPrompt(base.Delta):
             if cfg.init == "vocab":
                 ids = torch.randint(0, table.shape[0], (p,), device=table.device)
             else:
+                if not cfg.init_ids:
+                    raise ConfigError("prompt: init_text must be tokenised into init_ids with the model's tokenizer "
+                                      "(ptm finetune does it for --prompt.init_text)")
                 ids = torch.tensor(cfg.init_ids, device=table.device).repeat((p + len(cfg.init_ids) - 1)
                                                                              // len(cfg.init_ids))[:p]
                 if int(ids.max()) >= table.shape[0] or int(ids.min()) < 0:

@@ -6,11 +6,17 @@ import argparse
 import dataclasses
 import json
 
+from ptmkit.adapt import METHODS
+from ptmkit.cli.overrides import describe, parse_dotted
+from ptmkit.config import ConfigError, from_dict
 from ptmkit.recipes.finetune import FinetuneConfig
-from ptmkit.config import from_dict
 from ptmkit.train.optim import OPTIMIZERS
 
 _D = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option, and the methods' list (the epilog) laid out as written."""
 
 
 def _positive_or_none(text: str) -> int | None:
@@ -28,7 +34,8 @@ def add_parser(sub) -> None:
             "OUT/config.json, metrics.jsonl, loss.png, checkpoints/ and results.json (dev metrics, majority baseline, "
             "time, examples/s)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
+        epilog=_methods_help(),
     )
     p.add_argument("model", help="model directory (config.json + model.safetensors + tokenizer files)")
     p.add_argument("--task", required=True,
@@ -47,6 +54,11 @@ def add_parser(sub) -> None:
                         "token vectors; MLM never trains [CLS]). Unset: a fine-tuned MODEL's own, else cls. The "
                         "generic encoder head only (bert, roberta, megatron-bert); transformers cannot run a mean-"
                         "pooled classifier, ptmkit can")
+    p.add_argument("--method", choices=["full", *sorted(METHODS)], default=_D["method"],
+                   help="full: train every weight; otherwise a delta-tuning method: MODEL stays frozen, the method's "
+                        "parameters and the new task head train, and OUT/best/adapter/ holds the method in PEFT's "
+                        "layout (lora and ia3, prefix and prompt load in peft). Its options: --METHOD.KEY VALUE, "
+                        "listed below (e.g. --lora.rank 16 --lora.targets '[q, k, v]')")
     p.add_argument("--data-dir", default=None,
                    help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
     p.add_argument("--train-split", default=_D["train_split"], help="training split (file name without extension)")
@@ -111,13 +123,31 @@ def add_parser(sub) -> None:
                         "share of every batch; ddp replicates the model, fsdp shards it (FSDP2, ZeRO-3)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, accepts_overrides=True)
+
+
+def _methods_help() -> str:
+    lines = ["delta-tuning methods (--method NAME) and their options (--NAME.KEY VALUE):"]
+    for name, m in sorted(METHODS.items()):
+        lines.append(f"\n{name} ({m.citation}{', mergeable' if m.mergeable else ''}):")
+        lines.extend(describe(m.config, prefix=f"{name}."))
+    return "\n".join(lines)
 
 
 def config_from_args(args) -> FinetuneConfig:
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}  # --resume is an argument of finetune()
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["show_progress"] = not args.no_progress
+    options: dict = {}
+    for key, value in parse_dotted(getattr(args, "overrides", []) or []).items():
+        section, _, name = key.partition(".")
+        if section != args.method or not name:
+            hint = (f"--method {section} " if section in METHODS else "") + f"--{section}.KEY"
+            raise ConfigError(f"option --{key} is not an option of --method {args.method}; method options are "
+                              f"--{args.method}.KEY (the method's settings, see --help)" +
+                              (f"; for {section} use {hint}" if section in METHODS else ""))
+        options[name] = value
+    values["method_options"] = options
     return from_dict(FinetuneConfig, values)
 
 
@@ -137,6 +167,9 @@ def run(args) -> int:
     if "test" in res:
         test = ", ".join(f"{k} {v:.4f}" for k, v in res["test"].items()) or "predictions only (unlabelled)"
         print(f"{res['test_split']}: {test}")
+    n = res["parameters"]
+    print(f"trainable parameters: {n['trainable']:,} of {n['total']:,} ({n['trainable_pct']:.2f}%, "
+          f"method {res['method']})")
     print(f"train {res['train_time_s']:.1f} s, {res['examples_per_s']:.1f} examples/s, "
           f"{res['tokens_per_s']:.0f} tokens/s; wrote {args.out}/ (best/, results.json, metrics.jsonl, loss.png)")
     print(json.dumps({"dev": res["dev"], "best_step": res["best_step"]}))

@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": "ptmkit.cli.evaluate",
     "convert": "ptmkit.cli.convert",
     "generate": "ptmkit.cli.generate",
+    "merge": "ptmkit.cli.merge",
 }
 
 

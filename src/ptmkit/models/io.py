@@ -402,21 +402,23 @@ def hf_adapter(model) -> Adapter:
     return adapter
 
 
-def base_state_dict(model) -> dict[str, torch.Tensor]:
+def base_state_dict(model, deltas: str = "warn") -> dict[str, torch.Tensor]:
     """The model's state dict without the parameters of delta-tuning methods (ptmkit.adapt): those are saved as an
-    adapter beside the base model, never into its weights. A merged method is in the weights already."""
+    adapter beside the base model, never into its weights. A merged method is in the weights already.
+    deltas="warn" says so when unmerged ones are left out; "beside": the caller saves them as an adapter."""
     owners = [n + "." for n, m in model.named_modules() if getattr(m, "is_delta", False)]
     sd = model.state_dict()
     if owners:
         unmerged = {n for n, m in model.named_modules() if getattr(m, "is_delta", False) and not m.merged}
-        if unmerged:
+        if unmerged and deltas == "warn":
             log.warning("saving the base weights without the %d unmerged delta-tuning site(s) (e.g. %s): save the "
                         "adapter with ptmkit.adapt.save_adapter, or merge it first", len(unmerged), min(unmerged))
         sd = {k: v for k, v in sd.items() if not any(k.startswith(o) for o in owners)}
     return sd
 
 
-def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None,
+                  deltas: str = "warn") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The model's config.json dict and its tensors under Hugging Face names (`state`: tensors to convert in place
     of the model's own, under the same names)."""
     backbone, task = backbone_of(model), task_of(model)
@@ -435,7 +437,7 @@ def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None) -> tuple[
         hf_config["ptmkit_pooling"] = model.pooling
         log.warning("pooling %r has no Hugging Face classifier: transformers would pool the first token and predict "
                     "differently; load this classifier with ptmkit (load_model reads ptmkit_pooling)", model.pooling)
-    sd = dict(base_state_dict(model) if state is None else state)
+    sd = dict(base_state_dict(model, deltas) if state is None else state)
     kernel = getattr(cfg, "attention_kernel", "sdpa")
     kernel_state = {k: sd.pop(k) for k in [k for k in sd if ".attn.kernel." in k]}
     if kernel not in ("sdpa", "eager"):
@@ -453,13 +455,15 @@ def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None) -> tuple[
     return hf_config, out
 
 
-def save_model(model, path: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
-    """Write config.json + model.safetensors (HF names); copy tokenizer files from `tokenizer_from`.
+def save_model(model, path: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None,
+               deltas: str = "warn") -> Path:
+    """Write config.json + model.safetensors (HF names); copy tokenizer files from `tokenizer_from`. The parameters
+    of delta-tuning methods are not written (deltas="warn" says so; "beside": the caller saves the adapter).
 
     Files are written under temporary names and renamed, so an interrupted save never leaves a torn file.
     """
     path = Path(path)
-    hf_config, tensors = hf_state_dict(model)  # first: a model with no HF form leaves no empty directory behind
+    hf_config, tensors = hf_state_dict(model, deltas=deltas)  # first: no HF form leaves no empty directory behind
     path.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage (fused-qkv splits are views): give each its own copy.
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptmkit import atomic
+from ptmkit import adapt, atomic
 from ptmkit.analysis.metrics import compute_metrics, entity_scores
 from ptmkit.config import ConfigError
 from ptmkit.data.encode import Encoded, collate, prepare_backend, sorted_batches, word_predictions
@@ -115,6 +115,17 @@ def _class_map(model_names: list[str], data_names: list[str], model_dir: Path, t
                      f"{data_names}; evaluate a model fine-tuned on this task")
 
 
+ADAPTER_DIR = "adapter"  # a fine-tuned model directory's delta-tuning method, beside its frozen weights
+
+
+def load_adapted(model_dir: str | Path, **kwargs):
+    """load_model, then the directory's adapter (ptm finetune --method ...) when it has one."""
+    model = load_model(model_dir, **kwargs)
+    if (Path(model_dir) / ADAPTER_DIR).is_dir():
+        adapt.load_adapter(model, Path(model_dir) / ADAPTER_DIR)
+    return model
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     task: str | None = None,
@@ -163,7 +174,7 @@ def evaluate(
     dev_ = _device(device)
     t0 = time.perf_counter()
 
-    model = load_model(model_dir)
+    model = load_adapted(model_dir)
     want = "token-classification" if spec.is_token else "sequence-classification"
     if getattr(model, "task", "base") != want:
         raise ValueError(f"{model_dir} is a {getattr(model, 'task', 'base')} model; task {task!r} needs "

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ptmkit import atomic, outputs
+from ptmkit import adapt, atomic, outputs
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
@@ -36,7 +36,7 @@ from ptmkit.objectives.classification import TaskConfig, TaskObjective
 from ptmkit.parallel.apply import unsharded
 from ptmkit.parallel.config import ParallelConfig
 from ptmkit.parallel.mesh import run_on_ranks
-from ptmkit.recipes.evaluate import TASK_FILE, _device, _pad_id, evaluate, kind_of, predict, score
+from ptmkit.recipes.evaluate import ADAPTER_DIR, TASK_FILE, _device, _pad_id, evaluate, kind_of, predict, score
 from ptmkit.train.best import KeepBest
 from ptmkit.train.flops import applied_parameters, mfu_denominator, training_flops_per_token
 from ptmkit.train.loop import TrainConfig, train
@@ -64,6 +64,11 @@ class FinetuneConfig:
     # the classifier's sentence vector: "cls" (BERT) or "mean" of the token vectors (MLM never trains [CLS]); None
     # keeps a fine-tuned directory's own (config.json ptmkit_pooling), else "cls". Encoders with the generic head only
     pooling: Literal["cls", "mean"] | None = None
+    # full: train every weight; or a delta-tuning method of ptmkit.adapt.METHODS (lora, ia3, bitfit, houlsby,
+    # pfeiffer, prefix, ptuning-v2, prompt, ptuning, feature): the model stays frozen, the method's parameters and
+    # the new task head train, and the run saves the method as an adapter (best/adapter/, PEFT's layout)
+    method: str = "full"
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method's config (--METHOD.key)
     data_dir: str | None = None  # default: <data root>/glue/<TASK> or <data root>/ner/conll2003
     train_split: str = "train"
     eval_split: str = "dev"
@@ -152,6 +157,15 @@ class FinetuneConfig:
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"{where}: layer_decay must be in (0, 1] (1 = off; ELECTRA fine-tunes with 0.8), "
                               f"got {self.layer_decay}")
+        if self.method != "full":
+            adapt.make_config(self.method, _method_options(self))  # an unknown method or option fails here
+            if self.init == "random":
+                raise ConfigError(f"{where}: method={self.method!r} with init='random': a delta method adapts a "
+                                  "frozen pre-trained model, and a random one has nothing to adapt; fine-tune the "
+                                  "random baseline with method='full'")
+        elif self.method_options:
+            raise ConfigError(f"{where}: method options {sorted(self.method_options)} given without a method; "
+                              f"choose one with method (one of {sorted(adapt.METHODS)})")
         if self.pooling not in (None, "cls", "mean"):
             raise ConfigError(f"{where}: pooling must be 'cls' or 'mean' (or unset), got {self.pooling!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -247,7 +261,7 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
     enc_dev = encode_split(spec, backend, dev, cfg.max_length, cfg.overlong, dev_path)
 
     objective = TaskObjective(TaskConfig(kind_of(spec)))
-    model = _model(cfg, objective.task, len(names) if not spec.is_regression else 1)
+    model = _model(cfg, objective.task, len(names) if not spec.is_regression else 1, tok)
     if names is not None:
         model.label_names = list(names)  # saved as config.json id2label
     check_vocab(tok, model.config.vocab_size)
@@ -269,12 +283,28 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
                 cfg.eval_every or per_epoch)
 
 
-def _model(cfg: FinetuneConfig, task: str, num_labels: int) -> torch.nn.Module:
+def _method_options(cfg: FinetuneConfig, tok: Tokenizer | None = None) -> dict[str, Any]:
+    """The method's options; a soft prompt initialised from text gets the text's token ids (init_ids)."""
+    opts = dict(cfg.method_options)
+    if tok is not None and opts.get("init") == "text" and opts.get("init_text") and not opts.get("init_ids"):
+        ids = tok.encode(opts["init_text"], add_special_tokens=False)
+        opts["init_ids"] = ids
+    return opts
+
+
+def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | None = None) -> torch.nn.Module:
     """The model to fine-tune, with a new task head: the directory's pre-trained weights, or (init='random') a freshly
-    initialised model of its architecture, drawn from torch's RNG as seeded by cfg.seed."""
+    initialised model of its architecture, drawn from torch's RNG as seeded by cfg.seed. With a delta-tuning method
+    the model is frozen but for the method's parameters and the task head (PEFT's modules_to_save); feature transfer
+    brings its own head."""
     if cfg.init == "random":
         return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
-    return load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
+    model = load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
+    if cfg.method != "full":
+        adapt.apply(model, cfg.method, _method_options(cfg, tok))
+        head = [] if cfg.method == "feature" else [n for n, _ in model.named_children() if n != "backbone"]
+        adapt.freeze_except(model, head)
+    return model
 
 
 def _return_freed_memory() -> None:
@@ -342,7 +372,10 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
         if not main:
             return
         with atomic.atomic_dir(out / "best") as tmp:  # a crash mid-save leaves the previous best intact
-            save_model(model, tmp, tokenizer_from=str(model_dir))
+            # with a delta method: the frozen base and the task head, and beside them the method as an adapter
+            save_model(model, tmp, tokenizer_from=str(model_dir), deltas="beside")
+            if cfg.method != "full":
+                adapt.save_adapter(model, tmp / ADAPTER_DIR, base_model=str(model_dir))
             atomic.write_text(tmp / TASK_FILE, json.dumps(task_info, indent=2) + "\n")
 
     if main and not resume:  # everything is validated: only now does the run touch its folder
@@ -372,7 +405,7 @@ def _plain_copy(cfg: FinetuneConfig, run: _Run, sharded, main: bool) -> torch.nn
             for k, v in sharded.state_dict().items()}
     if not main:
         return None
-    plain = _model(cfg, run.objective.task, len(run.names) if run.names else 1)
+    plain = _model(cfg, run.objective.task, len(run.names) if run.names else 1, Tokenizer.load(Path(cfg.model)))
     plain.load_state_dict(full)
     if run.names is not None:
         plain.label_names = list(run.names)
@@ -390,6 +423,7 @@ def _results(cfg: FinetuneConfig, run: _Run, summary: dict[str, Any], wall0: flo
         "train_examples": n_train, "eval_examples": len(run.enc_dev),
         "truncated": {"train": run.enc_train.truncated, "eval": run.enc_dev.truncated},
         "precision": cfg.precision, "device": str(run.device), "threads": torch.get_num_threads(),
+        "method": cfg.method, "parameters": adapt.count_parameters(run.model),
         "train_time_s": round(train_s, 2), "eval_time_s": round(summary["eval_s"], 2),
         "examples_per_s": round(summary["sequences"] / train_s, 2),
         "tokens_per_s": round(summary["tokens"] / train_s, 1),

@@ -36,7 +36,9 @@ def test_prompt_starts_from_the_embeddings_of_its_text():
 
 
 def test_prompt_text_init_needs_its_ids_and_valid_ones():
-    with pytest.raises(ConfigError, match="needs init_ids"):
+    with pytest.raises(ConfigError, match="needs init_text"):
+        adapt.apply(_build("bert"), "prompt", {"init": "text"})
+    with pytest.raises(ConfigError, match="must be tokenised into init_ids"):
         adapt.apply(_build("bert"), "prompt", {"init": "text", "init_text": "great movie"})
     with pytest.raises(ConfigError, match="below the vocabulary size"):
         adapt.apply(_build("bert"), "prompt", {"init": "text", "init_ids": [10 ** 6]})

@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": "ptmkit.cli.convert",
     "generate": "ptmkit.cli.generate",
     "merge": "ptmkit.cli.merge",
+    "icl": "ptmkit.cli.icl",
 }
 
 

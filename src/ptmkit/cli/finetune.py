@@ -59,6 +59,16 @@ def add_parser(sub) -> None:
                         "parameters and the new task head train, and OUT/best/adapter/ holds the method in PEFT's "
                         "layout (lora and ia3, prefix and prompt load in peft). Its options: --METHOD.KEY VALUE, "
                         "listed below (e.g. --lora.rank 16 --lora.targets '[q, k, v]')")
+    p.add_argument("--template", default=None,
+                   help="prompt-based fine-tuning (PET, LM-BFF): wrap each input in this template, with {text_a}, "
+                        "{text_b} and one slot {mask} (e.g. '{text_a} It was {mask}.'; for a causal LM the slot "
+                        "ends it), and classify by MODEL's own LM head's scores of the --verbalizer words there. "
+                        "MODEL needs its masked-lm or causal-lm head; no new head is added")
+    p.add_argument("--verbalizer", nargs="+", default=None,
+                   help="with --template: one label word per class, in label order (e.g. terrible great); each one "
+                        "token of MODEL's tokenizer")
+    p.add_argument("--shots-per-class", type=int, default=None,
+                   help="few-shot: train on K examples of each class, drawn with --seed (LM-BFF uses 16 and 5 seeds)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
     p.add_argument("--train-split", default=_D["train_split"], help="training split (file name without extension)")

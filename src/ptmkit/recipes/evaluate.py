@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ptmkit import adapt, atomic
+from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
+from ptmkit.adapt.prompts import Template, Verbalizer
 from ptmkit.analysis.metrics import compute_metrics, entity_scores
 from ptmkit.config import ConfigError
 from ptmkit.data.encode import Encoded, collate, prepare_backend, sorted_batches, word_predictions
@@ -22,6 +24,7 @@ from ptmkit.data.glue import GLUE_TASKS
 from ptmkit.data.task_data import TaskSpec, _labelled, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import load_model
+from ptmkit.models.heads import CausalLM
 from ptmkit.objectives.classification import task_logits, task_loss
 from ptmkit.train.logging import progress
 from ptmkit.train.precision import Precision
@@ -175,6 +178,14 @@ def evaluate(
     t0 = time.perf_counter()
 
     model = load_adapted(model_dir)
+    prompt = info.get("template") is not None  # prompt-based fine-tuning: the LM scores the label words
+    if prompt:
+        tok = Tokenizer.load(model_dir)
+        names = info["label_names"]
+        template = Template(info["template"])
+        space = template.before_slot("x", "x" if template.pair else None)[1] if isinstance(model, CausalLM) else ""
+        model = PromptClassifier(model, Verbalizer(info["verbalizer"], tok, space, names).ids, tok.mask_id)
+        model.label_names = names
     want = "token-classification" if spec.is_token else "sequence-classification"
     if getattr(model, "task", "base") != want:
         raise ValueError(f"{model_dir} is a {getattr(model, 'task', 'base')} model; task {task!r} needs "
@@ -189,6 +200,8 @@ def evaluate(
                             allow_unlabelled=True)
     tok = Tokenizer.load(model_dir)
     check_vocab(tok, model.config.vocab_size)
+    if prompt:
+        data = prompt_examples(data, template, tok, max_length, model.causal)
     enc = encode_split(spec, prepare_backend(tok), data, max_length, overlong, path)
     if len(enc) == 0:
         raise ValueError(f"{path}: no examples to evaluate")

@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from ptmkit import adapt, atomic, outputs
+from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
+from ptmkit.adapt.prompts import Template, Verbalizer, parse_words
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import init_model, load_model, save_model
+from ptmkit.models.heads import CausalLM
 from ptmkit.models.registry import backbone_of
 from ptmkit.objectives.classification import TaskConfig, TaskObjective
 from ptmkit.parallel.apply import unsharded
@@ -69,6 +72,12 @@ class FinetuneConfig:
     # the new task head train, and the run saves the method as an adapter (best/adapter/, PEFT's layout)
     method: str = "full"
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method's config (--METHOD.key)
+    # prompt-based fine-tuning (PET / LM-BFF): wrap each input in `template` ({text_a}, {text_b}, one {mask} slot)
+    # and classify by the LM's scores of the `verbalizer` words (one per class, label order) at the slot; the model
+    # keeps its masked-lm or causal-lm head and gets no new one
+    template: str | None = None
+    verbalizer: list[str] | None = None
+    shots_per_class: int | None = None  # few-shot: K training examples of each class (seeded), e.g. 16
     data_dir: str | None = None  # default: <data root>/glue/<TASK> or <data root>/ner/conll2003
     train_split: str = "train"
     eval_split: str = "dev"
@@ -166,6 +175,18 @@ class FinetuneConfig:
         elif self.method_options:
             raise ConfigError(f"{where}: method options {sorted(self.method_options)} given without a method; "
                               f"choose one with method (one of {sorted(adapt.METHODS)})")
+        if (self.template is None) != (self.verbalizer is None):
+            raise ConfigError(f"{where}: prompt-based fine-tuning needs both template and verbalizer (got only "
+                              f"{'template' if self.template is not None else 'verbalizer'})")
+        if self.template is not None:
+            Template(self.template)
+            self.verbalizer = parse_words(self.verbalizer)
+            if self.pooling is not None:
+                raise ConfigError(f"{where}: pooling is the classifier head's, and prompt-based fine-tuning has none")
+        if self.shots_per_class is not None and self.shots_per_class < 1:
+            raise ConfigError(f"{where}: shots_per_class must be >= 1, got {self.shots_per_class}")
+        if self.shots_per_class is not None and self.max_train_examples is not None:
+            raise ConfigError(f"{where}: give shots_per_class or max_train_examples, not both")
         if self.pooling not in (None, "cls", "mean"):
             raise ConfigError(f"{where}: pooling must be 'cls' or 'mean' (or unset), got {self.pooling!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -253,15 +274,23 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
     if len(train_data) == 0:
         raise ValueError(f"{train_path}: no training examples")
     train_data = _take(train_data, _subset(len(train_data), cfg.max_train_examples, cfg.seed))
+    if cfg.shots_per_class is not None:
+        train_data = _take(train_data, _per_class(train_data, cfg.shots_per_class, cfg.seed, train_path))
     dev = _take(dev, _subset(len(dev), cfg.max_eval_examples, cfg.seed + 1))
 
     tok = Tokenizer.load(model_dir)
+    objective = TaskObjective(TaskConfig(kind_of(spec)))
+    if cfg.template is not None and kind_of(spec) != "classification":
+        raise ConfigError(f"prompt-based fine-tuning classifies by label words; task {spec.task!r} is "
+                          f"{kind_of(spec)}: train it with a head (leave template unset)")
+    model = _model(cfg, objective.task, len(names) if not spec.is_regression else 1, tok, names)
+    if cfg.template is not None:  # the texts become filled templates before tokenisation
+        template = Template(cfg.template)
+        train_data = prompt_examples(train_data, template, tok, cfg.max_length, model.causal)
+        dev = prompt_examples(dev, template, tok, cfg.max_length, model.causal)
     backend = prepare_backend(tok)
     enc_train = encode_split(spec, backend, train_data, cfg.max_length, cfg.overlong, train_path)
     enc_dev = encode_split(spec, backend, dev, cfg.max_length, cfg.overlong, dev_path)
-
-    objective = TaskObjective(TaskConfig(kind_of(spec)))
-    model = _model(cfg, objective.task, len(names) if not spec.is_regression else 1, tok)
     if names is not None:
         model.label_names = list(names)  # saved as config.json id2label
     check_vocab(tok, model.config.vocab_size)
@@ -292,11 +321,35 @@ def _method_options(cfg: FinetuneConfig, tok: Tokenizer | None = None) -> dict[s
     return opts
 
 
-def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | None = None) -> torch.nn.Module:
+def _per_class(data, k: int, seed: int, source) -> np.ndarray:
+    """Indices of k examples of every class, drawn with `seed` (LM-BFF's few-shot sets: K per class)."""
+    labels = np.array([e.label for e in data.examples])
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(len(data.label_names)):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < k:
+            raise ConfigError(f"{source}: class {data.label_names[c]!r} has {len(idx)} examples, fewer than "
+                              f"shots_per_class={k}")
+        keep.extend(rng.choice(idx, size=k, replace=False).tolist())
+    return np.sort(np.array(keep))
+
+
+def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | None = None,
+           names: list[str] | None = None) -> torch.nn.Module:
     """The model to fine-tune, with a new task head: the directory's pre-trained weights, or (init='random') a freshly
     initialised model of its architecture, drawn from torch's RNG as seeded by cfg.seed. With a delta-tuning method
     the model is frozen but for the method's parameters and the task head (PEFT's modules_to_save); feature transfer
     brings its own head."""
+    if cfg.template is not None:  # the model's own LM head scores the label words: no new head
+        lm = init_model(cfg.model, dropout=cfg.dropout) if cfg.init == "random" else load_model(cfg.model,
+                                                                                                dropout=cfg.dropout)
+        if cfg.method != "full":
+            adapt.apply(lm, cfg.method, _method_options(cfg, tok))
+            adapt.freeze_except(lm)
+        template = Template(cfg.template)
+        space = template.before_slot("x", "x" if template.pair else None)[1] if isinstance(lm, CausalLM) else ""
+        return PromptClassifier(lm, Verbalizer(cfg.verbalizer, tok, space, names).ids, tok.mask_id)
     if cfg.init == "random":
         return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
     model = load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
@@ -365,6 +418,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
                  "label_field": spec.label_field, "regression": spec.is_regression, "columns": spec.columns,
                  "split_column": spec.split_column, "data_file": _resolved(spec.data_dir, spec.data_file),
                  "tag_scheme": "iob2" if spec.is_token else None}
+    if cfg.template is not None:
+        task_info.update(template=cfg.template, verbalizer=cfg.verbalizer, label_names=run.names)
 
     def save_best(model, step: int) -> None:
         if state is not None and state.cfg.dp_shard > 1:
@@ -373,9 +428,10 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
             return
         with atomic.atomic_dir(out / "best") as tmp:  # a crash mid-save leaves the previous best intact
             # with a delta method: the frozen base and the task head, and beside them the method as an adapter
-            save_model(model, tmp, tokenizer_from=str(model_dir), deltas="beside")
+            lm = model.lm if cfg.template is not None else model  # prompt-based: the LM itself is the classifier
+            save_model(lm, tmp, tokenizer_from=str(model_dir), deltas="beside")
             if cfg.method != "full":
-                adapt.save_adapter(model, tmp / ADAPTER_DIR, base_model=str(model_dir))
+                adapt.save_adapter(lm, tmp / ADAPTER_DIR, base_model=str(model_dir))
             atomic.write_text(tmp / TASK_FILE, json.dumps(task_info, indent=2) + "\n")
 
     if main and not resume:  # everything is validated: only now does the run touch its folder
@@ -405,7 +461,8 @@ def _plain_copy(cfg: FinetuneConfig, run: _Run, sharded, main: bool) -> torch.nn
             for k, v in sharded.state_dict().items()}
     if not main:
         return None
-    plain = _model(cfg, run.objective.task, len(run.names) if run.names else 1, Tokenizer.load(Path(cfg.model)))
+    plain = _model(cfg, run.objective.task, len(run.names) if run.names else 1, Tokenizer.load(Path(cfg.model)),
+                   run.names)
     plain.load_state_dict(full)
     if run.names is not None:
         plain.label_names = list(run.names)

@@ -64,8 +64,6 @@ def test_causal_lm_with_lora_learns_to_generate_the_label_word(tiny_lm, sst_dir,
     words = [tok.encode(" " + w, add_special_tokens=False)[0] for w in ("bad", "good")]
     classifier = PromptClassifier(lm, words)
     torch.testing.assert_close(classifier(ids).logits[0], lm(ids).logits[0, -1, words])
-    with torch.no_grad():
-        assert lm.generate(ids, max_new_tokens=1)[0, -1].item() in range(lm.config.vocab_size)
 
 
 def test_few_shot_draws_k_per_class(tiny_mlm, sst_dir, tmp_path):  # noqa: F811

@@ -241,11 +241,16 @@ def delta_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def freeze_except(model: nn.Module, trainable: Sequence[str] = ()) -> None:
-    """Only delta parameters and those under the modules named in `trainable` (a task head) keep gradients."""
+    """Only delta parameters and those under the modules named in `trainable` — full dotted names from the model's
+    root, e.g. a task head's ["dense", "out"] (PEFT's modules_to_save) — keep gradients."""
+    names = {n for n, _ in model.named_modules()}
+    unknown = [t for t in trainable if t not in names]
+    if unknown:
+        raise ConfigError(f"freeze_except: {type(model).__name__} has no module {unknown[0]!r} (trainable modules are "
+                          f"named from the model's root, e.g. {[n for n, _ in model.named_children()]})")
     keep = set(delta_parameters(model))
     for name, p in model.named_parameters():
-        under = any(pattern_matches(t, name.rsplit(".", 1)[0]) or name.startswith(t + ".") for t in trainable)
-        p.requires_grad_(name in keep or under)
+        p.requires_grad_(name in keep or any(name.startswith(t + ".") for t in trainable))
 
 
 def count_parameters(model: nn.Module) -> dict[str, Any]:

@@ -83,6 +83,16 @@ class PromptScorer:
                  device: torch.device):
         self.model, self.pad_id, self.precision, self.device = model, pad_id, precision, device
         self.label_ids = torch.tensor(label_ids, device=device)
+        self._prefix: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None  # last prefix's K/V
+
+    def _prefix_kv(self, prefix: list[int], dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values (L, 1, K, P, D) of the demonstrations, computed once for all the batches that share them."""
+        key = tuple(prefix)
+        if self._prefix is None or self._prefix[0] != key:
+            one = self.model.backbone.new_cache(1, len(prefix), dtype, self.device)
+            self.model.backbone(torch.tensor([prefix], device=self.device), cache=one)
+            self._prefix = (key, (one.k, one.v))
+        return self._prefix[1]
 
     @torch.no_grad()
     def __call__(self, prefix: list[int], queries: list[list[int]]) -> torch.Tensor:
@@ -101,9 +111,8 @@ class PromptScorer:
             if p:
                 dtype = next(self.model.parameters()).dtype
                 cache = bb.new_cache(b, p + t, dtype, self.device)
-                one = bb.new_cache(1, p, dtype, self.device)
-                bb(torch.tensor([prefix], device=self.device), cache=one)  # the demonstrations, once
-                cache.k[:, :, :, :p], cache.v[:, :, :, :p] = one.k, one.v  # (L, B, K, P, D) broadcast
+                k, v = self._prefix_kv(prefix, dtype)  # the demonstrations, once
+                cache.k[:, :, :, :p], cache.v[:, :, :, :p] = k, v  # (L, B, K, P, D) broadcast
                 cache.length = p
             mask = torch.cat([torch.ones(b, p, dtype=torch.long, device=self.device), qmask], dim=1)  # (B, P+T)
             h = bb(ids, attention_mask=mask, cache=cache).last_hidden_state  # (B, T, H)

@@ -77,3 +77,14 @@ def test_feature_transfer_needs_a_classifier():
         adapt.apply(_build("bert"), "feature")
     with pytest.raises(ConfigError, match="head must be linear or mlp"):
         adapt.apply(_classifier("bert"), "feature", {"head": "svm"})
+
+
+def test_freeze_except_names_modules_from_the_root():
+    model = _classifier("bert")
+    adapt.apply(model, "lora")
+    adapt.freeze_except(model, ["out"])  # the head's out layer, not every attention output projection
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"out.weight", "out.bias"} <= trainable
+    assert not any(n.startswith("backbone.") and ".lora." not in n for n in trainable)
+    with pytest.raises(ConfigError, match="has no module 'head'"):
+        adapt.freeze_except(model, ["head"])

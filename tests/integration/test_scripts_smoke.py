@@ -90,6 +90,14 @@ def test_model_step_headline_is_like_for_like(capsys):
     assert set(line["masked_only_gain"]) == {"bert-tiny"}  # its own line, not in the headline
 
 
+def test_delta_step_times_lora_against_peft(capsys):
+    summary, line = run_main(BENCH / "delta_step.py", ["--shapes", "llama-tiny", "--rounds", "1", "--warmup", "0"],
+                             capsys)
+    assert line == json.loads(json.dumps(summary))
+    assert line["benchmark"] == "delta_step" and line["failures"] == {} and line["ratio"] > 0
+    assert line["all_ratios"].keys() == {"llama-tiny"}
+
+
 def test_prepare_corpus_command_exits_0(data_dir):
     env = {**os.environ, "PTMKIT_DATA": str(data_dir)}
     run = subprocess.run([sys.executable, str(BENCH / "prepare_corpus.py"), "--docs", "2", "--runs", "1"],

@@ -30,3 +30,38 @@ def test_cached_generation_equals_uncached(method, family):
     logits = model(ids, attention_mask=mask).logits
     with adapt.disabled(model):  # the method is active on this path (greedy tokens of a tiny model may not show it)
         assert (model(ids, attention_mask=mask).logits - logits).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("method", sorted(m for m in adapt.METHODS if m not in CLASSIFIER_METHODS))
+def test_activation_checkpointing_gives_the_same_gradients(method):
+    """Recomputing each block in the backward pass runs the deltas' hooks again: same loss, same gradients."""
+    import copy
+
+    from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing
+
+    from ptmkit.models import build_model, make_config
+    from tests.contracts.test_model_families import TINY
+
+    torch.manual_seed(0)
+    no_dropout = dict(TINY["gpt2"][0], dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
+    model = build_model("gpt2", make_config("gpt2", no_dropout), "causal-lm")
+    adapt.apply(model, method, {"dropout": 0.0} if method == "feature" else None)
+    for m in model.modules():  # the methods' own dropout too: both runs must compute the same thing
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    _perturb(model)
+    adapt.freeze_except(model)
+    model.train()  # checkpointing only recomputes in training mode
+    twin = copy.deepcopy(model)
+    assert apply_activation_checkpointing(twin) > 0
+    ids = torch.randint(6, 101, (2, 9), generator=torch.Generator().manual_seed(1))
+    calls = []
+    twin.backbone.layers[0].attn.register_forward_hook(lambda *a: calls.append(1))
+    for m in (model, twin):
+        m(ids).logits.float().pow(2).mean().backward()
+    assert len(calls) == 2, "the block was not recomputed in the backward pass"
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    twin_grads = {n: p.grad for n, p in twin.named_parameters() if p.requires_grad}
+    assert grads.keys() == twin_grads.keys() and grads
+    for n, g in grads.items():
+        torch.testing.assert_close(twin_grads[n], g, atol=1e-6, rtol=1e-5)

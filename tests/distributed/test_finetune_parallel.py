@@ -53,3 +53,19 @@ def test_two_ranks_reproduce_one_process(tiny_model, sst_dir, tmp_path, layout):
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["ddp", "fsdp"])
+def test_lora_under_two_ranks_reproduces_one_process(tiny_model, sst_dir, tmp_path, layout):  # noqa: F811
+    """A delta method under torchrun: only the LoRA parameters and the head train, replicated (DDP) or sharded
+    (FSDP2 with frozen and trainable parameters in one unit), and the saved adapter equals the single-process one."""
+    lora = ("--method", "lora", "--lora.rank", "4")
+    _run(_args(tiny_model, sst_dir, tmp_path / "one", *lora))
+    _run(_args(tiny_model, sst_dir, tmp_path / layout, "--data-parallel", layout, *lora), nproc=2)
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / layout)), torch.tensor(_losses(tmp_path / "one")),
+                               rtol=1e-4, atol=1e-5)
+    a1 = load_file(str(tmp_path / "one" / "best" / "adapter" / "adapter_model.safetensors"))
+    a2 = load_file(str(tmp_path / layout / "best" / "adapter" / "adapter_model.safetensors"))
+    assert a1.keys() == a2.keys() and a1
+    for k in a1:
+        torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)

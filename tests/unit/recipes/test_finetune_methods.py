@@ -9,6 +9,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from ptmkit import adapt
 from ptmkit.cli import finetune as cli_finetune
@@ -129,3 +130,37 @@ def test_merging_an_adapter_that_is_no_change_of_weights_is_an_error(tiny_model,
     assert not (tmp_path / "merged").exists()
     with pytest.raises(ConfigError, match="base model's directory"):
         merge_adapter(out / "best", out / "best")
+
+
+def test_a_lora_run_resumes_bit_for_bit(tiny_model, sst_dir, tmp_path, monkeypatch):  # noqa: F811
+    """Ctrl-C mid-run then --resume gives the uninterrupted run's losses and adapter: the delta parameters and their
+    optimizer state travel in the engine's checkpoints."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from ptmkit.data.task_batches import TaskBatches
+    from ptmkit.train.logging import read_metrics
+
+    run = dict(epochs=2.0, eval_every=4, checkpoint_every=3, log_every=1, method="lora",
+               method_options={"rank": 4}, lr=3e-3)
+    finetune(_cfg(tiny_model, sst_dir, tmp_path / "ref", **run))
+    real_next = TaskBatches.__next__
+    drawn = {"n": 0}
+
+    def next_with_interrupt(self):
+        drawn["n"] += 1
+        if drawn["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_next(self)
+
+    monkeypatch.setattr(TaskBatches, "__next__", next_with_interrupt)
+    cfg = _cfg(tiny_model, sst_dir, tmp_path / "cut", **run)
+    assert finetune(cfg)["interrupted"]
+    monkeypatch.setattr(TaskBatches, "__next__", real_next)
+    finetune(cfg, resume=True)
+    losses = [[r["loss"] for r in read_metrics(tmp_path / d) if r["split"] == "train"] for d in ("ref", "cut")]
+    assert losses[0] == losses[1]
+    a, b = (load_file(str(tmp_path / d / "best" / "adapter" / "adapter_model.safetensors")) for d in ("ref", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

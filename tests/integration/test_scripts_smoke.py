@@ -224,6 +224,29 @@ def test_adaptation_methods(capsys, data_dir, tmp_path):
     assert "<!-- results:methods:begin -->" in text and "| lora |" in text and "%)" in text
 
 
+def test_few_shot(capsys, data_dir, tmp_path):
+    """The script's whole path on a tiny causal LM whose byte-level BPE keeps the label words whole."""
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.models import build_model, make_config, save_model
+
+    texts = [f"Review: a film\nSentiment: {w}" for w in ("negative", "positive") * 50] + \
+        [f"Question: x True or False?\nAnswer: {w}" for w in ("True", "False") * 50]
+    tok = Tokenizer.train(texts, "bpe", vocab_size=400, min_frequency=1)
+    model = tmp_path / "lm"
+    save_model(build_model("llama", make_config("llama", dict(
+        vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+        max_position_embeddings=2048)), "causal-lm"), model)
+    tok.save(model)
+    docs = tmp_path / "adaptation.md"
+    _, line = run_main(EXP / "few_shot.py",
+                       ["--model", str(model), "--tasks", "sst2,rte", "--seeds", "0", "--k", "2",
+                        "--demonstrations", "2", "--epochs", "1", "--batch-size", "2", "--max-eval", "8",
+                        "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
+    assert line["experiment"] == "few_shot"
+    assert {"head", "prompt", "prompt-lora", "icl (2 demos)", "zero-shot prompt, calibrated"} <= set(line["table"])
+    assert "<!-- results:few-shot:begin -->" in docs.read_text()
+
+
 def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811
     result, line = run_main(EXP / "transformer_xl_memory.py",
                             ["--hidden", "32", "--layers", "1", "--heads", "2", "--segment", "16", "--train-mems", "16",

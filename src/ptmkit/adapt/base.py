@@ -33,7 +33,8 @@ class Delta(nn.Module):
 
     is_delta = True  # models/io.py recognises delta parameters by this flag (it cannot import adapt)
     hook: str | None = "output"  # "output": change the module's output; "input": its first positional input;
-    # None: no hook, the module reads the Delta itself (prefix-tuning's keys and values, read by SelfAttention)
+    # "around": before(module, args, kwargs) and after(module, args, kwargs, out) see every argument (soft prompts,
+    # feature heads); None: no hook, the module reads the Delta itself (prefix keys/values, read by SelfAttention)
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,6 +77,27 @@ class _InputHook:
             delta.input(module, None)
             return None
         return (delta.input(module, inputs[0]), *inputs[1:])
+
+
+class _BeforeHook:
+    """A forward pre-hook with keyword arguments that runs `module.<attr>.before` (hook == "around")."""
+
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def __call__(self, module, args, kwargs):
+        return getattr(module, self.attr).before(module, args, kwargs)
+
+
+class _AfterHook:
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def __call__(self, module, args, kwargs, out):
+        return getattr(module, self.attr).after(module, args, kwargs, out)
+
+
+HOOKS = (_OutputHook, _InputHook, _BeforeHook, _AfterHook)
 
 
 @dataclass
@@ -167,13 +189,18 @@ def attach(site: Site, attr: str, delta: Delta) -> None:
         module.register_forward_hook(_OutputHook(attr))
     elif delta.hook == "input":
         module.register_forward_pre_hook(_InputHook(attr))
+    elif delta.hook == "around":
+        module.register_forward_pre_hook(_BeforeHook(attr), with_kwargs=True)
+        module.register_forward_hook(_AfterHook(attr), with_kwargs=True)
 
 
 def detach(module: nn.Module, attr: str) -> None:
     """Undo `attach`: the module's hook for `attr` and the Delta child."""
-    for hooks in (module._forward_hooks, module._forward_pre_hooks):
-        for key in [k for k, h in hooks.items() if isinstance(h, (_OutputHook, _InputHook)) and h.attr == attr]:
+    for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
+                               (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
+        for key in [k for k, h in hooks.items() if isinstance(h, HOOKS) and h.attr == attr]:
             del hooks[key]
+            with_kwargs.pop(key, None)
     delattr(module, attr)
 
 

@@ -68,7 +68,7 @@ def _last_token(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class FeatureHead(base.Delta):
     """Runs around the task model: asks for every layer's states when mixing, then replaces the logits."""
 
-    hook = None  # its two hooks take keyword arguments: attached by apply
+    hook = "around"  # before() asks for every layer's states, after() replaces the logits
 
     def __init__(self, model: nn.Module, cfg: FeatureConfig, n_states: int):
         super().__init__()
@@ -130,16 +130,6 @@ class FeatureHead(base.Delta):
         return out
 
 
-class _Before:
-    def __call__(self, module, args, kwargs):
-        return getattr(module, ATTR).before(module, args, kwargs)
-
-
-class _After:
-    def __call__(self, module, args, kwargs, out):
-        return getattr(module, ATTR).after(module, args, kwargs, out)
-
-
 def apply(model: nn.Module, cfg: FeatureConfig) -> nn.Module:
     task = getattr(model, "task", None)
     if task not in TASKS:
@@ -152,12 +142,4 @@ def apply(model: nn.Module, cfg: FeatureConfig) -> nn.Module:
     base.register(model, "feature", cfg)
     n_states = len(stacks[0][1]) + 1 if stacks else 1  # the embeddings, then each layer
     base.attach(base.Site("", model), ATTR, FeatureHead(model, cfg, n_states))
-    model.register_forward_pre_hook(_Before(), with_kwargs=True)
-    model.register_forward_hook(_After(), with_kwargs=True)
     return model
-
-
-def cleanup(model: nn.Module) -> None:
-    for hooks in (model._forward_pre_hooks, model._forward_hooks):
-        for key in [k for k, h in hooks.items() if isinstance(h, (_Before, _After))]:
-            del hooks[key]

@@ -40,11 +40,11 @@ METHODS: dict[str, Method] = {
                          "Liu et al. 2022", peft_type="PREFIX_TUNING", identity_at_init=False,
                          cleanup=prefix.cleanup),
     "prompt": Method("prompt", prompt.PromptConfig, prompt.apply, prompt.ATTR, "Lester et al. 2021",
-                     peft_type="PROMPT_TUNING", identity_at_init=False, cleanup=prompt.cleanup),
+                     peft_type="PROMPT_TUNING", identity_at_init=False),
     "ptuning": Method("ptuning", prompt.PTuningConfig, prompt.apply_ptuning, prompt.ATTR, "Liu et al. 2021",
-                      peft_type="PROMPT_TUNING", identity_at_init=False, cleanup=prompt.cleanup, bake=prompt.bake),
+                      peft_type="PROMPT_TUNING", identity_at_init=False, bake=prompt.bake),
     "feature": Method("feature", feature.FeatureConfig, feature.apply, feature.ATTR, "Peters et al. 2018",
-                      identity_at_init=False, cleanup=feature.cleanup),
+                      identity_at_init=False),
 }
 
 

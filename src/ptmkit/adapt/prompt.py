@@ -80,7 +80,7 @@ class PromptEncoder(nn.Module):
 class SoftPrompt(base.Delta):
     """Runs around the backbone: prepends the prompt to the input embeddings (and masks), drops it from the output."""
 
-    hook = None  # two hooks of its own (with keyword arguments), attached by apply
+    hook = "around"  # before() widens the inputs, after() drops the prompt positions
 
     def __init__(self, backbone: nn.Module, cfg: PromptConfig, encoder: PromptEncoder | None):
         super().__init__()
@@ -165,16 +165,6 @@ def _grow(cache, extra: int) -> None:
     cache.max_len += extra
 
 
-class _Before:
-    def __call__(self, module, args, kwargs):
-        return getattr(module, ATTR).before(module, args, kwargs)
-
-
-class _After:
-    def __call__(self, module, args, kwargs, out):
-        return getattr(module, ATTR).after(module, args, kwargs, out)
-
-
 def _backbone(model: nn.Module, name: str) -> nn.Module:
     backbone = getattr(model, "backbone", model)
     if not getattr(backbone, "takes_soft_prompt", False):
@@ -191,20 +181,11 @@ def apply(model: nn.Module, cfg: PromptConfig, name: str = "prompt") -> nn.Modul
         encoder = PromptEncoder(width, cfg.encoder_hidden or width, cfg.encoder, backbone.input_embeddings().weight)
     base.register(model, name, cfg)
     base.attach(base.Site("backbone", backbone), ATTR, SoftPrompt(backbone, cfg, encoder))
-    backbone.register_forward_pre_hook(_Before(), with_kwargs=True)
-    backbone.register_forward_hook(_After(), with_kwargs=True)
     return model
 
 
 def apply_ptuning(model: nn.Module, cfg: PTuningConfig) -> nn.Module:
     return apply(model, cfg, "ptuning")
-
-
-def cleanup(model: nn.Module) -> None:
-    backbone = getattr(model, "backbone", model)
-    for hooks in (backbone._forward_pre_hooks, backbone._forward_hooks):
-        for key in [k for k, h in hooks.items() if isinstance(h, (_Before, _After))]:
-            del hooks[key]
 
 
 def bake(model: nn.Module) -> nn.Module:

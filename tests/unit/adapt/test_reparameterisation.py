@@ -51,3 +51,16 @@ def test_the_heads_see_only_the_real_tokens():
     adapt.apply(model, "prompt", {"num_virtual_tokens": 3})
     out = model(*args, **kw, output_hidden_states=True)
     assert out.logits.shape[1] == t and all(h.shape[1] == t for h in out.hidden_states)
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])
+def test_removing_a_soft_prompt_gives_back_the_base_model(method):
+    model = _build("gpt2").eval()
+    args, kw, _ = _inputs("gpt2", padded=True)
+    base = model(*args, **kw).logits
+    adapt.apply(model, method, {"num_virtual_tokens": 3})
+    _perturb(model)
+    assert (model(*args, **kw).logits - base).abs().max() > 1e-4
+    adapt.remove(model, method)
+    assert not adapt.delta_parameters(model) and not model.backbone._forward_pre_hooks
+    assert_close(model(*args, **kw).logits, base)

@@ -28,6 +28,8 @@ import torch
 
 from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import ints, names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,9 +67,9 @@ def minilm_dir() -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model directory (default: all-MiniLM-L6-v2 from its package)")
-    p.add_argument("--methods", default=",".join(SETTINGS), help=f"comma list from {list(SETTINGS)}")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
-    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    p.add_argument("--methods", type=names(SETTINGS), default=",".join(SETTINGS), help=f"comma list from {list(SETTINGS)}")
+    p.add_argument("--tasks", type=names(TASKS), default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
+    p.add_argument("--seeds", type=ints, default="0,1,2", help="fine-tuning seeds")
     p.add_argument("--epochs", type=float, default=3.0, help="epochs over each (capped) training set")
     p.add_argument("--batch-size", type=int, default=32, help="training batch")
     p.add_argument("--max-train", type=int, default=None, help="cap every task's training set at this many examples")
@@ -76,14 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'methods' block is written")
     p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = p.parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    args.tasks = [t for t in args.tasks.split(",") if t]
-    args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    bad = [m for m in args.methods if m not in SETTINGS] + [t for t in args.tasks if t not in TASKS]
-    if bad:
-        p.error(f"unknown method or task {bad}; methods {list(SETTINGS)}, tasks {list(TASKS)}")
-    return args
+    return p.parse_args(argv)
 
 
 def run_one(args, row: str, task: str, seed: int) -> dict | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -29,6 +30,8 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.models import build_model, make_config
 from ptmkit.objectives import OBJECTIVES, seeded_generator
 from ptmkit.config import from_dict
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import ints  # noqa: E402
 
 LANGS = ("en", "de", "fr")
 
@@ -46,15 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=float, default=0.06, help="fraction of steps of linear warm-up")
     p.add_argument("--heldout", type=int, default=1000, help="last aligned train rows kept out for en-fr retrieval")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds; each trains both models from its own init")
+    p.add_argument("--seeds", type=ints, default="0,1,2", help="comma list of seeds; each trains both models from its own init")
     p.add_argument("--out", default="runs/crosslingual", help="folder for seed<N>.json (kept: a rerun reuses them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads; on a shared CPU more threads can be far slower")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N aligned train rows")
     args = p.parse_args(argv)
-    try:
-        args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
     if not args.seeds:
         p.error("--seeds names no seed")
     return args

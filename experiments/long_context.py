@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -40,6 +41,8 @@ from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.precision import Precision
 from ptmkit.train.schedule import ScheduleConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import names  # noqa: E402
 
 TAG = "[long-context]"
 # Each kernel's settings for a 2,048-token context (head dim 32 at the default width): every efficient kernel lets a
@@ -61,7 +64,7 @@ SIGNATURE = ("hidden", "layers", "heads", "context", "steps", "batch_size", "lr"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--kernels", default=",".join(KERNEL_OPTIONS),
+    p.add_argument("--kernels", type=names(ATTENTION), default=",".join(KERNEL_OPTIONS),
                    help="comma list of causal kernels to compare (sdpa is the reference); options from KERNEL_OPTIONS "
                         "or --kernel-options")
     p.add_argument("--kernel-options", default="{}",
@@ -93,15 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default="docs/architectures/efficient_attention.md",
                    help="markdown page whose 'long-context' results block is rewritten ('' = none); plot beside it")
     args = p.parse_args(argv)
-    args.kernels = [k for k in args.kernels.split(",") if k]
     try:
         overrides = json.loads(args.kernel_options)
     except json.JSONDecodeError as e:
         p.error(f"--kernel-options is not JSON: {e}")
     args.options = {k: {**KERNEL_OPTIONS.get(k, {}), **overrides.get(k, {})} for k in args.kernels}
-    bad = [k for k in args.kernels if k not in ATTENTION]
-    if bad:
-        p.error(f"--kernels: unknown {bad}; registered kernels: {sorted(ATTENTION)}")
     not_causal = [k for k in args.kernels if not ATTENTION[k].causal]
     if not_causal:
         p.error(f"--kernels: {not_causal} are not defined for causal attention (a language model needs it)")

@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -44,6 +45,8 @@ from ptmkit.train.logging import read_metrics
 from ptmkit.train.loop import train
 from ptmkit.train.precision import Precision
 from ptmkit.recipes.pretrain import PretrainConfig, build_objective, build_pretrain_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import ints, names  # noqa: E402
 
 VARIANTS = ("dense", "moe")
 
@@ -61,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset sizes; the options below override it")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {VARIANTS}")
+    p.add_argument("--variants", type=names(VARIANTS), default=",".join(VARIANTS), help=f"comma list from {VARIANTS}")
     p.add_argument("--hidden", type=int, help="model width H (the dense FFN and every expert are H -> 4H -> H)")
     p.add_argument("--layers", type=int, help="decoder depth")
     p.add_argument("--heads", type=int, help="attention heads")
@@ -77,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, help="tokens per sequence")
     p.add_argument("--lr", type=float, help="AdamW peak learning rate (same for both variants)")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up as a fraction of the steps (then cosine decay)")
-    p.add_argument("--seeds", default="0", help="comma list; one run per variant and seed")
+    p.add_argument("--seeds", type=ints, default="0", help="comma list; one run per variant and seed")
     p.add_argument("--eval-batches", type=int, help="held-out batches of --batch-size sequences")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -92,11 +95,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in SCALES[args.scale].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.variants = [v for v in args.variants.split(",") if v]
-    bad = [v for v in args.variants if v not in VARIANTS]
-    if bad:
-        p.error(f"--variants: unknown {bad}; choose from {list(VARIANTS)}")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.every > args.layers:
         p.error(f"--every {args.every} > --layers {args.layers} leaves no sparse block")
     for name in ("tokenizer", "shards", "eval_shards"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -39,6 +40,9 @@ from ptmkit.train.precision import Precision
 from ptmkit.recipes.pretrain import (
     PretrainConfig, plain_training_module, pretrain, save_trained,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import ints, names  # noqa: E402
 
 OBJECTIVES = ("mlm", "wwm", "span", "rtd")
 LABELS = {"mlm": "MLM", "wwm": "whole-word MLM", "span": "span + SBO", "rtd": "ELECTRA RTD",
@@ -63,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset sizes; the options below override it")
-    p.add_argument("--objectives", default=",".join(OBJECTIVES), help=f"comma list from {OBJECTIVES}")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {TASKS}")
+    p.add_argument("--objectives", type=names(OBJECTIVES), default=",".join(OBJECTIVES), help=f"comma list from {OBJECTIVES}")
+    p.add_argument("--tasks", type=names(TASKS), default=",".join(TASKS), help=f"comma list from {TASKS}")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the reference row: the same initial weights fine-tuned without pre-training")
     p.add_argument("--budget", type=int, help="compute budget, in training steps of the MLM model")
@@ -75,8 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="pre-training sequences per step")
     p.add_argument("--seq-len", type=int, help="pre-training tokens per sequence")
     p.add_argument("--lr", type=float, help="pre-training peak learning rate (same for every objective)")
-    p.add_argument("--pretrain-seeds", help="comma list; one pre-training run per objective and seed")
-    p.add_argument("--finetune-seeds", help="comma list; one fine-tuning run per model, task and seed")
+    p.add_argument("--pretrain-seeds", type=ints, help="comma list; one pre-training run per objective and seed")
+    p.add_argument("--finetune-seeds", type=ints, help="comma list; one fine-tuning run per model, task and seed")
     p.add_argument("--ft-epochs", type=float, help="fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (same for every model and task)")
     p.add_argument("--ft-max-train", type=int, help="cap on training examples per task (default: the scale's)")
@@ -92,15 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in SCALES[args.scale].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("pretrain_seeds", "finetune_seeds"):
-        v = getattr(args, key)
-        setattr(args, key, [int(s) for s in v.split(",")] if isinstance(v, str) else list(v))
-    args.objectives = [o for o in args.objectives.split(",") if o]
-    args.tasks = [t for t in args.tasks.split(",") if t]
-    for name, allowed in (("objectives", OBJECTIVES), ("tasks", TASKS)):
-        bad = [v for v in getattr(args, name) if v not in allowed]
-        if bad:
-            p.error(f"--{name}: unknown {bad}; choose from {list(allowed)}")
+    for key in ("pretrain_seeds", "finetune_seeds"):  # a scale's default is a list already
+        setattr(args, key, list(getattr(args, key)))
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args

@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -37,6 +38,8 @@ from ptmkit.data.shards import prepare_shards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.recipes.pretrain import PretrainConfig, pretrain
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lists import floats, ints, names  # noqa: E402
 
 # The demo's recipe (configs/bert-mini-mlm.yaml), at the demo's 600 steps.
 BASE = {
@@ -100,18 +103,18 @@ TASKS = {"sst2": dict(max_train_examples=2000, max_length=64), "cola": dict(max_
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {list(VARIANTS)}")
+    p.add_argument("--variants", type=names(VARIANTS), default=",".join(VARIANTS), help=f"comma list from {list(VARIANTS)}")
     p.add_argument("--no-random", action="store_true", help="skip the random-initialisation reference row")
     p.add_argument("--steps", type=int, help="pre-training steps of the base recipe (default 600; variants that "
                                              "change the batch scale it to keep the tokens equal)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
-    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
+    p.add_argument("--tasks", type=names(TASKS), default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
+    p.add_argument("--seeds", type=ints, default="0,1,2", help="fine-tuning seeds")
     p.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning peak lr (every model, every task)")
-    p.add_argument("--ft-lrs", default="",
+    p.add_argument("--ft-lrs", type=floats, default="",
                    help="comma list of further fine-tuning lrs for every model (random initialisation included): each "
                         "model is then compared at its best lr, so no model is judged at an lr that suits another")
-    p.add_argument("--random-lrs", default="",
+    p.add_argument("--random-lrs", type=floats, default="",
                    help="comma list of further fine-tuning lrs for the random-initialisation rows (random-lrX): a "
                         "random model may want a larger lr than a pre-trained one, so its best lr is a fairer floor")
     p.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch size")
@@ -124,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-shards", default="runs/demo/data/wikitext2-valid", help="held-out shards (built when "
                                                                                    "missing)")
     p.add_argument("--task-text-limit", type=int, help="tapt: use only the first N task sentences")
-    p.add_argument("--curve", default="", help="comma list of pre-training steps: the learning-curve mode (see above)")
+    p.add_argument("--curve", type=ints, default="", help="comma list of pre-training steps: the learning-curve mode (see above)")
     p.add_argument("--curve-docs", default="docs/pretraining_curve.md", help="page of the curve ('' = none)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite results.json and the docs block from the runs that have finished")
@@ -133,18 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default="docs/pretraining_budget.md", help="page whose results block is rewritten "
                                                                         "('' = none)")
     args = p.parse_args(argv)
-    args.variants = [v for v in args.variants.split(",") if v]
-    args.tasks = [t for t in args.tasks.split(",") if t]
-    args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.random_lrs = [float(v) for v in args.random_lrs.split(",") if v]
-    args.ft_lrs = [float(v) for v in args.ft_lrs.split(",") if v]
-    args.curve = sorted({int(v) for v in args.curve.split(",") if v})
+    args.curve = sorted(set(args.curve))
     if any(v <= 0 for v in args.curve):
         p.error(f"--curve: steps must be positive, got {args.curve}")
-    for name, allowed in (("variants", VARIANTS), ("tasks", TASKS)):
-        bad = [v for v in getattr(args, name) if v not in allowed]
-        if bad:
-            p.error(f"--{name}: unknown {bad}; choose from {list(allowed)}")
     return args
 
 

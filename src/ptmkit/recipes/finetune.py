@@ -27,7 +27,7 @@ import torch
 from ptmkit import adapt, atomic, outputs
 from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
 from ptmkit.adapt.prompts import Template, Verbalizer, parse_words
-from ptmkit.config import ConfigError, from_dict, to_dict
+from ptmkit.config import ConfigError, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split

@@ -16,7 +16,6 @@ Dimension legend: B queries, P prefix tokens, T query tokens, H hidden, C classe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from ptmkit.config import ConfigError, to_dict
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, load_split
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.models.heads import CausalLM
-from ptmkit.nn.attention import KVCache
 from ptmkit.recipes.evaluate import _device, _pad_id, load_adapted
 from ptmkit.train.logging import progress
 from ptmkit.train.precision import Precision

@@ -62,17 +62,23 @@ class LoRA(base.Delta):
             self.B[part] = nn.Parameter(torch.zeros(out, cfg.rank, dtype=w.dtype, device=w.device))  # (O, R)
             if rows is not None:
                 self.register_buffer(f"rows_{part}", rows.to(w.device), persistent=False)
+        if any(r is not None for r in parts.values()):  # every part's rows, in part order: one scatter for all
+            self.register_buffer("rows_all", torch.cat([r for r in parts.values()]).to(w.device), persistent=False)
 
     def _rows(self, part: str) -> torch.Tensor | None:
         return getattr(self, f"rows_{part}", None)
 
     def output(self, module, inputs, y):
         x = self.drop(inputs[0]).to(self.A[self.parts[0]].dtype)
-        for part in self.parts:
-            d = (x @ self.A[part].T @ self.B[part].T * self.scaling).to(y.dtype)  # (N, O)
-            rows = self._rows(part)
-            y = y + d if rows is None else y.index_add(-1, rows, d)
-        return y
+        if len(self.parts) == 1 and self._rows(self.parts[0]) is None:  # the whole output: one low-rank add
+            part = self.parts[0]
+            return y + (x @ self.A[part].T @ self.B[part].T * self.scaling).to(y.dtype)  # (N, O)
+        # Parts of a fused projection (q and v of qkv): one matmul into every part's rank, one scatter-add of all
+        # their rows (adding each part separately would copy the fused output once per part).
+        z = x @ torch.cat([self.A[p] for p in self.parts]).T  # (N, sum of ranks)
+        zs = z.split([self.A[p].shape[0] for p in self.parts], dim=-1)  # each part's (N, R)
+        d = torch.cat([zp @ self.B[p].T for zp, p in zip(zs, self.parts)], dim=-1) * self.scaling  # (N, rows)
+        return y.index_add(-1, self.rows_all, d.to(y.dtype))
 
     def delta_weight(self, part: str) -> torch.Tensor:
         return self.B[part] @ self.A[part] * self.scaling  # (O, I)

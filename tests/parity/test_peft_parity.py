@@ -203,3 +203,17 @@ def test_a_peft_prompt_loads_into_ptmkit(family, kind, tmp_path):
     theirs.save_pretrained(tmp_path / "peft")
     model = load_adapter(load_model(base_dir).eval(), tmp_path / "peft")
     assert_close(model(_ids()).logits, expected, **TOL)
+
+
+def test_a_peft_adapter_without_sidecar_is_still_checked(tmp_path):
+    """An adapter written by PEFT carries no ptmkit sidecar: its module names and tensor shapes are checked."""
+    base_dir = _base_dir("llama", tmp_path)
+    theirs = peft.get_peft_model(T.LlamaForCausalLM.from_pretrained(base_dir), _peft_config("llama", "lora"))
+    theirs.save_pretrained(tmp_path / "peft")
+    with pytest.raises(ConfigError, match="which this bert model does not have"):
+        load_adapter(load_model(_base_dir("bert", tmp_path / "b")), tmp_path / "peft")
+    wider = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=101, hidden_size=96, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=96))
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(ConfigError, match="trained on a base model of another size"):
+        load_adapter(load_model(tmp_path / "wider"), tmp_path / "peft")

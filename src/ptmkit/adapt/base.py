@@ -229,19 +229,19 @@ def deltas(model: nn.Module, attr: str | None = None) -> Iterator[tuple[str, nn.
                 yield name, module, child
 
 
-def merge(model: nn.Module, attr: str) -> nn.Module:
-    """Fold every `attr` delta into its module's weights. The delta parameters stay, switched off, so `unmerge`
-    can take them out again (and training can go on after unmerging)."""
+def merge(model: nn.Module, attr: str, hook: str | None = None) -> nn.Module:
+    """Fold every `attr` delta (of one hook side, if given) into its module's weights. The delta parameters stay,
+    switched off, so `unmerge` can take them out again (and training can go on after unmerging)."""
     for _, module, delta in deltas(model, attr):
-        if not delta.merged:
+        if not delta.merged and hook in (None, delta.hook):
             delta.fold(module, undo=False)
             delta.merged = True
     return model
 
 
-def unmerge(model: nn.Module, attr: str) -> nn.Module:
+def unmerge(model: nn.Module, attr: str, hook: str | None = None) -> nn.Module:
     for _, module, delta in deltas(model, attr):
-        if delta.merged:
+        if delta.merged and hook in (None, delta.hook):
             delta.fold(module, undo=True)
             delta.merged = False
     return model

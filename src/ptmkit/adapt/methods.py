@@ -76,16 +76,27 @@ def merge(model: nn.Module) -> nn.Module:
     if stuck:
         raise ConfigError(f"merge: {', '.join(stuck)} cannot be merged into the base weights (a non-linear module, "
                           "not a change of weights); keep the adapter beside the base model and load both")
+    # The forward pass is out_n(...out_1(W in(x))): output-side changes compose in the order they were applied
+    # (their hooks run in that order), input-side ones (IA3 on a feed-forward input) scale the columns of all of it.
     for n in names:
-        base.merge(model, METHODS[n].attr)
+        base.merge(model, METHODS[n].attr, "output")
+    for n in names:
+        base.merge(model, METHODS[n].attr, "input")
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
-    for n in base.applied(model):
-        if METHODS[n].mergeable:
-            base.unmerge(model, METHODS[n].attr)
+    """Take every merged change out again, exactly in reverse of merge's order."""
+    names = [n for n in base.applied(model) if METHODS[n].mergeable]
+    for n in reversed(names):
+        base.unmerge(model, METHODS[n].attr, "input")
+    for n in reversed(names):
+        base.unmerge(model, METHODS[n].attr, "output")
     return model
+
+
+def _merged(model: nn.Module) -> list[str]:
+    return [n for n in base.applied(model) if any(d.merged for _, _, d in base.deltas(model, METHODS[n].attr))]
 
 
 def bake(model: nn.Module) -> nn.Module:
@@ -103,11 +114,14 @@ def remove(model: nn.Module, name: str) -> nn.Module:
     if name not in applied:
         raise ConfigError(f"remove: {name} is not applied to this model (applied: {sorted(applied) or 'none'})")
     attr = METHODS[name].attr
-    if METHODS[name].mergeable:
-        base.unmerge(model, attr)
+    merged = _merged(model)
+    if merged:  # merges compose: take them all out, then put the others back
+        unmerge(model)
     for _, module, _ in list(base.deltas(model, attr)):
         base.detach(module, attr)
     if METHODS[name].cleanup is not None:
         METHODS[name].cleanup(model)
     del applied[name]
+    if [n for n in merged if n != name]:
+        merge(model)
     return model

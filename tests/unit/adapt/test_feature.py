@@ -88,3 +88,4 @@ def test_freeze_except_names_modules_from_the_root():
     assert not any(n.startswith("backbone.") and ".lora." not in n for n in trainable)
     with pytest.raises(ConfigError, match="has no module 'head'"):
         adapt.freeze_except(model, ["head"])
+

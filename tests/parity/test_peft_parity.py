@@ -217,3 +217,16 @@ def test_a_peft_adapter_without_sidecar_is_still_checked(tmp_path):
     wider.save_pretrained(tmp_path / "wider")
     with pytest.raises(ConfigError, match="trained on a base model of another size"):
         load_adapter(load_model(tmp_path / "wider"), tmp_path / "peft")
+
+
+def test_several_methods_reload_in_the_order_they_were_applied(tmp_path):
+    base_dir = _base_dir("llama", tmp_path)
+    model = load_model(base_dir).eval()
+    adapt.apply(model, "lora")
+    adapt.apply(model, "ia3")  # both on the fused qkv: (W x + B A x) * l, not W x * l + B A x
+    _train_a_little(model)
+    model.eval()
+    save_adapter(model, tmp_path / "adapter")
+    again = load_adapter(load_model(base_dir).eval(), tmp_path / "adapter")
+    assert list(adapt.base.applied(again)) == ["lora", "ia3"]
+    assert_close(again(_ids()).logits, model(_ids()).logits, **TOL)

@@ -170,12 +170,30 @@ def find_sites(model: nn.Module, targets: str | Sequence[str], *, types: tuple[t
                 f"q, k, v, gate, up); e.g. {names[:4]}")
         for s in hits:
             sites[(s.name, s.part)] = s
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    sites = dict(sorted(sites.items(), key=lambda kv: order.get(kv[0][0], -1)))  # model order, whatever the patterns'
     whole = {name for name, part in sites if part is None}
     overlap = sorted({name for name, part in sites if part is not None and name in whole})
     if overlap:
         raise ConfigError(f"{method}: targets take {overlap[0]} both whole and by part (e.g. 'qkv' and 'q'); "
                           "name it once")
     return list(sites.values())
+
+
+def refuse_tied(model: nn.Module, sites: list[Site], method: str) -> None:
+    """A weight shared by two modules (an output layer tied to the input embedding) cannot take a mergeable change:
+    merging it would change the other module too."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        w = getattr(module, "weight", None)
+        if isinstance(w, torch.Tensor):
+            owners.setdefault(id(w), []).append(name)
+    for s in sites:
+        shared = owners.get(id(getattr(s.module, "weight", None)), [])
+        if len(set(shared)) > 1:
+            other = next(n for n in shared if n != s.name)
+            raise ConfigError(f"{method}: {s.name} shares its weight with {other} (tied embeddings), so a change "
+                              f"merged into it would change {other} too; leave it out of the targets")
 
 
 def attach(site: Site, attr: str, delta: Delta) -> None:

@@ -49,7 +49,7 @@ def apply(model: nn.Module, cfg: BitFitConfig) -> nn.Module:
         raise ConfigError(f"bitfit: none of the {len(sites)} target modules of {type(model).__name__} has a bias "
                           "term, so BitFit has nothing to train (LLaMA and T5 have no biases); choose LoRA or "
                           "IA3 for this model")
-    base.register(model, "bitfit", cfg)
+    base.register(model, "bitfit", cfg)  # biases are never tied: nothing to refuse
     for s in with_bias:
         base.attach(s, ATTR, BiasDelta(s.module.bias))
     return model

@@ -80,6 +80,7 @@ def apply(model: nn.Module, cfg: IA3Config) -> nn.Module:
     if any(s.part is not None for s in feedforward):
         raise ConfigError("ia3: a feed-forward target scales its input, so it must be a whole module (e.g. down), "
                           "not part of a fused projection")
+    base.refuse_tied(model, sites, "ia3")
     base.register(model, "ia3", cfg)
     by_module: dict[str, list[base.Site]] = {}
     for s in sites:

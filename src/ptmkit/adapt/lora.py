@@ -98,6 +98,7 @@ class LoRA(base.Delta):
 def apply(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Add LoRA to every target nn.Linear (or part of a fused projection) of `model`, in place."""
     sites = base.find_sites(model, cfg.targets, exclude=cfg.exclude, method="lora")
+    base.refuse_tied(model, sites, "lora")
     base.register(model, "lora", cfg)
     by_module: dict[str, tuple[nn.Module, dict[str, torch.Tensor | None]]] = {}
     for s in sites:

@@ -34,6 +34,7 @@ from ptmkit.models.registry import backbone_of, task_of
 log = get_logger(__name__)
 
 CONFIG, WEIGHTS, SIDECAR = "adapter_config.json", "adapter_model.safetensors", "ptmkit_adapter.json"
+ORDER = "ptmkit_adapters.json"  # several methods: their subdirectories in the order applied (hooks compose in it)
 PREFIX = "base_model.model."
 SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size")
 
@@ -151,6 +152,9 @@ def _ia3_to_peft(model: nn.Module, cfg: ia3.IA3Config) -> tuple[dict, dict[str, 
     slices = hf_slices(model, list(sites))
     tensors, targets, feedforward = {}, [], []
     for name, (module, delta) in sites.items():
+        if not slices[name]:
+            raise ConfigError(f"adapter export: {name} has no weight of its own in the Hugging Face checkpoint; "
+                              "leave it out of the IA3 targets")
         for sl in slices[name]:
             if delta.hook == "input":
                 vec = delta.scale.detach().cpu()[sl.cols][None, :]  # (1, I)
@@ -215,6 +219,15 @@ def _prefix_to_peft(model: nn.Module, cfg: prefix.PrefixConfig) -> tuple[dict, d
     hf_adapter(model)  # PEFT needs the transformers form of the base model
     encoder = getattr(model, prefix.ENCODER)
     sites = [d for _, _, d in base.deltas(model, prefix.ATTR)]
+    bb = backbone_of(model)
+    if not bb.causal:
+        # transformers' encoders start the positions after PEFT's prefix (the cache length); ptmkit's encoders
+        # keep theirs, so the two would differ: kept in ptmkit's own layout
+        raise CheckpointError("PEFT's encoder prefixes shift the token positions; ptmkit's do not")
+    attention = [m for m in bb.modules() if isinstance(m, prefix.SelfAttention)]
+    if len(sites) != len(attention):
+        raise CheckpointError(f"the prefix covers {len(sites)} of {len(attention)} self-attention layers; PEFT's "
+                              "covers them all")
     with torch.no_grad():
         table = encoder.compute().detach().cpu()  # (P, L*2*K*D)
     config = {"peft_type": "PREFIX_TUNING", "task_type": _task_type(model), "num_virtual_tokens": table.shape[0],
@@ -227,6 +240,10 @@ def _prefix_from_peft(model: nn.Module, config: dict[str, Any], tensors: dict[st
     table = tensors.get("prompt_embeddings")
     if table is None or table.dim() != 2:
         raise ConfigError("adapter load: a PREFIX_TUNING adapter holds one 2-D tensor, prompt_embeddings")
+    if not backbone_of(model).causal:
+        raise ConfigError("adapter load: PEFT's prefix for an encoder shifts the token positions by the prefix "
+                          "length and ptmkit's encoders do not, so it would not give PEFT's outputs; prefixes are "
+                          "exchanged with PEFT for decoders (use a ptmkit-saved prefix for encoders)")
     cfg = prefix.PTuningV2Config(num_virtual_tokens=table.shape[0])
     prefix.apply_ptuning_v2(model, cfg)
     encoder = getattr(model, prefix.ENCODER)
@@ -309,6 +326,12 @@ def _check_shape(hf: str, got: torch.Tensor, rows: int | None, cols: int | None)
                           "was trained on a base model of another size: load it onto that model")
 
 
+def _owned(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """The parameters method `name` added: those of its Delta children (the prefix's model-level encoder too)."""
+    attrs = {METHODS[name].attr, *METHODS[name].extra_attrs}
+    return {k: v for k, v in base.delta_parameters(model).items() if attrs & set(k.split("."))}
+
+
 WRITERS = {"lora": _lora_to_peft, "ia3": _ia3_to_peft, "prefix": _prefix_to_peft, "ptuning-v2": _prefix_to_peft,
            "prompt": _prompt_to_peft, "ptuning": _prompt_to_peft}
 # PEFT saves P-tuning's prompt, not its encoder: read, it is a prompt-tuning prompt
@@ -339,11 +362,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | No
                 log.info("%s: saving %s under ptmkit names (%s)", where, name, e)
         if config is None:
             config = {"peft_type": f"PTMKIT_{name.upper()}", "task_type": None, "inference_mode": True}
-            tensors = {PREFIX + k: v for k, v in base.delta_parameters(model).items()
-                       if METHODS[name].attr in k.split(".")}
+            tensors = {PREFIX + k: v for k, v in _owned(model, name).items()}
         config["base_model_name_or_path"] = None if base_model is None else str(base_model)
         sidecar = {"method": name, "config": to_dict(cfg), "base": _base_description(model)}
         _write(where, config, tensors, sidecar)
+    if len(methods) > 1:
+        atomic.write_text(path / ORDER, json.dumps({"order": list(methods)}, indent=2) + "\n")
     return path
 
 
@@ -352,6 +376,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     if not (path / CONFIG).is_file():
         subdirs = sorted(p for p in path.iterdir() if (p / CONFIG).is_file()) if path.is_dir() else []
+        if (path / ORDER).is_file():  # applied in the order they were trained in: their hooks compose in it
+            subdirs = [path / n for n in json.loads((path / ORDER).read_text())["order"]]
         if not subdirs:
             raise FileNotFoundError(f"{path} has no {CONFIG}: is it an adapter directory?")
         for sub in subdirs:
@@ -376,8 +402,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ConfigError(f"load_adapter: {path} lacks {SIDECAR}, which a {peft_type} adapter needs")
     name = sidecar["method"]
     METHODS[name].apply(model, make_config(name, sidecar["config"]))
-    own = base.delta_parameters(model)
-    mine = {k: v for k, v in own.items() if METHODS[name].attr in k.split(".")}
+    mine = _owned(model, name)
     stored = {k[len(PREFIX):]: v for k, v in tensors.items()}
     if not mine:
         raise ConfigError(f"load_adapter: {name} added no parameters to this model; cannot load {path}")

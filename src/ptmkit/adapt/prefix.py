@@ -53,7 +53,7 @@ class PrefixEncoder(base.Delta):
 
     def __init__(self, cfg: PrefixConfig, layers: int, kv_dim: int, like: torch.Tensor):
         super().__init__()
-        self.hook = "input"
+        self.hook = "around"  # computed before the model's forward
         self.layers, self.kv_dim = layers, kv_dim
         opts = dict(dtype=like.dtype, device=like.device)
         width = kv_dim if cfg.projection else layers * 2 * kv_dim
@@ -68,9 +68,28 @@ class PrefixEncoder(base.Delta):
         t = self.embedding.weight  # (P, width)
         return self.mlp(t) if self.mlp is not None else t  # (P, L*2*K*D)
 
-    def input(self, module, x):
-        object.__setattr__(self, "table", self.compute())  # once per forward of the model; each layer reads its slice
-        return x
+    def _weights_version(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.parameters())  # bumped by every in-place update (an optimizer step)
+
+    def before(self, module, args, kwargs):
+        # once per forward of the model; each layer reads its slice. It is kept after the forward: a checkpointed
+        # block recomputed in the backward pass must read the very same table
+        object.__setattr__(self, "table", self.compute())
+        object.__setattr__(self, "table_version", self._weights_version())
+
+    def current(self) -> torch.Tensor:
+        """This forward's table, or a fresh one when the weights changed since (or outside the model's forward)."""
+        if self.table is not None and getattr(self, "table_version", None) == self._weights_version():
+            return self.table
+        return self.compute()
+
+    def after(self, module, args, kwargs, out):
+        return None
+
+    def __getstate__(self):  # copies and pickles leave the transient table (and its autograd graph) behind
+        state = dict(super().__getstate__())
+        state["table"] = None
+        return state
 
 
 class PrefixSite(base.Delta):
@@ -89,7 +108,7 @@ class PrefixSite(base.Delta):
 
     def kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder
-        table = enc.table if enc.table is not None else enc.compute()
+        table = enc.current()
         n = enc.kv_dim
         k = table[:, 2 * self.layer * n:(2 * self.layer + 1) * n]  # (P, K*D)
         v = table[:, (2 * self.layer + 1) * n:(2 * self.layer + 2) * n]  # (P, K*D)

@@ -46,6 +46,12 @@ class Template:
             raise ConfigError(f"template {self.text!r} uses {{text_b}} but the task has one text column")
         return self.text.replace("{text_a}", text_a).replace("{text_b}", text_b or "").replace("{mask}", mask)
 
+    @property
+    def space_before_slot(self) -> str:
+        """" " when the template has a space right before the slot: it belongs to the label word, which a byte-level
+        BPE (GPT-2, RoBERTa, SmolLM2) encodes as " great", not "great" (LM-BFF's label words carry it too)."""
+        return " " if self.text.partition("{mask}")[0].endswith(" ") else ""
+
     def before_slot(self, text_a: str, text_b: str | None = None) -> tuple[str, str]:
         """(text before the slot without its trailing space, the space that goes with the label word) — for causal
         LMs, which read the label word as the next token. The slot must end the template (up to punctuation)."""

@@ -24,7 +24,6 @@ from ptmkit.data.glue import GLUE_TASKS
 from ptmkit.data.task_data import TaskSpec, _labelled, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import load_model
-from ptmkit.models.heads import CausalLM
 from ptmkit.objectives.classification import task_logits, task_loss
 from ptmkit.train.logging import progress
 from ptmkit.train.precision import Precision
@@ -183,8 +182,8 @@ def evaluate(
         tok = Tokenizer.load(model_dir)
         names = info["label_names"]
         template = Template(info["template"])
-        space = template.before_slot("x", "x" if template.pair else None)[1] if isinstance(model, CausalLM) else ""
-        model = PromptClassifier(model, Verbalizer(info["verbalizer"], tok, space, names).ids, tok.mask_id)
+        model = PromptClassifier(model, Verbalizer(info["verbalizer"], tok, template.space_before_slot, names).ids,
+                                 tok.mask_id)
         model.label_names = names
     want = "token-classification" if spec.is_token else "sequence-classification"
     if getattr(model, "task", "base") != want:

@@ -33,7 +33,6 @@ from ptmkit.data.task_batches import TaskBatches
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import init_model, load_model, save_model
-from ptmkit.models.heads import CausalLM
 from ptmkit.models.registry import backbone_of
 from ptmkit.objectives.classification import TaskConfig, TaskObjective
 from ptmkit.parallel.apply import unsharded
@@ -295,9 +294,10 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
         model.label_names = list(names)  # saved as config.json id2label
     check_vocab(tok, model.config.vocab_size)
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and cfg.max_length > max_pos:
-        raise ConfigError(f"max_length {cfg.max_length} exceeds the model's {max_pos} positions; "
-                          f"use max_length <= {max_pos}")
+    extra = adapt.extra_positions(model)  # a soft prompt's or a decoder prefix's positions come first
+    if max_pos is not None and cfg.max_length + extra > max_pos:
+        raise ConfigError(f"max_length {cfg.max_length}" + (f" + {extra} prompt positions" if extra else "")
+                          + f" exceeds the model's {max_pos} positions; use max_length <= {max_pos - extra}")
     pad_id = _pad_id(tok)
     rank, world = (state.dp_rank, state.cfg.dp) if state is not None else (0, 1)
     batches = TaskBatches(enc_train, cfg.batch_size, pad_id, seed=cfg.seed, bucket=cfg.bucket_batches, rank=rank,
@@ -348,8 +348,8 @@ def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | Non
             adapt.apply(lm, cfg.method, _method_options(cfg, tok))
             adapt.freeze_except(lm)
         template = Template(cfg.template)
-        space = template.before_slot("x", "x" if template.pair else None)[1] if isinstance(lm, CausalLM) else ""
-        return PromptClassifier(lm, Verbalizer(cfg.verbalizer, tok, space, names).ids, tok.mask_id)
+        return PromptClassifier(lm, Verbalizer(cfg.verbalizer, tok, template.space_before_slot, names).ids,
+                                tok.mask_id)
     if cfg.init == "random":
         return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
     model = load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
@@ -431,7 +431,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
             lm = model.lm if cfg.template is not None else model  # prompt-based: the LM itself is the classifier
             save_model(lm, tmp, tokenizer_from=str(model_dir), deltas="beside")
             if cfg.method != "full":
-                adapt.save_adapter(lm, tmp / ADAPTER_DIR, base_model=str(model_dir))
+                # its base is best/ itself (the frozen weights and the trained head), where PEFT finds both
+                adapt.save_adapter(lm, tmp / ADAPTER_DIR, base_model=str((out / "best").resolve()))
             atomic.write_text(tmp / TASK_FILE, json.dumps(task_info, indent=2) + "\n")
 
     if main and not resume:  # everything is validated: only now does the run touch its folder

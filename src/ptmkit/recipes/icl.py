@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ptmkit import atomic, outputs
+from ptmkit.adapt import extra_positions
 from ptmkit.adapt.prompts import Template, Verbalizer, parse_words
 from ptmkit.config import ConfigError, to_dict
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, load_split
@@ -84,12 +85,13 @@ class PromptScorer:
         self._prefix: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None  # last prefix's K/V
 
     def _prefix_kv(self, prefix: list[int], dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values (L, 1, K, P, D) of the demonstrations, computed once for all the batches that share them."""
+        """Keys/values (L, 1, K, S, D) of the demonstrations, computed once for all the batches that share them.
+        S may exceed the prefix's tokens: a soft prompt (ptmkit.adapt.prompt) puts its own in front of them."""
         key = tuple(prefix)
         if self._prefix is None or self._prefix[0] != key:
             one = self.model.backbone.new_cache(1, len(prefix), dtype, self.device)
             self.model.backbone(torch.tensor([prefix], device=self.device), cache=one)
-            self._prefix = (key, (one.k, one.v))
+            self._prefix = (key, (one.k[:, :, :, : one.length], one.v[:, :, :, : one.length]))
         return self._prefix[1]
 
     @torch.no_grad()
@@ -108,10 +110,11 @@ class PromptScorer:
             cache = None
             if p:
                 dtype = next(self.model.parameters()).dtype
-                cache = bb.new_cache(b, p + t, dtype, self.device)
                 k, v = self._prefix_kv(prefix, dtype)  # the demonstrations, once
-                cache.k[:, :, :, :p], cache.v[:, :, :, :p] = k, v  # (L, B, K, P, D) broadcast
-                cache.length = p
+                s = k.shape[3]  # cached positions: the prefix's tokens (and a soft prompt's)
+                cache = bb.new_cache(b, s + t, dtype, self.device)
+                cache.k[:, :, :, :s], cache.v[:, :, :, :s] = k, v  # (L, B, K, S, D) broadcast
+                cache.length = s
             mask = torch.cat([torch.ones(b, p, dtype=torch.long, device=self.device), qmask], dim=1)  # (B, P+T)
             h = bb(ids, attention_mask=mask, cache=cache).last_hidden_state  # (B, T, H)
             last = h[torch.arange(b, device=self.device), qmask.sum(1) - 1]  # (B, H): each query's slot
@@ -154,8 +157,8 @@ def icl(cfg: ICLConfig) -> dict[str, Any]:
                           "prompts a causal LM (causal-lm), e.g. SmolLM2 converted with ptm convert")
     model.to(device).eval()
     tok = Tokenizer.load(cfg.model)
-    _, space = template.before_slot(dev.examples[0].text_a, dev.examples[0].text_b)
-    verbalizer = Verbalizer(cfg.verbalizer, tok, space=space, names=names)
+    template.before_slot(dev.examples[0].text_a, dev.examples[0].text_b)  # a causal LM: the slot must end it
+    verbalizer = Verbalizer(cfg.verbalizer, tok, space=template.space_before_slot, names=names)
     scorer = PromptScorer(model, verbalizer.ids, _pad_id(tok), Precision(cfg.precision, device), device)
     gold = np.array([e.label for e in dev.examples])
     queries = [_encode(tok, template.before_slot(e.text_a, e.text_b)[0], False) for e in dev.examples]
@@ -177,7 +180,7 @@ def icl(cfg: ICLConfig) -> dict[str, Any]:
             idx = np.random.default_rng(seed).choice(len(train.examples), size=k, replace=False)
             prefix = _encode(tok, _demonstrations(template, train, idx, cfg.verbalizer, cfg.separator), True) \
                 if k else _encode(tok, "", True)
-            longest = len(prefix) + max(len(q) for q in queries)
+            longest = len(prefix) + max(len(q) for q in queries) + extra_positions(model)
             if max_pos is not None and longest > max_pos:
                 raise ConfigError(f"icl: {k} demonstrations make prompts of up to {longest} tokens, more than the "
                                   f"model's {max_pos} positions; use fewer shots or a shorter template")

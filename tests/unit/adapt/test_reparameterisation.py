@@ -64,3 +64,27 @@ def test_removing_a_soft_prompt_gives_back_the_base_model(method):
     adapt.remove(model, method)
     assert not adapt.delta_parameters(model) and not model.backbone._forward_pre_hooks
     assert_close(model(*args, **kw).logits, base)
+
+
+def test_the_prefix_table_follows_the_weights_and_copies():
+    """After an optimizer step a call outside the model's forward reads fresh prefixes, and a trained model copies."""
+    import copy
+
+    model = _build("gpt2")
+    adapt.apply(model, "prefix", {"num_virtual_tokens": 3, "projection_hidden": 16})
+    adapt.freeze_except(model)
+    args, kw, _ = _inputs("gpt2", padded=True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model(*args, **kw).logits.pow(2).mean().backward()
+    opt.step()
+    twin = copy.deepcopy(model)  # the graph of the last forward is not copied
+    fresh = model.prefix_encoder.compute()
+    assert_close(model.prefix_encoder.current(), fresh)
+    assert_close(twin.prefix_encoder.current(), fresh)
+
+
+def test_the_space_before_the_slot_goes_with_the_label_word():
+    from ptmkit.adapt.prompts import Template
+
+    assert Template("{text_a} It was {mask}.").space_before_slot == " "
+    assert Template("{text_a}\nSentiment:{mask}").space_before_slot == ""

@@ -24,8 +24,9 @@ OPTIONS = {"prefix": {"num_virtual_tokens": 4, "projection_hidden": 16}, "ptunin
            "houlsby": {"bottleneck": 8}, "pfeiffer": {"bottleneck": 8}}
 
 
-# saved as PEFT saves them (the trained table, without the training-only encoder), so they load as the plain form
-LOADED_AS = {"prefix": "ptuning-v2", "ptuning": "prompt"}
+# saved as PEFT saves it (the trained prompt, without the training-only encoder), so it loads as the plain form;
+# an encoder's prefix is kept in ptmkit's own layout (PEFT's encoder prefixes shift positions) and loads as itself
+LOADED_AS = {"ptuning": "prompt"}
 
 
 def _digest(path) -> str:

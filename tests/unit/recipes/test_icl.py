@@ -100,3 +100,23 @@ def test_icl_needs_a_causal_lm(sst_dir, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="prompts a causal LM"):
         icl(ICLConfig(model=str(path), task="sst2", data_dir=str(sst_dir), out=str(tmp_path / "o"),
                       template=TEMPLATE, verbalizer="bad,good", shots=[0], show_progress=False))
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+def test_the_shared_prefix_cache_works_with_adapters(tiny_lm, method):
+    """A model carrying a soft prompt, a prefix or LoRA scores each query as its full prompt alone would."""
+    from ptmkit import adapt
+    from tests.contracts.test_delta_methods import _perturb
+
+    model = load_model(tiny_lm).eval()
+    adapt.apply(model, method, {"num_virtual_tokens": 3} if method != "lora" else None)
+    _perturb(model)
+    tok = Tokenizer.load(tiny_lm)
+    label_ids = Verbalizer(["bad", "good"], tok, space=" ").ids
+    scorer = PromptScorer(model, label_ids, 0, Precision("fp32", torch.device("cpu")), torch.device("cpu"))
+    prefix = tok.encode("Review: the movie was good\nSentiment: good\n\n", add_special_tokens=False)
+    queries = [tok.encode(t, add_special_tokens=False) for t in ["Review: a film\nSentiment:", "Review: bad\nSentiment:"]]
+    shared = scorer(prefix, queries)
+    for i, q in enumerate(queries):
+        alone = model(torch.tensor([prefix + q])).logits[0, -1].float().log_softmax(-1)[label_ids]
+        torch.testing.assert_close(shared[i], alone, atol=1e-5, rtol=1e-5)

@@ -40,6 +40,9 @@ REFUSED: dict[tuple[str, str], str] = {
 # megatron-bert with bert, mbart with bart, t5-encoder with t5), and test_model_families covers them as models.
 FAMILIES = ["albert", "bart", "bert", "electra", "gpt2", "llama", "t5", "transfo-xl", "xlnet"]
 CLASSIFIER_METHODS = ("feature",)
+# training runs a few optimizer steps: one family of each kind (encoder, decoder with learned and with rotary
+# positions, encoder-decoder) keeps the suite's time in bounds; the checks above run on every family
+TRAIN_FAMILIES = ("bert", "gpt2", "llama", "t5")
 CASES = [(m, f) for m in sorted(adapt.METHODS) for f in FAMILIES]
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -150,7 +153,7 @@ def test_merged_equals_unmerged(method, family):
         assert_close(p, before[n], atol=1e-5, rtol=1e-5, msg=lambda m: f"{n} not restored by unmerge: {m}")
 
 
-@pytest.mark.parametrize("method,family", CASES)
+@pytest.mark.parametrize("method,family", [(m, f) for m, f in CASES if f in TRAIN_FAMILIES])
 def test_a_few_steps_lower_the_loss(method, family):
     model, inputs, _ = _applied(method, family)
     _perturb(model, seed=4)

@@ -183,15 +183,15 @@ def find_sites(model: nn.Module, targets: str | Sequence[str], *, types: tuple[t
 def refuse_tied(model: nn.Module, sites: list[Site], method: str) -> None:
     """A weight shared by two modules (an output layer tied to the input embedding) cannot take a mergeable change:
     merging it would change the other module too."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
+    owners: dict[int, dict[int, str]] = {}  # weight -> the distinct modules holding it (a module reused across
+    for name, module in model.named_modules():  # layers, ALBERT's sharing, is one module: not a tie)
         w = getattr(module, "weight", None)
         if isinstance(w, torch.Tensor):
-            owners.setdefault(id(w), []).append(name)
+            owners.setdefault(id(w), {})[id(module)] = name
     for s in sites:
-        shared = owners.get(id(getattr(s.module, "weight", None)), [])
-        if len(set(shared)) > 1:
-            other = next(n for n in shared if n != s.name)
+        shared = owners.get(id(getattr(s.module, "weight", None)), {})
+        if len(shared) > 1:
+            other = next(n for m, n in shared.items() if m != id(s.module))
             raise ConfigError(f"{method}: {s.name} shares its weight with {other} (tied embeddings), so a change "
                               f"merged into it would change {other} too; leave it out of the targets")
 

@@ -47,12 +47,6 @@ CASES = [(m, f) for m in sorted(adapt.METHODS) for f in FAMILIES if (m, f) not i
 TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-def _logits(model, family: str) -> torch.Tensor:
-    args, kw, _ = _inputs(family, padded=True)
-    out = model(*args, **kw)
-    return out.logits if out.logits is not None else out.last_hidden_state
-
-
 def _setup(method: str, family: str):
     torch.manual_seed(0)
     if method in CLASSIFIER_METHODS:  # trains a classifier on the features: a sequence-classification model

@@ -47,6 +47,14 @@ class Delta(nn.Module):
     def input(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """hook == "around": new (args, kwargs) for the module, or None to keep them."""
+        return None
+
+    def after(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        """hook == "around": a new output, or None to keep it."""
+        return None
+
     def fold(self, module: nn.Module, undo: bool) -> None:
         """Mergeable methods: add this site's change into the module's weights (undo: take it out again)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into the base weights")
@@ -72,9 +80,6 @@ class _InputHook:
     def __call__(self, module, inputs):
         delta = getattr(module, self.attr)
         if not delta.enabled or delta.merged:
-            return None
-        if not inputs:  # called with keyword arguments only: nothing positional to change
-            delta.input(module, None)
             return None
         return (delta.input(module, inputs[0]), *inputs[1:])
 

@@ -22,7 +22,6 @@ class Method:
     mergeable: bool = False
     peft_type: str | None = None  # PEFT's peft_type; None = saved in the same layout under "PTMKIT_<NAME>"
     identity_at_init: bool = True  # a fresh method leaves the model's outputs unchanged (zero / identity init)
-    cleanup: Callable[[nn.Module], None] | None = None  # undoes what apply set outside the Delta children
     bake: Callable[[nn.Module], nn.Module] | None = None  # drops a training-only reparameterisation, same outputs
     extra_attrs: tuple[str, ...] = ()  # other attribute names of its Delta children (prefix: the model-level encoder)
 
@@ -36,11 +35,11 @@ METHODS: dict[str, Method] = {
     "pfeiffer": Method("pfeiffer", bottleneck.PfeifferConfig, bottleneck.apply_pfeiffer, bottleneck.ATTR,
                        "Pfeiffer et al. 2021"),
     "prefix": Method("prefix", prefix.PrefixConfig, prefix.apply, prefix.ATTR, "Li & Liang 2021",
-                     peft_type="PREFIX_TUNING", identity_at_init=False, cleanup=prefix.cleanup, bake=prefix.bake,
+                     peft_type="PREFIX_TUNING", identity_at_init=False, bake=prefix.bake,
                      extra_attrs=(prefix.ENCODER,)),
     "ptuning-v2": Method("ptuning-v2", prefix.PTuningV2Config, prefix.apply_ptuning_v2, prefix.ATTR,
                          "Liu et al. 2022", peft_type="PREFIX_TUNING", identity_at_init=False,
-                         cleanup=prefix.cleanup, extra_attrs=(prefix.ENCODER,)),
+                         extra_attrs=(prefix.ENCODER,)),
     "prompt": Method("prompt", prompt.PromptConfig, prompt.apply, prompt.ATTR, "Lester et al. 2021",
                      peft_type="PROMPT_TUNING", identity_at_init=False),
     "ptuning": Method("ptuning", prompt.PTuningConfig, prompt.apply_ptuning, prompt.ATTR, "Liu et al. 2021",
@@ -101,15 +100,6 @@ def _merged(model: nn.Module) -> list[str]:
     return [n for n in base.applied(model) if any(d.merged for _, _, d in base.deltas(model, METHODS[n].attr))]
 
 
-def extra_positions(model: nn.Module) -> int:
-    """Positions a method places before the tokens: a soft prompt's virtual tokens, or in a decoder a prefix's
-    (which stand for cached tokens). A model's position limit must hold them too."""
-    backbone = getattr(model, "backbone", model)
-    site = getattr(backbone, prompt.ATTR, None)
-    extra = site.length if site is not None and site.enabled else 0
-    return extra + (backbone.prefix_length() if hasattr(backbone, "prefix_length") else 0)
-
-
 def bake(model: nn.Module) -> nn.Module:
     """Drop every training-only reparameterisation (prefix-tuning's MLP, P-tuning's prompt encoder): the outputs
     stay the same and only the computed prefixes/prompts remain (the form adapters are saved in)."""
@@ -124,14 +114,12 @@ def remove(model: nn.Module, name: str) -> nn.Module:
     applied = getattr(model, base.APPLIED, {}) or {}
     if name not in applied:
         raise ConfigError(f"remove: {name} is not applied to this model (applied: {sorted(applied) or 'none'})")
-    attr = METHODS[name].attr
     merged = _merged(model)
     if merged:  # merges compose: take them all out, then put the others back
         unmerge(model)
-    for _, module, _ in list(base.deltas(model, attr)):
-        base.detach(module, attr)
-    if METHODS[name].cleanup is not None:
-        METHODS[name].cleanup(model)
+    for attr in (METHODS[name].attr, *METHODS[name].extra_attrs):
+        for _, module, _ in list(base.deltas(model, attr)):
+            base.detach(module, attr)
     del applied[name]
     if [n for n in merged if n != name]:
         merge(model)

@@ -83,9 +83,6 @@ class PrefixEncoder(base.Delta):
             return self.table
         return self.compute()
 
-    def after(self, module, args, kwargs, out):
-        return None
-
     def __getstate__(self):  # copies and pickles leave the transient table (and its autograd graph) behind
         state = dict(super().__getstate__())
         state["table"] = None
@@ -152,11 +149,6 @@ def apply(model: nn.Module, cfg: PrefixConfig, name: str = "prefix") -> nn.Modul
     for i, s in enumerate(sites):
         base.attach(s, ATTR, PrefixSite(encoder, i, heads, head_dim))
     return model
-
-
-def cleanup(model: nn.Module) -> None:
-    """Removing the method: the model-level encoder goes too (the per-layer sites are removed by the registry)."""
-    base.detach(model, ENCODER)
 
 
 def apply_ptuning_v2(model: nn.Module, cfg: PTuningV2Config) -> nn.Module:

@@ -17,7 +17,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ptmkit.adapt.prompts import Template
+from ptmkit.adapt.prompts import Template, Verbalizer
 from ptmkit.config import ConfigError
 from ptmkit.models.base import ModelOutput
 from ptmkit.models.heads import CausalLM, MaskedLM
@@ -39,6 +39,14 @@ class PromptClassifier(nn.Module):
         self.mask_id = mask_id
         self.num_labels = len(label_ids)
         self.register_buffer("label_ids", torch.tensor(label_ids), persistent=False)
+
+    @classmethod
+    def from_template(cls, lm: nn.Module, template: Template, words: list[str], tokenizer,
+                      names: list[str] | None = None) -> "PromptClassifier":
+        """The classifier of `words` (one per class, in `names`' order) at `template`'s slot, each word taken with
+        the space before the slot (Template.space_before_slot)."""
+        ids = Verbalizer(words, tokenizer, template.space_before_slot, names).ids
+        return cls(lm, ids, tokenizer.mask_id)
 
     @property
     def backbone(self):

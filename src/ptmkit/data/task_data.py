@@ -202,6 +202,20 @@ def _subset(n: int, k: int | None, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
+def _per_class(data, k: int, seed: int, source) -> np.ndarray:
+    """Indices of k examples of every class, drawn with `seed` (LM-BFF's few-shot sets: K per class)."""
+    labels = np.array([e.label for e in data.examples])
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(len(data.label_names)):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < k:
+            raise ConfigError(f"{source}: class {data.label_names[c]!r} has {len(idx)} examples, fewer than "
+                              f"shots_per_class={k}")
+        keep.extend(rng.choice(idx, size=k, replace=False).tolist())
+    return np.sort(np.array(keep))
+
+
 def _take(data, keep: np.ndarray | None):
     if keep is None:
         return data

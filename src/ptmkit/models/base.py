@@ -45,6 +45,14 @@ class Backbone(nn.Module):
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
+    def virtual_positions(self) -> int:
+        """Positions that delta-tuning methods place before the first token: a soft prompt's virtual tokens
+        (ptmkit.adapt.prompt, stored as this backbone's `prompt`) and, in a decoder, a prefix's (prefix_length). A
+        position limit must hold them as well as the tokens."""
+        prompt = self._modules.get("prompt")
+        n = prompt.length if prompt is not None and prompt.enabled else 0
+        return n + (self.prefix_length() if hasattr(self, "prefix_length") else 0)
+
     def input_embeddings(self) -> nn.Embedding:
         return self.embeddings.tok
 

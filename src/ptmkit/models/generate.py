@@ -73,11 +73,11 @@ def generate(
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     fill = pad_token_id if pad_token_id is not None else (int(stops[0]) if len(stops) else 0)
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    prefix = model.backbone.prefix_length() if hasattr(model.backbone, "prefix_length") else 0  # prefix-tuning
+    extra = model.backbone.virtual_positions()  # a soft prompt's or a prefix's positions come first
     if max_pos is not None and getattr(model.backbone.embeddings, "pos", None) is not None and \
-            prefix + t + max_new_tokens > max_pos:
-        raise ValueError(f"prompt ({t}) + max_new_tokens ({max_new_tokens})" + (f" + prefix ({prefix})" if prefix
-                         else "") + f" exceeds the model's {max_pos} positions")
+            extra + t + max_new_tokens > max_pos:
+        raise ValueError(f"prompt ({t}) + max_new_tokens ({max_new_tokens})" + (f" + {extra} virtual positions"
+                         if extra else "") + f" exceeds the model's {max_pos} positions")
 
     cache = None
     if use_cache:

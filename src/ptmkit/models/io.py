@@ -406,14 +406,14 @@ def base_state_dict(model, deltas: str = "warn") -> dict[str, torch.Tensor]:
     """The model's state dict without the parameters of delta-tuning methods (ptmkit.adapt): those are saved as an
     adapter beside the base model, never into its weights. A merged method is in the weights already.
     deltas="warn" says so when unmerged ones are left out; "beside": the caller saves them as an adapter."""
-    owners = [n + "." for n, m in model.named_modules() if getattr(m, "is_delta", False)]
+    owners = {n: m for n, m in model.named_modules() if getattr(m, "is_delta", False)}
     sd = model.state_dict()
     if owners:
-        unmerged = {n for n, m in model.named_modules() if getattr(m, "is_delta", False) and not m.merged}
+        unmerged = sorted(n for n, m in owners.items() if not m.merged)
         if unmerged and deltas == "warn":
             log.warning("saving the base weights without the %d unmerged delta-tuning site(s) (e.g. %s): save the "
-                        "adapter with ptmkit.adapt.save_adapter, or merge it first", len(unmerged), min(unmerged))
-        sd = {k: v for k, v in sd.items() if not any(k.startswith(o) for o in owners)}
+                        "adapter with ptmkit.adapt.save_adapter, or merge it first", len(unmerged), unmerged[0])
+        sd = {k: v for k, v in sd.items() if not any(k.startswith(n + ".") for n in owners)}
     return sd
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ptmkit import adapt, atomic
 from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
-from ptmkit.adapt.prompts import Template, Verbalizer
+from ptmkit.adapt.prompts import Template
 from ptmkit.analysis.metrics import compute_metrics, entity_scores
 from ptmkit.config import ConfigError
 from ptmkit.data.encode import Encoded, collate, prepare_backend, sorted_batches, word_predictions
@@ -177,14 +177,12 @@ def evaluate(
     t0 = time.perf_counter()
 
     model = load_adapted(model_dir)
+    tok = Tokenizer.load(model_dir)
     prompt = info.get("template") is not None  # prompt-based fine-tuning: the LM scores the label words
     if prompt:
-        tok = Tokenizer.load(model_dir)
-        names = info["label_names"]
         template = Template(info["template"])
-        model = PromptClassifier(model, Verbalizer(info["verbalizer"], tok, template.space_before_slot, names).ids,
-                                 tok.mask_id)
-        model.label_names = names
+        model = PromptClassifier.from_template(model, template, info["verbalizer"], tok, info["label_names"])
+        model.label_names = info["label_names"]
     want = "token-classification" if spec.is_token else "sequence-classification"
     if getattr(model, "task", "base") != want:
         raise ValueError(f"{model_dir} is a {getattr(model, 'task', 'base')} model; task {task!r} needs "
@@ -197,7 +195,6 @@ def evaluate(
 
     data, path = load_split(spec, split, label_names=model_names if spec.is_token else None,
                             allow_unlabelled=True)
-    tok = Tokenizer.load(model_dir)
     check_vocab(tok, model.config.vocab_size)
     if prompt:
         data = prompt_examples(data, template, tok, max_length, model.causal)

@@ -26,11 +26,12 @@ import torch
 
 from ptmkit import adapt, atomic, outputs
 from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
-from ptmkit.adapt.prompts import Template, Verbalizer, parse_words
+from ptmkit.adapt.prompts import Template, parse_words
 from ptmkit.config import ConfigError, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
-from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split
+from ptmkit.data.task_data import (TaskSpec, _labelled, _per_class, _subset, _take, canonical_task, encode_split,
+                                   load_split)
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import init_model, load_model, save_model
 from ptmkit.models.registry import backbone_of
@@ -294,7 +295,7 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
         model.label_names = list(names)  # saved as config.json id2label
     check_vocab(tok, model.config.vocab_size)
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    extra = adapt.extra_positions(model)  # a soft prompt's or a decoder prefix's positions come first
+    extra = model.backbone.virtual_positions()  # a soft prompt's or a decoder prefix's positions come first
     if max_pos is not None and cfg.max_length + extra > max_pos:
         raise ConfigError(f"max_length {cfg.max_length}" + (f" + {extra} prompt positions" if extra else "")
                           + f" exceeds the model's {max_pos} positions; use max_length <= {max_pos - extra}")
@@ -321,20 +322,6 @@ def _method_options(cfg: FinetuneConfig, tok: Tokenizer | None = None) -> dict[s
     return opts
 
 
-def _per_class(data, k: int, seed: int, source) -> np.ndarray:
-    """Indices of k examples of every class, drawn with `seed` (LM-BFF's few-shot sets: K per class)."""
-    labels = np.array([e.label for e in data.examples])
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in range(len(data.label_names)):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < k:
-            raise ConfigError(f"{source}: class {data.label_names[c]!r} has {len(idx)} examples, fewer than "
-                              f"shots_per_class={k}")
-        keep.extend(rng.choice(idx, size=k, replace=False).tolist())
-    return np.sort(np.array(keep))
-
-
 def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | None = None,
            names: list[str] | None = None) -> torch.nn.Module:
     """The model to fine-tune, with a new task head: the directory's pre-trained weights, or (init='random') a freshly
@@ -347,9 +334,7 @@ def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | Non
         if cfg.method != "full":
             adapt.apply(lm, cfg.method, _method_options(cfg, tok))
             adapt.freeze_except(lm)
-        template = Template(cfg.template)
-        return PromptClassifier(lm, Verbalizer(cfg.verbalizer, tok, template.space_before_slot, names).ids,
-                                tok.mask_id)
+        return PromptClassifier.from_template(lm, Template(cfg.template), cfg.verbalizer, tok, names)
     if cfg.init == "random":
         return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
     model = load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ptmkit import atomic, outputs
-from ptmkit.adapt import extra_positions
 from ptmkit.adapt.prompts import Template, Verbalizer, parse_words
 from ptmkit.config import ConfigError, to_dict
 from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, load_split
@@ -180,7 +179,7 @@ def icl(cfg: ICLConfig) -> dict[str, Any]:
             idx = np.random.default_rng(seed).choice(len(train.examples), size=k, replace=False)
             prefix = _encode(tok, _demonstrations(template, train, idx, cfg.verbalizer, cfg.separator), True) \
                 if k else _encode(tok, "", True)
-            longest = len(prefix) + max(len(q) for q in queries) + extra_positions(model)
+            longest = len(prefix) + max(len(q) for q in queries) + model.backbone.virtual_positions()
             if max_pos is not None and longest > max_pos:
                 raise ConfigError(f"icl: {k} demonstrations make prompts of up to {longest} tokens, more than the "
                                   f"model's {max_pos} positions; use fewer shots or a shorter template")

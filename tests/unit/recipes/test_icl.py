@@ -120,3 +120,18 @@ def test_the_shared_prefix_cache_works_with_adapters(tiny_lm, method):
     for i, q in enumerate(queries):
         alone = model(torch.tensor([prefix + q])).logits[0, -1].float().log_softmax(-1)[label_ids]
         torch.testing.assert_close(shared[i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_icl_reads_a_users_own_headerless_gzipped_table(tiny_lm, tmp_path):
+    """Not only GLUE: a header-less, gzipped CSV with its column names given, labels as words."""
+    import gzip
+
+    rng = random.Random(4)
+    for split, n in (("train", 12), ("dev", 10)):
+        rows = [f"{'good' if i % 2 else 'bad'},{_sentence(rng, i % 2)}" for i in range(n)]
+        with gzip.open(tmp_path / f"{split}.csv.gz", "wt") as f:
+            f.write("\n".join(rows) + "\n")
+    res = icl(ICLConfig(model=str(tiny_lm), task="table", data_dir=str(tmp_path), out=str(tmp_path / "out"),
+                        columns=["label", "text"], text_fields=["text"], label_field="label", template=TEMPLATE,
+                        verbalizer="bad,good", shots=[0, 2], seeds=[0], precision="fp32", show_progress=False))
+    assert res["eval_examples"] == 10 and res["verbalizer"] == {"bad": "bad", "good": "good"}

@@ -433,9 +433,7 @@ def run_curve(args, paths, t0: float) -> dict:
     if not (run / "summary.json").exists():
         print(f"[curve] pre-training {name} to step {last}, keeping steps {args.curve}", flush=True)
         pretrain(cfg, resume=(run / "checkpoints").is_dir(), overwrite=not (run / "checkpoints").is_dir())
-    summary = json.loads((run / "summary.json").read_text())
-    # this run's mean step time, evaluation included, summed over every session of a resumed run
-    per_step = (summary.get("train_s", summary["wall_s"]) + summary.get("eval_s", 0.0)) / max(1, summary["steps"])
+    per_step = median_step_s(run)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
     # step 0 is this run's architecture from random initialisation, with the same fine-tuning recipe; every point is
     # fine-tuned at each lr and shown at its best
@@ -443,7 +441,7 @@ def run_curve(args, paths, t0: float) -> dict:
     for lr in lrs_of(args, random=True):
         rows += finetune_model(args, lr_name(args, f"{name}-step0", lr), str(run / "model"), "random", lr,
                                options=curve_options)
-    points = [{"steps": 0, "tokens": 0, "minutes": 0.0, "name": f"{name}-step0"}]
+    points = [{"steps": 0, "tokens": 0, "minutes": 0.0, "name": f"{name}-step0", "mlm_loss": held_out_loss(run, None)}]
     for step in args.curve:
         model_dir = run / "exported" / f"step-{step:08d}"
         if not (model_dir / "config.json").exists():
@@ -452,27 +450,29 @@ def run_curve(args, paths, t0: float) -> dict:
             rows += finetune_model(args, lr_name(args, f"{name}-step{step}", lr), str(model_dir), "pretrained", lr,
                                    options=curve_options)
         points.append({"steps": step, "tokens": step * tokens_per_step, "minutes": step * per_step / 60,
-                       "name": f"{name}-step{step}"})
+                       "name": f"{name}-step{step}", "mlm_loss": held_out_loss(run, model_dir)})
     table = best_lr(args, summarise(rows, list(dict.fromkeys(r["variant"] for r in rows)), args.tasks))
     result = {"experiment": "pretraining_curve", "variant": name, "points": points, "table": table, "runs": rows,
               "wall_s": time.perf_counter() - t0}
     (Path(args.out) / "curve_results.json").write_text(json.dumps(result, indent=2) + "\n")
     metric = {r["task"]: r["metric"] for r in rows}
-    lines = ["| pre-training steps | tokens | CPU-min | " + " | ".join(f"{t.upper()} ({metric[t]})" for t in args.tasks)
-             + " |", "|" + "---|" * (3 + len(args.tasks))]
+    lines = ["| pre-training steps | tokens | CPU-min | WikiText-2 MLM loss | "
+             + " | ".join(f"{t.upper()} ({metric[t]})" for t in args.tasks) + " |", "|" + "---|" * (4 + len(args.tasks))]
     for p in points:
         cells = [f"{table[p['name']][t]['mean']:.1f} ± {table[p['name']][t]['std']:.1f}"
                  + (f" ({table[p['name']][t]['lr']:g})" if len(lrs_of(args, random=True)) > 1 else "")
                  for t in args.tasks]
-        lines.append(f"| {p['steps']} | {p['tokens'] / 1e6:.2f}M | {p['minutes']:.1f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {p['steps']} | {p['tokens'] / 1e6:.2f}M | {p['minutes']:.1f} | {p['mlm_loss']:.2f} | "
+                     + " | ".join(cells) + " |")
     lines += ["", f"One pre-training run of `{name}` ({VARIANTS[name][0]}) to step {last}, its checkpoints at each "
               f"step above fine-tuned with seeds {args.seeds} (mean ± std of the final dev score × 100"
               + (f", at the best of fine-tuning lrs {', '.join(f'{lr:g}' for lr in lrs_of(args, random=True))}, "
                  "in brackets" if len(lrs_of(args, random=True)) > 1 else "") + "); step 0 is "
               f"the same architecture from random initialisation. One linear schedule spans the whole run, so an early "
               f"checkpoint has not had its learning rate decayed: it understates what a run of that length alone "
-              f"would reach. CPU-min = steps × the run's mean step time "
-              f"({per_step:.2f} s, evaluation included). Measured {date.today().isoformat()} on {args.device} "
+              f"would reach. WikiText-2 MLM loss: the run's fixed held-out batches (masks drawn once), step 0 = the "
+              f"fresh model. CPU-min = steps × the run's median step time ({per_step:.2f} s; the median, because "
+              f"other jobs shared the machine for part of the run and slowed those steps). Measured {date.today().isoformat()} on {args.device} "
               "with `python experiments/pretraining_budget.py --curve ...`."]
     block = "\n".join(lines)
     print(block)
@@ -485,6 +485,35 @@ def run_curve(args, paths, t0: float) -> dict:
                       "curve": {p["steps"]: {t: round(table[p["name"]][t]["mean"], 2) for t in args.tasks}
                                 for p in points}}))
     return result
+
+
+def median_step_s(run: Path) -> float:
+    """The median training step time logged by the run (metrics.jsonl, every session of a resumed run)."""
+    times = [r["step_s"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()
+             for r in [json.loads(line)] if r.get("split") == "train" and r.get("step_s")]
+    return statistics.median(times) if times else float("nan")
+
+
+def held_out_loss(run: Path, model_dir: Path | None) -> float:
+    """The run's held-out (WikiText-2) MLM loss of an exported checkpoint, or of the run's architecture freshly
+    initialised with its seed (model_dir None: the curve's step 0); kept in the run folder."""
+    import torch
+
+    from ptmkit.recipes.pretrain import ModelSection, held_out_evaluator, plain_training_module
+
+    cache = run / "held_out_loss.json"
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    key = model_dir.name if model_dir is not None else "step-00000000"
+    if key not in done:
+        cfg = from_dict(PretrainConfig, json.loads((run / "run_config.json").read_text()))
+        if model_dir is not None:
+            cfg.model = ModelSection(family=cfg.model.family, init_from=str(model_dir))
+        tokenizer = Tokenizer.load(cfg.data.tokenizer)
+        torch.manual_seed(cfg.train.seed)
+        module = plain_training_module(cfg, tokenizer)
+        done[key] = held_out_evaluator(cfg, tokenizer, module.loss_fn, torch.device(cfg.train.device))(module)["loss"]
+        cache.write_text(json.dumps(done, indent=2) + "\n")
+    return done[key]
 
 
 def plot_curve(points: list[dict], table: dict, tasks: list[str], metric: dict, path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -328,6 +329,14 @@ def test_pretraining_curve(capsys, tmp_path, demo_data):
     assert {r["variant"] for r in result["runs"]} == steps
     assert "at the best of fine-tuning lrs 0.0001, 0.0003" in (tmp_path / "curve.md").read_text()
     assert (tmp_path / "curve.png").is_file() and "| 4 |" in (tmp_path / "curve.md").read_text()
+    # every point's held-out MLM loss, step 0 from the fresh model: about ln(vocabulary) before any training
+    from ptmkit.data.tokenizer import Tokenizer
+
+    run_config = json.loads((tmp_path / "study" / "curve" / "base" / "run_config.json").read_text())
+    vocab = Tokenizer.load(run_config["data"]["tokenizer"]).vocab_size
+    losses = [p["mlm_loss"] for p in result["points"]]
+    assert len(losses) == 3 and abs(losses[0] - math.log(vocab)) < 1.0 and "WikiText-2 MLM loss" in (
+        tmp_path / "curve.md").read_text()
 
 
 def test_pretraining_budget_row_names_round_trip():

@@ -177,6 +177,15 @@ def make_evaluator(batches: list[dict[str, torch.Tensor]], precision_ctx, device
     return evaluate
 
 
+def held_out_evaluator(cfg: PretrainConfig, tokenizer: Tokenizer, objective, device):
+    """The run's evaluator on data.eval: the same fixed, seeded corrupted batches for every model scored with this
+    config, so checkpoints of one run (or runs of one recipe) are compared on identical masks."""
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    eval_set = PackedDataset(TokenShards(cfg.data.eval, tokenizer), cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
+    return make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
+                          Precision(cfg.train.precision, device).autocast, device)
+
+
 RUN_MARKERS = ("run_config.json", "metrics.jsonl", "summary.json", "checkpoints", "model")
 
 
@@ -230,11 +239,7 @@ def _build(cfg: PretrainConfig, state) -> _Run:
     if state is not None and state.cfg.dp > 1:
         batches = RankSlice(batches, state.dp_rank, state.cfg.dp)  # data.batch_size is the global batch
     device = torch.device(str(state.device) if state is not None else cfg.train.device)
-    evaluate = None
-    if cfg.data.eval:
-        eval_set = PackedDataset(TokenShards(cfg.data.eval, tokenizer), cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
-        evaluate = make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
-                                  Precision(cfg.train.precision, device).autocast, device)
+    evaluate = held_out_evaluator(cfg, tokenizer, objective, device) if cfg.data.eval else None
     peak, peak_source = mfu_denominator(str(device), cfg.train.precision)
     return _Run(tokenizer, objective, model, batches, evaluate, len(dataset), _flops_per_token(model, cfg.data.seq_len),
                 peak, peak_source)

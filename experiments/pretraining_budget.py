@@ -129,6 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task-text-limit", type=int, help="tapt: use only the first N task sentences")
     p.add_argument("--curve", type=ints, default="", help="comma list of pre-training steps: the learning-curve mode (see above)")
     p.add_argument("--curve-docs", default="docs/pretraining_curve.md", help="page of the curve ('' = none)")
+    p.add_argument("--curve-block", default="", help="name of the page's results block the curve fills ('' = its "
+                   "only block); the plot is then <page>_<name>.png (several curves on one page)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite results.json and the docs block from the runs that have finished")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -465,7 +467,9 @@ def run_curve(args, paths, t0: float) -> dict:
         lines.append(f"| {p['steps']} | {p['tokens'] / 1e6:.2f}M | {p['minutes']:.1f} | {p['mlm_loss']:.2f} | "
                      + " | ".join(cells) + " |")
     lines += ["", f"One pre-training run of `{name}` ({VARIANTS[name][0]}) to step {last}, its checkpoints at each "
-              f"step above fine-tuned with seeds {args.seeds} (mean ± std of the final dev score × 100"
+              f"step above fine-tuned ({args.ft_epochs:g} epochs"
+              + (f"; SST-2 on a seeded {args.sst2_train}-example training subset" if "sst2" in args.tasks else "")
+              + f") with seeds {args.seeds} (mean ± std of the final dev score × 100"
               + (f", at the best of fine-tuning lrs {', '.join(f'{lr:g}' for lr in lrs_of(args, random=True))}, "
                  "in brackets" if len(lrs_of(args, random=True)) > 1 else "") + "); step 0 is "
               f"the same architecture from random initialisation. One linear schedule spans the whole run, so an early "
@@ -478,9 +482,10 @@ def run_curve(args, paths, t0: float) -> dict:
     print(block)
     if args.curve_docs:
         doc = Path(args.curve_docs)
-        plot_curve(points, table, args.tasks, metric, doc.with_suffix(".png"))
-        write_results_block(doc, block + f"\n\n![curve]({doc.with_suffix('.png').name})",
-                            "Fine-tuning quality against pre-training compute")
+        png = doc.with_name(f"{doc.stem}_{args.curve_block}.png" if args.curve_block else f"{doc.stem}.png")
+        plot_curve(points, table, args.tasks, metric, png)
+        write_results_block(doc, block + f"\n\n![curve]({png.name})", "Fine-tuning quality against pre-training compute",
+                            name=args.curve_block)
     print(json.dumps({"experiment": "pretraining_curve",
                       "curve": {p["steps"]: {t: round(table[p["name"]][t]["mean"], 2) for t in args.tasks}
                                 for p in points}}))

@@ -534,6 +534,7 @@ def plot_curve(points: list[dict], table: dict, tasks: list[str], metric: dict, 
         es = [table[p["name"]][task]["std"] for p in points]
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
         ax.axhline(ys[0], color="grey", linestyle="--", linewidth=1, label="random initialisation")  # the bar to beat
+        ax.set_xlim(-0.3, max(xs) * 1.5)  # the line would otherwise stretch the axis to negative tokens
         ax.legend(loc="lower right", fontsize=8)
         ax.set_xscale("symlog", linthresh=max(xs[1] if len(xs) > 1 else 1.0, 1e-3))
         ax.set_xlabel("pre-training tokens (millions; 0 = random init)")

@@ -88,4 +88,6 @@ for name, kind in ((f"no pre-training (same BERT-mini), lr {lr}", f"random-lr{lr
                    ("all-MiniLM-L6-v2 (real weights), lr 1e-4", "minilm-lr1e-4")):
     print(f"{name:40s} {cell(kind, 'sst2'):>28s} {cell(kind, 'cola'):>14s}")
 print(f"plots: {out}/pretrain/loss.png and {out}/finetune/*/*/loss.png")
+print("why the pre-trained row does not beat the random one at this budget, and how much pre-training it takes to "
+      "pay: docs/pretraining_budget.md and docs/pretraining_curve.md")
 PYEOF

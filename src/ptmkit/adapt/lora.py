@@ -73,12 +73,14 @@ class LoRA(base.Delta):
         if len(self.parts) == 1 and self._rows(self.parts[0]) is None:  # the whole output: one low-rank add
             part = self.parts[0]
             return y + (x @ self.A[part].T @ self.B[part].T * self.scaling).to(y.dtype)  # (N, O)
-        # Parts of a fused projection (q and v of qkv): one matmul into every part's rank, one scatter-add of all
-        # their rows (adding each part separately would copy the fused output once per part).
+        # Parts of a fused projection (q and v of qkv): one matmul into every part's rank, then one dense add through
+        # a B padded with zero rows for the other parts. A scatter (index_add) along the last dimension would write
+        # fewer values, but its backward gathers a strided column subset of the gradient: measured 4% of a BERT-mini
+        # LoRA step on CPU, against a (rows x ranks) padding that costs next to nothing.
         z = x @ torch.cat([self.A[p] for p in self.parts]).T  # (N, sum of ranks)
-        zs = z.split([self.A[p].shape[0] for p in self.parts], dim=-1)  # each part's (N, R)
-        d = torch.cat([zp @ self.B[p].T for zp, p in zip(zs, self.parts)], dim=-1) * self.scaling  # (N, rows)
-        return y.index_add(-1, self.rows_all, d.to(y.dtype))
+        b = torch.block_diag(*(self.B[p] for p in self.parts))  # (rows, sum of ranks)
+        b = b.new_zeros(module.out_features, b.shape[1]).index_copy(0, self.rows_all, b)  # (O, sum of ranks)
+        return y + (z @ b.T * self.scaling).to(y.dtype)  # (N, O)
 
     def delta_weight(self, part: str) -> torch.Tensor:
         return self.B[part] @ self.A[part] * self.scaling  # (O, I)

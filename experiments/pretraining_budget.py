@@ -459,7 +459,8 @@ def run_curve(args, paths, t0: float) -> dict:
     (Path(args.out) / "curve_results.json").write_text(json.dumps(result, indent=2) + "\n")
     metric = {r["task"]: r["metric"] for r in rows}
     lines = ["| pre-training steps | tokens | CPU-min | WikiText-2 MLM loss | "
-             + " | ".join(f"{t.upper()} ({metric[t]})" for t in args.tasks) + " |", "|" + "---|" * (4 + len(args.tasks))]
+             + " | ".join(f"{t.upper()} ({metric[t]})" for t in args.tasks) + " |",
+             "|" + "---|" * (4 + len(args.tasks))]
     for p in points:
         cells = [f"{table[p['name']][t]['mean']:.1f} ± {table[p['name']][t]['std']:.1f}"
                  + (f" ({table[p['name']][t]['lr']:g})" if len(lrs_of(args, random=True)) > 1 else "")
@@ -476,7 +477,8 @@ def run_curve(args, paths, t0: float) -> dict:
               f"checkpoint has not had its learning rate decayed: it understates what a run of that length alone "
               f"would reach. WikiText-2 MLM loss: the run's fixed held-out batches (masks drawn once), step 0 = the "
               f"fresh model. CPU-min = steps × the run's median step time ({per_step:.2f} s; the median, because "
-              f"other jobs shared the machine for part of the run and slowed those steps). Measured {date.today().isoformat()} on {args.device} "
+              f"other jobs shared the machine for part of the run and slowed those steps). "
+              f"Measured {date.today().isoformat()} on {args.device} "
               "with `python experiments/pretraining_budget.py --curve ...`."]
     block = "\n".join(lines)
     print(block)
@@ -484,8 +486,8 @@ def run_curve(args, paths, t0: float) -> dict:
         doc = Path(args.curve_docs)
         png = doc.with_name(f"{doc.stem}_{args.curve_block}.png" if args.curve_block else f"{doc.stem}.png")
         plot_curve(points, table, args.tasks, metric, png)
-        write_results_block(doc, block + f"\n\n![curve]({png.name})", "Fine-tuning quality against pre-training compute",
-                            name=args.curve_block)
+        write_results_block(doc, block + f"\n\n![curve]({png.name})",
+                            "Fine-tuning quality against pre-training compute", name=args.curve_block)
     print(json.dumps({"experiment": "pretraining_curve",
                       "curve": {p["steps"]: {t: round(table[p["name"]][t]["mean"], 2) for t in args.tasks}
                                 for p in points}}))

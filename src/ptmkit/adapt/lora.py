@@ -62,7 +62,7 @@ class LoRA(base.Delta):
             self.B[part] = nn.Parameter(torch.zeros(out, cfg.rank, dtype=w.dtype, device=w.device))  # (O, R)
             if rows is not None:
                 self.register_buffer(f"rows_{part}", rows.to(w.device), persistent=False)
-        if any(r is not None for r in parts.values()):  # every part's rows, in part order: one scatter for all
+        if any(r is not None for r in parts.values()):  # every part's rows, in part order: where the padded B puts them
             self.register_buffer("rows_all", torch.cat([r for r in parts.values()]).to(w.device), persistent=False)
 
     def _rows(self, part: str) -> torch.Tensor | None:

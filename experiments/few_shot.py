@@ -6,8 +6,9 @@ For each task and seed:
   prompt      prompt-based fine-tuning (PET / LM-BFF): the same K-shot set, the template, the model's own LM head
               scoring the label words — no new parameters (`ptm finetune --template --verbalizer`)
   prompt-lora the same with LoRA (rank 8 on q, v): classification recast as generating the label word
-  icl         no training: 16 demonstrations drawn from the training set with the seed, then the query, label words
-              scored at the slot (`ptm icl`), raw and with contextual calibration; the zero-shot prompt as a row
+  icl         no training: k = 0, 1, 4, 8, 16 demonstrations drawn from the training set with the seed, then the
+              query, label words scored at the slot (`ptm icl`), raw and with contextual calibration (GPT-3's
+              protocol; k = 0 is the zero-shot prompt)
 The majority class is the floor. Writes the "few-shot" block of docs/adaptation.md; runs are resumable.
 
     .venv/bin/python experiments/few_shot.py                          # SST-2 and RTE, K = 16, seeds 0-4
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=names(ROWS), default=",".join(ROWS), help=f"comma list from {list(ROWS)}")
     p.add_argument("--seeds", type=ints, default="0,1,2,3,4", help="K-shot draws (and demonstration draws)")
     p.add_argument("--k", type=int, default=16, help="training examples per class")
-    p.add_argument("--demonstrations", type=int, default=16, help="in-context demonstrations")
+    p.add_argument("--shots", type=ints, default="0,1,4,8,16", help="in-context demonstrations, one row each")
     p.add_argument("--epochs", type=float, default=10.0, help="fine-tuning epochs over the K-shot set")
     p.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch")
     p.add_argument("--lr", type=float, default=1e-5, help="full fine-tuning lr (head and prompt rows)")
@@ -108,7 +109,7 @@ def icl_row(args, task: str) -> dict:
     if not (out / "results.json").exists():
         print(f"[few-shot] in-context on {task}", flush=True)
         icl(ICLConfig(model=args.model, task=task, out=str(out), template=template, verbalizer=words_of(args, task),
-                      shots=[0, args.demonstrations], seeds=args.seeds, max_eval_examples=args.max_eval,
+                      shots=args.shots, seeds=args.seeds, max_eval_examples=args.max_eval,
                       device=args.device, overwrite=True, show_progress=False))
     return json.loads((out / "results.json").read_text())
 
@@ -138,7 +139,8 @@ def main(argv=None) -> dict:
         if "icl" in args.rows:
             res = icl_row(args, task)
             majority[task] = res["majority_baseline_accuracy"]
-            for k, name in ((0, "zero-shot prompt"), (args.demonstrations, f"icl ({args.demonstrations} demos)")):
+            for k in args.shots:
+                name = "zero-shot prompt" if k == 0 else f"icl ({k} demo{'s' if k > 1 else ''})"
                 r = res["shots"][str(k)]
                 for key, suffix in (("accuracy", ""), ("calibrated_accuracy", ", calibrated")):
                     sd = r[key]["std"] * 100

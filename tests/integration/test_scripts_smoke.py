@@ -246,8 +246,10 @@ def test_lora_memory(capsys, data_dir, tmp_path):
     _, line = run_main(EXP / "lora_memory.py",
                        ["--model", str(model), "--batch-size", "2", "--max-length", "32", "--steps", "3",
                         "--skip-steps", "1", "--rounds", "1", "--docs", str(docs)], capsys)
-    assert line["experiment"] == "lora_memory" and line["peak_ratio"] > 0 and line["speedup"] > 0
-    assert line["lora"]["trainable"] < line["full"]["trainable"] == line["full"]["total"]
+    assert line["experiment"] == "lora_memory" and set(line["peak_ratio"]) == set(line["speedup"]) == {"lora",
+                                                                                                      "lora-bf16"}
+    assert all(r > 0 for r in [*line["peak_ratio"].values(), *line["speedup"].values()])
+    assert line["lora"]["trainable"] == line["lora-bf16"]["trainable"] < line["full"]["trainable"] == line["full"]["total"]
     assert "<!-- results:memory:begin -->" in docs.read_text()
 
 
@@ -257,10 +259,11 @@ def test_few_shot(capsys, data_dir, tmp_path):
     docs = tmp_path / "adaptation.md"
     _, line = run_main(EXP / "few_shot.py",
                        ["--model", str(model), "--tasks", "sst2,rte", "--seeds", "0", "--k", "2",
-                        "--demonstrations", "2", "--epochs", "1", "--batch-size", "2", "--max-eval", "8",
+                        "--shots", "0,1,2", "--epochs", "1", "--batch-size", "2", "--max-eval", "8",
                         "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
     assert line["experiment"] == "few_shot"
-    assert {"head", "prompt", "prompt-lora", "icl (2 demos)", "zero-shot prompt, calibrated"} <= set(line["table"])
+    assert {"head", "prompt", "prompt-lora", "icl (1 demo)", "icl (2 demos)",
+                                     "zero-shot prompt, calibrated"} <= set(line["table"])
     assert "<!-- results:few-shot:begin -->" in docs.read_text()
 
 

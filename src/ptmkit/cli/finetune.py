@@ -116,7 +116,10 @@ def add_parser(sub) -> None:
                    help="learning-rate decay after warm-up")
     p.add_argument("--grad-clip", type=float, default=_D["grad_clip"], help="max global gradient norm (0 = off)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=_D["precision"],
-                   help="autocast precision (weights stay fp32)")
+                   help="autocast precision (weights stay fp32, but see --frozen-dtype)")
+    p.add_argument("--frozen-dtype", choices=["fp32", "bf16"], default=_D["frozen_dtype"],
+                   help="with a delta method and --precision bf16: hold the frozen weights in bf16 (half their "
+                        "memory; the method's parameters and the head stay fp32; OUT/best/ keeps them in bf16)")
     p.add_argument("--device", default=_D["device"], help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=_D["seed"], help="seed for the head, dropout, subsets and batch order")
     p.add_argument("--eval-every", type=int, default=_D["eval_every"], help="steps between evaluations (0 = each epoch)")

@@ -64,6 +64,8 @@ class GatedMLP(nn.Module):
         return {"gate_up": {"gate": rows[:, 0], "up": rows[:, 1]}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = self.gate_up(x).unflatten(-1, (-1, 2))  # (B, T, F, 2)
-        gate, up = pairs[..., 0], pairs[..., 1]  # (B, T, F) each
+        # One copy de-interleaves the pairs into (2, B, T, F): silu, the product and their backward then run on
+        # contiguous tensors. On the strided views pairs[..., 0] / [..., 1] they were 2x slower, and each view's
+        # backward zero-filled a full (B, T, F, 2) gradient: 24 -> 13 ms per SmolLM2 layer (fwd + bwd, 8 x 128, CPU).
+        gate, up = self.gate_up(x).unflatten(-1, (-1, 2)).movedim(-1, 0).contiguous().unbind(0)  # (B, T, F) each
         return self.down(self.drop(self.act(gate) * up))

@@ -183,8 +183,9 @@ class SparseMoE(nn.Module):
         if self.b_in is not None:
             h = h + self.b_in[:, None, :].to(h.dtype)
         if self.gated:
-            pairs = h.unflatten(-1, (-1, 2))  # (E, M, F, 2): columns alternate gate_f, up_f (as GatedMLP)
-            h = self.act(pairs[..., 0]) * pairs[..., 1]  # (E, M, F)
+            # columns alternate gate_f, up_f (as GatedMLP); de-interleaved by one copy, as GatedMLP does (why: there)
+            gate, up = h.unflatten(-1, (-1, 2)).movedim(-1, 0).contiguous().unbind(0)  # (E, M, F) each
+            h = self.act(gate) * up  # (E, M, F)
         else:
             h = self.act(h)
         y = torch.bmm(self.drop(h), self.w_out)  # (E, M, H)

@@ -62,6 +62,27 @@ def test_lora_lowers_the_training_loss(tiny_model, sst_dir, tmp_path):  # noqa: 
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
 
+def test_frozen_weights_held_in_bf16_train_and_reload(tiny_model, sst_dir, tmp_path):  # noqa: F811
+    """frozen_dtype='bf16': the frozen base is bf16, the method and the head stay fp32, the loss still falls, and the
+    saved run scores what it reported."""
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    res = finetune(_cfg(tiny_model, sst_dir, out, method="lora", method_options={"rank": 8}, precision="bf16",
+                        frozen_dtype="bf16"))
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"split": "train"' in line]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    with safe_open(str(out / "best" / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    # saved in the Hugging Face layout: the head is BERT's pooler and classifier; everything else was frozen
+    trained = {k for k, d in dtypes.items() if d == "F32"}
+    assert trained == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+    assert {d for k, d in dtypes.items() if k not in trained} == {"BF16"}
+    scored = evaluate(out / "best", "sst2", sst_dir, "dev", tmp_path / "eval", show_progress=False)
+    assert scored["metrics"]["accuracy"] == pytest.approx(res["dev"]["accuracy"])
+
+
 def test_method_options_come_from_dotted_flags(tiny_model, tmp_path):  # noqa: F811
     parser = build_parser()
     args, extra = parser.parse_known_args(["finetune", str(tiny_model), "--task", "sst2", "--out", str(tmp_path),
@@ -84,6 +105,10 @@ def test_bad_method_settings_are_errors(tiny_model, sst_dir, tmp_path):  # noqa:
         _cfg(tiny_model, sst_dir, tmp_path, method_options={"rank": 4})
     with pytest.raises(ConfigError, match="unknown delta-tuning method"):
         _cfg(tiny_model, sst_dir, tmp_path, method="lorra")
+    with pytest.raises(ConfigError, match="frozen_dtype='bf16'.*needs a delta method"):
+        _cfg(tiny_model, sst_dir, tmp_path, frozen_dtype="bf16", precision="bf16")
+    with pytest.raises(ConfigError, match="precision='bf16'"):
+        _cfg(tiny_model, sst_dir, tmp_path, method="lora", frozen_dtype="bf16", precision="fp32")
 
 
 def test_a_prompt_starts_from_its_text(tiny_model, sst_dir, tmp_path):  # noqa: F811

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from ptmkit.adapt import METHODS
+from ptmkit.compress.distill import DISTILLERS
 from ptmkit.cli.overrides import describe, parse_dotted
 from ptmkit.config import ConfigError, from_dict
 from ptmkit.recipes.finetune import FinetuneConfig
@@ -59,6 +60,16 @@ def add_parser(sub) -> None:
                         "parameters and the new task head train, and OUT/best/adapter/ holds the method in PEFT's "
                         "layout (lora and ia3, prefix and prompt load in peft). Its options: --METHOD.KEY VALUE, "
                         "listed below (e.g. --lora.rank 16 --lora.targets '[q, k, v]')")
+    p.add_argument("--teacher", default=None,
+                   help="knowledge distillation: MODEL (the student) learns to imitate this model directory, fine-tuned "
+                        "on the same task with the same tokenizer; never trained nor saved (needs --distill)")
+    p.add_argument("--distill", choices=sorted(DISTILLERS), default=None,
+                   help="the distillation method: distilbert (soft targets + labels + hidden cosine), pkd (patient "
+                        "[CLS] states), tinybert (embeddings, attention, hidden states; --tinybert.stage), minilm "
+                        "(last-layer attention and value relations, across widths); options --METHOD.KEY VALUE")
+    p.add_argument("--student-layers", type=int, default=None,
+                   help="the student keeps this many of MODEL's layers, evenly spaced and ending with the last "
+                        "(DistilBERT: give the teacher as MODEL and --teacher, and half its layers)")
     p.add_argument("--template", default=None,
                    help="prompt-based fine-tuning (PET, LM-BFF): wrap each input in this template, with {text_a}, "
                         "{text_b} and one slot {mask} (e.g. '{text_a} It was {mask}.'; for a causal LM the slot "
@@ -152,8 +163,12 @@ def config_from_args(args) -> FinetuneConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["show_progress"] = not args.no_progress
     options: dict = {}
+    values["distill_options"] = {}
     for key, value in parse_dotted(getattr(args, "overrides", []) or []).items():
         section, _, name = key.partition(".")
+        if section == args.distill and name:  # --tinybert.stage prediction
+            values["distill_options"][name] = value
+            continue
         if section != args.method or not name:
             hint = (f"--method {section} " if section in METHODS else "") + f"--{section}.KEY"
             raise ConfigError(f"option --{key} is not an option of --method {args.method}; method options are "

@@ -27,7 +27,8 @@ import torch
 from ptmkit import adapt, atomic, outputs
 from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
 from ptmkit.adapt.prompts import Template, parse_words
-from ptmkit.config import ConfigError, to_dict
+from ptmkit.compress.distill import DISTILLERS, student_from_teacher
+from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
 from ptmkit.data.task_data import (TaskSpec, _labelled, _per_class, _subset, _take, canonical_task, encode_split,
@@ -72,6 +73,16 @@ class FinetuneConfig:
     # the new task head train, and the run saves the method as an adapter (best/adapter/, PEFT's layout)
     method: str = "full"
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method's config (--METHOD.key)
+    # knowledge distillation (ptmkit.compress.distill, survey §6.3): `model` is the student and learns to imitate
+    # `teacher`, a model directory fine-tuned on this task with the same tokenizer; `distill` names the method
+    # (distilbert, pkd, tinybert, minilm) and distill_options its config (--DISTILL.key). The teacher is never
+    # trained nor saved; the run's best/ is the student
+    teacher: str | None = None
+    distill: str | None = None
+    distill_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the student is this many of `model`'s layers, evenly spaced and ending with the last (DistilBERT's init from
+    # every other teacher layer: give the teacher as both model and teacher); None keeps every layer
+    student_layers: int | None = None
     # with a delta method: the dtype the frozen weights are held in. bf16 halves their memory (SmolLM2-135M: -270 MB)
     # and changes nothing the bf16 autocast step computes with them but the norms' and embeddings' rounding; the
     # trained parameters (method and head) stay fp32. best/ then holds the frozen weights in bf16 too
@@ -179,6 +190,7 @@ class FinetuneConfig:
         elif self.method_options:
             raise ConfigError(f"{where}: method options {sorted(self.method_options)} given without a method; "
                               f"choose one with method (one of {sorted(adapt.METHODS)})")
+        self._check_distillation(where)
         if self.frozen_dtype not in ("fp32", "bf16"):
             raise ConfigError(f"{where}: frozen_dtype must be fp32 or bf16, got {self.frozen_dtype!r}")
         if self.frozen_dtype == "bf16" and (self.method == "full" or self.precision != "bf16"):
@@ -215,6 +227,26 @@ class FinetuneConfig:
                 f"{where}: eval_split and train_split are both {self.train_split!r}; evaluate on "
                 "held-out data (e.g. eval_split='dev')"
             )
+
+    def _check_distillation(self, where: str) -> None:
+        if (self.teacher is None) != (self.distill is None):
+            raise ConfigError(f"{where}: distillation needs both teacher (a fine-tuned model directory) and distill (one "
+                              f"of {sorted(DISTILLERS)}); got only {'teacher' if self.teacher else 'distill'}")
+        if self.distill is None:
+            if self.distill_options:
+                raise ConfigError(f"{where}: distill options {sorted(self.distill_options)} given without distill; "
+                                  f"choose a method with distill (one of {sorted(DISTILLERS)})")
+        else:
+            if self.distill not in DISTILLERS:
+                raise ConfigError(f"{where}: unknown distillation method {self.distill!r}; choose one of "
+                                  f"{sorted(DISTILLERS)}")
+            from_dict(DISTILLERS[self.distill][0], self.distill_options, where=f"{where}: {self.distill} options")
+            if self.method != "full" or self.template is not None or self.init == "random":
+                raise ConfigError(f"{where}: distillation trains a whole pre-trained student with a task head; it does "
+                                  "not combine with a delta method, a prompt template or init='random'")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ConfigError(f"{where}: student_layers must be >= 1 (or unset to keep every layer), got "
+                              f"{self.student_layers}")
 
 
 @dataclass
@@ -291,10 +323,15 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
 
     tok = Tokenizer.load(model_dir)
     objective = TaskObjective(TaskConfig(kind_of(spec)))
+    num_outputs = len(names) if not spec.is_regression else 1
+    if cfg.distill is not None:  # the teacher: loaded like the student, never trained nor saved (compress.distill)
+        cfg_cls, distiller = DISTILLERS[cfg.distill]
+        teacher = load_model(cfg.teacher, task=objective.task, num_labels=num_outputs)
+        objective = distiller(from_dict(cfg_cls, cfg.distill_options), objective, teacher)
     if cfg.template is not None and kind_of(spec) != "classification":
         raise ConfigError(f"prompt-based fine-tuning classifies by label words; task {spec.task!r} is "
                           f"{kind_of(spec)}: train it with a head (leave template unset)")
-    model = _model(cfg, objective.task, len(names) if not spec.is_regression else 1, tok, names)
+    model = _model(cfg, objective.task, num_outputs, tok, names)
     if cfg.template is not None:  # the texts become filled templates before tokenisation
         template = Template(cfg.template)
         train_data = prompt_examples(train_data, template, tok, cfg.max_length, model.causal)
@@ -350,6 +387,8 @@ def _model(cfg: FinetuneConfig, task: str, num_labels: int, tok: Tokenizer | Non
     if cfg.init == "random":
         return init_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
     model = load_model(cfg.model, task=task, num_labels=num_labels, dropout=cfg.dropout, pooling=cfg.pooling)
+    if cfg.student_layers is not None:
+        model = student_from_teacher(model, cfg.student_layers)
     if cfg.method != "full":
         adapt.apply(model, cfg.method, _method_options(cfg, tok))
         head = [] if cfg.method == "feature" else [n for n, _ in model.named_children() if n != "backbone"]

@@ -20,6 +20,7 @@ COMMANDS = {
     "generate": "ptmkit.cli.generate",
     "merge": "ptmkit.cli.merge",
     "icl": "ptmkit.cli.icl",
+    "export-onnx": "ptmkit.cli.export_onnx",
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ptmkit import atomic, outputs
+from ptmkit.compress.distill import DISTILLERS, student_from_teacher
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
 from ptmkit.data.sampler import PackedDataset
@@ -42,6 +43,9 @@ class ModelSection:
     config: dict[str, Any] = field(default_factory=dict)  # family config fields, over the preset
     init_from: str | None = None  # continue pre-training a model directory (preset/config, if given, must match it)
     stack_to: int | None = None  # progressive stacking (Gong et al. 2019): deepen init_from to this many layers
+    # a distillation student made from init_from: this many of its layers, evenly spaced, ending with the last
+    # (DistilBERT §3: one layer out of two of the teacher)
+    student_layers: int | None = None
 
 
 @dataclass
@@ -69,6 +73,25 @@ class ObjectiveSection:
 
 
 @dataclass
+class DistillSection:
+    """Pre-training distillation (ptmkit.compress.distill): the model learns from `teacher` (a model directory with
+    the same tokenizer and the objective's head) while training on the objective, e.g. DistilBERT's soft targets +
+    masked LM + cosine, or TinyBERT's general distillation. Unset method = no teacher."""
+
+    method: str | None = None  # distilbert | pkd | tinybert | minilm
+    teacher: str | None = None  # the teacher model directory (same tokenizer; the objective's head, e.g. masked-lm)
+    params: dict[str, Any] = field(default_factory=dict)  # the method's config, e.g. {temperature: 2.0}
+
+    def __post_init__(self) -> None:
+        if (self.method is None) != (self.teacher is None):
+            raise ConfigError("distill: give both distill.method and distill.teacher (or neither)")
+        if self.method is not None and self.method not in DISTILLERS:
+            raise ConfigError(f"distill.method {self.method!r} is unknown; choose one of {sorted(DISTILLERS)}")
+        if self.method is None and self.params:
+            raise ConfigError("distill.params given without distill.method")
+
+
+@dataclass
 class PretrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -78,6 +101,7 @@ class PretrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # torchrun layouts (docs/scaling.md)
     layer_drop: LayerDropConfig = field(default_factory=LayerDropConfig)  # LayerDrop / progressive layer dropping
+    distill: DistillSection = field(default_factory=DistillSection)  # a teacher (DistilBERT, TinyBERT general, ...)
     out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 
@@ -101,6 +125,18 @@ def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size:
     if seq_len is not None and hasattr(objective, "check_seq_len"):
         objective.check_seq_len(seq_len)  # e.g. a span longer than the sequence: an error now, not mid-run
     return objective
+
+
+def run_objective(cfg: "PretrainConfig", tokenizer: Tokenizer, task: str | None):
+    """The objective the run trains with: cfg.objective, wrapped by a distillation method when cfg.distill has one
+    (the teacher loads with the objective's head and is never trained nor saved)."""
+    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    d = cfg.distill
+    if d.method is None:
+        return objective
+    cfg_cls, distiller = DISTILLERS[d.method]
+    teacher = load_model(d.teacher, task=task)
+    return distiller(from_dict(cfg_cls, d.params, where=f"distill.params ({d.method})"), objective, teacher)
 
 
 def pretrain_task(objective, family_name: str) -> str:
@@ -127,6 +163,9 @@ def _check_matches_loaded(section: ModelSection, loaded) -> None:
 
 
 def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer):
+    if section.student_layers is not None and not section.init_from:
+        raise ConfigError("model.student_layers takes layers of a trained model: set model.init_from to the teacher's "
+                          "model directory")
     if section.stack_to is not None and not section.init_from:
         raise ConfigError("model.stack_to (progressive stacking) deepens a trained model: set model.init_from to the "
                           "shallow stage's model directory")
@@ -137,6 +176,8 @@ def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer)
             from ptmkit.models.progressive import stack_layers
 
             model = stack_layers(model, section.stack_to)
+        if section.student_layers is not None:
+            model = student_from_teacher(model, section.student_layers)
     else:
         params: dict[str, Any] = {}
         if section.preset:
@@ -222,7 +263,7 @@ def _build(cfg: PretrainConfig, state) -> _Run:
     shards = TokenShards(cfg.data.train, tokenizer)  # refuses shards made with another tokenizer
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     task = pretrain_task(OBJECTIVES[cfg.objective.name][1], cfg.model.family) if cfg.objective.name in OBJECTIVES else None
-    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    objective = run_objective(cfg, tokenizer, task)
     model = build_pretrain_model(cfg.model, task, tokenizer)
     if hasattr(objective, "bind"):  # auxiliary networks (ELECTRA's generator) draw their initial weights now, from
         objective.bind(model)      # the seed every rank shares, not after the per-rank dropout seed below
@@ -323,9 +364,8 @@ def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, main: bool, pp: int
 
 def plain_training_module(cfg: PretrainConfig, tokenizer: Tokenizer):
     """A fresh single-device model with the objective's networks, built as the run builds them (to load weights)."""
-    objective = build_objective(cfg.objective, tokenizer, tokenizer.vocab_size, seq_len=cfg.data.seq_len)
-    return TrainingModule(build_pretrain_model(cfg.model, pretrain_task(objective, cfg.model.family), tokenizer),
-                          objective)
+    task = pretrain_task(OBJECTIVES[cfg.objective.name][1], cfg.model.family)
+    return TrainingModule(build_pretrain_model(cfg.model, task, tokenizer), run_objective(cfg, tokenizer, task))
 
 
 def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, exports_dir: Path) -> dict[str, str]:

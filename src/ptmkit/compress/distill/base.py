@@ -93,6 +93,10 @@ class Distiller:
 
     # ---- the step ------------------------------------------------------------------------------------------------
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training: the weighted terms (and the student objective's own loss, by hard_weight). Evaluation
+        (model.eval()): the student objective's loss alone, so held-out figures compare with runs without a teacher."""
+        if not model.training:
+            return self.inner.loss(model, batch)
         with record(model, self.attention) as s:
             hard, metrics = self.inner.loss(model, batch)
         if s.calls != 1:

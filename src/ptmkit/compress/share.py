@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError
+from ptmkit.models.io import SHARED_ATTR  # on the backbone: the groups; save_model records them in config.json
 from ptmkit.models.registry import backbone_of
-
-SHARED_ATTR = "shared_layers"  # on the backbone: the groups, for saving (config.json) and reporting
 
 
 @dataclass

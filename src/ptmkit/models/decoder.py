@@ -27,7 +27,8 @@ class DecoderBackbone(Backbone):
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device) -> KVCache:
         attn = self.layers[0].attn
-        return KVCache(len(self.layers), batch, attn.kv, attn.d, max_len, dtype, device)
+        kv = max(block.attn.kv for block in self.layers)  # layers differ once heads are pruned (compress.prune.heads)
+        return KVCache(len(self.layers), batch, kv, attn.d, max_len, dtype, device)
 
     def forward(
         self,

@@ -178,7 +178,8 @@ class EncoderDecoderBackbone(Backbone):
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device) -> Seq2SeqCache:
         attn = self.decoder.layers[0].attn
-        return Seq2SeqCache(KVCache(len(self.decoder.layers), batch, attn.kv, attn.d, max_len, dtype, device))
+        kv = max(block.attn.kv for block in self.decoder.layers)  # layers differ once heads are pruned
+        return Seq2SeqCache(KVCache(len(self.decoder.layers), batch, kv, attn.d, max_len, dtype, device))
 
     def _embed_tokens(self, ids: torch.Tensor | None, embeds: torch.Tensor | None, what: str) -> torch.Tensor:
         if (ids is None) == (embeds is None):

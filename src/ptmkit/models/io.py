@@ -159,7 +159,10 @@ def init_model(path: str | os.PathLike, task: str | None = None, num_labels: int
             + ", ".join(repr(k) for k in missing)
             + f"; a {adapter.model_type} config.json needs {', '.join(adapter.shape_keys)} (they fix the shapes)"
         )
-    return _fresh(family, adapter, hf_config, task, num_labels, str(path), dropout, pooling)[0]
+    model = _fresh(family, adapter, hf_config, task, num_labels, str(path), dropout, pooling)[0]
+    _prune_as_recorded(model, hf_config, str(path), weights=False)
+    _share_as_recorded(model, hf_config, str(path), weights=False)
+    return model
 
 
 def from_hf(
@@ -182,6 +185,8 @@ def from_hf(
     conv = _convert(adapter, cfg, model, state, task, ckpt_task)
     _check(conv, model, family, source)
     _load(conv, model, family, source)
+    _prune_as_recorded(model, hf_config, source)
+    _share_as_recorded(model, hf_config, source)
     if dtype is not None:
         model.to(dtype)
     return model
@@ -370,6 +375,93 @@ def _with_attention_kernel(cfg, hf_config: dict[str, Any]):
                                attention_options=dict(hf_config.get("ptmkit_attention_options") or {}))
 
 
+# A structurally pruned model (ptmkit.compress.prune: heads, feed-forward neurons) is saved at its dense shapes with
+# the removed units' slices zero: zero q/k/v rows and out columns of a removed head, zero up (gate/up) rows and down
+# columns of a removed neuron. A zero out/down column multiplies the unit's (finite) output by 0, so the unit adds
+# exactly nothing, whatever the activation; with the q/k/v and up rows zero too the unit's own output is 0 (attention
+# over zero values; act(0) = 0 for gelu, relu, silu, tanh). transformers 5 dropped `pruned_heads`, so this is the form
+# it loads, with the pruned model's logits. config.json records under this key, per pruned module (named inside the
+# backbone), which units it kept of how many: {"layers.0.attn": {"keep": [0, 2, 3], "of": 4}}; load_model reads the
+# dense weights, checks that the removed slices are still zero, and prunes the module again (same shapes, same speed).
+PRUNED_KEY = "ptmkit_pruned"
+
+
+def pruned_record(backbone) -> dict[str, dict[str, Any]]:
+    """{module name: {"keep": kept unit indices, "of": its unpruned number of units}} of every pruned module."""
+    return {name: {"keep": list(m.kept_units), "of": m.dense_units} for name, m in backbone.named_modules()
+            if getattr(m, "kept_units", None) is not None}
+
+
+def _pad_pruned(sd: dict[str, torch.Tensor], backbone, prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict with every pruned module at its dense shapes, the removed units' slices zero (PRUNED_KEY)."""
+    sd = dict(sd)
+    for name, m in backbone.named_modules():
+        if getattr(m, "kept_units", None) is None:
+            continue
+        dense = m.unit_slices(torch.arange(m.dense_units))
+        for pname, (dim, index) in m.unit_slices(torch.tensor(m.kept_units)).items():
+            key = f"{prefix}{name}.{pname}"
+            t = sd[key]
+            shape = list(t.shape)
+            shape[dim] = dense[pname][1].numel()
+            sd[key] = t.new_zeros(shape).index_copy_(dim, index.to(t.device), t)
+    return sd
+
+
+# Cross-layer sharing applied to a trained model (ptmkit.compress.share): the groups of layers that are one module.
+# save_model writes every layer's copy (equal tensors), the form transformers loads as an ordinary model; config.json
+# records the groups under this key and load_model ties them again, checking the copies are still equal.
+SHARED_KEY = "ptmkit_shared_layers"
+SHARED_ATTR = "shared_layers"  # on the backbone: the groups
+
+
+def _share_as_recorded(model, hf_config: dict[str, Any], source: str, weights: bool = True) -> None:
+    groups = hf_config.get(SHARED_KEY)
+    if not groups:
+        return
+    backbone = backbone_of(model)
+    blocks = backbone.layers
+    for g in groups:
+        first = blocks[g[0]]
+        for i in g[1:]:
+            if weights and any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                                      blocks[i].state_dict().values())):
+                raise CheckpointError(f"{source}: config.json {SHARED_KEY} ties layers {g}, but layer {i}'s weights "
+                                      f"differ from layer {g[0]}'s (the untied copies were trained further, e.g. in "
+                                      f"transformers); remove {SHARED_KEY} from config.json to load them untied")
+            blocks[i] = first
+    setattr(backbone, SHARED_ATTR, [list(g) for g in groups])
+
+
+def _prune_as_recorded(model, hf_config: dict[str, Any], source: str, weights: bool = True) -> None:
+    """Prune the freshly built (and, with `weights`, loaded) dense model back to the shapes config.json records under
+    PRUNED_KEY. With weights, the slices removed must be zero, as save_model wrote them: nonzero ones mean the dense
+    model was trained further (e.g. in transformers), and dropping them would silently change its outputs."""
+    record = hf_config.get(PRUNED_KEY)
+    if not record:
+        return
+    backbone = backbone_of(model)
+    modules = dict(backbone.named_modules())
+    for name, entry in record.items():
+        module = modules.get(name)
+        if module is None or not hasattr(module, "keep_units") or module.num_units != entry.get("of"):
+            have = "no such module" if module is None else (
+                "a module without prunable units" if not hasattr(module, "keep_units") else f"{module.num_units} units")
+            raise CheckpointError(f"{source}: config.json {PRUNED_KEY} prunes {name!r} of {entry.get('of')} units, but "
+                                  f"the model it describes has {have} there; config.json does not fit this model "
+                                  f"(restore {PRUNED_KEY} as save_model wrote it)")
+        nonzero = sum(int(torch.count_nonzero(p)) for p in module.parameters()) if weights else 0
+        try:
+            module.keep_units(entry.get("keep", []))
+        except ValueError as e:
+            raise CheckpointError(f"{source}: config.json {PRUNED_KEY}[{name!r}]: {e}") from None
+        if weights and sum(int(torch.count_nonzero(p)) for p in module.parameters()) != nonzero:
+            raise CheckpointError(
+                f"{source}: {name} has nonzero weights in the units config.json {PRUNED_KEY} records as removed (was "
+                f"the dense model trained after export?); delete {PRUNED_KEY} from config.json to load it dense, or "
+                "prune it again")
+
+
 def _tied(model) -> bool:
     """A language-model head that shares the input embedding (CausalLM, Seq2SeqLM)."""
     if isinstance(model, (CausalLM, Seq2SeqLM)):
@@ -438,6 +530,17 @@ def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None,
         log.warning("pooling %r has no Hugging Face classifier: transformers would pool the first token and predict "
                     "differently; load this classifier with ptmkit (load_model reads ptmkit_pooling)", model.pooling)
     sd = dict(base_state_dict(model, deltas) if state is None else state)
+    masked = sorted(k for k in sd if ".parametrizations." in k)
+    if masked:  # pruning masks still attached (ptmkit.compress.prune): the plain weight is original * mask
+        raise ConfigError(f"save_model: {masked[0].split('.parametrizations.')[0]} still carries a pruning mask; bake "
+                          "the masks into plain weights with ptmkit.compress.prune.unstructured.finalize(model) first")
+    bb_prefix = "backbone." if task != "base" else ""
+    if getattr(backbone, SHARED_ATTR, None):  # written untied, every layer its (equal) copy (see SHARED_KEY)
+        hf_config[SHARED_KEY] = [list(g) for g in getattr(backbone, SHARED_ATTR)]
+    pruned = pruned_record(backbone)
+    if pruned:  # written at the dense shapes, the removed units zero (see PRUNED_KEY)
+        hf_config[PRUNED_KEY] = pruned
+        sd = _pad_pruned(sd, backbone, bb_prefix)
     kernel = getattr(cfg, "attention_kernel", "sdpa")
     kernel_state = {k: sd.pop(k) for k in [k for k in sd if ".attn.kernel." in k]}
     if kernel not in ("sdpa", "eager"):
@@ -445,7 +548,6 @@ def hf_state_dict(model, state: dict[str, torch.Tensor] | None = None,
         hf_config["ptmkit_attention_options"] = dict(cfg.attention_options)
         log.warning("attention kernel %r has no Hugging Face equivalent: transformers will run this checkpoint with "
                     "dense attention (ptmkit restores the kernel from config.json)", kernel)
-    bb_prefix = "backbone." if task != "base" else ""
     bb = {k[len(bb_prefix):]: v for k, v in sd.items() if k.startswith(bb_prefix)}
     out = {(adapter.prefix if task != "base" else "") + k: v for k, v in adapter.backbone_to_hf(bb, cfg).items()}
     fmt = adapter.prefix if task != "base" else ""

@@ -8,6 +8,7 @@ Dimension legend: B batch, T query length, S key length, H query heads, K key/va
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from ptmkit.config import ConfigError, check_positive
+from ptmkit.nn.feedforward import PrunableUnits
 from ptmkit.nn.kernels import ATTENTION, eager_kernel, sdpa_kernel  # noqa: F401  (re-exported)
 from ptmkit.nn.positions import apply_rotary
 
@@ -65,7 +67,8 @@ class AttentionConfig:
 class KVCache:
     """Pre-allocated keys/values for incremental decoding: (layers, B, K, max_len, D) each.
 
-    Pre-allocation avoids re-copying the whole cache at every generated token (torch.cat would).
+    Pre-allocation avoids re-copying the whole cache at every generated token (torch.cat would). K is the most
+    key/value heads of any layer: a layer with fewer (heads pruned, ptmkit.compress.prune.heads) uses the first ones.
     """
 
     def __init__(self, num_layers, batch, num_kv_heads, head_dim, max_len, dtype, device):
@@ -77,12 +80,12 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k/v (B,K,T,D) after the cached prefix; return all keys/values so far (B,K,S,D)."""
-        start, end = self.length, self.length + k.shape[2]
+        start, end, heads = self.length, self.length + k.shape[2], k.shape[1]
         if end > self.max_len:
             raise ValueError(f"KV cache is full: {end} tokens > max_len {self.max_len}; allocate a larger cache")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer, :, :heads, start:end] = k
+        self.v[layer, :, :heads, start:end] = v
+        return self.k[layer, :, :heads, :end], self.v[layer, :, :heads, :end]
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -92,8 +95,13 @@ class KVCache:
         self.k, self.v = self.k[:, index], self.v[:, index]
 
 
-class SelfAttention(nn.Module):
-    """Fused-QKV self-attention. One matmul projects q, k and v: faster than three on small models."""
+class SelfAttention(PrunableUnits, nn.Module):
+    """Fused-QKV self-attention. One matmul projects q, k and v: faster than three on small models.
+
+    Its prunable units are the query heads (`keep_units`, Michel et al. 2019). With grouped-query attention a key/value
+    head serves a group of g query heads; only whole groups can go (their key and value rows with them), since a
+    kept group with fewer query heads would break the equal-group layout every kernel and the KV cache rely on.
+    """
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
@@ -114,6 +122,41 @@ class SelfAttention(nn.Module):
         groups = self.qkv.out_features // ((g + 2) * self.d)  # all key/value heads, or a tensor-parallel share
         rows = torch.arange(self.qkv.out_features).view(groups, g + 2, self.d)  # (K, g+2, D)
         return {"qkv": {"q": rows[:, :g].reshape(-1), "k": rows[:, g].reshape(-1), "v": rows[:, g + 1].reshape(-1)}}
+
+    # ---- structured pruning (PrunableUnits): a unit is a query head ----------------------------------------------
+
+    @property
+    def num_units(self) -> int:
+        return self.h
+
+    def unit_slices(self, units: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+        """qkv rows of the key/value groups of heads `units` (whole groups, sorted) and out columns of the heads."""
+        g = self.h // self.kv
+        groups = units.view(-1, g)[:, 0] // g  # (K',)
+        slots = groups[:, None] * (g + 2) + torch.arange(g + 2)  # (K', g+2): its g queries, its key, its value
+        rows = slots[..., None] * self.d + torch.arange(self.d)  # (K', g+2, D)
+        cols = units[:, None] * self.d + torch.arange(self.d)  # (H', D)
+        out = {"qkv.weight": (0, rows.flatten()), "out.weight": (1, cols.flatten())}
+        if self.qkv.bias is not None:
+            out["qkv.bias"] = (0, rows.flatten())
+        return out
+
+    def _check_units(self, units: torch.Tensor) -> None:
+        g = self.h // self.kv
+        if units.numel() % g or not torch.equal(units.view(-1, g), units.view(-1, g)[:, :1] // g * g + torch.arange(g)):
+            raise ValueError(f"grouped-query attention ({self.h} query heads in {self.kv} key/value groups of {g}) "
+                             f"keeps whole groups only: heads {units.tolist()} split a group; keep all {g} query "
+                             "heads of each kept group")
+        if self.kernel.kind != "dense":  # efficient kernels may hold per-head state (Linformer's projections)
+            raise ValueError(f"head pruning supports the dense attention kernels (sdpa, eager), not "
+                             f"{self.cfg.kernel!r}: prune the heads of the model with kernel 'sdpa'")
+
+    def _resized(self, n: int) -> None:
+        g = self.h // self.kv
+        self.h, self.kv = n, n // g
+        # a config of its own: the model's blocks share one AttentionConfig, and other layers keep their heads
+        self.cfg = dataclasses.replace(self.cfg, num_heads=self.h, num_kv_heads=self.kv)
+        self.kernel = ATTENTION[self.cfg.kernel](self.cfg)  # a dense kernel is stateless: rebuilt for the new counts
 
     def forward(
         self,
@@ -165,8 +208,10 @@ def build_mask(
             allowed = allowed & (k_pos <= q_pos)
         return allowed | (q_pos == k_pos), False  # every query sees at least itself (no NaN rows)
     keep = None if attention_mask is None else attention_mask.to(torch.bool)
-    if keep is not None and bool(keep.all()):
-        keep = None  # no padding: drop the mask so SDPA can pick its fastest kernel
+    if keep is not None and not torch.compiler.is_exporting() and bool(keep.all()):
+        # no padding: drop the mask so SDPA can pick its fastest kernel (not in an exported graph, which must serve
+        # every batch, padded or not: ONNX export)
+        keep = None
     if not causal:
         return (None if keep is None else keep[:, None, None, :]), False  # (B, 1, 1, S)
     if keep is None and (q_len == kv_len or q_len == 1):

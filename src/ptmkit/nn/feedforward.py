@@ -1,4 +1,5 @@
-"""Position-wise feed-forward networks: two-layer MLP (GELU/ReLU) and gated SwiGLU (Shazeer 2020).
+"""Position-wise feed-forward networks: two-layer MLP (GELU/ReLU) and gated SwiGLU (Shazeer 2020), and the
+structured-pruning interface they share with attention (PrunableUnits: keep some heads / neurons, physically).
 
 Dimension legend: B batch, T length, H hidden size, F intermediate size.
 """
@@ -28,7 +29,59 @@ def get_activation(name: str):
     return ACTIVATIONS[name]
 
 
-class MLP(nn.Module):
+class PrunableUnits:
+    """Structured pruning of a module's units (attention heads, feed-forward neurons): `unit_slices` says which
+    parameter slices belong to a set of units, `keep_units` keeps only those slices (smaller matrices, so the module
+    gets faster; Michel et al. 2019 remove heads this way). The methods that choose units live in
+    ptmkit.compress.prune; this is only the surgery, here because load_model (models/io.py) redoes it too.
+
+    `kept_units` records which units of the unpruned module remain and `dense_units` how many it had: save_model
+    writes the module at its dense shapes with the removed units zero, so transformers loads it, and load_model
+    prunes it back from that record."""
+
+    kept_units: list[int] | None = None  # indices into the unpruned module's units; None = never pruned
+    dense_units: int | None = None  # the unpruned module's number of units
+
+    @property
+    def num_units(self) -> int:
+        raise NotImplementedError
+
+    def unit_slices(self, units: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+        """{parameter name: (dim, indices)}: the slices of each parameter that belong to `units` (sorted)."""
+        raise NotImplementedError
+
+    def _check_units(self, units: torch.Tensor) -> None:
+        """Refuse a unit set the module's layout cannot keep (attention: partial key/value groups)."""
+
+    def _resized(self, n: int) -> None:
+        """Update the module's own counts after keeping n units."""
+
+    def keep_units(self, units) -> None:
+        """Keep units `units` (indices into the current units; at least one), removing the others' parameters."""
+        n = self.num_units
+        units = torch.as_tensor(units, dtype=torch.long).flatten()
+        if units.numel() == 0:
+            raise ValueError(f"{type(self).__name__}: keep at least one of its {n} units (removing all of them would "
+                             "cut the sub-layer out; remove the whole block instead)")
+        if int(units.min()) < 0 or int(units.max()) >= n:
+            raise ValueError(f"{type(self).__name__}: unit indices must be in [0, {n}), got {units.tolist()}")
+        if units.unique().numel() != units.numel():
+            raise ValueError(f"{type(self).__name__}: unit indices repeat: {units.tolist()}")
+        units = units.sort().values
+        self._check_units(units)
+        for name, (dim, index) in self.unit_slices(units).items():
+            owner, attr = name.rsplit(".", 1)
+            linear = self.get_submodule(owner)
+            old = getattr(linear, attr)
+            setattr(linear, attr, nn.Parameter(old.detach().index_select(dim, index), requires_grad=old.requires_grad))
+            linear.out_features, linear.in_features = linear.weight.shape
+        base = self.kept_units if self.kept_units is not None else list(range(n))
+        self.dense_units = self.dense_units or n
+        self.kept_units = [base[i] for i in units.tolist()]
+        self._resized(units.numel())
+
+
+class MLP(PrunableUnits, nn.Module):
     """Linear(H→F) → activation → (dropout) → Linear(F→H).
 
     `dropout` acts on the activations (T5's dropout_rate, BART's activation_dropout); 0 = none.
@@ -42,11 +95,22 @@ class MLP(nn.Module):
         self.act = get_activation(activation)
         self.drop = nn.Dropout(dropout)
 
+    @property
+    def num_units(self) -> int:
+        return self.up.out_features  # F neurons
+
+    def unit_slices(self, units: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+        # neuron i: row i of up (and its bias), column i of down
+        out = {"up.weight": (0, units), "down.weight": (1, units)}
+        if self.up.bias is not None:
+            out["up.bias"] = (0, units)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.drop(self.act(self.up(x))))
 
 
-class GatedMLP(nn.Module):
+class GatedMLP(PrunableUnits, nn.Module):
     """SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x)); gate and up share one fused matmul."""
 
     def __init__(self, hidden: int, intermediate: int, activation: str = "silu", bias: bool = False,
@@ -62,6 +126,18 @@ class GatedMLP(nn.Module):
         """Rows of the fused projection that are the gate and the up projection (delta methods target them)."""
         rows = torch.arange(self.gate_up.out_features).view(-1, 2)  # (F, 2)
         return {"gate_up": {"gate": rows[:, 0], "up": rows[:, 1]}}
+
+    @property
+    def num_units(self) -> int:
+        return self.down.in_features  # F neurons, each a (gate, up) pair of rows
+
+    def unit_slices(self, units: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+        # neuron i: the interleaved rows 2i (gate) and 2i+1 (up), which stay together, and column i of down
+        rows = (2 * units[:, None] + torch.arange(2)).flatten()  # (F' * 2,)
+        out = {"gate_up.weight": (0, rows), "down.weight": (1, units)}
+        if self.gate_up.bias is not None:
+            out["gate_up.bias"] = (0, rows)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One copy de-interleaves the pairs into (2, B, T, F): silu, the product and their backward then run on

@@ -121,7 +121,14 @@ ADAPTER_DIR = "adapter"  # a fine-tuned model directory's delta-tuning method, b
 
 
 def load_adapted(model_dir: str | Path, **kwargs):
-    """load_model, then the directory's adapter (ptm finetune --method ...) when it has one."""
+    """load_model, then the directory's adapter (ptm finetune --method ...) when it has one; a quantised directory
+    (ptm compress, its config.json's quantization_config) loads with its integer weights."""
+    config = json.loads((Path(model_dir) / "config.json").read_text()) if (Path(model_dir) / "config.json").is_file() \
+        else {}
+    if (config.get("quantization_config") or {}).get("quant_method") == "ptmkit":
+        from ptmkit.compress.quant import load_quantized  # torchao is imported only for quantised models
+
+        return load_quantized(model_dir)
     model = load_model(model_dir, **kwargs)
     if (Path(model_dir) / ADAPTER_DIR).is_dir():
         adapt.load_adapter(model, Path(model_dir) / ADAPTER_DIR)

@@ -62,7 +62,7 @@ def _objective(method, teacher, **options):
 @pytest.mark.parametrize("method", sorted(DISTILLERS))
 def test_every_term_is_zero_when_the_student_is_the_teacher(method):
     teacher = _bert().eval()
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(teacher).train()  # training mode: the terms (evaluation returns the task loss alone)
     obj = _objective(method, teacher)
     obj.bind(student)
     _, metrics = obj.loss(student, _batch())
@@ -74,7 +74,7 @@ def test_every_term_is_zero_when_the_student_is_the_teacher(method):
 def test_tinybert_prediction_stage_and_soft_losses_are_zero_at_the_teacher():
     teacher = _bert().eval()
     obj = _objective("tinybert", teacher, stage="prediction")
-    _, metrics = obj.loss(copy.deepcopy(teacher), _batch())
+    _, metrics = obj.loss(copy.deepcopy(teacher).train(), _batch())
     assert metrics["prediction_loss"] == pytest.approx(0.0, abs=1e-6)
     logits = torch.randn(5, 7)
     # KL = soft cross-entropy minus the teacher's entropy (times T^2): same gradients, zero at the teacher
@@ -131,6 +131,13 @@ def test_minilm_qk_relation_is_the_kl_of_the_attention_distributions():
     assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_evaluation_returns_the_students_own_loss():
+    teacher = _bert().eval()
+    student = _bert(layers=2, seed=4).eval()
+    loss, metrics = _objective("distilbert", teacher).loss(student, _batch())
+    assert set(metrics) == {"loss"} and loss.item() == pytest.approx(TaskObjective().loss(student, _batch())[0].item())
+
+
 def test_minilm_works_across_widths_and_head_counts():
     teacher = _bert(hidden=64, heads=4).eval()
     student = _bert(layers=2, hidden=32, heads=2, seed=3)
@@ -176,7 +183,7 @@ def test_training_the_student_lowers_the_distillation_loss_and_never_touches_the
 
 def test_distilbert_distils_a_masked_lm_on_the_masked_positions():
     teacher = _bert(task="masked-lm").eval()
-    student = student_from_teacher(teacher, 2)
+    student = student_from_teacher(teacher, 2).train()
     mlm = MaskedLM(MLMConfig(mask_token_id=4, vocab_size=VOCAB, special_token_ids=[0, 1, 2, 3]))
     cfg_cls, cls = DISTILLERS["distilbert"]
     obj = cls(cfg_cls(), mlm, teacher)
@@ -185,7 +192,7 @@ def test_distilbert_distils_a_masked_lm_on_the_masked_positions():
     loss, metrics = obj.loss(student, batch)
     assert {"hard_loss", "soft_loss", "cosine_loss"} <= set(metrics) and loss.requires_grad
     # teacher against itself: zero distillation terms on the same masked positions
-    _, same = cls(cfg_cls(), mlm, teacher).loss(copy.deepcopy(teacher), batch)
+    _, same = cls(cfg_cls(), mlm, teacher).loss(copy.deepcopy(teacher).train(), batch)
     assert same["soft_loss"] == pytest.approx(0.0, abs=1e-5) and same["cosine_loss"] == pytest.approx(0.0, abs=1e-5)
 
 

@@ -62,3 +62,30 @@ def test_bad_groups_are_errors():
     model = share.apply(_bert(), share.ShareConfig())
     with pytest.raises(ConfigError, match="already shared"):
         share.apply(model, share.ShareConfig())
+
+
+def test_a_shared_model_saves_loads_tied_and_exports_to_transformers(tmp_path):
+    import transformers as T
+
+    from ptmkit.models import load_model, save_model
+
+    model = share.apply(_bert(), share.ShareConfig(num_groups=2)).eval()
+    save_model(model, tmp_path / "m")
+    back = load_model(tmp_path / "m").eval()
+    assert back.backbone.layers[0] is back.backbone.layers[1] and share.shared_groups(back) == [[0, 1], [2, 3]]
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in model.parameters())
+    ids = torch.randint(1, 64, (2, 8))
+    with torch.no_grad():
+        ours = model(ids).logits
+        assert torch.equal(back(ids).logits, ours)
+        hf = T.BertForSequenceClassification.from_pretrained(tmp_path / "m").eval()  # untied copies: an ordinary BERT
+        assert torch.allclose(hf(ids).logits, ours, atol=1e-5)
+    # copies trained apart no longer form one layer: loading them tied would change the model
+    from safetensors.torch import load_file, save_file
+    sd = load_file(tmp_path / "m" / "model.safetensors")
+    key = next(k for k in sd if "layer.1." in k and k.endswith("weight"))
+    sd[key] = sd[key] + 1
+    save_file(sd, tmp_path / "m" / "model.safetensors")
+    from ptmkit.models.convert.base import CheckpointError
+    with pytest.raises(CheckpointError, match="differ"):
+        load_model(tmp_path / "m")

@@ -70,6 +70,11 @@ def add_parser(sub) -> None:
     p.add_argument("--student-layers", type=int, default=None,
                    help="the student keeps this many of MODEL's layers, evenly spaced and ending with the last "
                         "(DistilBERT: give the teacher as MODEL and --teacher, and half its layers)")
+    p.add_argument("--compress", choices=["gradual-magnitude", "movement", "soft-movement", "qat-int8"], default=None,
+                   help="compress while fine-tuning: prune on a cubic schedule (gradual-magnitude, Zhu & Gupta; "
+                        "movement / soft-movement, Sanh et al.) or train with int8 fake quantisation (qat-int8, "
+                        "Q8BERT); OUT/best/ holds the pruned or int8 model. Options --METHOD.KEY VALUE, e.g. "
+                        "--gradual-magnitude.schedule '{final: 0.6, end: 300, every: 30}'")
     p.add_argument("--template", default=None,
                    help="prompt-based fine-tuning (PET, LM-BFF): wrap each input in this template, with {text_a}, "
                         "{text_b} and one slot {mask} (e.g. '{text_a} It was {mask}.'; for a causal LM the slot "
@@ -164,10 +169,14 @@ def config_from_args(args) -> FinetuneConfig:
     values["show_progress"] = not args.no_progress
     options: dict = {}
     values["distill_options"] = {}
+    values["compress_options"] = {}
     for key, value in parse_dotted(getattr(args, "overrides", []) or []).items():
         section, _, name = key.partition(".")
         if section == args.distill and name:  # --tinybert.stage prediction
             values["distill_options"][name] = value
+            continue
+        if section == args.compress and name:  # --gradual-magnitude.schedule '{final: 0.6, end: 300}'
+            values["compress_options"][name] = value
             continue
         if section != args.method or not name:
             hint = (f"--method {section} " if section in METHODS else "") + f"--{section}.KEY"

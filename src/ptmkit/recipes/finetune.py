@@ -10,6 +10,7 @@ Devlin et al. 2019 §4 (BERT fine-tuning recipe: new head, small lr, linear warm
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import dataclasses
 import json
@@ -28,6 +29,7 @@ from ptmkit import adapt, atomic, outputs
 from ptmkit.adapt.prompt_model import PromptClassifier, prompt_examples
 from ptmkit.adapt.prompts import Template, parse_words
 from ptmkit.compress.distill import DISTILLERS, student_from_teacher
+from ptmkit.compress.prune import unstructured
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.encode import prepare_backend
 from ptmkit.data.task_batches import TaskBatches
@@ -83,6 +85,11 @@ class FinetuneConfig:
     # the student is this many of `model`'s layers, evenly spaced and ending with the last (DistilBERT's init from
     # every other teacher layer: give the teacher as both model and teacher); None keeps every layer
     student_layers: int | None = None
+    # compression while fine-tuning (ptmkit.compress): gradual-magnitude, movement or soft-movement pruning (masks
+    # grow on their schedule through the engine's on_step; best/ holds the plain pruned weights), or qat-int8 (Q8BERT
+    # fake quantisation; best/ holds the converted int8 model). compress_options: the method's config (--METHOD.key)
+    compress: str | None = None
+    compress_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # with a delta method: the dtype the frozen weights are held in. bf16 halves their memory (SmolLM2-135M: -270 MB)
     # and changes nothing the bf16 autocast step computes with them but the norms' and embeddings' rounding; the
     # trained parameters (method and head) stay fp32. best/ then holds the frozen weights in bf16 too
@@ -191,6 +198,7 @@ class FinetuneConfig:
             raise ConfigError(f"{where}: method options {sorted(self.method_options)} given without a method; "
                               f"choose one with method (one of {sorted(adapt.METHODS)})")
         self._check_distillation(where)
+        self._check_compression(where)
         if self.frozen_dtype not in ("fp32", "bf16"):
             raise ConfigError(f"{where}: frozen_dtype must be fp32 or bf16, got {self.frozen_dtype!r}")
         if self.frozen_dtype == "bf16" and (self.method == "full" or self.precision != "bf16"):
@@ -228,6 +236,21 @@ class FinetuneConfig:
                 "held-out data (e.g. eval_split='dev')"
             )
 
+    def _check_compression(self, where: str) -> None:
+        if self.compress is None:
+            if self.compress_options:
+                raise ConfigError(f"{where}: compress options {sorted(self.compress_options)} given without compress; "
+                                  f"choose one of {list(TRAINING_COMPRESSION)}")
+            return
+        if self.compress not in TRAINING_COMPRESSION:
+            raise ConfigError(f"{where}: compress={self.compress!r} is not a method that trains; choose one of "
+                              f"{list(TRAINING_COMPRESSION)} (one-shot methods: ptm compress)")
+        from_dict(_compression_config(self.compress), dict(self.compress_options),
+                  where=f"{where}: {self.compress} options")
+        if self.method != "full" or self.template is not None or self.data_parallel == "fsdp":
+            raise ConfigError(f"{where}: compress={self.compress!r} prunes or quantises the whole model while it trains; "
+                              "it does not combine with a delta method, a prompt template or FSDP sharding")
+
     def _check_distillation(self, where: str) -> None:
         if (self.teacher is None) != (self.distill is None):
             raise ConfigError(f"{where}: distillation needs both teacher (a fine-tuned model directory) and distill (one "
@@ -249,6 +272,52 @@ class FinetuneConfig:
                               f"{self.student_layers}")
 
 
+# methods that compress while the model trains (one-shot methods are `ptm compress`)
+TRAINING_COMPRESSION = ("gradual-magnitude", "movement", "soft-movement", "qat-int8")
+
+
+def _compression_config(name: str) -> type:
+    if name == "qat-int8":
+        from ptmkit.compress.quant import QUANTIZERS  # torchao is imported only for quantisation
+
+        return QUANTIZERS[name].config
+    return unstructured.UNSTRUCTURED[name].config
+
+
+def _compression(cfg: FinetuneConfig, model: torch.nn.Module):
+    """Attach cfg.compress to the model about to train; returns the engine's on_step (None for QAT, whose fake
+    quantisation needs no schedule)."""
+    if cfg.compress is None:
+        return None
+    options = from_dict(_compression_config(cfg.compress), dict(cfg.compress_options))
+    if cfg.compress == "qat-int8":
+        from ptmkit.compress.quant import quantize
+
+        quantize(model, cfg.compress, options)
+        return None
+    return unstructured.prune(model, cfg.compress, options)
+
+
+def _final_step(pruner, steps: int) -> int:
+    """The first step whose model may be kept as the best: where a pruning schedule reaches its final sparsity (the
+    last step if the run ends before that)."""
+    schedule = getattr(getattr(pruner, "cfg", None), "schedule", None)
+    return 0 if schedule is None else min(schedule.end + 1, steps)
+
+
+def _deployable(cfg: FinetuneConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """The model as best/ holds it: a copy with the pruning masks baked into plain weights, or the QAT model converted
+    to int8; the model that trains keeps its masks and fake quantisers."""
+    if cfg.compress is None:
+        return model
+    model = copy.deepcopy(model)
+    if cfg.compress == "qat-int8":
+        from ptmkit.compress.quant import convert
+
+        return convert(model)
+    return unstructured.finalize(model)
+
+
 @dataclass
 class _Run:
     """Everything a fine-tuning run trains on, built and checked before anything is written."""
@@ -265,6 +334,7 @@ class _Run:
     pad_id: int
     steps: int
     eval_every: int
+    on_step: Any = None  # the engine's per-step hook (a pruning schedule)
 
 
 def _resolved(data_dir, data_file) -> str | None:
@@ -357,8 +427,9 @@ def _build(cfg: FinetuneConfig, state) -> _Run:
     steps = math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.grad_accum)
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
+    on_step = _compression(cfg, model)
     return _Run(spec, model, objective, batches, enc_train, enc_dev, dev, names, device, pad_id, steps,
-                cfg.eval_every or per_epoch)
+                cfg.eval_every or per_epoch, on_step)
 
 
 def _method_options(cfg: FinetuneConfig, tok: Tokenizer | None = None) -> dict[str, Any]:
@@ -473,7 +544,13 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
         with atomic.atomic_dir(out / "best") as tmp:  # a crash mid-save leaves the previous best intact
             # with a delta method: the frozen base and the task head, and beside them the method as an adapter
             lm = model.lm if cfg.template is not None else model  # prompt-based: the LM itself is the classifier
-            save_model(lm, tmp, tokenizer_from=str(model_dir), deltas="beside")
+            if cfg.compress == "qat-int8":  # the int8 model QAT trained for, in the quantised layout
+                from ptmkit.compress.quant import save_quantized
+
+                save_quantized(_deployable(cfg, lm), tmp)
+                Tokenizer.load(model_dir).save(tmp)
+            else:
+                save_model(_deployable(cfg, lm), tmp, tokenizer_from=str(model_dir), deltas="beside")
             if cfg.method != "full":
                 # its base is best/ itself (the frozen weights and the trained head), where PEFT finds both
                 adapt.save_adapter(lm, tmp / ADAPTER_DIR, base_model=str((out / "best").resolve()))
@@ -491,7 +568,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
     peak, _ = mfu_denominator(str(run.device), cfg.precision)
     summary = train(run.model, run.objective, run.batches, out, train_cfg, optim_cfg, sched_cfg, evaluate=evaluator,
                     resume=resume, flops_per_token=fpt, peak_flops=peak, parallel=state,
-                    keep_best=KeepBest(spec.main_metric, save_best),
+                    keep_best=KeepBest(spec.main_metric, save_best, from_step=_final_step(run.on_step, run.steps)),
+                    on_step=run.on_step,
                     title=f"{model_dir.parent.name}/{model_dir.name}{' (random init)' if cfg.init == 'random' else ''} "
                           f"on {spec.task}")
     summary.pop("trained")

@@ -20,11 +20,16 @@ class KeepBest:
     value: float | None = None
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # models before this step are not candidates: a model pruned on a schedule counts only once it has reached its
+    # final sparsity (an earlier, denser one would often score better and is not the model asked for)
+    from_step: int = 0
 
     def update(self, step: int, metrics: dict[str, Any], model: nn.Module) -> bool:
         """Save and return True when `metrics[self.metric]` beats the best so far."""
         if self.metric not in metrics:
             raise ConfigError(f"keep-best: the evaluation reports {sorted(metrics)}, not {self.metric!r}")
+        if step < self.from_step:
+            return False
         value = float(metrics[self.metric])
         if math.isnan(value):
             return False

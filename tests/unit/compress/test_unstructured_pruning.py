@@ -366,3 +366,20 @@ def test_saving_with_masks_attached_says_to_finalize(tmp_path):
     unstructured.prune(model, "magnitude", {"sparsity": 0.5})
     with pytest.raises(ConfigError, match="finalize"):
         save_model(model, tmp_path / "m")
+
+
+def test_finalizing_a_copy_leaves_the_original_masked_and_working():
+    """copy.deepcopy shares torch's parametrized class between copy and original: baking the copy (to save the best
+    model mid-training) must not take the weight away from the model that goes on training."""
+    import copy
+
+    from ptmkit.compress.prune import unstructured
+    from ptmkit.models import build_model, make_config
+
+    model = build_model("bert", make_config("bert", dict(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2,
+                                                         intermediate_size=64, max_position_embeddings=32))).eval()
+    unstructured.prune(model, "magnitude", {"sparsity": 0.5})
+    plain = unstructured.finalize(copy.deepcopy(model))
+    ids = torch.randint(0, 64, (2, 5))
+    assert torch.equal(model(ids).last_hidden_state, plain(ids).last_hidden_state)
+    assert unstructured.report(model)["sparsity"] == pytest.approx(0.5, abs=1e-3)

@@ -187,6 +187,11 @@ def finalize(model: nn.Module) -> nn.Module:
         raise ConfigError("finalize: this model carries no pruning masks (prune it first, e.g. with "
                           "ptmkit.compress.prune.unstructured.prune(model, 'magnitude', {...}))")
     for m in pruned:
+        # torch's parametrize gives a parametrized module a class of its own, and copy.deepcopy shares that class with
+        # the copy; removing the parametrization deletes `weight` from the class, which would break every other
+        # module of it (finalizing a copy to save it broke the model still training). A private class first.
+        cls = type(m)
+        m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     return model
 

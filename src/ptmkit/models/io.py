@@ -134,6 +134,9 @@ def load_model(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json; is it a model directory?")
         hf_config = json.loads((path / "config.json").read_text())
+        if (hf_config.get("quantization_config") or {}).get("quant_method") == "ptmkit":
+            raise ConfigError(f"{path} holds a model quantised by ptmkit (integer weights and scales); load it with "
+                              "ptmkit.compress.quant.load_quantized (ptm evaluate and ptm compress read it)")
         state = read_weights(path)
     return from_hf(hf_config, state, task, num_labels, dtype, source=str(path), dropout=dropout, pooling=pooling)
 

@@ -154,5 +154,6 @@ def refuse_tied(model: nn.Module, sites: list[Site], method: str) -> None:
         shared = owners.get(id(getattr(s.module, "weight", None)), {})
         if len(shared) > 1:
             other = next(n for m, n in shared.items() if m != id(s.module))
-            raise ConfigError(f"{method}: {s.name} shares its weight with {other} (tied embeddings), so a change "
-                              f"merged into it would change {other} too; leave it out of the targets")
+            raise ConfigError(f"{method}: {s.name} shares its weight with {other} (tied embeddings), so changing its "
+                              f"weight (a merged delta, a quantised copy) would change {other} too; leave it out of "
+                              "the targets")

@@ -68,8 +68,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the dev scores before and after")
     p.add_argument("--student-layers", type=int, default=None,
                    help="distillation: the student keeps this many of MODEL's layers (evenly spaced, last included)")
-    p.add_argument("--epochs", type=float, default=d["epochs"], help="distillation: training epochs")
-    p.add_argument("--lr", type=float, default=d["lr"], help="distillation: learning rate")
+    p.add_argument("--epochs", type=float, default=d["epochs"],
+                   help="distillation and the methods that train (gradual-magnitude, movement, qat-int8): epochs")
+    p.add_argument("--lr", type=float, default=d["lr"], help="learning rate of the methods that train")
     p.add_argument("--seed", type=int, default=d["seed"], help="seed for the data batches and training")
     p.add_argument("--overwrite", action="store_true", help="replace a compression run already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -97,8 +98,8 @@ def run(args) -> int:
     from ptmkit.recipes.compress import compress
 
     r = compress(config_from_args(args))
-    if r["kind"] == "distill":
-        print(f"distilled a student into {r['student']}: dev {json.dumps(r.get('dev'))}")
+    if r["kind"] in ("distill", "train"):
+        print(f"{r['method']}: the compressed model is {r['student']}: dev {json.dumps(r.get('dev'))}")
         return 0
     b, a = r["before"], r["after"]
     print(f"{r['method']}: {b['parameters']:,} -> {a['parameters']:,} parameters, "

@@ -37,22 +37,26 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.models import save_model
 from ptmkit.objectives.classification import TaskConfig, TaskObjective
 from ptmkit.recipes.evaluate import TASK_FILE, _pad_id, evaluate, kind_of, load_adapted
+from ptmkit.recipes.finetune import TRAINING_COMPRESSION, FinetuneConfig, _compression_config, finetune
 from ptmkit.train.logging import MetricsLogger
 
-# The kinds: structured / unstructured pruning, quantisation and sharing run here; distillation trains through
-# finetune. Methods that prune or quantise while training (gradual-magnitude, movement, qat-int8) are transforms plus
-# the engine's on_step: use them from Python (docs/compression.md).
+# The kinds: structured / unstructured pruning, quantisation and sharing run here; distillation and the methods that
+# prune or quantise while training (gradual-magnitude, movement, soft-movement, qat-int8) are fine-tuning runs on the
+# one engine (ptm finetune --teacher/--distill, --compress), started from here.
 ONE_SHOT_UNSTRUCTURED = ("magnitude",)
 ONE_SHOT_QUANT = ("int8-dynamic", "int8-weight", "int4-weight", "static-int8", "qbert")
 KINDS: dict[str, str] = {
     **{name: "structured" for name in STRUCTURED}, **{name: "unstructured" for name in ONE_SHOT_UNSTRUCTURED},
     **{name: "quant" for name in ONE_SHOT_QUANT}, "share": "share", **{name: "distill" for name in DISTILLERS},
+    **{name: "train" for name in TRAINING_COMPRESSION},  # pruned / quantised while fine-tuning on the task
 }
 
 
 def method_config(name: str) -> type:
     """The config class of method `name` (quantisers import torchao, so only when one is asked for)."""
     kind = KINDS[name]
+    if kind == "train":
+        return _compression_config(name)
     if kind == "quant":
         from ptmkit.compress.quant import QUANTIZERS
 
@@ -77,8 +81,8 @@ class CompressConfig:
     evaluate: bool = True  # score the model before and after on the dev split (needs a task)
     eval_precision: str = "fp32"  # the dev scores' precision (int8 kernels compute in their own)
     student_layers: int | None = None  # distillation: the student keeps this many of MODEL's layers
-    epochs: float = 3.0  # distillation: training epochs
-    lr: float = 1e-4  # distillation: learning rate
+    epochs: float = 3.0  # distillation and compression while training: epochs
+    lr: float = 1e-4  # distillation and compression while training: learning rate
     seed: int = 0
     overwrite: bool = False
     show_progress: bool = True
@@ -128,8 +132,8 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     if out.resolve() == Path(cfg.model).resolve():
         raise ConfigError(f"compress: out {out} is the model's own directory; write the compressed model elsewhere")
     outputs.check_free(out, MARKERS, overwrite=cfg.overwrite, kind="compression run")
-    if kind == "distill":
-        return _distill(cfg, task, info)
+    if kind in ("distill", "train"):
+        return _train(cfg, task, info)
     from ptmkit.compress.quant import QUANTIZERS, quantize, save_quantized
     from ptmkit.compress.quant import report as quant_report
 
@@ -217,16 +221,19 @@ def _scores(cfg: CompressConfig, task: str, out: Path) -> dict[str, Any]:
     return {"dev": scores, "retention": retention}
 
 
-def _distill(cfg: CompressConfig, task: str | None, info: dict[str, Any]) -> dict[str, Any]:
-    """Distillation trains the student on the engine: MODEL is the teacher and (with student_layers) the student's
-    start; the run is a fine-tuning run in out/ whose best/ is the student."""
-    from ptmkit.recipes.finetune import FinetuneConfig, finetune
-
+def _train(cfg: CompressConfig, task: str | None, info: dict[str, Any]) -> dict[str, Any]:
+    """Distillation and compression while training run on the engine as a fine-tuning run in out/, whose best/ is
+    the compressed model: the student (MODEL is the teacher and, with student_layers, the student's start), or MODEL
+    pruned on its schedule or trained with fake quantisation and converted to int8."""
     if task is None:
-        raise ConfigError(f"compress: {cfg.method} distils on a task's training data; give --task")
-    res = finetune(FinetuneConfig(model=cfg.model, task=task, out=cfg.out, data_dir=cfg.data_dir, teacher=cfg.model,
-                                  distill=cfg.method, distill_options=dict(cfg.method_options),
-                                  student_layers=cfg.student_layers, epochs=cfg.epochs, lr=cfg.lr,
+        raise ConfigError(f"compress: {cfg.method} trains on a task's training data; give --task")
+    if KINDS[cfg.method] == "distill":
+        how = dict(teacher=cfg.model, distill=cfg.method, distill_options=dict(cfg.method_options),
+                   student_layers=cfg.student_layers)
+    else:
+        how = dict(compress=cfg.method, compress_options=dict(cfg.method_options))
+    res = finetune(FinetuneConfig(model=cfg.model, task=task, out=cfg.out, data_dir=cfg.data_dir, **how,
+                                  epochs=cfg.epochs, lr=cfg.lr,
                                   batch_size=cfg.batch_size, max_length=cfg.max_length or info.get("max_length") or 128, seed=cfg.seed,
                                   overwrite=cfg.overwrite, show_progress=cfg.show_progress))
-    return {"method": cfg.method, "kind": "distill", "student": str(Path(cfg.out) / "best"), **res}
+    return {"method": cfg.method, "kind": KINDS[cfg.method], "student": str(Path(cfg.out) / "best"), **res}

@@ -66,6 +66,13 @@ def test_distillation_from_compress_trains_a_student(teacher, sst_dir, tmp_path)
     assert r["kind"] == "distill" and (tmp_path / "d" / "best" / "config.json").is_file()
 
 
+def test_methods_that_train_run_as_fine_tuning(teacher, sst_dir, tmp_path):  # noqa: F811
+    r = compress(CompressConfig(model=str(teacher), out=str(tmp_path / "g"), method="gradual-magnitude",
+                                method_options={"schedule": {"final": 0.5, "end": 4, "every": 2}},
+                                data_dir=str(sst_dir), epochs=2.0, batch_size=8, show_progress=False))
+    assert r["kind"] == "train" and (tmp_path / "g" / "best" / "config.json").is_file()
+
+
 def test_the_cli_and_bad_input(teacher, sst_dir, tiny_model, tmp_path, capsys):  # noqa: F811
     code = ptm(["compress", str(teacher), "--out", str(tmp_path / "c"), "--method", "magnitude",
                 "--magnitude.sparsity", "0.25", "--data-dir", str(sst_dir), "--no-progress"])

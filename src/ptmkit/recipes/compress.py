@@ -80,6 +80,7 @@ class CompressConfig:
     data_batches: int = 8  # training batches for importance, calibration and Hessian traces
     evaluate: bool = True  # score the model before and after on the dev split (needs a task)
     eval_precision: str = "fp32"  # the dev scores' precision (int8 kernels compute in their own)
+    max_eval_examples: int | None = None  # score a seeded subset of the dev split (quick looks, tests)
     student_layers: int | None = None  # distillation: the student keeps this many of MODEL's layers
     epochs: float = 3.0  # distillation and compression while training: epochs
     lr: float = 1e-4  # distillation and compression while training: learning rate
@@ -212,7 +213,7 @@ def _scores(cfg: CompressConfig, task: str, out: Path) -> dict[str, Any]:
     scores = {}
     for which, path in (("before", Path(cfg.model)), ("after", out / "model")):
         res = evaluate(path, task, cfg.data_dir, "dev", max_length=cfg.max_length, precision=cfg.eval_precision,
-                       device="cpu", show_progress=cfg.show_progress)
+                       device="cpu", max_examples=cfg.max_eval_examples, show_progress=cfg.show_progress)
         scores[which] = res["metrics"]
         logger.log({"split": "eval", "model": which, **res["metrics"]})
     logger.close()
@@ -233,7 +234,7 @@ def _train(cfg: CompressConfig, task: str | None, info: dict[str, Any]) -> dict[
     else:
         how = dict(compress=cfg.method, compress_options=dict(cfg.method_options))
     res = finetune(FinetuneConfig(model=cfg.model, task=task, out=cfg.out, data_dir=cfg.data_dir, **how,
-                                  epochs=cfg.epochs, lr=cfg.lr,
+                                  epochs=cfg.epochs, lr=cfg.lr, max_eval_examples=cfg.max_eval_examples,
                                   batch_size=cfg.batch_size, max_length=cfg.max_length or info.get("max_length") or 128, seed=cfg.seed,
                                   overwrite=cfg.overwrite, show_progress=cfg.show_progress))
     return {"method": cfg.method, "kind": KINDS[cfg.method], "student": str(Path(cfg.out) / "best"), **res}

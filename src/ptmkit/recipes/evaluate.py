@@ -21,7 +21,7 @@ from ptmkit.analysis.metrics import compute_metrics, entity_scores
 from ptmkit.config import ConfigError
 from ptmkit.data.encode import Encoded, collate, prepare_backend, sorted_batches, word_predictions
 from ptmkit.data.glue import GLUE_TASKS
-from ptmkit.data.task_data import TaskSpec, _labelled, canonical_task, encode_split, load_split
+from ptmkit.data.task_data import TaskSpec, _labelled, _subset, _take, canonical_task, encode_split, load_split
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
 from ptmkit.models import load_model
 from ptmkit.objectives.classification import task_logits, task_loss
@@ -154,13 +154,14 @@ def evaluate(
     split_column: str | None = None,
     data_file: str | os.PathLike | None = None,
     skip_bad_rows: bool = False,
+    max_examples: int | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Score a fine-tuned model directory on one split; write out/metrics.json and out/predictions.tsv.
 
     ``task``, ``max_length`` and the table options default to what the fine-tuning run recorded in
-    the model directory (finetune_task.json), else max_length=128. An unlabelled split (GLUE test
-    files) gets predictions only. Returns the metrics.json contents.
+    the model directory (finetune_task.json), else max_length=128; ``max_examples`` scores a seeded subset. An
+    unlabelled split (GLUE test files) gets predictions only. Returns the metrics.json contents.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -202,6 +203,7 @@ def evaluate(
 
     data, path = load_split(spec, split, label_names=model_names if spec.is_token else None,
                             allow_unlabelled=True)
+    data = _take(data, _subset(len(data), max_examples, 1))  # a seeded subset (fine-tuning's eval subset for seed 0)
     check_vocab(tok, model.config.vocab_size)
     if prompt:
         data = prompt_examples(data, template, tok, max_length, model.causal)

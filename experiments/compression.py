@@ -11,7 +11,14 @@ experiments/adaptation_methods.py, seed 0: the same capped training sets, so bot
   tinybert-3L      TinyBERT task distillation: layer terms, then predictions (two runs)       (Jiao et al. 2020)
   minilm-3L        MiniLM last-layer attention and value relations, then labels               (Wang et al. 2020)
 
-Every row is a `ptm finetune` run (resumable: a finished run's results.json is reused). Latency is measured at the
+  heads-40%, heads+ffn-40%     attention heads (Michel et al. 2019), then also FFN neurons, removed; one shot
+  magnitude-50%                one-shot magnitude pruning of the blocks' weights
+  gradual-magnitude-50%        Zhu & Gupta's schedule while fine-tuning further (Gordon et al. 2020)
+  movement-50%                 movement pruning while fine-tuning further (Sanh et al. 2020)
+  int8-dynamic, static-int8, int4-weight, qbert-4bit, qat-int8   torchao quantisation (QAT: Q8BERT, trained)
+  shared-3x2                   layers tied in 3 pairs (ALBERT's sharing), then DistilBERT-style recovery from the teacher
+
+Every stage is a `ptm finetune` or `ptm compress` run (resumable: a finished run's results are reused). Latency is measured at the
 end for every row in one process, rows alternating (benchmarks/_timing.py), batch 1 and 32 at the task's length,
 fp32 and bf16 autocast, `torch.no_grad`, median of --rounds. Writes the "table" block of docs/compression.md.
 
@@ -38,20 +45,38 @@ from _lists import names  # noqa: E402
 from _timing import alternate  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
-from ptmkit.models import load_model  # noqa: E402
+from ptmkit.recipes.evaluate import load_adapted  # noqa: E402
 from ptmkit.recipes.finetune import FinetuneConfig, finetune  # noqa: E402
 
 TASKS = {"sst2": (64, 8000), "rte": (128, None), "cola": (64, None), "stsb": (128, None)}  # as adaptation_methods
 METRIC = {"sst2": "accuracy", "rte": "accuracy", "cola": "matthews_corrcoef", "stsb": "pearson"}
-# row -> list of runs, each (distillation method or None, its options, lr, init: "teacher" layers or "previous" run)
-ROWS: dict[str, list[tuple[str | None, dict, float, str]]] = {
-    "student-3L": [(None, {}, 1e-4, "teacher")],
-    "distilbert-3L": [("distilbert", {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5,
-                                      "cosine_weight": 1.0}, 1e-4, "teacher")],
-    "pkd-3L": [("pkd", {"strategy": "skip"}, 1e-4, "teacher")],
-    "tinybert-3L": [("tinybert", {"stage": "intermediate"}, 1e-4, "teacher"),
-                    ("tinybert", {"stage": "prediction"}, 1e-4, "previous")],
-    "minilm-3L": [("minilm", {"hard_weight": 1.0}, 1e-4, "teacher")],
+# row -> its stages, run in order, each starting from the teacher or from the previous stage's model:
+#   ("distill", method, options, lr)   a fine-tuning run with the teacher (3-layer student when from the teacher)
+#   ("label", None, {}, lr)            a fine-tuning run on the labels alone (3-layer student from the teacher)
+#   ("train", method, options, lr)     a fine-tuning run compressing while it trains (ptm finetune --compress)
+#   ("oneshot", method, options, None) ptm compress (pruning, quantisation, sharing), no training
+SCHEDULE_50 = {"final": 0.5, "end": 500, "every": 25}  # 2/3 of the 750 SST-2 steps; the other tasks scale it below
+ROWS: dict[str, list[tuple[str, str | None, dict, float | None]]] = {
+    "student-3L": [("label", None, {}, 1e-4)],
+    "distilbert-3L": [("distill", "distilbert", {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5,
+                                                 "cosine_weight": 1.0}, 1e-4)],
+    "pkd-3L": [("distill", "pkd", {"strategy": "skip"}, 1e-4)],
+    "tinybert-3L": [("distill", "tinybert", {"stage": "intermediate"}, 1e-4),
+                    ("distill-next", "tinybert", {"stage": "prediction"}, 1e-4)],
+    "minilm-3L": [("distill", "minilm", {"hard_weight": 1.0}, 1e-4)],
+    "heads-40%": [("oneshot", "heads", {"fraction": 0.4}, None)],
+    "heads+ffn-40%": [("oneshot", "heads", {"fraction": 0.4}, None), ("oneshot-next", "ffn", {"fraction": 0.4}, None)],
+    "magnitude-50%": [("oneshot", "magnitude", {"sparsity": 0.5}, None)],
+    "gradual-magnitude-50%": [("train", "gradual-magnitude", {"schedule": SCHEDULE_50}, 3e-5)],
+    "movement-50%": [("train", "movement", {"schedule": SCHEDULE_50}, 3e-5)],
+    "int8-dynamic": [("oneshot", "int8-dynamic", {}, None)],
+    "static-int8": [("oneshot", "static-int8", {}, None)],
+    "int4-weight": [("oneshot", "int4-weight", {}, None)],
+    "qbert-4bit": [("oneshot", "qbert", {"budget": 4}, None)],
+    "qat-int8": [("train", "qat-int8", {}, 3e-5)],
+    "shared-3x2": [("oneshot", "share", {"num_groups": 3}, None),
+                   ("distill-next", "distilbert", {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5,
+                                                   "cosine_weight": 0.0}, 5e-5)],
 }
 STUDENT_LAYERS = 3
 
@@ -102,20 +127,53 @@ def teacher_dir(args, task: str) -> Path:
     return out / "best"
 
 
-def row_runs(args, row: str, task: str, teacher: Path) -> tuple[Path, dict]:
-    """The row's final model directory and its last run's results."""
+def row_runs(args, row: str, task: str, teacher: Path) -> tuple[Path, dict, float]:
+    """The row's final model directory, its last stage's results and its dev score."""
+    from ptmkit.recipes.compress import CompressConfig, compress
+
     if row == "teacher":
         res = json.loads((teacher.parent / "results.json").read_text())
-        return teacher, res
-    previous, res = None, None
-    for i, (method, options, lr, init) in enumerate(ROWS[row]):
+        return teacher, res, res["final"][METRIC[task]]
+    previous = None
+    steps = _steps(args, task)
+    for i, (kind, method, options, lr) in enumerate(ROWS[row]):
         out = Path(args.out) / row / (task if len(ROWS[row]) == 1 else f"{task}-stage{i + 1}")
-        start = teacher if init == "teacher" else previous
-        distill = dict(teacher=str(teacher), distill=method, distill_options=options) if method else {}
-        res = _run(args, out, task, model=str(start), lr=lr,
-                   student_layers=STUDENT_LAYERS if init == "teacher" else None, **distill)
-        previous = out / "best"
-    return previous, res
+        start = previous if kind.endswith("-next") else teacher
+        kind = kind.removesuffix("-next")
+        if "schedule" in options:  # the schedule ends at 2/3 of this task's run
+            options = {**options, "schedule": {**options["schedule"], "end": max(1, steps * 2 // 3),
+                                               "every": max(1, steps // 30)}}
+        if kind == "oneshot":
+            if not (out / "report.json").exists():
+                print(f"[compression] {out}", flush=True)
+                compress(CompressConfig(model=str(start), out=str(out), method=method, method_options=options,
+                                        task=task, max_eval_examples=args.max_eval, overwrite=True,
+                                        show_progress=False))
+            res = json.loads((out / "report.json").read_text())
+            previous, score = out / "model", res["dev"]["after"][METRIC[task]]
+            continue
+        how = {}
+        if kind == "distill":
+            how = dict(teacher=str(teacher), distill=method, distill_options=options,
+                       student_layers=STUDENT_LAYERS if start == teacher else None)
+        elif kind == "label":
+            how = dict(student_layers=STUDENT_LAYERS)
+        elif kind == "train":
+            how = dict(compress=method, compress_options=options)
+        res = _run(args, out, task, model=str(start), lr=lr, **how)
+        previous, score = out / "best", res["final"][METRIC[task]]
+    return previous, res, score
+
+
+def _steps(args, task: str) -> int:
+    """Optimizer steps of a fine-tuning run on the task's (capped) training set."""
+    import math
+
+    from ptmkit.data.task_data import TaskSpec, load_split
+
+    n = len(load_split(TaskSpec(task), "train")[0])
+    n = min(n, args.max_train or TASKS[task][1] or n)
+    return math.ceil(args.epochs * math.ceil(n / 32))
 
 
 def size_on_disk(path: Path) -> int:
@@ -124,7 +182,7 @@ def size_on_disk(path: Path) -> int:
 
 def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, dict[str, float]]:
     """Median ms per forward pass of every model, batch 1 and 32, fp32 and bf16 autocast, rows alternating."""
-    loaded = {name: load_model(path).eval() for name, path in models.items()}
+    loaded = {name: load_adapted(path).eval() for name, path in models.items()}  # quantised ones too
     out: dict[str, dict[str, float]] = {name: {} for name in models}
     for batch in (1, 32):
         ids = torch.randint(1000, 20000, (batch, max_length), generator=torch.Generator().manual_seed(0))
@@ -150,10 +208,9 @@ def main(argv=None) -> dict:
     for task in args.tasks:
         teacher = teacher_dir(args, task)
         for row in args.rows:
-            path, res = row_runs(args, row, task, teacher)
-            scores[row][task] = res["final"][METRIC[task]]  # the last evaluation: no checkpoint selection on dev
+            path, res, scores[row][task] = row_runs(args, row, task, teacher)  # final dev score, no selection
             final[row][task] = path
-            params[row] = res["parameters"]["total"]
+            params[row] = res["parameters"]["total"] if "parameters" in res else res["after"]["parameters"]
     first = args.tasks[0]
     lat = latency({row: final[row][first] for row in args.rows}, TASKS[first][0], args.rounds)
     base = lat.get("teacher", {})

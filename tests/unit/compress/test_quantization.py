@@ -30,6 +30,7 @@ from ptmkit.train.schedule import ScheduleConfig
 from tests.contracts.test_model_families import TINY
 from tests.contracts.test_model_families import _build as _build_family
 from tests.contracts.test_model_families import _inputs as _family_inputs
+from tests.batches import ListBatches as _Batches
 
 V, B, T = 101, 4, 16
 # initializer_range 0.1: the untrained blocks then move the logits by 85% (switching their Linear layers off changes
@@ -313,22 +314,6 @@ def test_qbert_gives_more_bits_to_larger_traces_within_the_budget():
     for module, q in _quantised_weights(model).items():
         assert integer_bits(q) == bits[module]
         assert model.get_submodule(module).weight.scale.shape[-1] == q.shape[-1] // 32  # one scale per group
-
-
-class _Batches:
-    def __init__(self, batches):
-        self.batches, self.i = batches, 0
-
-    def __next__(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def state_dict(self):
-        return {"i": self.i}
-
-    def load_state_dict(self, s):
-        self.i = s["i"]
 
 
 def test_qat_trains_through_the_engine_and_converts_to_int8(tmp_path):

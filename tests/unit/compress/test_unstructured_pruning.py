@@ -25,6 +25,7 @@ from ptmkit.objectives import MaskedLM, MLMConfig
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.schedule import ScheduleConfig
+from tests.batches import ListBatches
 
 V = 101
 TINY = dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
@@ -135,21 +136,6 @@ def test_cubic_schedule_is_zhu_and_gupta_and_reaches_the_final_sparsity():
 
 
 # ---- gradual pruning through the engine ------------------------------------------------------------------------------
-
-class ListBatches:
-    def __init__(self, batches):
-        self.batches, self.i = batches, 0
-
-    def __next__(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def state_dict(self):
-        return {"i": self.i}
-
-    def load_state_dict(self, s):
-        self.i = s["i"]
 
 
 def _objective() -> MaskedLM:

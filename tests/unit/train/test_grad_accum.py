@@ -10,22 +10,7 @@ from ptmkit.objectives import CausalLM, seeded_generator
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.schedule import ScheduleConfig
-
-
-class ListBatches:
-    def __init__(self, batches):
-        self.batches, self.i = batches, 0
-
-    def __next__(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def state_dict(self):
-        return {"i": self.i}
-
-    def load_state_dict(self, s):
-        self.i = s["i"]
+from tests.batches import ListBatches
 
 
 def _run(tmp_path, name, batches, accum):

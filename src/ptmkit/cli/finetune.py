@@ -10,7 +10,7 @@ from ptmkit.adapt import METHODS
 from ptmkit.compress.distill import DISTILLERS
 from ptmkit.cli.overrides import describe, parse_dotted
 from ptmkit.config import ConfigError, from_dict
-from ptmkit.recipes.finetune import FinetuneConfig
+from ptmkit.recipes.finetune import TRAINING_COMPRESSION, FinetuneConfig
 from ptmkit.train.optim import OPTIMIZERS
 
 _D = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
@@ -70,10 +70,11 @@ def add_parser(sub) -> None:
     p.add_argument("--student-layers", type=int, default=None,
                    help="the student keeps this many of MODEL's layers, evenly spaced and ending with the last "
                         "(DistilBERT: give the teacher as MODEL and --teacher, and half its layers)")
-    p.add_argument("--compress", choices=["gradual-magnitude", "movement", "soft-movement", "qat-int8"], default=None,
+    p.add_argument("--compress", choices=list(TRAINING_COMPRESSION), default=None,
                    help="compress while fine-tuning: prune on a cubic schedule (gradual-magnitude, Zhu & Gupta; "
-                        "movement / soft-movement, Sanh et al.) or train with int8 fake quantisation (qat-int8, "
-                        "Q8BERT); OUT/best/ holds the pruned or int8 model. Options --METHOD.KEY VALUE, e.g. "
+                        "movement / soft-movement, Sanh et al.) or train with fake quantisation (qat-int8, Q8BERT; "
+                        "ternary, TernaryBERT: add --teacher/--distill as the paper does); OUT/best/ holds the pruned "
+                        "or integer model. Options --METHOD.KEY VALUE, e.g. "
                         "--gradual-magnitude.schedule '{final: 0.6, end: 300, every: 30}'")
     p.add_argument("--template", default=None,
                    help="prompt-based fine-tuning (PET, LM-BFF): wrap each input in this template, with {text_a}, "

@@ -41,8 +41,8 @@ from ptmkit.recipes.finetune import TRAINING_COMPRESSION, FinetuneConfig, _compr
 from ptmkit.train.logging import MetricsLogger
 
 # The kinds: structured / unstructured pruning, quantisation and sharing run here; distillation and the methods that
-# prune or quantise while training (gradual-magnitude, movement, soft-movement, qat-int8) are fine-tuning runs on the
-# one engine (ptm finetune --teacher/--distill, --compress), started from here.
+# prune or quantise while training (gradual-magnitude, movement, soft-movement, qat-int8, ternary) are fine-tuning
+# runs on the one engine (ptm finetune --teacher/--distill, --compress), started from here.
 ONE_SHOT_UNSTRUCTURED = ("magnitude",)
 ONE_SHOT_QUANT = ("int8-dynamic", "int8-weight", "int4-weight", "static-int8", "qbert")
 KINDS: dict[str, str] = {

@@ -86,8 +86,9 @@ class FinetuneConfig:
     # every other teacher layer: give the teacher as both model and teacher); None keeps every layer
     student_layers: int | None = None
     # compression while fine-tuning (ptmkit.compress): gradual-magnitude, movement or soft-movement pruning (masks
-    # grow on their schedule through the engine's on_step; best/ holds the plain pruned weights), or qat-int8 (Q8BERT
-    # fake quantisation; best/ holds the converted int8 model). compress_options: the method's config (--METHOD.key)
+    # grow on their schedule through the engine's on_step; best/ holds the plain pruned weights), qat-int8 (Q8BERT
+    # fake quantisation) or ternary (TernaryBERT; with teacher/distill as the paper trains it): best/ holds the
+    # converted integer model. compress_options: the method's config (--METHOD.key)
     compress: str | None = None
     compress_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # with a delta method: the dtype the frozen weights are held in. bf16 halves their memory (SmolLM2-135M: -270 MB)
@@ -248,8 +249,8 @@ class FinetuneConfig:
         from_dict(_compression_config(self.compress), dict(self.compress_options),
                   where=f"{where}: {self.compress} options")
         if self.method != "full" or self.template is not None or self.data_parallel == "fsdp":
-            raise ConfigError(f"{where}: compress={self.compress!r} prunes or quantises the whole model while it trains; "
-                              "it does not combine with a delta method, a prompt template or FSDP sharding")
+            raise ConfigError(f"{where}: compress={self.compress!r} prunes or quantises the whole model while it "
+                              "trains; it does not combine with a delta method, a prompt template or FSDP sharding")
 
     def _check_distillation(self, where: str) -> None:
         if (self.teacher is None) != (self.distill is None):
@@ -273,11 +274,12 @@ class FinetuneConfig:
 
 
 # methods that compress while the model trains (one-shot methods are `ptm compress`)
-TRAINING_COMPRESSION = ("gradual-magnitude", "movement", "soft-movement", "qat-int8")
+TRAINING_COMPRESSION = ("gradual-magnitude", "movement", "soft-movement", "qat-int8", "ternary")
+QUANTISE_WHILE_TRAINING = ("qat-int8", "ternary")
 
 
 def _compression_config(name: str) -> type:
-    if name == "qat-int8":
+    if name in QUANTISE_WHILE_TRAINING:
         from ptmkit.compress.quant import QUANTIZERS  # torchao is imported only for quantisation
 
         return QUANTIZERS[name].config
@@ -290,7 +292,7 @@ def _compression(cfg: FinetuneConfig, model: torch.nn.Module):
     if cfg.compress is None:
         return None
     options = from_dict(_compression_config(cfg.compress), dict(cfg.compress_options))
-    if cfg.compress == "qat-int8":
+    if cfg.compress in QUANTISE_WHILE_TRAINING:
         from ptmkit.compress.quant import quantize
 
         quantize(model, cfg.compress, options)
@@ -311,7 +313,7 @@ def _deployable(cfg: FinetuneConfig, model: torch.nn.Module) -> torch.nn.Module:
     if cfg.compress is None:
         return model
     model = copy.deepcopy(model)
-    if cfg.compress == "qat-int8":
+    if cfg.compress in QUANTISE_WHILE_TRAINING:
         from ptmkit.compress.quant import convert
 
         return convert(model)
@@ -544,7 +546,7 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
         with atomic.atomic_dir(out / "best") as tmp:  # a crash mid-save leaves the previous best intact
             # with a delta method: the frozen base and the task head, and beside them the method as an adapter
             lm = model.lm if cfg.template is not None else model  # prompt-based: the LM itself is the classifier
-            if cfg.compress == "qat-int8":  # the int8 model QAT trained for, in the quantised layout
+            if cfg.compress in QUANTISE_WHILE_TRAINING:  # the integer model it trained for, quantised layout
                 from ptmkit.compress.quant import save_quantized
 
                 save_quantized(_deployable(cfg, lm), tmp)

@@ -17,8 +17,9 @@ from ptmkit.config import ConfigError
 from ptmkit.models.registry import backbone_of
 
 # the stages of §3.2: general distillation (pre-training text: layer terms only), then on the task the layer terms
-# ("intermediate") and, after them, the predictions ("prediction")
-STAGES = ("general", "intermediate", "prediction")
+# ("intermediate") and, after them, the predictions ("prediction"); "all": the layer terms and the predictions at
+# once, as TernaryBERT (Zhang et al. 2020 §3.2) distils into its quantised student
+STAGES = ("general", "intermediate", "prediction", "all")
 
 
 @dataclass
@@ -67,8 +68,9 @@ class TinyBERT(Distiller):
         return self.project
 
     def terms(self, student: Recording, teacher: Recording) -> dict[str, tuple[float, torch.Tensor]]:
+        prediction = {"prediction": (1.0, prediction_loss(student.logits, teacher.logits, self.cfg.temperature))}
         if self.cfg.stage == "prediction":
-            return {"prediction": (1.0, prediction_loss(student.logits, teacher.logits, self.cfg.temperature))}
+            return prediction
         hs, ht = student.hidden_states, teacher.hidden_states
         pairs = layer_map(len(hs) - 1, len(ht) - 1, self.cfg.layers)
         mask = padding_mask(student)
@@ -77,4 +79,5 @@ class TinyBERT(Distiller):
         hidden = sum(mse_loss(proj(hs[m]), ht[n], mask) for m, n in enumerate(pairs, start=1))
         att = sum(attention_score_loss(student.kernels[m - 1].scores(), teacher.kernels[n - 1].scores(),
                                        teacher.kernels[n - 1].allowed()) for m, n in enumerate(pairs, start=1))
-        return {"embedding": (1.0, emb), "hidden": (1.0, hidden), "attention": (1.0, att)}
+        layer_terms = {"embedding": (1.0, emb), "hidden": (1.0, hidden), "attention": (1.0, att)}
+        return {**layer_terms, **prediction} if self.cfg.stage == "all" else layer_terms

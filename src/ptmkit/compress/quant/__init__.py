@@ -18,11 +18,10 @@ from typing import Any, Callable
 from torch import nn
 
 from ptmkit.compress.quant import _torchao  # noqa: F401,I001  (first: torchao imported quietly)
-from ptmkit.compress.quant import dynamic, qat, qbert, static, weight_only
+from ptmkit.compress.quant import dynamic, qat, qbert, static, ternary, weight_only
 from ptmkit.compress.quant.base import DEFAULT_EXCLUDE, DEFAULT_TARGETS, QuantRecord, integer_bits, report
 from ptmkit.compress.quant.hessian import hutchinson_traces
 from ptmkit.compress.quant.io import disk_size, load_quantized, quantization_config, save_quantized
-from ptmkit.compress.quant.qat import convert
 from ptmkit.compress.quant.qbert import allocate_bits
 from ptmkit.config import ConfigError, from_dict
 
@@ -50,7 +49,20 @@ QUANTIZERS: dict[str, Quantizer] = {
     "qat-int8": Quantizer("qat-int8", qat.QATConfig, qat.apply, "Zafrir et al. 2019", 8, 8, convert=qat.convert),
     "qbert": Quantizer("qbert", qbert.QBertConfig, qbert.apply, "Shen et al. 2020; Dong et al. 2020", None, 8,
                        needs=("batches", "loss_fn")),
+    "ternary": Quantizer("ternary", ternary.TernaryConfig, ternary.apply, "Zhang et al. 2020 (TernaryBERT); Li et al. "
+                         "2016 (TWN)", 2, 8, convert=ternary.convert),
 }
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """After training a method that trains (qat-int8, ternary): the real integer model, with the scales training
+    simulated; the method is read from the model's record."""
+    rec = report(model)
+    q = QUANTIZERS.get(rec.method)
+    if q is None or q.convert is None:
+        raise ConfigError(f"convert: {rec.method} has nothing to convert (only methods that train with fake "
+                          f"quantisation do: {sorted(n for n, x in QUANTIZERS.items() if x.convert)})")
+    return q.convert(model)
 
 
 def quantizer(name: str) -> Quantizer:

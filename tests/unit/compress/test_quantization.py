@@ -21,6 +21,7 @@ from ptmkit.compress.quant import (
     quantize, report, save_quantized,
 )
 from ptmkit.compress.quant.packing import pack, unpack
+from ptmkit.compress.quant.ternary import ternarize
 from ptmkit.config import ConfigError
 from ptmkit.models import build_model, make_config as model_config, save_model
 from ptmkit.objectives import CausalLM
@@ -53,6 +54,7 @@ BOUND = {
     "static-int8": 0.04,  # 0.0195 (0.0195)
     "qat-int8": 0.05,  # 0.025 (0.025); no training steps here: EMA ranges from forward passes only
     "qbert": 0.8,  # 0.49 (0.66)
+    "ternary": 1.0,  # 0.558, untrained: TernaryBERT recovers by distillation while training (test_ternary.py)
 }
 
 
@@ -91,7 +93,7 @@ def _quantized(name: str, model: nn.Module | None = None, cfg: dict | None = Non
         return quantize(model, name, {"samples": 4, "batches": 2, **(cfg or {})}, batches=_batches(2),
                         loss_fn=_reconstruction_loss)
     quantize(model, name, cfg)
-    if name == "qat-int8":  # ranges from training-mode forward passes, then the int8 model
+    if QUANTIZERS[name].convert is not None:  # qat-int8's ranges from training-mode passes; then the integer model
         model.train()
         for batch in _batches(4):
             _logits(model, batch)
@@ -128,6 +130,10 @@ def test_each_quantiser_stores_its_bit_width_and_stays_near_fp32(name):
         # round to nearest on the stored scales: every weight within half a step of its fp32 value (exactly half at
         # the row's absmax, which lands on 127.5 and is clamped to 127; 1e-4 of a step covers float rounding)
         w = model.get_submodule(module).weight
+        if name == "ternary":  # not the nearest grid point: TWN's {-a, 0, a} of each row (Li et al. 2016)
+            t, a = ternarize(fp32[module].weight.detach())
+            assert torch.allclose(w.dequantize(), a * t), module
+            continue
         step = _full_scale(w.scale, w.shape)
         assert ((w.dequantize() - fp32[module].weight).abs() <= step * (0.5 + 1e-4)).all(), module
     expected = QUANTIZERS[name].weight_bits

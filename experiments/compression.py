@@ -16,6 +16,7 @@ experiments/adaptation_methods.py, seed 0: the same capped training sets, so bot
   gradual-magnitude-50%        Zhu & Gupta's schedule while fine-tuning further (Gordon et al. 2020)
   movement-50%                 movement pruning while fine-tuning further (Sanh et al. 2020)
   int8-dynamic, static-int8, int4-weight, qbert-4bit, qat-int8   torchao quantisation (QAT: Q8BERT, trained)
+  ternarybert                  ternary weights, int8 activations, trained while the fp32 teacher distils (Zhang et al.)
   shared-3x2                   layers tied in 3 pairs (ALBERT's sharing), then DistilBERT-style recovery from the teacher
 
 Every stage is a `ptm finetune` or `ptm compress` run (resumable: a finished run's results are reused). Latency is measured at the
@@ -54,6 +55,7 @@ METRIC = {"sst2": "accuracy", "rte": "accuracy", "cola": "matthews_corrcoef", "s
 #   ("distill", method, options, lr)   a fine-tuning run with the teacher (3-layer student when from the teacher)
 #   ("label", None, {}, lr)            a fine-tuning run on the labels alone (3-layer student from the teacher)
 #   ("train", method, options, lr)     a fine-tuning run compressing while it trains (ptm finetune --compress)
+#   ("train-distill", ...)             the same with the teacher distilling (TinyBERT's layer and prediction terms)
 #   ("oneshot", method, options, None) ptm compress (pruning, quantisation, sharing), no training
 SCHEDULE_50 = {"final": 0.5, "end": 500, "every": 25}  # 2/3 of the 750 SST-2 steps; the other tasks scale it below
 ROWS: dict[str, list[tuple[str, str | None, dict, float | None]]] = {
@@ -74,6 +76,7 @@ ROWS: dict[str, list[tuple[str, str | None, dict, float | None]]] = {
     "int4-weight": [("oneshot", "int4-weight", {}, None)],
     "qbert-4bit": [("oneshot", "qbert", {"budget": 4}, None)],
     "qat-int8": [("train", "qat-int8", {}, 3e-5)],
+    "ternarybert": [("train-distill", "ternary", {}, 5e-5)],
     "shared-3x2": [("oneshot", "share", {"num_groups": 3}, None),
                    ("distill-next", "distilbert", {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5,
                                                    "cosine_weight": 0.0}, 5e-5)],
@@ -160,6 +163,9 @@ def row_runs(args, row: str, task: str, teacher: Path) -> tuple[Path, dict, floa
             how = dict(student_layers=STUDENT_LAYERS)
         elif kind == "train":
             how = dict(compress=method, compress_options=options)
+        elif kind == "train-distill":  # TernaryBERT §3.2: hidden states, attention and logits of the fp32 teacher
+            how = dict(compress=method, compress_options=options, teacher=str(teacher), distill="tinybert",
+                       distill_options={"stage": "all"})
         res = _run(args, out, task, model=str(start), lr=lr, **how)
         previous, score = out / "best", res["final"][METRIC[task]]
     return previous, res, score

@@ -125,6 +125,58 @@ def _parameters(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def needs_batches(method: str, options: dict[str, Any]) -> bool:
+    """Whether a post-training method measures the model on data (importance, calibration, Hessian traces)."""
+    kind = KINDS[method]
+    if kind == "structured":
+        return STRUCTURED[method].needs_loss(from_dict(STRUCTURED[method].config, dict(options)))
+    if kind == "quant":
+        from ptmkit.compress.quant import QUANTIZERS
+
+        return "batches" in QUANTIZERS[method].needs
+    return False
+
+
+def apply_method(model: torch.nn.Module, method: str, options: dict[str, Any], batches: list | None = None,
+                 loss_fn=None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Apply a post-training method (KINDS: structured, unstructured, quant, share) to `model` in place; returns the
+    model and what was reached (the pruning reports, the sparsity, the bit widths, the shared groups). `batches`
+    (task batches with labels) and `loss_fn(model, batch) -> loss` serve the methods that measure on data."""
+    kind = KINDS[method]
+    details: dict[str, Any] = {}
+    if kind == "structured":
+        m = STRUCTURED[method]
+        mcfg = from_dict(m.config, dict(options))
+        model = m.apply(model, mcfg, loss_fn, batches) if m.needs_loss(mcfg) else m.apply(model, mcfg)
+        details["pruning"] = [dataclasses.asdict(r) | {"fraction": r.fraction, "parameter_fraction":
+                                                       r.parameter_fraction} for r in reports(model)]
+    elif kind == "unstructured":
+        unstructured.prune(model, method, dict(options))
+        unstructured.finalize(model)
+        rep = unstructured.report(model)
+        details["sparsity"] = {"zeros": rep["zeros"], "size": rep["size"], "sparsity": rep["sparsity"]}
+    elif kind == "quant":
+        from ptmkit.compress.quant import QUANTIZERS, quantize
+        from ptmkit.compress.quant import report as quant_report
+
+        needs = QUANTIZERS[method].needs
+        inputs = {}
+        if "batches" in needs:  # calibration sees model inputs; the Hessian needs the labels of its loss
+            inputs["batches"] = batches if "loss_fn" in needs else [_model_inputs(b) for b in batches]
+        if "loss_fn" in needs:
+            inputs["loss_fn"] = loss_fn
+        model = quantize(model, method, dict(options), **inputs)
+        rec = quant_report(model)
+        details["quantisation"] = {"weight_bits": rec.weight_bits, "activation_bits": rec.activation_bits,
+                                   "group_size": rec.group_size}
+    elif kind == "share":
+        share.apply(model, from_dict(share.ShareConfig, dict(options)))
+        details["shared_groups"] = share.shared_groups(model)
+    else:
+        raise ConfigError(f"apply_method: {method} trains; run it with ptm finetune (or ptm compress)")
+    return model, details
+
+
 def compress(cfg: CompressConfig) -> dict[str, Any]:
     """Apply cfg.method to cfg.model; write and return the report."""
     kind = KINDS[cfg.method]
@@ -135,12 +187,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     outputs.check_free(out, MARKERS, overwrite=cfg.overwrite, kind="compression run")
     if kind in ("distill", "train"):
         return _train(cfg, task, info)
-    from ptmkit.compress.quant import QUANTIZERS, quantize, save_quantized
-    from ptmkit.compress.quant import report as quant_report
-
-    needs_data = (kind == "structured" and STRUCTURED[cfg.method].needs_loss(
-        from_dict(STRUCTURED[cfg.method].config, dict(cfg.method_options)))) or \
-        (kind == "quant" and "batches" in QUANTIZERS[cfg.method].needs)
+    needs_data = needs_batches(cfg.method, cfg.method_options)
     if needs_data and task is None:
         raise ConfigError(f"compress: {cfg.method} measures the model on data; give --task (and --data-dir for your "
                           "own files), or use a fine-tuned model directory that records its task")
@@ -150,40 +197,14 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     before = {"parameters": _parameters(model), "bytes": disk_bytes(cfg.model)}
     batches = _batches(cfg, task, info, tok) if needs_data else None
     objective = TaskObjective(TaskConfig(kind_of(TaskSpec(task, cfg.data_dir)))) if needs_data else None
-
-    def loss_fn(m, batch):
-        return objective.loss(m, batch)[0]
-
-    details: dict[str, Any] = {}
-    if kind == "structured":
-        method = STRUCTURED[cfg.method]
-        mcfg = from_dict(method.config, dict(cfg.method_options))
-        model = method.apply(model, mcfg, loss_fn, batches) if method.needs_loss(mcfg) else method.apply(model, mcfg)
-        details["pruning"] = [dataclasses.asdict(r) | {"fraction": r.fraction, "parameter_fraction":
-                                                       r.parameter_fraction} for r in reports(model)]
-    elif kind == "unstructured":
-        unstructured.prune(model, cfg.method, dict(cfg.method_options))
-        unstructured.finalize(model)
-        rep = unstructured.report(model)
-        details["sparsity"] = {"zeros": rep["zeros"], "size": rep["size"], "sparsity": rep["sparsity"]}
-    elif kind == "quant":
-        inputs = {}
-        if "batches" in QUANTIZERS[cfg.method].needs:
-            inputs["batches"] = [_model_inputs(b) for b in batches] if "loss_fn" not in QUANTIZERS[cfg.method].needs \
-                else batches
-        if "loss_fn" in QUANTIZERS[cfg.method].needs:
-            inputs["loss_fn"] = loss_fn
-        model = quantize(model, cfg.method, dict(cfg.method_options), **inputs)
-        rec = quant_report(model)
-        details["quantisation"] = {"weight_bits": rec.weight_bits, "activation_bits": rec.activation_bits,
-                                   "group_size": rec.group_size}
-    else:  # share
-        share.apply(model, from_dict(share.ShareConfig, dict(cfg.method_options)))
-        details["shared_groups"] = share.shared_groups(model)
+    model, details = apply_method(model, cfg.method, cfg.method_options, batches,
+                                  (lambda m, b: objective.loss(m, b)[0]) if objective else None)
     outputs.discard(out)
     out.mkdir(parents=True)
     with atomic.atomic_dir(out / "model") as tmp:
         if kind == "quant":
+            from ptmkit.compress.quant import save_quantized
+
             save_quantized(model, tmp)
         else:
             save_model(model, tmp, tokenizer_from=cfg.model)

@@ -17,6 +17,14 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="fine-tuned model directory (config.json + weights + tokenizer)")
+    p.add_argument("--text", default=None,
+                   help="score a language model on this text instead of a task: a plain or gzipped text file (or, for "
+                        "a causal LM, a token-shard directory); causal LMs get sliding-window perplexity, masked LMs "
+                        "pseudo-perplexity line by line")
+    p.add_argument("--window", type=int, default=None,
+                   help="--text, causal LM: tokens per window (default: the model's positions, at most 1024)")
+    p.add_argument("--stride", type=int, default=None, help="--text, causal LM: window start step (default: window/2)")
+    p.add_argument("--max-lines", type=int, default=None, help="--text, masked LM: score at most this many lines")
     p.add_argument("--task", default=None, help="task name; unset: the one recorded in MODEL/finetune_task.json")
     p.add_argument("--data-dir", default=None,
                    help="folder with the split files; unset: <data root>/glue/<TASK> or <data root>/ner/conll2003")
@@ -42,6 +50,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.text is not None:
+        return _run_lm(args)
     from ptmkit.recipes.evaluate import evaluate
 
     res = evaluate(args.model, args.task, args.data_dir, args.split, args.out, max_length=args.max_length,
@@ -53,4 +63,21 @@ def run(args) -> int:
     print(f"{res['task']} {res['split']} ({res['examples']} examples, {res['seconds']:.1f} s): {scores}")
     if args.out:
         print(f"wrote {args.out}/metrics.json and {args.out}/predictions.tsv")
+    return 0
+
+
+def _run_lm(args) -> int:
+    from ptmkit.recipes.lm_eval import evaluate_lm
+
+    r = evaluate_lm(args.model, args.text, args.out, window=args.window, stride=args.stride,
+                    batch_size=max(1, args.batch_size // 16), max_lines=args.max_lines, precision=args.precision,
+                    device=args.device, show_progress=not args.no_progress)
+    if "perplexity" in r:
+        print(f"perplexity {r['perplexity']:.3f} over {r['tokens']:,} tokens ({r['windows']} windows of {r['window']}, "
+              f"stride {r['stride']}; {r['seconds']:.1f} s)")
+    else:
+        print(f"pseudo-perplexity {r['pseudo_perplexity']:.3f} over {r['tokens']:,} tokens of {r['sentences']} lines "
+              f"({r['seconds']:.1f} s)")
+    if args.out:
+        print(f"wrote {args.out}/metrics.json")
     return 0

@@ -401,3 +401,22 @@ def test_compression_curves(capsys, data_dir, tmp_path):
                         "--docs", str(tmp_path / "c.md"), "--plot", str(tmp_path / "c.png")], capsys)
     assert set(line["curves"]) == {"magnitude", "gradual-magnitude", "movement", "heads"}
     assert set(line["bits"]) == {"qbert 4", "int8-weight", "int4-weight"} and (tmp_path / "c.png").is_file()
+
+
+def test_perplexity_benchmark(capsys, tmp_path):
+    import torch
+    import transformers as T
+
+    from tests.parity.hf_tiny import hf_config
+
+    torch.manual_seed(0)
+    T.LlamaForCausalLM(hf_config("llama")).save_pretrained(tmp_path / "m")
+    from ptmkit.data.tokenizer import Tokenizer
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(["a b c d e"] * 80))
+    Tokenizer.train(text, "wordpiece", vocab_size=60, min_frequency=1).save(tmp_path / "m")  # fits V = 101
+    _, line = run_main(BENCH / "perplexity.py", ["--model", str(tmp_path / "m"), "--text", str(text), "--tokens", "150",
+                                                 "--window", "32", "--stride", "16", "--rounds", "1"], capsys)
+    assert line["benchmark"] == "perplexity" and line["ratio"] > 0
+    ppl = line["perplexity"]
+    assert abs(ppl["ptmkit"] - ppl["transformers"]) / ppl["transformers"] < 0.01

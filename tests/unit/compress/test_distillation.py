@@ -14,7 +14,7 @@ from torch.testing import assert_close
 from ptmkit.compress.distill import DISTILLERS, student_from_teacher, teacher_layers
 from ptmkit.compress.distill.base import layer_map
 from ptmkit.compress.distill.losses import relation_kl, soft_cross_entropy, soft_kl
-from ptmkit.compress.distill.record import record
+from ptmkit.models.record import record
 from ptmkit.config import ConfigError
 from ptmkit.models import build_model, make_config
 from ptmkit.objectives import MaskedLM, MLMConfig
@@ -37,7 +37,7 @@ def _bert(layers=4, hidden=64, heads=4, task="sequence-classification", num_labe
 def _sharpen(model, factor=15.0):
     """BERT's N(0, 0.02) initialisation gives near-uniform attention, where every distribution looks alike and a
     wrong mask or a wrong average would go unnoticed: scaled q/k/v weights make the attention peaked."""
-    from ptmkit.compress.distill.record import self_attentions
+    from ptmkit.models.record import self_attentions
     with torch.no_grad():
         for a in self_attentions(model):
             a.qkv.weight.mul_(factor)
@@ -97,7 +97,7 @@ def test_recorded_kernel_inputs_reproduce_the_attention_output(family, padded):
     _sharpen(model)
     batch = _batch() if padded else {k: v[1:] for k, v in _batch().items()}  # without padding: the causal flag
     outputs = []
-    from ptmkit.compress.distill.record import self_attentions
+    from ptmkit.models.record import self_attentions
     handles = [a.kernel.register_forward_hook(lambda m, i, o: outputs.append(o)) for a in self_attentions(model)]
     with record(model, attention=True) as rec:
         model(batch["input_ids"], attention_mask=batch["attention_mask"])

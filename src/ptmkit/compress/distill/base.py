@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptmkit.compress.distill.record import Recording, record
+from ptmkit.models.record import Recording, record
 from ptmkit.config import ConfigError
 from ptmkit.models.registry import backbone_of
 

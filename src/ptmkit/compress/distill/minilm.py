@@ -12,7 +12,7 @@ import torch
 
 from ptmkit.compress.distill.base import Distiller, padding_mask
 from ptmkit.compress.distill.losses import relation_heads, relation_kl
-from ptmkit.compress.distill.record import KernelCall, Recording
+from ptmkit.models.record import KernelCall, Recording
 from ptmkit.config import ConfigError
 from ptmkit.models.registry import backbone_of
 

@@ -11,7 +11,7 @@ import torch
 
 from ptmkit.compress.distill.base import Distiller, check_temperature, check_weights
 from ptmkit.compress.distill.losses import patient_loss, prediction_loss
-from ptmkit.compress.distill.record import Recording
+from ptmkit.models.record import Recording
 from ptmkit.config import ConfigError
 from ptmkit.models.registry import backbone_of
 

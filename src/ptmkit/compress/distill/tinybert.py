@@ -12,7 +12,7 @@ from torch import nn
 
 from ptmkit.compress.distill.base import Distiller, check_temperature, layer_map, padding_mask
 from ptmkit.compress.distill.losses import attention_score_loss, mse_loss, prediction_loss
-from ptmkit.compress.distill.record import Recording
+from ptmkit.models.record import Recording
 from ptmkit.config import ConfigError
 from ptmkit.models.registry import backbone_of
 

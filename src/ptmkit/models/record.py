@@ -3,7 +3,9 @@ states, and the inputs of each self-attention kernel (queries, keys, values afte
 
 Distillation needs the student's intermediate states from the very forward pass its task loss runs (a second pass
 would double the cost and draw other dropout), and the teacher must see exactly the same call (the same masked
-positions scored, the same padding). Hooks give both without a distillation-only code path in any model.
+positions scored, the same padding); attention analysis needs the attention probabilities of any family. Hooks give
+all of it without a recording-only code path in any model: outside the context nothing is attached, so the model
+runs exactly as it always does (and SDPA never materialises the probabilities).
 
 Dimension legend: B batch, H query heads, K key/value heads, T queries, S keys, D head size.
 """
@@ -48,8 +50,22 @@ class KernelCall:
         return x if g == 1 else x.repeat_interleave(g, dim=1)
 
     def scores(self) -> torch.Tensor:
-        """Attention logits q k^T * scale, (B, H, T, S), before masking (a masked entry is meaningless)."""
+        """Attention logits q k^T * scale, (B, H, T, S), before masking (a masked entry is meaningless) and before
+        any additive position bias (T5's relative bias travels in a float mask: see logits)."""
         return self.q @ self.expanded(self.k).transpose(-1, -2) * self.scale
+
+    def logits(self) -> torch.Tensor:
+        """What the kernel softmaxes, (B, H, T, S) in fp32: the scores plus an additive float mask (T5's relative
+        position bias), -inf where a query may not attend."""
+        with torch.autocast(self.q.device.type, enabled=False):
+            x = self.q.float() @ self.expanded(self.k).float().transpose(-1, -2) * self.scale
+        if self.mask is not None and self.mask.dtype != torch.bool:
+            x = x + self.mask.float()
+        return x.masked_fill(~self.allowed(), float("-inf"))
+
+    def probs(self) -> torch.Tensor:
+        """The attention probabilities, (B, H, T, S): each row sums to 1 over the keys its query may see."""
+        return self.logits().softmax(-1)
 
 
 @dataclass
@@ -71,8 +87,10 @@ class Recording:
 
 
 def self_attentions(model: nn.Module) -> list[SelfAttention]:
-    """The self-attention modules of the model's blocks, in layer order."""
-    return [m for m in backbone_of(model).layers.modules() if isinstance(m, SelfAttention)]
+    """The self-attention modules of the model's blocks, in layer order ([] for a backbone without a `layers` stack,
+    e.g. an encoder-decoder)."""
+    layers = getattr(backbone_of(model), "layers", None)
+    return [] if layers is None else [m for m in layers.modules() if isinstance(m, SelfAttention)]
 
 
 class record:

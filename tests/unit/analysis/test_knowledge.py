@@ -1,0 +1,81 @@
+"""LAMA probing: a planted fact ranks first (P@1 = 1, MRR = 1), an unplanted object ranks by the model's logits,
+multi-token objects are left out and counted, SQuAD-style cloze sentences, the common vocabulary, and the error for
+a model without a masked-LM head."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from ptmkit.analysis.knowledge import probe_masked_lm, read_facts, templates
+from ptmkit.config import ConfigError
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.models import build_model, make_config
+
+WORDS = "paris berlin rome france germany italy was born in the capital of is".split()
+
+
+@pytest.fixture(scope="module")
+def mlm():
+    tok = Tokenizer.train([" ".join(WORDS)] * 50 + ["zanzibarian"], "wordpiece", vocab_size=80, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
+                                                         num_heads=2, intermediate_size=64,
+                                                         max_position_embeddings=32)), "masked-lm").eval()
+    return model, tok
+
+
+def _write(path, rows):
+    with gzip.open(path, "wt") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_a_planted_fact_ranks_first_and_multi_token_objects_are_left_out(mlm, tmp_path):
+    model, tok = mlm
+    _write(tmp_path / "P19.jsonl.gz", [{"sub_label": "rome", "obj_label": "paris"},
+                                       {"sub_label": "berlin", "obj_label": "paris"},
+                                       {"sub_label": "italy", "obj_label": "zanzibarian"}])  # not one token
+    facts = read_facts(tmp_path / "P19.jsonl.gz")
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] += 100.0  # plant the object
+    r = probe_masked_lm(model, tok, facts, "[X] was born in [Y] .")
+    assert r == {"facts": 3, "asked": 2, "skipped": 1, "p@1": 1.0, "p@10": 1.0, "mrr": 1.0}
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] -= 200.0  # now the least likely token
+    r = probe_masked_lm(model, tok, facts, "[X] was born in [Y] .")
+    assert r["p@10"] == 0.0 and r["mrr"] < 0.05
+    common = ["paris", "rome", "berlin"]  # a 3-token common vocabulary: ranks 1..3
+    r = probe_masked_lm(model, tok, facts, "[X] was born in [Y] .", vocab=common)
+    assert r["p@10"] == 1.0 and r["mrr"] == pytest.approx(1 / 3)
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] += 100.0
+
+
+def test_squad_style_sentences_and_relation_templates(mlm, tmp_path):
+    model, tok = mlm
+    _write(tmp_path / "squad.jsonl.gz", [{"masked_sentences": ["the capital of france is [MASK] ."],
+                                          "obj_label": "paris", "sub_label": "Squad"}])
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] += 100.0
+    r = probe_masked_lm(model, tok, read_facts(tmp_path / "squad.jsonl.gz"), None)
+    assert r["asked"] == 1 and r["p@1"] == 1.0
+    (tmp_path / "relations.jsonl").write_text(json.dumps({"relation": "P36", "template": "The capital of [X] is [Y] ."})
+                                              + "\n")
+    assert templates(tmp_path / "relations.jsonl") == {"P36": "The capital of [X] is [Y] ."}
+    with pytest.raises(ConfigError, match=r"\[X\]"):
+        probe_masked_lm(model, tok, [read_facts(tmp_path / "squad.jsonl.gz")[0].__class__("a", "paris")], "no slots")
+
+
+def test_lama_needs_a_masked_lm_head(mlm, tmp_path):
+    _, tok = mlm
+    enc = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
+                                                       num_heads=2, intermediate_size=64, max_position_embeddings=32)))
+    with pytest.raises(ConfigError, match="masked-LM head"):
+        probe_masked_lm(enc, tok, [], "[X] is [Y]")
+    (tmp_path / "bad.jsonl").write_text('{"sub_label": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1.*obj_label"):
+        read_facts(tmp_path / "bad.jsonl")

@@ -22,6 +22,7 @@ COMMANDS = {
     "icl": "ptmkit.cli.icl",
     "export-onnx": "ptmkit.cli.export_onnx",
     "compress": "ptmkit.cli.compress",
+    "analyze": "ptmkit.cli.analyze",
 }
 
 

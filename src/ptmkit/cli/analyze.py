@@ -1,0 +1,84 @@
+"""`ptm analyze {lama,attention,probe,cka} MODEL --out DIR`: what a pre-trained model knows (survey §7)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="understand a model: LAMA knowledge probes, attention head statistics, layer-wise probing, CKA",
+        description=("Run one analysis on MODEL (any ptmkit or Hugging Face model directory; it is never changed) and "
+                     "write OUT/results.json and a plot. `ptm analyze ANALYSIS --help` lists each one's options."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    kinds = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
+    kinds.required = True
+
+    def common(q):
+        q.add_argument("model", help="model directory")
+        q.add_argument("--out", required=True, help="folder for results.json and the plot")
+
+    q = kinds.add_parser("lama", help="LAMA cloze probes of a masked LM: P@1, P@10, MRR per relation",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--facts", nargs="+", required=True,
+                   help="LAMA relation files (JSON lines, plain or .gz), e.g. <data root>/lama/TREx/*.jsonl.gz")
+    q.add_argument("--relations", default=None, help="LAMA's relations.jsonl: each relation's template")
+    q.add_argument("--template", default=None, help="one template for every file, e.g. '[X] was born in [Y] .'")
+    q.add_argument("--vocab", default=None, help="a common vocabulary (one token a line): objects and ranks within it")
+    q.add_argument("--batch-size", type=int, default=64, help="queries per batch")
+
+    q = kinds.add_parser("attention", help="Clark et al.'s head statistics (entropy, distance, [CLS]/[SEP]/punct)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--text", required=True, help="text file (plain or .gz), one sentence or passage a line")
+    q.add_argument("--lines", type=int, default=200, help="lines used")
+    q.add_argument("--max-length", type=int, default=128, help="tokens per line")
+
+    q = kinds.add_parser("probe", help="linear probes per layer on a CoNLL-U treebank, with control tasks",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--train", required=True, help="CoNLL-U training treebank, e.g. <data root>/ud/en_ewt-ud-train.conllu")
+    q.add_argument("--test", required=True, help="CoNLL-U test treebank")
+    q.add_argument("--transfer", default=None, help="another language's treebank to test the probe on (e.g. de_pud)")
+    q.add_argument("--label", choices=["upos", "deprel"], default="upos", help="what the probe predicts per word")
+    q.add_argument("--max-train", type=int, default=None, help="training sentences used (default all)")
+    q.add_argument("--kind", choices=["linear", "mlp"], default="linear", help="probe")
+    q.add_argument("--cache", default=None, help="folder caching the extracted features (reused across runs)")
+
+    q = kinds.add_parser("cka", help="linear CKA between layers (or two models) and anisotropy per layer",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--text", required=True, help="text file (plain or .gz), one sentence or passage a line")
+    q.add_argument("--other", default=None, help="a second model directory with the same tokenizer")
+    q.add_argument("--lines", type=int, default=200, help="lines used")
+    q.add_argument("--max-length", type=int, default=128, help="tokens per line")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ptmkit.analysis.probing import ProbeConfig
+    from ptmkit.recipes import analyze
+
+    a = args.analysis
+    if a == "lama":
+        r = analyze.lama(args.model, args.out, args.facts, args.relations, args.template, args.vocab, args.batch_size)
+        print(f"LAMA over {len(r['relations'])} relation(s): " + json.dumps(r["macro"]))
+    elif a == "attention":
+        r = analyze.attention(args.model, args.out, args.text, args.lines, args.max_length)
+        print(f"head statistics over {r['tokens']:,} tokens: " + ", ".join(r["statistics"]))
+    elif a == "probe":
+        r = analyze.probe(args.model, args.out, args.train, args.test, args.label, args.transfer, args.max_train,
+                          ProbeConfig(kind=args.kind), args.cache)
+        best = max(r["curve"], key=lambda x: x["accuracy"])
+        print(f"{args.label} probe: best layer {best['layer']} accuracy {best['accuracy']:.3f} (selectivity "
+              f"{best['selectivity']:.3f})")
+    else:
+        r = analyze.cka(args.model, args.out, args.text, args.other, args.lines, args.max_length)
+        print(f"CKA over {r['tokens']:,} tokens; anisotropy per layer: "
+              + ", ".join(f"{x:.2f}" for x in r["anisotropy"]))
+    print(f"wrote {args.out}/results.json")
+    return 0

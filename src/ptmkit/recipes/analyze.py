@@ -1,0 +1,221 @@
+"""`ptm analyze ANALYSIS MODEL --out DIR`: the understanding analyses of survey §7 on any ptmkit or Hugging Face model
+directory, each writing DIR/results.json and DIR/<analysis>.png. The model is only read, never changed.
+
+  lama       LAMA cloze probes of a masked LM, per relation (analysis.knowledge)
+  attention  Clark et al.'s head statistics over sentences of a text file (analysis.attention)
+  probe      linear probes per layer on a CoNLL-U treebank's UPOS (or relation) labels, with control tasks;
+             optionally tested on another treebank (cross-lingual transfer) (analysis.probing)
+  cka        linear CKA between the layers (and anisotropy per layer) on sentences of a text file
+             (analysis.representations)
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptmkit import atomic
+from ptmkit.analysis import attention as attn
+from ptmkit.analysis import knowledge, probing, representations
+from ptmkit.config import ConfigError
+from ptmkit.data import textio
+from ptmkit.data.conllu import read_conllu
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.recipes.evaluate import load_adapted
+
+ANALYSES = ("lama", "attention", "probe", "cka")
+
+
+def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _sentences(path: Path, tok: Tokenizer, limit: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """Batches of up to 16 lines of a text file, tokenised with the model's specials."""
+    lines = [x.strip() for x in textio.lines(path) if x.strip()][:limit]
+    if not lines:
+        raise ConfigError(f"{path}: no text lines")
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    batches = []
+    for i in range(0, len(lines), 16):
+        enc = [tok.encode(x)[:max_length] for x in lines[i:i + 16]]
+        t = max(len(e) for e in enc)
+        ids = torch.full((len(enc), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), t), dtype=torch.long)
+        for r, e in enumerate(enc):
+            ids[r, :len(e)], mask[r, :len(e)] = torch.tensor(e), 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relations: str | Path | None = None,
+         template: str | None = None, vocab_file: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Each relation file of `facts` (its id is the file name, P19.jsonl.gz -> P19), its template from `relations`
+    (LAMA's relations.jsonl) or `template` (for relations LAMA never had); macro averages over relations."""
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    known = knowledge.templates(relations) if relations else {}
+    vocab = [w.strip() for w in textio.lines(Path(vocab_file)) if w.strip()] if vocab_file else None
+    rows = {}
+    for f in facts:
+        rel = Path(f).name.split(".")[0]  # P19.jsonl.gz -> P19
+        tpl = template or known.get(rel)
+        items = knowledge.read_facts(f)
+        if tpl is None and any(x.sentence is None for x in items):
+            raise ConfigError(f"{f}: no template for relation {rel!r}; pass --relations relations.jsonl or --template "
+                              "'[X] ... [Y] .'")
+        rows[rel] = knowledge.probe_masked_lm(model, tok, items, tpl, vocab, batch_size)
+    scored = [r for r in rows.values() if r["p@1"] is not None]
+    macro = {k: float(np.mean([r[k] for r in scored])) if scored else None for k in ("p@1", "p@10", "mrr")}
+    result = {"analysis": "lama", "model": str(model_dir), "relations": rows, "macro": macro}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, len(rows) * 0.35), 3.5))
+    names = [k for k in rows if rows[k]["p@1"] is not None]
+    ax.bar(names, [rows[k]["p@1"] for k in names])
+    ax.set_ylabel("P@1")
+    ax.set_title(f"LAMA, {Path(model_dir).name}: mean P@1 {macro['p@1'] or 0:.3f}")
+    ax.tick_params(axis="x", rotation=90)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "lama.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "lama", result)
+
+
+def attention(model_dir: str | Path, out: str | Path, text: str | Path, lines: int = 200,
+              max_length: int = 128) -> dict[str, Any]:
+    """Head statistics (Clark et al. 2019 §3) per layer and head, averaged over the lines' real tokens."""
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    classes = attn.TokenClasses.from_tokenizer(tok)
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    with torch.no_grad():
+        for batch in _sentences(Path(text), tok, lines, max_length):
+            with attn.record_attention(model) as rec:
+                model(batch["input_ids"], attention_mask=batch["attention_mask"])
+            k = int(batch["attention_mask"].sum())
+            for layer in range(rec.layers):
+                stats = attn.head_statistics(rec.probs(layer), batch["input_ids"], batch["attention_mask"], classes)
+                for name, v in stats.items():
+                    sums.setdefault(name, torch.zeros(rec.layers, v.numel()))[layer] += v * k
+            n += k
+    stats = {name: (v / n).tolist() for name, v in sums.items()}  # layer x head, token-weighted
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(stats), figsize=(3 * len(stats), 3))
+    for ax, (name, v) in zip(axes, stats.items()):
+        im = ax.imshow(np.array(v), aspect="auto", cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "attention.png", dpi=110)
+    plt.close(fig)
+    return _write(Path(out), "attention", {"analysis": "attention", "model": str(model_dir), "tokens": n,
+                                           "statistics": stats})
+
+
+def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str | Path, label: str = "upos",
+          transfer: str | Path | None = None, max_train: int | None = None, cfg: probing.ProbeConfig | None = None,
+          cache: str | Path | None = None) -> dict[str, Any]:
+    """Probe every layer for `label` (upos | deprel) trained on `train`, tested on `test` (and on `transfer`, another
+    language's treebank with the same label set), with Hewitt & Liang's control task on the same words."""
+    if label not in ("upos", "deprel"):
+        raise ConfigError(f"probe: label must be 'upos' or 'deprel', got {label!r}")
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    cfg = cfg or probing.ProbeConfig()
+
+    def split(path, limit=None):
+        sents = read_conllu(path)[:limit]
+        words = [s.words for s in sents]
+        keep = probing.kept(tok, words)
+        labels = [getattr(s, label) for s in sents]
+        flat_words = [w[i] for w, k in zip(words, keep) for i in k]
+        flat_labels = [lab[i] for lab, k in zip(labels, keep) for i in k]
+        return probing.word_features(model, tok, words, cache=cache), flat_words, flat_labels
+
+    train_x, train_w, train_l = split(train, max_train)
+    test_x, test_w, test_l = split(test)
+    if not train_l or not test_l:
+        raise ConfigError(f"probe: no labelled words in {train if not train_l else test}")
+    unseen = sorted(set(test_l) - set(train_l))
+    if unseen:  # the probe cannot predict them: they count as errors, as for any classifier
+        warnings.warn(f"probe: {test} has labels the training words never show ({unseen[:5]}); its words with them "
+                      "count as errors", stacklevel=2)
+    names = sorted(set(train_l) | set(test_l))
+    index = {n: i for i, n in enumerate(names)}
+    y_train = np.array([index[x] for x in train_l])
+    y_test = np.array([index[x] for x in test_l])
+    both = probing.control_labels(train_w + test_w, np.concatenate([y_train, y_test]), seed=cfg.seed)
+    curve = probing.layer_curve(train_x, y_train, test_x, y_test, len(names), cfg, both[:len(y_train)],
+                                both[len(y_train):])
+    result = {"analysis": "probe", "model": str(model_dir), "label": label, "labels": names,
+              "train_words": len(y_train), "test_words": len(y_test), "curve": curve}
+    if transfer is not None:
+        tx, _, tl = split(transfer)
+        known = [i for i, x in enumerate(tl) if x in index]
+        y_tr = np.array([index[tl[i]] for i in known])
+        result["transfer"] = [{"layer": r, "accuracy": probing.probe_accuracy(
+            probing.train_probe(train_x[r], y_train, len(names), cfg), tx[r][known], y_tr)}
+            for r in range(train_x.shape[0])]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["layer"] for r in curve], [r["accuracy"] for r in curve], marker="o", label=f"{label} probe")
+    ax.plot([r["layer"] for r in curve], [r["control_accuracy"] for r in curve], marker="x", label="control task")
+    if "transfer" in result:
+        ax.plot([r["layer"] for r in result["transfer"]], [r["accuracy"] for r in result["transfer"]], marker="s",
+                label=f"transfer ({Path(transfer).name})")
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "probe.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "probe", result)
+
+
+def cka(model_dir: str | Path, out: str | Path, text: str | Path, other: str | Path | None = None,
+        lines: int = 200, max_length: int = 128) -> dict[str, Any]:
+    """Linear CKA between every pair of layers (or between this model's and `other`'s layers, same tokenizer), and
+    each layer's anisotropy, on the real tokens of the lines."""
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    batches = _sentences(Path(text), tok, lines, max_length)
+    a = representations.layer_vectors(model, batches)
+    b = a
+    if other is not None:
+        if Tokenizer.load(other).backend.to_str() != tok.backend.to_str():
+            raise ConfigError(f"cka: {other} has another tokenizer; CKA compares the same tokens' vectors")
+        b = representations.layer_vectors(load_adapted(other).eval(), batches)
+    m = representations.cka_matrix(a, b)
+    result = {"analysis": "cka", "model": str(model_dir), "other": str(other) if other else None,
+              "tokens": int(a[0].shape[0]), "cka": m.tolist(),
+              "anisotropy": [representations.anisotropy(x) for x in a]}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="magma", origin="lower")
+    ax.set_xlabel(f"layer of {Path(other).name if other else Path(model_dir).name}")
+    ax.set_ylabel(f"layer of {Path(model_dir).name}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "cka.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "cka", result)

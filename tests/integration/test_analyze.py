@@ -1,0 +1,77 @@
+"""`ptm analyze`: each analysis end to end on a tiny model (with real UD, LAMA and WikiText files, a few lines),
+results.json and plot written, the model directory unchanged; errors for the wrong head and bad labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from ptmkit.cli.main import main as ptm
+from ptmkit.config import ConfigError
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.models import build_model, make_config, save_model
+from ptmkit.recipes import analyze
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from tests.conftest import shared_path
+
+    data_dir = shared_path()
+    d = tmp_path_factory.mktemp("an")
+    texts = [line for line in (data_dir / "corpora" / "wikitext-2" / "valid.txt").read_text().splitlines()
+             if line.strip()][:300]
+    tok = Tokenizer.train(texts, "wordpiece", vocab_size=800, min_frequency=1)
+    out = {}
+    torch.manual_seed(0)
+    for task in ("masked-lm", "base"):
+        path = d / task
+        save_model(build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32,
+                                                                num_layers=2, num_heads=2, intermediate_size=64,
+                                                                max_position_embeddings=128)), task), path)
+        tok.save(path)
+        out[task] = path
+    (d / "text.txt").write_text("\n".join(texts[:40]) + "\n")
+    return d, out
+
+
+def _digest(path):
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_every_analysis_writes_results_and_a_plot(models, data_dir, tmp_path):
+    d, m = models
+    before = _digest(m["masked-lm"])
+    lama = data_dir / "lama"
+    assert ptm(["analyze", "lama", str(m["masked-lm"]), "--out", str(tmp_path / "lama"), "--facts",
+                str(lama / "TREx" / "P19.jsonl.gz"), str(lama / "Squad" / "test.jsonl.gz"), "--relations",
+                str(lama / "relations.jsonl")]) == 0
+    r = json.loads((tmp_path / "lama" / "results.json").read_text())
+    assert set(r["relations"]) == {"P19", "test"} and (tmp_path / "lama" / "lama.png").is_file()
+    assert r["relations"]["P19"]["facts"] == 944
+    r = analyze.attention(m["masked-lm"], tmp_path / "att", d / "text.txt", lines=10)
+    assert len(r["statistics"]["entropy"]) == 2 and len(r["statistics"]["entropy"][0]) == 2
+    assert (tmp_path / "att" / "attention.png").is_file()
+    r = analyze.probe(m["base"], tmp_path / "probe", data_dir / "ud" / "en_ewt-ud-dev.conllu",
+                      data_dir / "ud" / "en_pud-ud-test.conllu", transfer=data_dir / "ud" / "de_pud-ud-test.conllu",
+                      max_train=100)
+    assert len(r["curve"]) == 3 and len(r["transfer"]) == 3 and "NOUN" in r["labels"]
+    assert all(0 <= x["accuracy"] <= 1 for x in r["curve"]) and (tmp_path / "probe" / "probe.png").is_file()
+    r = analyze.cka(m["masked-lm"], tmp_path / "cka", d / "text.txt", other=m["base"], lines=10)
+    assert len(r["cka"]) == 3 and len(r["anisotropy"]) == 3
+    assert _digest(m["masked-lm"]) == before  # analyses never change the model
+
+
+def test_analysis_errors_name_the_fix(models, data_dir, tmp_path):
+    d, m = models
+    with pytest.raises(ConfigError, match="masked-LM head"):
+        analyze.lama(m["base"], tmp_path / "x", [data_dir / "lama" / "TREx" / "P19.jsonl.gz"],
+                     data_dir / "lama" / "relations.jsonl")
+    with pytest.raises(ConfigError, match="no template"):
+        analyze.lama(m["masked-lm"], tmp_path / "x", [data_dir / "lama" / "TREx" / "P19.jsonl.gz"])
+    with pytest.raises(ConfigError, match="label must be"):
+        analyze.probe(m["base"], tmp_path / "x", data_dir / "ud" / "en_ewt-ud-dev.conllu",
+                      data_dir / "ud" / "en_pud-ud-test.conllu", label="xpos")

@@ -75,3 +75,24 @@ def test_analysis_errors_name_the_fix(models, data_dir, tmp_path):
     with pytest.raises(ConfigError, match="label must be"):
         analyze.probe(m["base"], tmp_path / "x", data_dir / "ud" / "en_ewt-ud-dev.conllu",
                       data_dir / "ud" / "en_pud-ud-test.conllu", label="xpos")
+
+
+def test_attacks_on_a_classifier(models, data_dir, tmp_path):
+    d, m = models
+    tok = Tokenizer.load(m["base"])
+    torch.manual_seed(0)
+    clf = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
+                                                       num_heads=2, intermediate_size=64,
+                                                       max_position_embeddings=128)), "sequence-classification",
+                      num_labels=2)
+    save_model(clf, tmp_path / "clf")
+    tok.save(tmp_path / "clf")
+    (tmp_path / "clf" / "finetune_task.json").write_text(json.dumps({"task": "sst2", "max_length": 64}))
+    for kind in ("word", "char"):
+        r = analyze.attack(tmp_path / "clf", tmp_path / kind, kind=kind, max_examples=6,
+                           synonyms=data_dir / "lexical" / "ppdb_synonyms.txt",
+                           treebank=data_dir / "ud" / "en_ewt-ud-dev.conllu")
+        assert r["texts"] == 6 and 0 <= r["accuracy_after"] <= r["accuracy_before"] <= 1
+        assert (tmp_path / kind / "attack.png").is_file()
+    with pytest.raises(ConfigError, match="regression"):
+        analyze.attack(tmp_path / "clf", tmp_path / "x", task="stsb", max_examples=2)

@@ -9,7 +9,7 @@ import json
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "analyze",
-        help="understand a model: LAMA knowledge probes, attention head statistics, layer-wise probing, CKA",
+        help="understand a model: LAMA knowledge probes, attention head statistics, layer-wise probing, CKA, attacks",
         description=("Run one analysis on MODEL (any ptmkit or Hugging Face model directory; it is never changed) and "
                      "write OUT/results.json and a plot. `ptm analyze ANALYSIS --help` lists each one's options."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -56,6 +56,21 @@ def add_parser(sub) -> None:
     q.add_argument("--other", default=None, help="a second model directory with the same tokenizer")
     q.add_argument("--lines", type=int, default=200, help="lines used")
     q.add_argument("--max-length", type=int, default=128, help="tokens per line")
+
+    q = kinds.add_parser("attack", help="word-substitution (TextFooler) or character (DeepWordBug) attack",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--task", default=None, help="task of the split (default: the one MODEL was fine-tuned on)")
+    q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
+    q.add_argument("--split", default="dev", help="split attacked")
+    q.add_argument("--kind", choices=["word", "char"], default="word", help="word: TextFooler; char: DeepWordBug")
+    q.add_argument("--synonyms", default=None, help="word-pair synonym file, e.g. <data root>/lexical/ppdb_synonyms.txt")
+    q.add_argument("--treebank", default=None,
+                   help="CoNLL-U treebank whose most frequent tags give the part-of-speech constraint")
+    q.add_argument("--encoder", default=None, help="sentence encoder for the similarity constraint (e.g. MiniLM)")
+    q.add_argument("--max-examples", type=int, default=200, help="texts attacked (a seeded subset)")
+    q.add_argument("--max-perturbed", type=float, default=0.3, help="at most this fraction of a text's words changed")
+    q.add_argument("--similarity", type=float, default=0.7, help="minimum cosine of sentence embeddings")
     p.set_defaults(run=run)
 
 
@@ -76,6 +91,14 @@ def run(args) -> int:
         best = max(r["curve"], key=lambda x: x["accuracy"])
         print(f"{args.label} probe: best layer {best['layer']} accuracy {best['accuracy']:.3f} (selectivity "
               f"{best['selectivity']:.3f})")
+    elif a == "attack":
+        from ptmkit.analysis.robustness import AttackConfig
+
+        r = analyze.attack(args.model, args.out, args.task, args.data_dir, args.split, args.kind, args.synonyms,
+                           args.treebank, args.encoder, args.max_examples,
+                           AttackConfig(max_perturbed=args.max_perturbed, similarity=args.similarity))
+        print(f"{args.kind} attack: accuracy {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}, success "
+              f"{r['success_rate']:.1%}, {r['mean_queries']:.0f} queries, {r['perturbed_words_pct']:.1f}% words")
     else:
         r = analyze.cka(args.model, args.out, args.text, args.other, args.lines, args.max_length)
         print(f"CKA over {r['tokens']:,} tokens; anisotropy per layer: "

@@ -7,6 +7,8 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
              optionally tested on another treebank (cross-lingual transfer) (analysis.probing)
   cka        linear CKA between the layers (and anisotropy per layer) on sentences of a text file
              (analysis.representations)
+  attack     TextFooler word substitution or DeepWordBug character edits against a fine-tuned classifier on a
+             task's split (analysis.robustness)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "probe", "cka")
+ANALYSES = ("lama", "attention", "probe", "cka", "attack")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -219,3 +221,59 @@ def cka(model_dir: str | Path, out: str | Path, text: str | Path, other: str | P
     fig.savefig(Path(out) / "cka.png", dpi=120)
     plt.close(fig)
     return _write(Path(out), "cka", result)
+
+
+def attack(model_dir: str | Path, out: str | Path, task: str | None = None, data_dir: str | Path | None = None,
+           split: str = "dev", kind: str = "word", synonyms: str | Path | None = None,
+           treebank: str | Path | None = None, encoder: str | Path | None = None, max_examples: int = 200,
+           cfg: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Attack MODEL (a fine-tuned sequence classifier) on `max_examples` texts of the split; summary and examples."""
+    from ptmkit.analysis import robustness
+    from ptmkit.analysis.sts import encode_sentences
+    from ptmkit.data.task_data import TaskSpec, _subset, _take, canonical_task, load_split
+    from ptmkit.recipes.evaluate import TASK_FILE
+
+    if kind not in ("word", "char"):
+        raise ConfigError(f"attack: kind must be 'word' (TextFooler) or 'char' (DeepWordBug), got {kind!r}")
+    info = json.loads((Path(model_dir) / TASK_FILE).read_text()) if (Path(model_dir) / TASK_FILE).is_file() else {}
+    task = canonical_task(task or info.get("task") or "")
+    spec = TaskSpec(task, data_dir)
+    if spec.is_regression or spec.is_token:
+        raise ConfigError(f"attack: {task} is not single-text classification (a regression or tagging task has no "
+                          "label to flip)")
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    names = getattr(model, "label_names", None)
+    data, _ = load_split(spec, split, label_names=names)
+    data = _take(data, _subset(len(data), max_examples, seed))
+    victim = robustness.Victim(model, tok, max_length=info.get("max_length") or 128)
+    cfg = cfg or robustness.AttackConfig(seed=seed)
+    results = []
+    if kind == "word":
+        from ptmkit.data.conllu import read_conllu
+
+        syn = robustness.load_synonyms(synonyms) if synonyms else {}
+        pos = robustness.pos_lexicon(read_conllu(treebank)) if treebank else None
+        enc = None
+        if encoder is not None:
+            enc_model, enc_tok = load_adapted(encoder).eval(), Tokenizer.load(encoder)
+            enc = lambda texts: encode_sentences(enc_model, enc_tok, texts)  # noqa: E731
+        for e in data.examples:
+            results.append(robustness.textfooler(victim, e.text_a, e.label, syn, cfg, pos, enc))
+    else:
+        for e in data.examples:
+            results.append(robustness.char_attack(victim, e.text_a, e.label, cfg))
+    summary = robustness.summarise(results)
+    examples = [{"original": r.original, "adversarial": r.adversarial, "changes": r.changes}
+                for r in results if r.success][:20]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(["before", "after"], [summary["accuracy_before"], summary["accuracy_after"]], color=["tab:blue", "tab:red"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{kind} attack: success {summary['success_rate']:.0%}")
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "attack.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "attack", {"analysis": "attack", "model": str(model_dir), "task": task, "split": split,
+                                        "kind": kind, **summary, "examples": examples})

@@ -96,3 +96,6 @@ def test_attacks_on_a_classifier(models, data_dir, tmp_path):
         assert (tmp_path / kind / "attack.png").is_file()
     with pytest.raises(ConfigError, match="regression"):
         analyze.attack(tmp_path / "clf", tmp_path / "x", task="stsb", max_examples=2)
+    r = analyze.calibration(tmp_path / "clf", tmp_path / "cal", ood_task="cola", passes=3, max_examples=40)
+    assert r["examples"] == 20 and r["temperature"] > 0 and 0 <= r["plain"]["ece"] <= 1
+    assert 0 <= r["ood"]["auroc_msp"] <= 1 and (tmp_path / "cal" / "calibration.png").is_file()

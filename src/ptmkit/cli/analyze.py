@@ -9,7 +9,7 @@ import json
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "analyze",
-        help="understand a model: LAMA knowledge probes, attention head statistics, layer-wise probing, CKA, attacks",
+        help="understand a model: LAMA knowledge probes, attention head statistics, layer-wise probing, CKA, attacks, calibration",
         description=("Run one analysis on MODEL (any ptmkit or Hugging Face model directory; it is never changed) and "
                      "write OUT/results.json and a plot. `ptm analyze ANALYSIS --help` lists each one's options."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -71,6 +71,19 @@ def add_parser(sub) -> None:
     q.add_argument("--max-examples", type=int, default=200, help="texts attacked (a seeded subset)")
     q.add_argument("--max-perturbed", type=float, default=0.3, help="at most this fraction of a text's words changed")
     q.add_argument("--similarity", type=float, default=0.7, help="minimum cosine of sentence embeddings")
+
+    q = kinds.add_parser("calibration", help="ECE, temperature scaling, MC dropout, out-of-distribution AUROC",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--task", default=None, help="task of the split (default: the one MODEL was fine-tuned on)")
+    q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
+    q.add_argument("--split", default="dev", help="labelled split: half fits the temperature, half is scored")
+    q.add_argument("--ood-task", default=None, help="another task whose texts are out of distribution (e.g. cola)")
+    q.add_argument("--ood-data-dir", default=None, help="that task's folder")
+    q.add_argument("--ood-split", default="dev", help="that task's split")
+    q.add_argument("--passes", type=int, default=10, help="Monte Carlo dropout samples")
+    q.add_argument("--dropout", type=float, default=0.1, help="dropout rate while sampling")
+    q.add_argument("--max-examples", type=int, default=None, help="a seeded subset of each split")
     p.set_defaults(run=run)
 
 
@@ -99,6 +112,12 @@ def run(args) -> int:
                            AttackConfig(max_perturbed=args.max_perturbed, similarity=args.similarity))
         print(f"{args.kind} attack: accuracy {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}, success "
               f"{r['success_rate']:.1%}, {r['mean_queries']:.0f} queries, {r['perturbed_words_pct']:.1f}% words")
+    elif a == "calibration":
+        r = analyze.calibration(args.model, args.out, args.task, args.data_dir, args.split, args.ood_task,
+                                args.ood_data_dir, args.ood_split, args.passes, args.dropout, args.max_examples)
+        print(f"ECE {r['plain']['ece']:.4f} -> {r['temperature_scaled']['ece']:.4f} with T = {r['temperature']:.2f}; "
+              f"MC dropout ECE {r['mc_dropout']['ece']:.4f}" + (f"; OOD AUROC {r['ood']['auroc_msp']:.3f}"
+                                                                  if "ood" in r else ""))
     else:
         r = analyze.cka(args.model, args.out, args.text, args.other, args.lines, args.max_length)
         print(f"CKA over {r['tokens']:,} tokens; anisotropy per layer: "

@@ -9,6 +9,9 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
              (analysis.representations)
   attack     TextFooler word substitution or DeepWordBug character edits against a fine-tuned classifier on a
              task's split (analysis.robustness)
+  calibration  ECE and reliability diagram, temperature scaling fitted on half of the split, Monte Carlo dropout,
+             and out-of-distribution detection (max softmax probability, AUROC) against another task's texts
+             (analysis.calibration)
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "probe", "cka", "attack")
+ANALYSES = ("lama", "attention", "probe", "cka", "attack", "calibration")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -277,3 +280,83 @@ def attack(model_dir: str | Path, out: str | Path, task: str | None = None, data
     plt.close(fig)
     return _write(Path(out), "attack", {"analysis": "attack", "model": str(model_dir), "task": task, "split": split,
                                         "kind": kind, **summary, "examples": examples})
+
+
+@torch.no_grad()
+def _split_logits(model, tok, task: str, data_dir, split: str, max_length: int, max_examples: int | None,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) logits of a sequence classifier on a task split (a seeded subset), and the labels (None if unlabelled).
+    The model's dropout modes are left as they are (Monte Carlo dropout keeps them on)."""
+    from ptmkit.data.encode import collate, prepare_backend, sorted_batches
+    from ptmkit.data.task_data import TaskSpec, _subset, _take, encode_split, load_split
+    from ptmkit.objectives.classification import task_logits
+
+    spec = TaskSpec(task, data_dir)
+    data, path = load_split(spec, split, label_names=getattr(model, "label_names", None), allow_unlabelled=True)
+    data = _take(data, _subset(len(data), max_examples, seed))
+    enc = encode_split(spec, prepare_backend(tok), data, max_length, "truncate", path)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    out = torch.zeros(len(enc), model.num_labels)
+    for idx in sorted_batches(enc.lengths, 64):
+        batch = collate(enc, idx, pad)
+        out[torch.from_numpy(idx)] = task_logits(model, batch).float()
+    labels = None if enc.labels is None else torch.as_tensor(np.asarray(enc.labels), dtype=torch.long)
+    return out, labels
+
+
+def calibration(model_dir: str | Path, out: str | Path, task: str | None = None, data_dir: str | Path | None = None,
+                split: str = "dev", ood_task: str | None = None, ood_data_dir: str | Path | None = None,
+                ood_split: str = "dev", passes: int = 10, dropout: float = 0.1, max_examples: int | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """Calibration of a fine-tuned classifier on a split: the temperature is fitted on one seeded half and every
+    figure reported on the other; MC dropout with `passes` samples at `dropout`; with `ood_task`, the AUROC of telling
+    the split's texts from that task's by the maximum softmax probability."""
+    from ptmkit.analysis import calibration as cal
+    from ptmkit.data.task_data import canonical_task
+    from ptmkit.models import load_model
+    from ptmkit.recipes.evaluate import TASK_FILE
+
+    info = json.loads((Path(model_dir) / TASK_FILE).read_text()) if (Path(model_dir) / TASK_FILE).is_file() else {}
+    task = canonical_task(task or info.get("task") or "")
+    max_length = info.get("max_length") or 128
+    model, tok = load_model(model_dir, dropout=dropout).eval(), Tokenizer.load(model_dir)
+    if getattr(model, "task", None) != "sequence-classification" or model.num_labels < 2:
+        raise ConfigError(f"calibration needs a sequence classifier with classes; {model_dir} is "
+                          f"{getattr(model, 'task', None)} with {getattr(model, 'num_labels', None)} output(s)")
+    logits, labels = _split_logits(model, tok, task, data_dir, split, max_length, max_examples, seed)
+    if labels is None:
+        raise ConfigError(f"calibration: the {split!r} split of {task} has no labels; use a labelled split (dev)")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    fit, test = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    t = cal.fit_temperature(logits[fit], labels[fit])
+    before = cal.reliability(logits[test].softmax(-1), labels[test])
+    after = cal.reliability((logits[test] / t).softmax(-1), labels[test])
+    mc = cal.mc_dropout(lambda: _split_logits(model, tok, task, data_dir, split, max_length, max_examples, seed)[0],
+                        model, passes)
+    mc_rel = cal.reliability(mc[test], labels[test])
+    result = {"analysis": "calibration", "model": str(model_dir), "task": task, "split": split,
+              "examples": int(len(test)), "temperature": t, "plain": before, "temperature_scaled": after,
+              "mc_dropout": {**mc_rel, "passes": passes, "dropout": dropout}}
+    if ood_task is not None:
+        ood_logits, _ = _split_logits(model, tok, canonical_task(ood_task), ood_data_dir, ood_split, max_length,
+                                      max_examples, seed)
+        result["ood"] = {"task": ood_task, "examples": int(len(ood_logits)),
+                         "auroc_msp": cal.auroc(cal.max_softmax(logits), cal.max_softmax(ood_logits)),
+                         "auroc_msp_temperature": cal.auroc(cal.max_softmax(logits / t),
+                                                            cal.max_softmax(ood_logits / t))}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for name, r in (("plain", before), (f"T = {t:.2f}", after), ("MC dropout", mc_rel)):
+        b = r["bins"]
+        xs = [lo + 1 / (2 * len(b["lower"])) for lo, c in zip(b["lower"], b["count"]) if c]
+        ys = [a for a, c in zip(b["accuracy"], b["count"]) if c]
+        ax.plot(xs, ys, marker="o", label=f"{name} (ECE {r['ece']:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "calibration.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "calibration", result)

@@ -60,6 +60,9 @@ def test_every_analysis_writes_results_and_a_plot(models, data_dir, tmp_path):
                       max_train=100)
     assert len(r["curve"]) == 3 and len(r["transfer"]) == 3 and "NOUN" in r["labels"]
     assert all(0 <= x["accuracy"] <= 1 for x in r["curve"]) and (tmp_path / "probe" / "probe.png").is_file()
+    r = analyze.syntax(m["base"], tmp_path / "syn", data_dir / "ud" / "en_ewt-ud-dev.conllu", max_sentences=30,
+                       min_count=5)
+    assert "nsubj" in r["relations"] and (tmp_path / "syn" / "syntax.png").is_file()
     r = analyze.cka(m["masked-lm"], tmp_path / "cka", d / "text.txt", other=m["base"], lines=10)
     assert len(r["cka"]) == 3 and len(r["anisotropy"]) == 3
     assert _digest(m["masked-lm"]) == before  # analyses never change the model

@@ -38,6 +38,13 @@ def add_parser(sub) -> None:
     q.add_argument("--lines", type=int, default=200, help="lines used")
     q.add_argument("--max-length", type=int, default=128, help="tokens per line")
 
+    q = kinds.add_parser("syntax", help="the best attention head per UD dependency relation vs a positional baseline",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--treebank", required=True, help="CoNLL-U treebank, e.g. <data root>/ud/en_ewt-ud-dev.conllu")
+    q.add_argument("--max-sentences", type=int, default=500, help="sentences used")
+    q.add_argument("--min-count", type=int, default=20, help="relations seen fewer times are left out")
+
     q = kinds.add_parser("probe", help="linear probes per layer on a CoNLL-U treebank, with control tasks",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common(q)
@@ -98,6 +105,11 @@ def run(args) -> int:
     elif a == "attention":
         r = analyze.attention(args.model, args.out, args.text, args.lines, args.max_length)
         print(f"head statistics over {r['tokens']:,} tokens: " + ", ".join(r["statistics"]))
+    elif a == "syntax":
+        r = analyze.syntax(args.model, args.out, args.treebank, args.max_sentences, args.min_count)
+        print("\n".join(f"{rel:10s} best head L{x['layer']}H{x['head']} {x['best_head_accuracy']:.3f} vs offset "
+                        f"{x['baseline_offset']:+d} {x['baseline_accuracy']:.3f} (n={x['count']})"
+                        for rel, x in r["relations"].items()))
     elif a == "probe":
         r = analyze.probe(args.model, args.out, args.train, args.test, args.label, args.transfer, args.max_train,
                           ProbeConfig(kind=args.kind), args.cache)

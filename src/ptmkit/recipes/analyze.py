@@ -3,6 +3,8 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
 
   lama       LAMA cloze probes of a masked LM, per relation (analysis.knowledge)
   attention  Clark et al.'s head statistics over sentences of a text file (analysis.attention)
+  syntax     the best attention head for each UD dependency relation against a positional baseline
+             (analysis.syntax, Clark et al. 2019 §4)
   probe      linear probes per layer on a CoNLL-U treebank's UPOS (or relation) labels, with control tasks;
              optionally tested on another treebank (cross-lingual transfer) (analysis.probing)
   cka        linear CKA between the layers (and anisotropy per layer) on sentences of a text file
@@ -33,7 +35,7 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "probe", "cka", "attack", "calibration")
+ANALYSES = ("lama", "attention", "syntax", "probe", "cka", "attack", "calibration")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -360,3 +362,43 @@ def calibration(model_dir: str | Path, out: str | Path, task: str | None = None,
     fig.savefig(Path(out) / "calibration.png", dpi=120)
     plt.close(fig)
     return _write(Path(out), "calibration", result)
+
+
+def syntax(model_dir: str | Path, out: str | Path, treebank: str | Path, max_sentences: int = 500,
+           min_count: int = 20, max_length: int = 128) -> dict[str, Any]:
+    """For each dependency relation of the treebank, the accuracy of the best (layer, head) at attending from a
+    word to its syntactic head, and of the best fixed offset (Clark et al. 2019 §4.2, Table 1)."""
+    from ptmkit.analysis.syntax import HeadSyntax, word_attention
+    from ptmkit.data.encode import prepare_backend
+
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    backend = prepare_backend(tok)
+    counts = HeadSyntax()
+    with torch.no_grad():
+        for s in read_conllu(treebank)[:max_sentences]:
+            enc = backend.encode(s.words, is_pretokenized=True)
+            if len(enc.ids) > max_length:
+                continue  # a cut sentence would lose words and their heads
+            with attn.record_attention(model) as rec:
+                model(torch.tensor([enc.ids]))
+            att = [word_attention(rec.probs(layer)[0], enc.word_ids) for layer in range(rec.layers)]
+            counts.add(att, s.heads, s.deprels)
+    table = counts.table(min_count)
+    if not table:
+        raise ConfigError(f"syntax: no relation of {treebank} occurs {min_count} times in {max_sentences} sentences; "
+                          "lower min_count or use more sentences")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(table)), 3.5))
+    rels = list(table)
+    x = np.arange(len(rels))
+    ax.bar(x - 0.2, [table[r]["best_head_accuracy"] for r in rels], 0.4, label="best head")
+    ax.bar(x + 0.2, [table[r]["baseline_accuracy"] for r in rels], 0.4, label="best fixed offset")
+    ax.set_xticks(x, rels, rotation=90)
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "syntax.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "syntax", {"analysis": "syntax", "model": str(model_dir), "treebank": str(treebank),
+                                        "relations": table})

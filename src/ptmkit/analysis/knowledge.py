@@ -1,5 +1,6 @@
 """Knowledge probing (survey §7.2, "world knowledge"): LAMA cloze queries (Petroni et al. 2019, "Language Models as
-Knowledge Bases?" §3-4) for masked LMs. A fact (subject, relation, object) becomes the relation's template with [X]
+Knowledge Bases?" §3-4) for masked LMs, and for causal LMs the relation's candidate objects ranked by their likelihood
+after the cloze's beginning (the prefix runs once, its keys and values shared by every candidate). A fact (subject, relation, object) becomes the relation's template with [X]
 the subject and [Y] the mask; the model ranks its vocabulary at the mask, and P@1, P@10 and the mean reciprocal rank
 of the object are reported per relation, as the paper's tables. As in LAMA, only facts whose object is a single
 token of the vocabulary are asked (`vocab` restricts that further to a common vocabulary shared by the models
@@ -119,5 +120,69 @@ def probe_masked_lm(model, tokenizer, facts: list[Fact], template: str | None, v
             logits = logits[:, keep]
         ranks.append((logits > gold_score).sum(1) + 1)  # 1 = the object ranked first (ties count for it)
     r = torch.cat(ranks).float()
+    return {**out, "p@1": float((r <= 1).float().mean()), "p@10": float((r <= 10).float().mean()),
+            "mrr": float((1.0 / r).mean())}
+
+
+@torch.no_grad()
+def candidate_log_probs(model, prefix: list[int], candidates: list[list[int]], batch_size: int = 64) -> torch.Tensor:
+    """log p(candidate | prefix) of each candidate token sequence under a causal LM, summed over its tokens: the prefix
+    runs once and its keys/values are shared by every batch of candidates (the KV cache). (C,)"""
+    if not prefix:
+        raise ConfigError("candidate scoring needs a non-empty prefix (the cloze up to the blank)")
+    device = next(model.parameters()).device
+    bb, head = model.backbone, model.lm_head
+    dtype = next(model.parameters()).dtype
+    one = bb.new_cache(1, len(prefix), dtype, device)
+    h = bb(torch.tensor([prefix], device=device), cache=one).last_hidden_state  # (1, P, H)
+    first = head(h[:, -1]).float().log_softmax(-1)[0]  # (V,): the first candidate token's distribution
+    k, v = one.k[:, :, :, :one.length], one.v[:, :, :, :one.length]
+    scores = torch.empty(len(candidates))
+    for s in range(0, len(candidates), batch_size):
+        chunk = candidates[s:s + batch_size]
+        b, t = len(chunk), max(len(c) for c in chunk)
+        ids = torch.zeros((b, t), dtype=torch.long)
+        real = torch.zeros((b, t), dtype=torch.bool)
+        for i, c in enumerate(chunk):
+            ids[i, :len(c)], real[i, :len(c)] = torch.tensor(c), True
+        ids, real = ids.to(device), real.to(device)
+        total = first[ids[:, 0]]  # (B,)
+        if t > 1:
+            cache = bb.new_cache(b, one.length + t, dtype, device)
+            cache.k[:, :, :, :one.length], cache.v[:, :, :, :one.length] = k, v  # broadcast over the batch
+            cache.length = one.length
+            mask = torch.cat([torch.ones(b, one.length, dtype=torch.long, device=device), real.long()], 1)
+            hc = bb(ids, attention_mask=mask, cache=cache).last_hidden_state  # (B, T, H)
+            lp = head(hc[:, :-1]).float().log_softmax(-1)  # (B, T-1, V): predicts tokens 1..T-1
+            nxt = lp.gather(2, ids[:, 1:, None])[..., 0]  # (B, T-1)
+            total = total + (nxt * real[:, 1:]).sum(1)
+        scores[s:s + b] = total.cpu()
+    return scores
+
+
+def probe_causal_lm(model, tokenizer, facts: list[Fact], template: str, candidates: list[str] | None = None,
+                    batch_size: int = 64) -> dict:
+    """LAMA for a causal LM: the cloze up to [Y] (with the subject) is the prefix, and the relation's objects (or
+    `candidates`) are ranked by their log-likelihood after it; P@1, P@10, MRR of the true object."""
+    if getattr(model, "task", None) != "causal-lm":
+        raise ConfigError(f"candidate ranking needs a causal-LM head; this model has {getattr(model, 'task', None)!r}")
+    if template is None or "[X]" not in template or "[Y]" not in template:
+        raise ConfigError(f"knowledge probe: a template needs [X] and [Y], got {template!r}")
+    cands = sorted(set(candidates or [f.obj for f in facts]))
+    index = {c: i for i, c in enumerate(cands)}
+    cand_ids = [tokenizer.encode(" " + c, add_special_tokens=False) for c in cands]
+    before = template.split("[Y]")[0].rstrip()
+    ranks = []
+    model.eval()
+    for f in facts:
+        if f.obj not in index:
+            continue
+        prefix = tokenizer.encode(before.replace("[X]", f.subject), add_special_tokens=False)
+        lp = candidate_log_probs(model, prefix, cand_ids, batch_size)
+        ranks.append(int((lp > lp[index[f.obj]]).sum()) + 1)
+    r = torch.tensor(ranks, dtype=torch.float)
+    out = {"facts": len(facts), "asked": len(ranks), "candidates": len(cands)}
+    if not ranks:
+        return {**out, "p@1": None, "p@10": None, "mrr": None}
     return {**out, "p@1": float((r <= 1).float().mean()), "p@10": float((r <= 10).float().mean()),
             "mrr": float((1.0 / r).mean())}

@@ -74,7 +74,8 @@ def _sentences(path: Path, tok: Tokenizer, limit: int, max_length: int) -> list[
 def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relations: str | Path | None = None,
          template: str | None = None, vocab_file: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Each relation file of `facts` (its id is the file name, P19.jsonl.gz -> P19), its template from `relations`
-    (LAMA's relations.jsonl) or `template` (for relations LAMA never had); macro averages over relations."""
+    (LAMA's relations.jsonl) or `template` (for relations LAMA never had); macro averages over relations. A masked
+    LM fills the blank over its vocabulary; a causal LM ranks the relation's objects by their likelihood."""
     model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
     known = knowledge.templates(relations) if relations else {}
     vocab = [w.strip() for w in textio.lines(Path(vocab_file)) if w.strip()] if vocab_file else None
@@ -86,7 +87,13 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
         if tpl is None and any(x.sentence is None for x in items):
             raise ConfigError(f"{f}: no template for relation {rel!r}; pass --relations relations.jsonl or --template "
                               "'[X] ... [Y] .'")
-        rows[rel] = knowledge.probe_masked_lm(model, tok, items, tpl, vocab, batch_size)
+        if getattr(model, "task", None) == "causal-lm":  # rank the relation's objects by likelihood
+            if tpl is None:
+                raise ConfigError(f"{f}: a causal LM needs a template for {rel!r} (ready cloze sentences such as "
+                                  "SQuAD's have their blank mid-sentence)")
+            rows[rel] = knowledge.probe_causal_lm(model, tok, items, tpl, batch_size=batch_size)
+        else:
+            rows[rel] = knowledge.probe_masked_lm(model, tok, items, tpl, vocab, batch_size)
     scored = [r for r in rows.values() if r["p@1"] is not None]
     macro = {k: float(np.mean([r[k] for r in scored])) if scored else None for k in ("p@1", "p@10", "mrr")}
     result = {"analysis": "lama", "model": str(model_dir), "relations": rows, "macro": macro}

@@ -79,3 +79,29 @@ def test_lama_needs_a_masked_lm_head(mlm, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"sub_label": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1.*obj_label"):
         read_facts(tmp_path / "bad.jsonl")
+
+
+def test_causal_candidate_scores_equal_scoring_each_full_sequence():
+    from ptmkit.analysis.knowledge import Fact, candidate_log_probs, probe_causal_lm
+
+    tok = Tokenizer.train([" ".join(WORDS)] * 50, "bpe", vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    lm = build_model("llama", make_config("llama", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                        num_heads=4, num_kv_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=64)), "causal-lm").eval()
+    prefix = tok.encode("rome was born in", add_special_tokens=False)
+    cands = [tok.encode(" " + c, add_special_tokens=False) for c in ("paris", "berlin", "the capital of italy")]
+    got = candidate_log_probs(lm, prefix, cands, batch_size=2)
+    for c, g in zip(cands, got):  # brute force: the whole sequence, no cache
+        with torch.no_grad():
+            lp = lm(torch.tensor([prefix + c])).logits[0].log_softmax(-1)
+        want = sum(float(lp[len(prefix) - 1 + j, c[j]]) for j in range(len(c)))
+        assert float(g) == pytest.approx(want, abs=1e-4)
+    facts = [Fact("rome", "paris"), Fact("berlin", "berlin"), Fact("italy", "rome")]
+    r = probe_causal_lm(lm, tok, facts, "[X] was born in [Y] .")
+    assert r["asked"] == 3 and r["candidates"] == 3 and 1 / 3 <= r["mrr"] <= 1
+    with pytest.raises(ConfigError, match="causal-LM head"):
+        probe_causal_lm(build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32,
+                                                                     num_layers=1, num_heads=2, intermediate_size=64,
+                                                                     max_position_embeddings=32)), "masked-lm"),
+                        tok, facts, "[X] was born in [Y] .")

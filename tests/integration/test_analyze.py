@@ -63,6 +63,9 @@ def test_every_analysis_writes_results_and_a_plot(models, data_dir, tmp_path):
     r = analyze.syntax(m["base"], tmp_path / "syn", data_dir / "ud" / "en_ewt-ud-dev.conllu", max_sentences=30,
                        min_count=5)
     assert "nsubj" in r["relations"] and (tmp_path / "syn" / "syntax.png").is_file()
+    r = analyze.perturbed(m["masked-lm"], tmp_path / "pm", data_dir / "ud" / "en_ewt-ud-dev.conllu", max_sentences=3,
+                          max_words=8)
+    assert r["sentences"] == 3 and 0 <= r["uas"] <= 1 and (tmp_path / "pm" / "perturbed.png").is_file()
     r = analyze.cka(m["masked-lm"], tmp_path / "cka", d / "text.txt", other=m["base"], lines=10)
     assert len(r["cka"]) == 3 and len(r["anisotropy"]) == 3
     assert _digest(m["masked-lm"]) == before  # analyses never change the model

@@ -45,6 +45,14 @@ def add_parser(sub) -> None:
     q.add_argument("--max-sentences", type=int, default=500, help="sentences used")
     q.add_argument("--min-count", type=int, default=20, help="relations seen fewer times are left out")
 
+    q = kinds.add_parser("perturbed", help="Perturbed Masking trees (Wu et al. 2020): UAS vs right-branching",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--treebank", required=True, help="CoNLL-U treebank, e.g. <data root>/ud/en_ewt-ud-dev.conllu")
+    q.add_argument("--max-sentences", type=int, default=100, help="sentences used")
+    q.add_argument("--max-words", type=int, default=30, help="longer sentences are left out (cost grows as words^2)")
+    q.add_argument("--layer", type=int, default=-1, help="hidden-state layer (-1 = last)")
+
     q = kinds.add_parser("probe", help="linear probes per layer on a CoNLL-U treebank, with control tasks",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common(q)
@@ -110,6 +118,10 @@ def run(args) -> int:
         print("\n".join(f"{rel:10s} best head L{x['layer']}H{x['head']} {x['best_head_accuracy']:.3f} vs offset "
                         f"{x['baseline_offset']:+d} {x['baseline_accuracy']:.3f} (n={x['count']})"
                         for rel, x in r["relations"].items()))
+    elif a == "perturbed":
+        r = analyze.perturbed(args.model, args.out, args.treebank, args.max_sentences, args.max_words, args.layer)
+        print(f"Perturbed Masking UAS {r['uas']:.3f} vs right-branching {r['right_branching_uas']:.3f} over "
+              f"{r['words']:,} words of {r['sentences']} sentences")
     elif a == "probe":
         r = analyze.probe(args.model, args.out, args.train, args.test, args.label, args.transfer, args.max_train,
                           ProbeConfig(kind=args.kind), args.cache)

@@ -5,6 +5,8 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
   attention  Clark et al.'s head statistics over sentences of a text file (analysis.attention)
   syntax     the best attention head for each UD dependency relation against a positional baseline
              (analysis.syntax, Clark et al. 2019 §4)
+  perturbed  Perturbed Masking impact matrices decoded into dependency trees, UAS against right-branching
+             (analysis.perturbed, Wu et al. 2020)
   probe      linear probes per layer on a CoNLL-U treebank's UPOS (or relation) labels, with control tasks;
              optionally tested on another treebank (cross-lingual transfer) (analysis.probing)
   cka        linear CKA between the layers (and anisotropy per layer) on sentences of a text file
@@ -35,7 +37,7 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "syntax", "probe", "cka", "attack", "calibration")
+ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "calibration")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -409,3 +411,49 @@ def syntax(model_dir: str | Path, out: str | Path, treebank: str | Path, max_sen
     plt.close(fig)
     return _write(Path(out), "syntax", {"analysis": "syntax", "model": str(model_dir), "treebank": str(treebank),
                                         "relations": table})
+
+
+def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_sentences: int = 100,
+              max_words: int = 30, layer: int = -1) -> dict[str, Any]:
+    """Wu et al. 2020: impact matrices of the treebank's sentences (up to `max_words` words) at `layer`, decoded with
+    Eisner's algorithm; unlabelled attachment score (punctuation left out) against the right-branching baseline."""
+    from ptmkit.analysis.perturbed import impact_matrix, right_branching, tree_from_impacts, uas
+    from ptmkit.data.encode import prepare_backend
+
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    if tok.mask_id is None:
+        raise ConfigError(f"perturbed masking masks words: {model_dir}'s tokenizer has no mask token")
+    backend = prepare_backend(tok)
+    hits = base_hits = total = sentences = 0
+    example = None
+    for s in read_conllu(treebank):
+        if sentences >= max_sentences:
+            break
+        if len(s.words) > max_words or len(s.words) < 2 or any(h < 0 for h in s.heads):
+            continue
+        enc = backend.encode(s.words, is_pretokenized=True)
+        f = impact_matrix(model, enc.ids, enc.word_ids, tok.mask_id, layer)
+        pred = tree_from_impacts(f)
+        punct = [p == "PUNCT" for p in s.upos]
+        h, n = uas(pred, s.heads, punct)
+        hb, _ = uas(right_branching(len(s.words)), s.heads, punct)
+        hits, base_hits, total, sentences = hits + h, base_hits + hb, total + n, sentences + 1
+        if example is None:
+            example = {"words": s.words, "impact": f.round(4).tolist(), "predicted": pred, "gold": s.heads}
+    if not total:
+        raise ConfigError(f"perturbed: no sentence of {treebank} with 2 to {max_words} words and full syntax")
+    result = {"analysis": "perturbed", "model": str(model_dir), "treebank": str(treebank), "layer": layer,
+              "sentences": sentences, "words": total, "uas": hits / total, "right_branching_uas": base_hits / total,
+              "example": example}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(np.array(example["impact"]), cmap="Blues")
+    ax.set_xticks(range(len(example["words"])), example["words"], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(example["words"])), example["words"], fontsize=7)
+    ax.set_title(f"impact f(i, j); UAS {hits / total:.3f} vs {base_hits / total:.3f}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "perturbed.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "perturbed", result)

@@ -99,14 +99,16 @@ def eisner(scores: np.ndarray) -> list[int]:
     return heads[1:]
 
 
-def tree_from_impacts(f: np.ndarray) -> list[int]:
-    """Decode Wu et al.'s tree: arc score of head h over dependent d = f(d, h), the impact of the head on the
-    dependent; the root's arcs score the word's total impact on the others (a word on which the rest depends)."""
+def tree_from_impacts(f: np.ndarray, root: int | None = None) -> list[int]:
+    """Decode a tree: the arc score of head h over dependent d is f(d, h), the impact of the head on the dependent
+    (the orientation of Wu et al.'s released decoder). The root has exactly one child: `root` (0-based; Wu et al.'s
+    code takes the gold one) or, when None, the word with the largest total impact on the others (free root arcs
+    scored by that total would outweigh every word-word arc and return a star)."""
     w = f.shape[0]
     scores = np.full((w + 1, w + 1), -1e9)
     scores[1:, 1:] = f.T  # scores[h, d] = f(d, h)
     np.fill_diagonal(scores, -1e9)
-    scores[0, 1:] = f.sum(0)  # root -> d: how much d matters to all
+    scores[0, 1 + (int(f.sum(0).argmax()) if root is None else root)] = 0.0
     return eisner(scores)
 
 

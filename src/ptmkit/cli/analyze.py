@@ -120,7 +120,8 @@ def run(args) -> int:
                         for rel, x in r["relations"].items()))
     elif a == "perturbed":
         r = analyze.perturbed(args.model, args.out, args.treebank, args.max_sentences, args.max_words, args.layer)
-        print(f"Perturbed Masking UAS {r['uas']:.3f} vs right-branching {r['right_branching_uas']:.3f} over "
+        print(f"Perturbed Masking UAS {r['uas']:.3f} ({r['uas_gold_root']:.3f} with the gold root) vs right-branching "
+              f"{r['right_branching_uas']:.3f} over "
               f"{r['words']:,} words of {r['sentences']} sentences")
     elif a == "probe":
         r = analyze.probe(args.model, args.out, args.train, args.test, args.label, args.transfer, args.max_train,

@@ -416,7 +416,8 @@ def syntax(model_dir: str | Path, out: str | Path, treebank: str | Path, max_sen
 def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_sentences: int = 100,
               max_words: int = 30, layer: int = -1) -> dict[str, Any]:
     """Wu et al. 2020: impact matrices of the treebank's sentences (up to `max_words` words) at `layer`, decoded with
-    Eisner's algorithm; unlabelled attachment score (punctuation left out) against the right-branching baseline."""
+    Eisner's algorithm; unlabelled attachment score (punctuation left out) with the root predicted from the impacts,
+    with the gold root (as Wu et al.'s released decoder), and of the right-branching baseline."""
     from ptmkit.analysis.perturbed import impact_matrix, right_branching, tree_from_impacts, uas
     from ptmkit.data.encode import prepare_backend
 
@@ -424,7 +425,7 @@ def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_
     if tok.mask_id is None:
         raise ConfigError(f"perturbed masking masks words: {model_dir}'s tokenizer has no mask token")
     backend = prepare_backend(tok)
-    hits = base_hits = total = sentences = 0
+    hits = gold_hits = base_hits = total = sentences = 0
     example = None
     for s in read_conllu(treebank):
         if sentences >= max_sentences:
@@ -436,14 +437,17 @@ def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_
         pred = tree_from_impacts(f)
         punct = [p == "PUNCT" for p in s.upos]
         h, n = uas(pred, s.heads, punct)
+        hg, _ = uas(tree_from_impacts(f, root=s.heads.index(0)), s.heads, punct)
         hb, _ = uas(right_branching(len(s.words)), s.heads, punct)
-        hits, base_hits, total, sentences = hits + h, base_hits + hb, total + n, sentences + 1
+        hits, gold_hits, base_hits = hits + h, gold_hits + hg, base_hits + hb
+        total, sentences = total + n, sentences + 1
         if example is None:
             example = {"words": s.words, "impact": f.round(4).tolist(), "predicted": pred, "gold": s.heads}
     if not total:
         raise ConfigError(f"perturbed: no sentence of {treebank} with 2 to {max_words} words and full syntax")
     result = {"analysis": "perturbed", "model": str(model_dir), "treebank": str(treebank), "layer": layer,
-              "sentences": sentences, "words": total, "uas": hits / total, "right_branching_uas": base_hits / total,
+              "sentences": sentences, "words": total, "uas": hits / total, "uas_gold_root": gold_hits / total,
+              "right_branching_uas": base_hits / total,
               "example": example}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4))

@@ -55,6 +55,7 @@ def test_tree_from_a_hand_made_impact_matrix_and_uas():
     f = np.array([[0, 5, 1], [1, 0, 1], [1, 5, 0]], dtype=float)  # f[i, j]: impact of j on i
     heads = tree_from_impacts(f)
     assert heads == [2, 0, 2]
+    assert tree_from_impacts(f, root=0)[0] == 0  # a given root
     assert uas(heads, [2, 0, 2]) == (3, 3) and uas(heads, [2, 0, 1], skip=[False, False, True]) == (2, 2)
     assert right_branching(3) == [2, 3, 0]
 

@@ -442,7 +442,8 @@ def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_
         hits, gold_hits, base_hits = hits + h, gold_hits + hg, base_hits + hb
         total, sentences = total + n, sentences + 1
         if example is None:
-            example = {"words": s.words, "impact": f.round(4).tolist(), "predicted": pred, "gold": s.heads}
+            example = {"words": s.words, "impact": f.round(4).tolist(), "predicted": [int(x) for x in pred],
+                       "gold": s.heads}
     if not total:
         raise ConfigError(f"perturbed: no sentence of {treebank} with 2 to {max_words} words and full syntax")
     result = {"analysis": "perturbed", "model": str(model_dir), "treebank": str(treebank), "layer": layer,

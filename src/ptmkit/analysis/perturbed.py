@@ -96,7 +96,7 @@ def eisner(scores: np.ndarray) -> list[int]:
         complete(r + 1, t, 0)
 
     complete(0, n - 1, 1)
-    return heads[1:]
+    return [int(h) for h in heads[1:]]
 
 
 def tree_from_impacts(f: np.ndarray, root: int | None = None) -> list[int]:

@@ -102,6 +102,9 @@ def test_attacks_on_a_classifier(models, data_dir, tmp_path):
         assert (tmp_path / kind / "attack.png").is_file()
     with pytest.raises(ConfigError, match="regression"):
         analyze.attack(tmp_path / "clf", tmp_path / "x", task="stsb", max_examples=2)
+    r = analyze.heads(tmp_path / "clf", tmp_path / "heads", fractions=(0.5,), data_batches=1, max_eval_examples=20)
+    assert [c["fraction"] for c in r["curve"]] == [0.0, 0.5] and len(r["importance"]) == 1
+    assert (tmp_path / "heads" / "heads.png").is_file()
     r = analyze.calibration(tmp_path / "clf", tmp_path / "cal", ood_task="cola", passes=3, max_examples=40)
     assert r["examples"] == 20 and r["temperature"] > 0 and 0 <= r["plain"]["ece"] <= 1
     assert 0 <= r["ood"]["auroc_msp"] <= 1 and (tmp_path / "cal" / "calibration.png").is_file()

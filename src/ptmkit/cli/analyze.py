@@ -87,6 +87,16 @@ def add_parser(sub) -> None:
     q.add_argument("--max-perturbed", type=float, default=0.3, help="at most this fraction of a text's words changed")
     q.add_argument("--similarity", type=float, default=0.7, help="minimum cosine of sentence embeddings")
 
+    q = kinds.add_parser("heads", help="head importance (Michel et al.) and the dev score as heads are removed",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--task", default=None, help="task (default: the one MODEL was fine-tuned on)")
+    q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
+    q.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                   help="fractions of heads removed")
+    q.add_argument("--data-batches", type=int, default=8, help="training batches the importance is measured on")
+    q.add_argument("--max-eval-examples", type=int, default=None, help="a seeded subset of the dev split")
+
     q = kinds.add_parser("calibration", help="ECE, temperature scaling, MC dropout, out-of-distribution AUROC",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common(q)
@@ -137,6 +147,10 @@ def run(args) -> int:
                            AttackConfig(max_perturbed=args.max_perturbed, similarity=args.similarity))
         print(f"{args.kind} attack: accuracy {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}, success "
               f"{r['success_rate']:.1%}, {r['mean_queries']:.0f} queries, {r['perturbed_words_pct']:.1f}% words")
+    elif a == "heads":
+        r = analyze.heads(args.model, args.out, args.task, args.data_dir, tuple(args.fractions), args.data_batches,
+                          args.max_eval_examples)
+        print("heads removed -> dev: " + ", ".join(f"{c['fraction']:.0%} {list(c.values())[1]:.3f}" for c in r["curve"]))
     elif a == "calibration":
         r = analyze.calibration(args.model, args.out, args.task, args.data_dir, args.split, args.ood_task,
                                 args.ood_data_dir, args.ood_split, args.passes, args.dropout, args.max_examples)

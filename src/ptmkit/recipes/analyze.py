@@ -13,6 +13,8 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
              (analysis.representations)
   attack     TextFooler word substitution or DeepWordBug character edits against a fine-tuned classifier on a
              task's split (analysis.robustness)
+  heads      Michel et al.'s head importance on a task and the dev score as heads are removed, least important
+             first (the compression package's head pruning)
   calibration  ECE and reliability diagram, temperature scaling fitted on half of the split, Monte Carlo dropout,
              and out-of-distribution detection (max softmax probability, AUROC) against another task's texts
              (analysis.calibration)
@@ -37,7 +39,7 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "calibration")
+ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "calibration", "heads")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -462,3 +464,66 @@ def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_
     fig.savefig(Path(out) / "perturbed.png", dpi=120)
     plt.close(fig)
     return _write(Path(out), "perturbed", result)
+
+
+def heads(model_dir: str | Path, out: str | Path, task: str | None = None, data_dir: str | Path | None = None,
+          fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), data_batches: int = 8,
+          max_eval_examples: int | None = None) -> dict[str, Any]:
+    """Structural sparsity (Michel et al. 2019): every head's importance for the task's loss (a layer x head map) and
+    the dev score after removing each fraction of the heads, least important first (each fraction from the full
+    model, one shot). The model directory is only read; the pruned copies live in memory."""
+    import copy
+
+    from ptmkit.compress.prune.heads import head_importance
+    from ptmkit.data.task_data import TaskSpec, canonical_task
+    from ptmkit.objectives.classification import TaskConfig, TaskObjective
+    from ptmkit.recipes.compress import CompressConfig, _batches, _task_of, apply_method
+    from ptmkit.recipes.evaluate import evaluate
+    from ptmkit.models import save_model
+
+    cfg = CompressConfig(model=str(model_dir), out=str(out), method="heads", method_options={"fraction": 0.1},
+                         task=task, data_dir=str(data_dir) if data_dir else None, data_batches=data_batches)
+    task, info = _task_of(cfg)
+    if task is None:
+        raise ConfigError("heads: head importance is measured on a task's loss; give --task (or a fine-tuned model "
+                          "that records its task)")
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    batches = _batches(cfg, task, info, tok)
+    objective = TaskObjective(TaskConfig("regression" if TaskSpec(canonical_task(task), data_dir).is_regression
+                                         else "classification"))
+    loss_fn = lambda m, b: objective.loss(m, b)[0]  # noqa: E731
+    imp = head_importance(model, loss_fn, batches)
+    importance = [v.tolist() for v in imp.values()]
+
+    def score(m) -> dict[str, float]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            save_model(m, d, tokenizer_from=model_dir)
+            if (Path(model_dir) / "finetune_task.json").is_file():
+                (Path(d) / "finetune_task.json").write_text((Path(model_dir) / "finetune_task.json").read_text())
+            return evaluate(d, task, data_dir, "dev", precision="fp32", device="cpu",
+                            max_examples=max_eval_examples, show_progress=False)["metrics"]
+
+    curve = [{"fraction": 0.0, **score(model)}]
+    for f in fractions:
+        pruned, _ = apply_method(copy.deepcopy(model), "heads", {"fraction": f}, batches, loss_fn)
+        curve.append({"fraction": f, **score(pruned)})
+    metric = next(iter(curve[0]))
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    im = a1.imshow(np.array(importance), aspect="auto", cmap="viridis")
+    a1.set_xlabel("head")
+    a1.set_ylabel("layer")
+    a1.set_title("head importance")
+    fig.colorbar(im, ax=a1)
+    a2.plot([c["fraction"] * 100 for c in curve], [c[metric] for c in curve], marker="o")
+    a2.set_xlabel("% of heads removed")
+    a2.set_ylabel(metric)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / "heads.png", dpi=120)
+    plt.close(fig)
+    return _write(Path(out), "heads", {"analysis": "heads", "model": str(model_dir), "task": task,
+                                       "importance": importance, "curve": curve})

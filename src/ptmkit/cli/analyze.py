@@ -97,6 +97,18 @@ def add_parser(sub) -> None:
     q.add_argument("--data-batches", type=int, default=8, help="training batches the importance is measured on")
     q.add_argument("--max-eval-examples", type=int, default=None, help="a seeded subset of the dev split")
 
+    q = kinds.add_parser("lottery", help="lottery tickets (IMP with rewinding) vs random masks, Chen et al. 2020",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--task", required=True, help="the task the tickets are fine-tuned on")
+    q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
+    q.add_argument("--rounds", type=int, default=5, help="pruning rounds")
+    q.add_argument("--prune-per-round", type=float, default=0.2, help="share of the remaining weights pruned a round")
+    q.add_argument("--epochs", type=float, default=3.0, help="epochs of every fine-tuning run")
+    q.add_argument("--lr", type=float, default=5e-5, help="learning rate of every fine-tuning run")
+    q.add_argument("--max-train-examples", type=int, default=None, help="training examples of every run")
+    q.add_argument("--no-random", action="store_true", help="skip the random-mask baseline")
+
     q = kinds.add_parser("calibration", help="ECE, temperature scaling, MC dropout, out-of-distribution AUROC",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common(q)
@@ -151,6 +163,12 @@ def run(args) -> int:
         r = analyze.heads(args.model, args.out, args.task, args.data_dir, tuple(args.fractions), args.data_batches,
                           args.max_eval_examples)
         print("heads removed -> dev: " + ", ".join(f"{c['fraction']:.0%} {list(c.values())[1]:.3f}" for c in r["curve"]))
+    elif a == "lottery":
+        r = analyze.lottery(args.model, args.out, args.task, args.rounds, args.prune_per_round, args.data_dir,
+                            {"epochs": args.epochs, "lr": args.lr, "max_train_examples": args.max_train_examples},
+                            not args.no_random)
+        print("sparsity -> ticket / random: " + ", ".join(
+            f"{c['sparsity']:.0%} {c['ticket']:.3f}/{c.get('random', float('nan')):.3f}" for c in r["curve"]))
     elif a == "calibration":
         r = analyze.calibration(args.model, args.out, args.task, args.data_dir, args.split, args.ood_task,
                                 args.ood_data_dir, args.ood_split, args.passes, args.dropout, args.max_examples)

@@ -15,6 +15,8 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
              task's split (analysis.robustness)
   heads      Michel et al.'s head importance on a task and the dev score as heads are removed, least important
              first (the compression package's head pruning)
+  lottery    lottery tickets by iterative magnitude pruning with rewinding to the pre-trained weights, against
+             random masks of the same sparsity (Chen et al. 2020), each a fine-tuning run
   calibration  ECE and reliability diagram, temperature scaling fitted on half of the split, Monte Carlo dropout,
              and out-of-distribution detection (max softmax probability, AUROC) against another task's texts
              (analysis.calibration)
@@ -39,7 +41,7 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "calibration", "heads")
+ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "calibration", "heads", "lottery")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -527,3 +529,66 @@ def heads(model_dir: str | Path, out: str | Path, task: str | None = None, data_
     plt.close(fig)
     return _write(Path(out), "heads", {"analysis": "heads", "model": str(model_dir), "task": task,
                                        "importance": importance, "curve": curve})
+
+
+def lottery(model_dir: str | Path, out: str | Path, task: str, rounds: int = 5, prune_per_round: float = 0.2,
+            data_dir: str | Path | None = None, finetune_options: dict[str, Any] | None = None,
+            random_baseline: bool = True) -> dict[str, Any]:
+    """Chen et al. 2020 §3: fine-tune the pre-trained MODEL; prune `prune_per_round` of the remaining weights of the
+    blocks by global magnitude of the fine-tuned weights; rewind the rest to the pre-trained values and fine-tune
+    again (the mask fixed); repeat `rounds` times. Each sparsity is compared with a random mask of that sparsity,
+    fine-tuned the same way. Every run is a `ptm finetune` run in OUT (resumable: finished runs are reused)."""
+    from ptmkit.compress.prune import unstructured
+    from ptmkit.compress.prune.ticket import save_masks
+    from ptmkit.models import load_model
+    from ptmkit.recipes.finetune import FinetuneConfig, finetune
+
+    if rounds < 1 or not 0 < prune_per_round < 1:
+        raise ConfigError(f"lottery: rounds >= 1 and 0 < prune_per_round < 1, got {rounds}, {prune_per_round}")
+    out = Path(out)
+    opts = dict(finetune_options or {})
+
+    def run(name: str, **kw) -> dict:
+        d = out / name
+        if not (d / "results.json").exists():
+            finetune(FinetuneConfig(model=str(model_dir), task=task, out=str(d),
+                                    data_dir=str(data_dir) if data_dir else None, overwrite=True,
+                                    show_progress=False, **opts, **kw))
+        return json.loads((d / "results.json").read_text())
+
+    metric = None
+    curve = []
+    res = run("dense")
+    metric = res["main_metric"]
+    curve.append({"sparsity": 0.0, "ticket": res["final"][metric], "random": res["final"][metric]})
+    previous = out / "dense" / "best"
+    for k in range(1, rounds + 1):
+        sparsity = round(1 - (1 - prune_per_round) ** k, 4)
+        masks = out / f"masks-{k}.safetensors"
+        if not masks.exists():  # the smallest weights of the last fine-tuned model (its pruned ones are zero)
+            tuned = load_model(previous)
+            unstructured.prune(tuned, "magnitude", {"sparsity": sparsity, "scope": "global"})
+            save_masks(tuned, masks)
+        ticket = run(f"ticket-{k}", compress="ticket", compress_options={"path": str(masks)})
+        row = {"sparsity": sparsity, "ticket": ticket["final"][metric]}
+        if random_baseline:
+            rnd = run(f"random-{k}", compress="random-mask", compress_options={"sparsity": sparsity, "seed": k})
+            row["random"] = rnd["final"][metric]
+        curve.append(row)
+        previous = out / f"ticket-{k}" / "best"
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [r["sparsity"] * 100 for r in curve]
+    ax.plot(xs, [r["ticket"] for r in curve], marker="o", label="IMP ticket (rewound)")
+    if random_baseline:
+        ax.plot(xs, [r["random"] for r in curve], marker="x", label="random mask")
+    ax.set_xlabel("sparsity of the blocks' weights (%)")
+    ax.set_ylabel(metric)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "lottery.png", dpi=120)
+    plt.close(fig)
+    return _write(out, "lottery", {"analysis": "lottery", "model": str(model_dir), "task": task, "metric": metric,
+                                   "curve": curve})

@@ -274,7 +274,8 @@ class FinetuneConfig:
 
 
 # methods that compress while the model trains (one-shot methods are `ptm compress`)
-TRAINING_COMPRESSION = ("gradual-magnitude", "movement", "soft-movement", "qat-int8", "ternary")
+TRAINING_COMPRESSION = ("gradual-magnitude", "movement", "soft-movement", "ticket", "random-mask", "qat-int8",
+                        "ternary")
 QUANTISE_WHILE_TRAINING = ("qat-int8", "ternary")
 
 

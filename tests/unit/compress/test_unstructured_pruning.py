@@ -300,10 +300,16 @@ def test_finalized_model_saves_and_loads_in_ptmkit_and_transformers(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(UNSTRUCTURED))
-def test_every_registered_method_builds_from_a_dict_and_finalizes(name):
+def test_every_registered_method_builds_from_a_dict_and_finalizes(name, tmp_path):
+    from ptmkit.compress.prune.ticket import save_masks
+
     model = _bert()
     schedule = {"final": 0.1 if name == "soft-movement" else 0.45, "end": 2, "every": 1}
-    values = {"sparsity": 0.45} if name == "magnitude" else {"schedule": schedule}
+    values = {"sparsity": 0.45} if name in ("magnitude", "random-mask") else {"schedule": schedule}
+    if name == "ticket":  # a mask saved from a magnitude-pruned copy of the same model
+        donor = _bert()
+        prune(donor, "magnitude", {"sparsity": 0.45, "targets": ["qkv", "ffn.up"]})
+        values = {"path": str(save_masks(donor, tmp_path / "masks.safetensors"))}
     pruner = prune(model, name, {**values, "targets": ["qkv", "ffn.up"]})
     assert [m.label.split(".", 3)[-1] for m in pruner.matrices] == ["attn.qkv[q]", "attn.qkv[k]", "attn.qkv[v]",
                                                                      "ffn.up"] * 2  # the fused qkv by part
@@ -369,3 +375,22 @@ def test_finalizing_a_copy_leaves_the_original_masked_and_working():
     ids = torch.randint(0, 64, (2, 5))
     assert torch.equal(model(ids).last_hidden_state, plain(ids).last_hidden_state)
     assert unstructured.report(model)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_ticket_is_the_saved_mask_fixed_through_training_and_random_masks_differ(tmp_path):
+    from ptmkit.compress.prune.ticket import masks_of, save_masks
+
+    donor = _bert()
+    prune(donor, "magnitude", {"sparsity": 0.6, "scope": "global"})
+    path = save_masks(donor, tmp_path / "m.safetensors")
+    model = _bert()  # the same initial weights: the rewound ticket
+    pruner = prune(model, "ticket", {"path": str(path)})
+    assert all(torch.equal(a, masks_of(model)[k]) for k, a in masks_of(donor).items())
+    assert pruner.sparsity() == pytest.approx(0.6, abs=1e-3)
+    random_pruner = prune(_bert(), "random-mask", {"sparsity": 0.6})
+    assert random_pruner.sparsity() == pytest.approx(0.6, abs=1e-3)
+    with pytest.raises(ConfigError, match="give path"):
+        prune(_bert(), "ticket", {})
+    other = build_model("bert", model_config("bert", {**TINY, "hidden_size": 48}), "masked-lm")
+    with pytest.raises(ConfigError, match="mask of .* is"):
+        prune(other, "ticket", {"path": str(path)})

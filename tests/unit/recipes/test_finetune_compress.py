@@ -66,3 +66,18 @@ def test_compress_options_come_from_dotted_flags_and_bad_ones_are_errors(teacher
     with pytest.raises(ConfigError, match="without compress"):
         _cfg(teacher, sst_dir, tmp_path, compress_options={"schedule": {}})
     assert torch.get_num_threads() >= 1
+
+
+def test_lottery_tickets_rewind_and_compare_with_random_masks(teacher, sst_dir, tmp_path):  # noqa: F811
+    from ptmkit.recipes import analyze
+
+    base = tmp_path / "pre"  # the 'pre-trained' model: the teacher's weights with its head
+    import shutil
+    shutil.copytree(teacher, base)
+    r = analyze.lottery(base, tmp_path / "lt", "sst2", rounds=2, prune_per_round=0.5, data_dir=sst_dir,
+                        finetune_options={"epochs": 2.0, "lr": 1e-3, "batch_size": 16, "max_length": 32,
+                                          "precision": "fp32"})
+    assert [c["sparsity"] for c in r["curve"]] == [0.0, 0.5, 0.75] and all("random" in c for c in r["curve"])
+    assert _block_sparsity(tmp_path / "lt" / "ticket-2" / "best") == pytest.approx(0.75, abs=0.01)
+    assert _block_sparsity(tmp_path / "lt" / "random-2" / "best") == pytest.approx(0.75, abs=0.01)
+    assert (tmp_path / "lt" / "lottery.png").is_file()

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ptmkit.compress.prune import magnitude, movement
+from ptmkit.compress.prune import magnitude, movement, ticket
 from ptmkit.compress.prune.masks import Pruner, finalize, resolve  # noqa: F401  (finalize: part of this API)
 from ptmkit.config import ConfigError, from_dict
 
@@ -31,6 +31,8 @@ UNSTRUCTURED: dict[str, Method] = {
                                 "Zhu & Gupta 2017; Gordon et al. 2020"),
     "movement": Method(movement.MovementConfig, movement.MovementPruner, "Sanh et al. 2020"),
     "soft-movement": Method(movement.SoftMovementConfig, movement.SoftMovementPruner, "Sanh et al. 2020"),
+    "ticket": Method(ticket.TicketConfig, ticket.TicketPruner, "Chen et al. 2020 (lottery tickets)"),
+    "random-mask": Method(ticket.RandomMaskConfig, ticket.RandomMaskPruner, "Chen et al. 2020 (random pruning)"),
 }
 
 

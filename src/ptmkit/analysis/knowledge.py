@@ -67,61 +67,132 @@ def cloze(fact: Fact, template: str | None, mask_token: str) -> str:
     return template.replace("[X]", fact.subject).replace("[Y]", mask_token)
 
 
-@torch.no_grad()
-def probe_masked_lm(model, tokenizer, facts: list[Fact], template: str | None, vocab: Iterable[str] | None = None,
-                    batch_size: int = 64, max_length: int = 128) -> dict:
-    """P@1, P@10 and MRR of a masked LM on `facts` (one relation). Facts whose object is not one token of the
-    (common) vocabulary are left out and counted."""
+def _check_mlm(model, tokenizer) -> None:
     if getattr(model, "task", None) != "masked-lm":
         raise ConfigError(f"LAMA cloze probing needs a masked-LM head; this model has {getattr(model, 'task', None)!r}"
                           ". An encoder without one (e.g. a sentence-embedding model) cannot fill a blank; causal LMs "
                           "rank candidate objects instead")
-    mask_id = tokenizer.mask_id
-    if mask_id is None:
+    if tokenizer.mask_id is None:
         raise ConfigError("LAMA: the tokenizer has no mask token")
-    mask_token = tokenizer.id_to_token(mask_id)
+
+
+def single_token_objects(tokenizer, facts: list[Fact], vocab: Iterable[str] | None = None
+                         ) -> tuple[list[Fact], list[int], list[int] | None]:
+    """The facts LAMA asks (their object one token, within the common vocabulary if given), the objects' ids, and the
+    common vocabulary's ids (None: the whole vocabulary)."""
     allowed = None
-    if vocab is not None:  # the common vocabulary: ids of those of its tokens this tokenizer has
+    if vocab is not None:
         allowed = sorted({i for w in vocab if (i := tokenizer.token_to_id(w)) is not None})
         if not allowed:
             raise ConfigError("LAMA: none of the common vocabulary's tokens is in this tokenizer")
+    keep = set(allowed) if allowed is not None else None
     asked, objects = [], []
     for f in facts:
         ids = tokenizer.encode(f.obj, add_special_tokens=False)
-        if len(ids) != 1 or (allowed is not None and ids[0] not in set(allowed)):
-            continue
-        text = cloze(f, template, mask_token)
-        enc = tokenizer.encode(text)[:max_length]
-        if enc.count(mask_id) != 1:
-            continue  # the mask fell past max_length, or the sentence holds another [MASK]
-        asked.append(enc)
-        objects.append(ids[0])
-    out = {"facts": len(facts), "asked": len(asked), "skipped": len(facts) - len(asked)}
-    if not asked:
-        return {**out, "p@1": None, "p@10": None, "mrr": None}
+        if len(ids) == 1 and (keep is None or ids[0] in keep):
+            asked.append(f)
+            objects.append(ids[0])
+    return asked, objects, allowed
+
+
+@torch.no_grad()
+def mask_log_probs(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+    """log p(token | text) at the text's one mask, (N, V); a text whose mask is missing (cut by max_length) or
+    repeated gets a row of NaN."""
+    mask_id = tokenizer.mask_id
     device = next(model.parameters()).device
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    ranks = []
-    keep = torch.tensor(allowed, device=device) if allowed is not None else None
+    out = torch.full((len(texts), model.config.vocab_size), float("nan"))
+    enc = [tokenizer.encode(t)[:max_length] for t in texts]
+    ok = [i for i, e in enumerate(enc) if e.count(mask_id) == 1]
     model.eval()
-    for start in range(0, len(asked), batch_size):
-        chunk = asked[start:start + batch_size]
-        t = max(len(x) for x in chunk)
+    for start in range(0, len(ok), batch_size):
+        chunk = ok[start:start + batch_size]
+        t = max(len(enc[i]) for i in chunk)
         ids = torch.full((len(chunk), t), pad, dtype=torch.long)
         att = torch.zeros((len(chunk), t), dtype=torch.long)
-        for r, x in enumerate(chunk):
-            ids[r, :len(x)] = torch.tensor(x)
-            att[r, :len(x)] = 1
+        for r, i in enumerate(chunk):
+            ids[r, :len(enc[i])] = torch.tensor(enc[i])
+            att[r, :len(enc[i])] = 1
         ids, att = ids.to(device), att.to(device)
         logits = model(ids, attention_mask=att, score_positions=ids == mask_id).logits.float()  # (B, V)
-        gold = torch.tensor(objects[start:start + batch_size], device=device)
-        gold_score = logits.gather(1, gold[:, None])  # (B, 1)
-        if keep is not None:  # rank within the common vocabulary
-            logits = logits[:, keep]
-        ranks.append((logits > gold_score).sum(1) + 1)  # 1 = the object ranked first (ties count for it)
-    r = torch.cat(ranks).float()
-    return {**out, "p@1": float((r <= 1).float().mean()), "p@10": float((r <= 10).float().mean()),
+        out[torch.tensor(chunk)] = logits.log_softmax(-1).cpu()
+    return out
+
+
+def rank_metrics(log_probs: torch.Tensor, objects: list[int], allowed: list[int] | None = None) -> dict:
+    """P@1, P@10, MRR of the objects under (N, V) scores (rows of NaN left out), ranked within `allowed`."""
+    valid = ~torch.isnan(log_probs).any(-1)
+    lp, gold = log_probs[valid], torch.tensor(objects)[valid]
+    if not len(gold):
+        return {"asked": 0, "p@1": None, "p@10": None, "mrr": None}
+    gold_score = lp.gather(1, gold[:, None])  # (N, 1)
+    if allowed is not None:
+        lp = lp[:, torch.tensor(allowed)]
+    r = ((lp > gold_score).sum(1) + 1).float()  # 1 = the object ranked first (ties count for it)
+    return {"asked": int(len(gold)), "p@1": float((r <= 1).float().mean()), "p@10": float((r <= 10).float().mean()),
             "mrr": float((1.0 / r).mean())}
+
+
+def probe_masked_lm(model, tokenizer, facts: list[Fact], template: str | None, vocab: Iterable[str] | None = None,
+                    batch_size: int = 64, max_length: int = 128) -> dict:
+    """P@1, P@10 and MRR of a masked LM on `facts` (one relation). Facts whose object is not one token of the
+    (common) vocabulary are left out and counted."""
+    _check_mlm(model, tokenizer)
+    mask_token = tokenizer.id_to_token(tokenizer.mask_id)
+    asked, objects, allowed = single_token_objects(tokenizer, facts, vocab)
+    lp = mask_log_probs(model, tokenizer, [cloze(f, template, mask_token) for f in asked], batch_size, max_length)
+    m = rank_metrics(lp, objects, allowed)
+    return {"facts": len(facts), **m, "skipped": len(facts) - m["asked"]}
+
+
+def probe_ensemble(model, tokenizer, facts: list[Fact], templates: list[str], weights: list[float] | None = None,
+                   vocab: Iterable[str] | None = None, batch_size: int = 64) -> dict:
+    """LPAQA's ensemble (Jiang et al. 2020, "How Can We Know What Language Models Know?" §4): the (weighted) mean of
+    the templates' log-probabilities at the mask ranks the objects."""
+    _check_mlm(model, tokenizer)
+    if not templates:
+        raise ConfigError("ensemble: give at least one template")
+    w = torch.tensor(weights if weights is not None else [1.0] * len(templates), dtype=torch.float)
+    w = w / w.sum()
+    mask_token = tokenizer.id_to_token(tokenizer.mask_id)
+    asked, objects, allowed = single_token_objects(tokenizer, facts, vocab)
+    total = None
+    for t, wi in zip(templates, w):
+        lp = mask_log_probs(model, tokenizer, [cloze(f, t, mask_token) for f in asked], batch_size) * wi
+        total = lp if total is None else total + lp
+    m = rank_metrics(total, objects, allowed) if asked else {"asked": 0, "p@1": None, "p@10": None, "mrr": None}
+    return {"facts": len(facts), **m, "templates": len(templates)}
+
+
+def read_evidence(path: str | Path) -> list[tuple[str, str]]:
+    """(subject surface, sentence with [MASK] for the object) of every evidence of a T-REx relation file."""
+    out = []
+    for line in textio.lines(Path(path)):
+        if line.strip():
+            row = json.loads(line)
+            out += [(e["sub_surface"], e["masked_sentence"]) for e in row.get("evidences", [])
+                    if "sub_surface" in e and "masked_sentence" in e]
+    return out
+
+
+def mine_templates(evidence: list[tuple[str, str]], top: int = 5, max_middle: int = 5) -> list[tuple[str, int]]:
+    """LPAQA's middle-word mining (Jiang et al. 2020 §3.1): in sentences where the subject and the object's [MASK]
+    are at most `max_middle` words apart, the words between them become a template ([X] middle [Y] ., or
+    [Y] middle [X] . when the object comes first); the `top` most frequent, with their counts."""
+    counts: dict[str, int] = {}
+    for sub, sent in evidence:
+        i, j = sent.find(sub), sent.find("[MASK]")
+        if i < 0 or j < 0:
+            continue
+        if i < j:
+            middle, form = sent[i + len(sub):j].strip(), "[X] {} [Y] ."
+        else:
+            middle, form = sent[j + len("[MASK]"):i].strip(), "[Y] {} [X] ."
+        if middle and len(middle.split()) <= max_middle and "[MASK]" not in middle:
+            t = form.format(middle)
+            counts[t] = counts.get(t, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
 
 
 @torch.no_grad()
@@ -186,3 +257,96 @@ def probe_causal_lm(model, tokenizer, facts: list[Fact], template: str, candidat
         return {**out, "p@1": None, "p@10": None, "mrr": None}
     return {**out, "p@1": float((r <= 1).float().mean()), "p@10": float((r <= 10).float().mean()),
             "mrr": float((1.0 / r).mean())}
+
+
+class OptiPrompt(torch.nn.Module):
+    """OptiPrompt (Zhong et al. 2021, "Factual Probing Is [MASK]" §3): the template's words replaced by `n` trained
+    vectors in the input embedding space, "[X] [V]1 ... [V]n [Y] ." on a frozen masked LM; the vectors learn the
+    relation from training facts by the object's cross-entropy at the mask."""
+
+    def __init__(self, model, tokenizer, n: int = 5, init_template: str | None = None, seed: int = 0):
+        super().__init__()
+        _check_mlm(model, tokenizer)
+        emb = model.backbone.input_embeddings()
+        g = torch.Generator().manual_seed(seed)
+        vectors = torch.randn(n, emb.embedding_dim, generator=g) * emb.weight.detach().std()
+        if init_template is not None:  # Zhong et al.'s "manual" initialisation: the template's words
+            words = init_template.replace("[X]", " ").replace("[Y]", " ").replace(" .", " ").split()
+            ids = [i for w in words for i in tokenizer.encode(w, add_special_tokens=False)][:n]
+            if ids:
+                vectors[:len(ids)] = emb.weight.detach()[torch.tensor(ids)].float().cpu()
+        self.vectors = torch.nn.Parameter(vectors)
+        self.n = n
+
+    def batch(self, model, tokenizer, facts: list[Fact]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs_embeds (B, T, D), attention_mask (B, T), mask positions (B, T) bool) of "[CLS] subject V.. [MASK] .
+        [SEP]"."""
+        emb = model.backbone.input_embeddings()
+        device = emb.weight.device
+        cls, sep, mask = tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id
+        dot = tokenizer.encode(".", add_special_tokens=False)
+        rows = []
+        for f in facts:
+            sub = tokenizer.encode(f.subject, add_special_tokens=False)
+            before = ([cls] if cls is not None else []) + sub
+            after = [mask] + dot + ([sep] if sep is not None else [])
+            rows.append((before, after))
+        t = max(len(b) + self.n + len(a) for b, a in rows)
+        pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        ids = torch.full((len(rows), t), pad, dtype=torch.long)
+        att = torch.zeros((len(rows), t), dtype=torch.long)
+        vpos = torch.zeros((len(rows), t), dtype=torch.bool)
+        for r, (b, a) in enumerate(rows):
+            n = len(b) + self.n + len(a)
+            ids[r, :len(b)], ids[r, len(b) + self.n:n] = torch.tensor(b), torch.tensor(a)
+            vpos[r, len(b):len(b) + self.n] = True
+            att[r, :n] = 1
+        ids, att, vpos = ids.to(device), att.to(device), vpos.to(device)
+        x = emb(ids)  # (B, T, D)
+        x = x.masked_scatter(vpos[..., None], self.vectors.to(x.dtype).repeat(len(rows), 1))
+        return x, att, ids == mask
+
+    def logits(self, model, tokenizer, facts: list[Fact]) -> torch.Tensor:
+        x, att, at_mask = self.batch(model, tokenizer, facts)
+        return model(inputs_embeds=x, attention_mask=att, score_positions=at_mask).logits.float()  # (B, V)
+
+
+def train_optiprompt(model, tokenizer, facts: list[Fact], n: int = 5, init_template: str | None = None,
+                     epochs: int = 10, lr: float = 3e-3, batch_size: int = 32, seed: int = 0) -> OptiPrompt:
+    """Fit an OptiPrompt on the single-token-object training facts; the model stays frozen (and unchanged)."""
+    asked, objects, _ = single_token_objects(tokenizer, facts)
+    if not asked:
+        raise ConfigError("OptiPrompt: no training fact with a single-token object")
+    prompt = OptiPrompt(model, tokenizer, n, init_template, seed).to(next(model.parameters()).device)
+    was = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(prompt.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    gold = torch.tensor(objects)
+    model.eval()
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(asked), generator=g)
+            for s in range(0, len(asked), batch_size):
+                idx = order[s:s + batch_size]
+                logits = prompt.logits(model, tokenizer, [asked[i] for i in idx])
+                loss = torch.nn.functional.cross_entropy(logits, gold[idx].to(logits.device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        for p, w in zip(model.parameters(), was):
+            p.requires_grad_(w)
+    return prompt.eval()
+
+
+@torch.no_grad()
+def probe_optiprompt(model, tokenizer, facts: list[Fact], prompt: OptiPrompt, vocab: Iterable[str] | None = None,
+                     batch_size: int = 64) -> dict:
+    asked, objects, allowed = single_token_objects(tokenizer, facts, vocab)
+    if not asked:
+        return {"facts": len(facts), "asked": 0, "p@1": None, "p@10": None, "mrr": None}
+    lp = torch.cat([prompt.logits(model, tokenizer, asked[s:s + batch_size]).log_softmax(-1).cpu()
+                    for s in range(0, len(asked), batch_size)])
+    return {"facts": len(facts), **rank_metrics(lp, objects, allowed)}

@@ -30,6 +30,11 @@ def add_parser(sub) -> None:
     q.add_argument("--template", default=None, help="one template for every file, e.g. '[X] was born in [Y] .'")
     q.add_argument("--vocab", default=None, help="a common vocabulary (one token a line): objects and ranks within it")
     q.add_argument("--batch-size", type=int, default=64, help="queries per batch")
+    q.add_argument("--mined", type=int, default=0,
+                   help="prompt search: mine this many templates from the facts' evidence sentences (LPAQA), pick the "
+                        "best on half the facts, ensemble them, and score both on the other half")
+    q.add_argument("--optiprompt", type=int, default=0,
+                   help="prompt search: train this many continuous prompt vectors (OptiPrompt) on half the facts")
 
     q = kinds.add_parser("attention", help="Clark et al.'s head statistics (entropy, distance, [CLS]/[SEP]/punct)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -130,7 +135,8 @@ def run(args) -> int:
 
     a = args.analysis
     if a == "lama":
-        r = analyze.lama(args.model, args.out, args.facts, args.relations, args.template, args.vocab, args.batch_size)
+        r = analyze.lama(args.model, args.out, args.facts, args.relations, args.template, args.vocab, args.batch_size,
+                         args.mined, args.optiprompt)
         print(f"LAMA over {len(r['relations'])} relation(s): " + json.dumps(r["macro"]))
     elif a == "attention":
         r = analyze.attention(args.model, args.out, args.text, args.lines, args.max_length)

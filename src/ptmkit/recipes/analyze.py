@@ -78,7 +78,8 @@ def _sentences(path: Path, tok: Tokenizer, limit: int, max_length: int) -> list[
 
 
 def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relations: str | Path | None = None,
-         template: str | None = None, vocab_file: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
+         template: str | None = None, vocab_file: str | Path | None = None, batch_size: int = 64,
+         mined: int = 0, optiprompt: int = 0, seed: int = 0) -> dict[str, Any]:
     """Each relation file of `facts` (its id is the file name, P19.jsonl.gz -> P19), its template from `relations`
     (LAMA's relations.jsonl) or `template` (for relations LAMA never had); macro averages over relations. A masked
     LM fills the blank over its vocabulary; a causal LM ranks the relation's objects by their likelihood."""
@@ -100,6 +101,9 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
             rows[rel] = knowledge.probe_causal_lm(model, tok, items, tpl, batch_size=batch_size)
         else:
             rows[rel] = knowledge.probe_masked_lm(model, tok, items, tpl, vocab, batch_size)
+            if mined or optiprompt:
+                rows[rel]["prompt_search"] = _prompt_search(model, tok, f, items, tpl, vocab, batch_size, mined,
+                                                            optiprompt, seed)
     scored = [r for r in rows.values() if r["p@1"] is not None]
     macro = {k: float(np.mean([r[k] for r in scored])) if scored else None for k in ("p@1", "p@10", "mrr")}
     result = {"analysis": "lama", "model": str(model_dir), "relations": rows, "macro": macro}
@@ -115,6 +119,36 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
     fig.savefig(Path(out) / "lama.png", dpi=120)
     plt.close(fig)
     return _write(Path(out), "lama", result)
+
+
+def _prompt_search(model, tok, path, items, template, vocab, batch_size, mined, optiprompt, seed) -> dict:
+    """Prompt search against the manual template on the same test half of the facts (the other half trains or
+    selects): LPAQA's mined templates, the best of them picked on the training half and their ensemble (Jiang et al.
+    2020), and OptiPrompt's continuous prompt (Zhong et al. 2021)."""
+    perm = np.random.default_rng(seed).permutation(len(items))
+    train = [items[i] for i in perm[: len(items) // 2]]
+    test = [items[i] for i in perm[len(items) // 2:]]
+    out: dict[str, Any] = {"train_facts": len(train), "test_facts": len(test)}
+    if template is not None:
+        out["manual"] = knowledge.probe_masked_lm(model, tok, test, template, vocab, batch_size)
+    if mined:
+        found = knowledge.mine_templates(knowledge.read_evidence(path), top=mined)
+        if found:
+            scores = [knowledge.probe_masked_lm(model, tok, train, t, vocab, batch_size)["p@1"] or 0.0
+                      for t, _ in found]
+            best = found[int(np.argmax(scores))][0]
+            out["mined"] = [t for t, _ in found]
+            out["mined_top1"] = {"template": best, **knowledge.probe_masked_lm(model, tok, test, best, vocab,
+                                                                              batch_size)}
+            out["mined_ensemble"] = knowledge.probe_ensemble(model, tok, test, [t for t, _ in found], None, vocab,
+                                                             batch_size)
+    if optiprompt:
+        try:
+            prompt = knowledge.train_optiprompt(model, tok, train, n=optiprompt, init_template=template, seed=seed)
+            out["optiprompt"] = knowledge.probe_optiprompt(model, tok, test, prompt, vocab, batch_size)
+        except ConfigError as e:  # e.g. no training fact with a single-token object in this vocabulary
+            out["optiprompt"] = {"skipped": str(e)}
+    return out
 
 
 def attention(model_dir: str | Path, out: str | Path, text: str | Path, lines: int = 200,

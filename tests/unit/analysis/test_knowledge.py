@@ -62,6 +62,8 @@ def test_squad_style_sentences_and_relation_templates(mlm, tmp_path):
     with torch.no_grad():
         model.head.bias[tok.token_to_id("paris")] += 100.0
     r = probe_masked_lm(model, tok, read_facts(tmp_path / "squad.jsonl.gz"), None)
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] -= 100.0  # the fixture is shared: leave it as it was
     assert r["asked"] == 1 and r["p@1"] == 1.0
     (tmp_path / "relations.jsonl").write_text(json.dumps({"relation": "P36", "template": "The capital of [X] is [Y] ."})
                                               + "\n")
@@ -105,3 +107,43 @@ def test_causal_candidate_scores_equal_scoring_each_full_sequence():
                                                                      num_layers=1, num_heads=2, intermediate_size=64,
                                                                      max_position_embeddings=32)), "masked-lm"),
                         tok, facts, "[X] was born in [Y] .")
+
+
+def test_mined_templates_and_the_ensemble(mlm, tmp_path):
+    from ptmkit.analysis.knowledge import Fact, mine_templates, probe_ensemble, read_evidence
+
+    _write(tmp_path / "P19.jsonl.gz", [
+        {"sub_label": "rome", "obj_label": "paris", "evidences": [
+            {"sub_surface": "Anna", "masked_sentence": "Anna was born in [MASK] in 1960."},
+            {"sub_surface": "Bo", "masked_sentence": "Bo was born in [MASK] ."},
+            {"sub_surface": "Cy", "masked_sentence": "[MASK] is the birthplace of Cy ."},
+            {"sub_surface": "Di", "masked_sentence": "Di , a singer who was later famous , came from far [MASK] ."}]}])
+    mined = mine_templates(read_evidence(tmp_path / "P19.jsonl.gz"), top=3)
+    assert mined[0] == ("[X] was born in [Y] .", 2) and ("[Y] is the birthplace of [X] .", 1) in mined
+    assert all("singer" not in t for t, _ in mined)  # more than 5 words apart: not a template
+    model, tok = mlm
+    facts = [Fact("rome", "paris"), Fact("berlin", "paris")]
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] += 100.0
+    r = probe_ensemble(model, tok, facts, [t for t, _ in mined])
+    assert r["p@1"] == 1.0 and r["templates"] == len(mined)
+    with torch.no_grad():
+        model.head.bias[tok.token_to_id("paris")] -= 100.0
+
+
+def test_optiprompt_learns_a_relation_on_a_frozen_model(mlm):
+    from ptmkit.analysis.knowledge import Fact, probe_optiprompt, train_optiprompt
+
+    _, tok = mlm
+    torch.manual_seed(0)  # weights at std 0.2: BERT's 0.02 gives a random model whose output ignores its input
+    model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                         num_heads=2, intermediate_size=64, max_position_embeddings=32,
+                                                         initializer_range=0.2)), "masked-lm").eval()
+    facts = [Fact(s, "berlin") for s in ("rome", "paris", "italy", "germany")] + [Fact("france", "capital")]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    untrained = train_optiprompt(model, tok, facts, n=3, init_template="[X] was born in [Y] .", epochs=0)
+    prompt = train_optiprompt(model, tok, facts, n=3, init_template="[X] was born in [Y] .", epochs=30, lr=5e-2)
+    r = probe_optiprompt(model, tok, facts, prompt)
+    assert r["asked"] == 5 and r["p@1"] >= 0.8  # the trained vectors point the mask at the relation's object
+    assert probe_optiprompt(model, tok, facts, untrained)["p@1"] == 0.0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is unchanged

@@ -53,9 +53,10 @@ def test_every_analysis_writes_results_and_a_plot(models, data_dir, tmp_path):
     assert set(r["relations"]) == {"P19", "test"} and (tmp_path / "lama" / "lama.png").is_file()
     assert r["relations"]["P19"]["facts"] == 944
     r = analyze.lama(m["masked-lm"], tmp_path / "lama2", [lama / "TREx" / "P19.jsonl.gz"], lama / "relations.jsonl",
-                     mined=3, optiprompt=2)
+                     mined=3, optiprompt=2, autoprompt=2)
     ps = r["relations"]["P19"]["prompt_search"]
-    assert {"manual", "mined", "mined_top1", "mined_ensemble", "optiprompt"} <= set(ps) and len(ps["mined"]) == 3
+    assert {"manual", "mined", "mined_top1", "mined_ensemble", "optiprompt", "autoprompt"} <= set(ps)
+    assert len(ps["mined"]) == 3
     r = analyze.attention(m["masked-lm"], tmp_path / "att", d / "text.txt", lines=10)
     assert len(r["statistics"]["entropy"]) == 2 and len(r["statistics"]["entropy"][0]) == 2
     assert (tmp_path / "att" / "attention.png").is_file()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from ptmkit.config import ConfigError
@@ -350,3 +351,103 @@ def probe_optiprompt(model, tokenizer, facts: list[Fact], prompt: OptiPrompt, vo
     lp = torch.cat([prompt.logits(model, tokenizer, asked[s:s + batch_size]).log_softmax(-1).cpu()
                     for s in range(0, len(asked), batch_size)])
     return {"facts": len(facts), **rank_metrics(lp, objects, allowed)}
+
+
+def _trigger_batch(tokenizer, facts: list[Fact], triggers: list[int]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+    """(ids (B, T), attention (B, T), trigger positions (B, T) bool) of "[CLS] subject T.. [MASK] . [SEP]"."""
+    dot = tokenizer.encode(".", add_special_tokens=False)
+    rows = []
+    for f in facts:
+        before = ([tokenizer.cls_id] if tokenizer.cls_id is not None else []) + \
+            tokenizer.encode(f.subject, add_special_tokens=False)
+        after = [tokenizer.mask_id] + dot + ([tokenizer.sep_id] if tokenizer.sep_id is not None else [])
+        rows.append((before, after))
+    n = len(triggers)
+    t = max(len(b) + n + len(a) for b, a in rows)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    att = torch.zeros((len(rows), t), dtype=torch.long)
+    tpos = torch.zeros((len(rows), t), dtype=torch.bool)
+    for r, (b, a) in enumerate(rows):
+        ids[r, :len(b) + n + len(a)] = torch.tensor(b + list(triggers) + a)
+        att[r, :len(b) + n + len(a)] = 1
+        tpos[r, len(b):len(b) + n] = True
+    return ids, att, tpos
+
+
+def _trigger_loss(model, tokenizer, facts, triggers, gold, grad: bool = False):
+    ids, att, tpos = _trigger_batch(tokenizer, facts, triggers)
+    device = next(model.parameters()).device
+    ids, att, tpos = ids.to(device), att.to(device), tpos.to(device)
+    emb = model.backbone.input_embeddings()
+    with torch.set_grad_enabled(grad):
+        x = emb(ids).detach().requires_grad_(grad)
+        logits = model(inputs_embeds=x, attention_mask=att, score_positions=ids == tokenizer.mask_id).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, gold.to(device))
+    if not grad:
+        return float(loss), None
+    (g,) = torch.autograd.grad(loss, x)  # (B, T, D)
+    return float(loss.detach()), g[tpos].view(len(facts), len(triggers), -1).mean(0)  # (n, D): per trigger slot
+
+
+def autoprompt(model, tokenizer, facts: list[Fact], n_triggers: int = 5, iterations: int = 50, candidates: int = 10,
+               batch_size: int = 32, seed: int = 0) -> list[int]:
+    """AutoPrompt (Shin et al. 2020 §2.2): trigger tokens "[X] [T]1..[T]n [Y]" shared by a relation's facts, found by
+    gradient-guided search on a frozen masked LM. Each iteration takes a batch, picks a slot, ranks the vocabulary by
+    the first-order estimate of how much each token in that slot would lower the loss (-e_w . grad, HotFlip), tries the
+    top `candidates` and keeps the best if it beats the current trigger. Returns the trigger token ids."""
+    _check_mlm(model, tokenizer)
+    asked, objects, _ = single_token_objects(tokenizer, facts)
+    if not asked:
+        raise ConfigError("AutoPrompt: no training fact with a single-token object")
+    rng = np.random.default_rng(seed)
+    gold = torch.tensor(objects)
+    the = tokenizer.encode("the", add_special_tokens=False)
+    triggers = [the[0] if the else tokenizer.mask_id] * n_triggers  # the paper starts from [MASK]-like fillers
+    emb = model.backbone.input_embeddings().weight.detach()  # (V, D)
+    specials = {i for i in (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, tokenizer.mask_id, tokenizer.unk_id)
+                if i is not None}
+    banned = torch.tensor(sorted(specials), dtype=torch.long)
+    was = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        for _ in range(iterations):
+            idx = rng.choice(len(asked), size=min(batch_size, len(asked)), replace=False)
+            batch, y = [asked[i] for i in idx], gold[torch.from_numpy(idx)]
+            current, g = _trigger_loss(model, tokenizer, batch, triggers, y, grad=True)
+            slot = int(rng.integers(n_triggers))
+            scores = -(emb.float() @ g[slot].float())  # (V,): estimated loss decrease of each token
+            scores[banned] = -float("inf")
+            best, best_loss = None, current
+            for w in scores.topk(candidates).indices.tolist():
+                trial = list(triggers)
+                trial[slot] = w
+                loss, _ = _trigger_loss(model, tokenizer, batch, trial, y)
+                if loss < best_loss:
+                    best, best_loss = w, loss
+            if best is not None:
+                triggers[slot] = best
+    finally:
+        for p, w in zip(model.parameters(), was):
+            p.requires_grad_(w)
+    return triggers
+
+
+@torch.no_grad()
+def probe_triggers(model, tokenizer, facts: list[Fact], triggers: list[int], vocab: Iterable[str] | None = None,
+                   batch_size: int = 64) -> dict:
+    asked, objects, allowed = single_token_objects(tokenizer, facts, vocab)
+    if not asked:
+        return {"facts": len(facts), "asked": 0, "p@1": None, "p@10": None, "mrr": None}
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(asked), batch_size):
+        ids, att, _ = _trigger_batch(tokenizer, asked[s:s + batch_size], triggers)
+        ids, att = ids.to(device), att.to(device)
+        out.append(model(ids, attention_mask=att, score_positions=ids == tokenizer.mask_id).logits.float()
+                   .log_softmax(-1).cpu())
+    return {"facts": len(facts), **rank_metrics(torch.cat(out), objects, allowed),
+            "triggers": [tokenizer.id_to_token(t) for t in triggers]}

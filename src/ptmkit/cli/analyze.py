@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
     q.add_argument("--mined", type=int, default=0,
                    help="prompt search: mine this many templates from the facts' evidence sentences (LPAQA), pick the "
                         "best on half the facts, ensemble them, and score both on the other half")
+    q.add_argument("--autoprompt", type=int, default=0,
+                   help="prompt search: this many trigger tokens found by AutoPrompt's gradient search on half the facts")
     q.add_argument("--optiprompt", type=int, default=0,
                    help="prompt search: train this many continuous prompt vectors (OptiPrompt) on half the facts")
 
@@ -136,7 +138,7 @@ def run(args) -> int:
     a = args.analysis
     if a == "lama":
         r = analyze.lama(args.model, args.out, args.facts, args.relations, args.template, args.vocab, args.batch_size,
-                         args.mined, args.optiprompt)
+                         args.mined, args.optiprompt, args.autoprompt)
         print(f"LAMA over {len(r['relations'])} relation(s): " + json.dumps(r["macro"]))
     elif a == "attention":
         r = analyze.attention(args.model, args.out, args.text, args.lines, args.max_length)

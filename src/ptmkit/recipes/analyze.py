@@ -79,7 +79,7 @@ def _sentences(path: Path, tok: Tokenizer, limit: int, max_length: int) -> list[
 
 def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relations: str | Path | None = None,
          template: str | None = None, vocab_file: str | Path | None = None, batch_size: int = 64,
-         mined: int = 0, optiprompt: int = 0, seed: int = 0) -> dict[str, Any]:
+         mined: int = 0, optiprompt: int = 0, autoprompt: int = 0, seed: int = 0) -> dict[str, Any]:
     """Each relation file of `facts` (its id is the file name, P19.jsonl.gz -> P19), its template from `relations`
     (LAMA's relations.jsonl) or `template` (for relations LAMA never had); macro averages over relations. A masked
     LM fills the blank over its vocabulary; a causal LM ranks the relation's objects by their likelihood."""
@@ -101,9 +101,9 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
             rows[rel] = knowledge.probe_causal_lm(model, tok, items, tpl, batch_size=batch_size)
         else:
             rows[rel] = knowledge.probe_masked_lm(model, tok, items, tpl, vocab, batch_size)
-            if mined or optiprompt:
+            if mined or optiprompt or autoprompt:
                 rows[rel]["prompt_search"] = _prompt_search(model, tok, f, items, tpl, vocab, batch_size, mined,
-                                                            optiprompt, seed)
+                                                            optiprompt, autoprompt, seed)
     scored = [r for r in rows.values() if r["p@1"] is not None]
     macro = {k: float(np.mean([r[k] for r in scored])) if scored else None for k in ("p@1", "p@10", "mrr")}
     result = {"analysis": "lama", "model": str(model_dir), "relations": rows, "macro": macro}
@@ -121,10 +121,11 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
     return _write(Path(out), "lama", result)
 
 
-def _prompt_search(model, tok, path, items, template, vocab, batch_size, mined, optiprompt, seed) -> dict:
+def _prompt_search(model, tok, path, items, template, vocab, batch_size, mined, optiprompt, autoprompt,
+                   seed) -> dict:
     """Prompt search against the manual template on the same test half of the facts (the other half trains or
     selects): LPAQA's mined templates, the best of them picked on the training half and their ensemble (Jiang et al.
-    2020), and OptiPrompt's continuous prompt (Zhong et al. 2021)."""
+    2020), AutoPrompt's trigger tokens (Shin et al. 2020) and OptiPrompt's continuous prompt (Zhong et al. 2021)."""
     perm = np.random.default_rng(seed).permutation(len(items))
     train = [items[i] for i in perm[: len(items) // 2]]
     test = [items[i] for i in perm[len(items) // 2:]]
@@ -142,6 +143,12 @@ def _prompt_search(model, tok, path, items, template, vocab, batch_size, mined, 
                                                                               batch_size)}
             out["mined_ensemble"] = knowledge.probe_ensemble(model, tok, test, [t for t, _ in found], None, vocab,
                                                              batch_size)
+    if autoprompt:
+        try:
+            triggers = knowledge.autoprompt(model, tok, train, n_triggers=autoprompt, seed=seed)
+            out["autoprompt"] = knowledge.probe_triggers(model, tok, test, triggers, vocab, batch_size)
+        except ConfigError as e:
+            out["autoprompt"] = {"skipped": str(e)}
     if optiprompt:
         try:
             prompt = knowledge.train_optiprompt(model, tok, train, n=optiprompt, init_template=template, seed=seed)

@@ -147,3 +147,20 @@ def test_optiprompt_learns_a_relation_on_a_frozen_model(mlm):
     assert r["asked"] == 5 and r["p@1"] >= 0.8  # the trained vectors point the mask at the relation's object
     assert probe_optiprompt(model, tok, facts, untrained)["p@1"] == 0.0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is unchanged
+
+
+def test_autoprompt_finds_triggers_that_lower_the_loss(mlm):
+    from ptmkit.analysis.knowledge import Fact, autoprompt, probe_triggers
+
+    _, tok = mlm
+    torch.manual_seed(0)
+    model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                         num_heads=2, intermediate_size=64, max_position_embeddings=32,
+                                                         initializer_range=0.2)), "masked-lm").eval()
+    facts = [Fact(s, "berlin") for s in ("rome", "paris", "italy", "germany")]
+    the = tok.encode("the", add_special_tokens=False)[0]
+    start = probe_triggers(model, tok, facts, [the] * 3)
+    found = autoprompt(model, tok, facts, n_triggers=3, iterations=20, candidates=8)
+    after = probe_triggers(model, tok, facts, found)
+    assert found != [the] * 3 and after["mrr"] > start["mrr"]
+    assert not any(p.requires_grad is False for p in model.parameters())  # the model's flags are restored

@@ -110,6 +110,16 @@ def test_attacks_on_a_classifier(models, data_dir, tmp_path):
     r = analyze.heads(tmp_path / "clf", tmp_path / "heads", fractions=(0.5,), data_batches=1, max_eval_examples=20)
     assert [c["fraction"] for c in r["curve"]] == [0.0, 0.5] and len(r["importance"]) == 1
     assert (tmp_path / "heads" / "heads.png").is_file()
+    from tests.unit.recipes.test_finetune import _write_sst
+    sst = tmp_path / "sst"
+    (sst.mkdir())
+    (sst / "train.tsv").write_text(_write_sst(sst, 40, 1))
+    (sst / "dev.tsv").write_text(_write_sst(sst, 20, 2))
+    r = analyze.defend(tmp_path / "clf", m["base"], tmp_path / "def", data_dir=sst, attack_train=10, attack_dev=8,
+                       synonyms=data_dir / "lexical" / "ppdb_synonyms.txt",
+                       finetune_options={"epochs": 1.0, "batch_size": 8, "precision": "fp32"})
+    assert r["attacked_training_texts"] == 10 and set(r["original"]) == set(r["defended"])
+    assert (tmp_path / "def" / "data" / "train.tsv").read_text().count("\n") == 41 + r["adversarial_training_examples"]
     r = analyze.calibration(tmp_path / "clf", tmp_path / "cal", ood_task="cola", passes=3, max_examples=40)
     assert r["examples"] == 20 and r["temperature"] > 0 and 0 <= r["plain"]["ece"] <= 1
     assert 0 <= r["ood"]["auroc_msp"] <= 1 and (tmp_path / "cal" / "calibration.png").is_file()

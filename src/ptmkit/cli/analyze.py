@@ -116,6 +116,21 @@ def add_parser(sub) -> None:
     q.add_argument("--max-train-examples", type=int, default=None, help="training examples of every run")
     q.add_argument("--no-random", action="store_true", help="skip the random-mask baseline")
 
+    q = kinds.add_parser("defend", help="adversarial examples added to training as a defence, both models attacked",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(q)
+    q.add_argument("--base-model", required=True, help="the pre-trained model the defended model is fine-tuned from")
+    q.add_argument("--task", default=None, help="task (default: the one MODEL was fine-tuned on)")
+    q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
+    q.add_argument("--attack-train", type=int, default=200, help="training texts attacked to make adversarial data")
+    q.add_argument("--attack-dev", type=int, default=200, help="dev texts both models are attacked on")
+    q.add_argument("--synonyms", default=None, help="word-pair synonym file (PPDB's in the shared data)")
+    q.add_argument("--treebank", default=None, help="CoNLL-U treebank for the part-of-speech constraint")
+    q.add_argument("--encoder", default=None, help="sentence encoder for the similarity constraint")
+    q.add_argument("--epochs", type=float, default=3.0, help="epochs of the defended model's fine-tuning")
+    q.add_argument("--lr", type=float, default=1e-4, help="its learning rate")
+    q.add_argument("--max-train-examples", type=int, default=None, help="its training examples (original ones)")
+
     q = kinds.add_parser("calibration", help="ECE, temperature scaling, MC dropout, out-of-distribution AUROC",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common(q)
@@ -177,6 +192,13 @@ def run(args) -> int:
                             not args.no_random)
         print("sparsity -> ticket / random: " + ", ".join(
             f"{c['sparsity']:.0%} {c['ticket']:.3f}/{c.get('random', float('nan')):.3f}" for c in r["curve"]))
+    elif a == "defend":
+        r = analyze.defend(args.model, args.base_model, args.out, args.task, args.data_dir, args.attack_train,
+                           args.attack_dev, args.synonyms, args.treebank, args.encoder,
+                           {"epochs": args.epochs, "lr": args.lr, "max_train_examples": args.max_train_examples})
+        print(f"{r['adversarial_training_examples']} adversarial training texts; attack success "
+              f"{r['original']['success_rate']:.1%} -> {r['defended']['success_rate']:.1%}, accuracy under attack "
+              f"{r['original']['accuracy_after']:.3f} -> {r['defended']['accuracy_after']:.3f}")
     elif a == "calibration":
         r = analyze.calibration(args.model, args.out, args.task, args.data_dir, args.split, args.ood_task,
                                 args.ood_data_dir, args.ood_split, args.passes, args.dropout, args.max_examples)

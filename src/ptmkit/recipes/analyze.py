@@ -17,6 +17,8 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
              first (the compression package's head pruning)
   lottery    lottery tickets by iterative magnitude pruning with rewinding to the pre-trained weights, against
              random masks of the same sparsity (Chen et al. 2020), each a fine-tuning run
+  defend     adversarial training data as a defence: the attack's successes on training texts added to the training
+             set, the base model fine-tuned on it, and both models attacked on the same dev texts
   calibration  ECE and reliability diagram, temperature scaling fitted on half of the split, Monte Carlo dropout,
              and out-of-distribution detection (max softmax probability, AUROC) against another task's texts
              (analysis.calibration)
@@ -24,6 +26,7 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -41,7 +44,8 @@ from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.recipes.evaluate import load_adapted
 
-ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "calibration", "heads", "lottery")
+ANALYSES = ("lama", "attention", "syntax", "perturbed", "probe", "cka", "attack", "defend", "calibration", "heads",
+            "lottery")
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -633,3 +637,74 @@ def lottery(model_dir: str | Path, out: str | Path, task: str, rounds: int = 5, 
     plt.close(fig)
     return _write(out, "lottery", {"analysis": "lottery", "model": str(model_dir), "task": task, "metric": metric,
                                    "curve": curve})
+
+
+def defend(model_dir: str | Path, base_model: str | Path, out: str | Path, task: str | None = None,
+           data_dir: str | Path | None = None, attack_train: int = 200, attack_dev: int = 200,
+           synonyms: str | Path | None = None, treebank: str | Path | None = None, encoder: str | Path | None = None,
+           finetune_options: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Adversarial data augmentation (Jin et al. 2020 §5; the survey's robustness section): attack `attack_train`
+    training texts with MODEL (fine-tuned), add every successful adversarial text with its true label to the training
+    set, fine-tune `base_model` on the augmented set (a table task in OUT/data), and attack both models on the same
+    `attack_dev` dev texts. Returns both attacks' summaries and the defended model's dev score."""
+    import csv
+
+    from ptmkit.analysis import robustness
+    from ptmkit.analysis.sts import encode_sentences
+    from ptmkit.data.conllu import read_conllu
+    from ptmkit.data.task_data import TaskSpec, _subset, _take, canonical_task, load_split
+    from ptmkit.recipes.evaluate import TASK_FILE
+    from ptmkit.recipes.finetune import FinetuneConfig, finetune
+
+    out = Path(out)
+    info = json.loads((Path(model_dir) / TASK_FILE).read_text()) if (Path(model_dir) / TASK_FILE).is_file() else {}
+    task = canonical_task(task or info.get("task") or "")
+    spec = TaskSpec(task, data_dir)
+    if spec.is_regression or spec.is_token:
+        raise ConfigError(f"defend: {task} is not classification (a regression or tagging task has no label to flip)")
+    model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
+    names = getattr(model, "label_names", None)
+    train, _ = load_split(spec, "train", label_names=names)
+    dev, _ = load_split(spec, "dev", label_names=train.label_names)
+    if any(e.text_b for e in train.examples[:100]):
+        raise ConfigError(f"defend: {task} pairs two texts; the word attack changes single texts (SST-2, CoLA, ...)")
+    syn = robustness.load_synonyms(synonyms) if synonyms else {}
+    pos = robustness.pos_lexicon(read_conllu(treebank)) if treebank else None
+    enc = None
+    if encoder is not None:
+        enc_model, enc_tok = load_adapted(encoder).eval(), Tokenizer.load(encoder)
+        enc = lambda texts: encode_sentences(enc_model, enc_tok, texts)  # noqa: E731
+    cfg = robustness.AttackConfig(seed=seed)
+
+    def attack_all(victim_model, examples):
+        victim = robustness.Victim(victim_model, tok, max_length=info.get("max_length") or 128)
+        return [robustness.textfooler(victim, e.text_a, e.label, syn, cfg, pos, enc) for e in examples]
+
+    picked = _take(train, _subset(len(train), attack_train, seed)).examples
+    adversarial = [(r.adversarial, r.label) for r in attack_all(model, picked) if r.success]
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    label_names = list(train.label_names)
+    for split, rows in (("train", [(e.text_a, e.label) for e in train.examples] + adversarial),
+                        ("dev", [(e.text_a, e.label) for e in dev.examples])):
+        with open(data / f"{split}.tsv", "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+            w.writerow(["text", "label"])
+            w.writerows((t.replace("\t", " "), label_names[y]) for t, y in rows)
+    run = out / "defended"
+    if not (run / "results.json").exists():
+        finetune(FinetuneConfig(model=str(base_model), task="table", data_dir=str(data), text_fields=["text"],
+                                label_field="label", out=str(run), overwrite=True, show_progress=False,
+                                max_length=info.get("max_length") or 128, seed=seed, **(finetune_options or {})))
+    defended = load_adapted(run / "best").eval()
+    dev_pick = _take(dev, _subset(len(dev), attack_dev, seed + 1)).examples
+    before = robustness.summarise(attack_all(model, dev_pick))
+    # the defended model's class ids come from the table's label names: map the dev labels into them
+    order = list(getattr(defended, "label_names", label_names))
+    remapped = [dataclasses.replace(e, label=order.index(label_names[e.label])) for e in dev_pick]
+    after = robustness.summarise(attack_all(defended, remapped))
+    result = {"analysis": "defend", "model": str(model_dir), "base_model": str(base_model), "task": task,
+              "adversarial_training_examples": len(adversarial), "attacked_training_texts": len(picked),
+              "original": before, "defended": after,
+              "defended_dev": json.loads((run / "results.json").read_text())["final"]}
+    return _write(out, "defend", result)

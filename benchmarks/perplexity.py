@@ -59,7 +59,8 @@ def main(argv=None) -> dict:
     p.add_argument("--tokens", type=int, default=8192, help="tokens of the text scored")
     p.add_argument("--window", type=int, default=1024, help="tokens per window")
     p.add_argument("--stride", type=int, default=512, help="window start step")
-    p.add_argument("--batch-size", type=int, default=4, help="ptmkit: windows per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="ptmkit: windows per forward pass (default: up to 1,024 tokens a pass)")
     p.add_argument("--rounds", type=int, default=3, help="timed repeats of each (alternating)")
     args = p.parse_args(argv)
     if not (Path(args.model) / "config.json").is_file():

@@ -65,10 +65,14 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def causal_perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int = 512, batch_size: int = 8,
-                      autocast=None, show_progress: bool = True) -> dict[str, float]:
+def causal_perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int = 512, batch_size: int | None = None,
+                      autocast=None, show_progress: bool = True, batch_tokens: int = 1024) -> dict[str, float]:
     """Sliding-window perplexity of a causal LM over the 1-D token stream `ids`. `autocast`: a context factory
-    (ptmkit.train.precision.Precision.autocast) or None for the model's own dtype."""
+    (ptmkit.train.precision.Precision.autocast) or None for the model's own dtype. Windows are batched up to
+    `batch_tokens` tokens a forward pass (or `batch_size` windows): on a 2-core CPU, four 1,024-token windows a pass
+    ran slower than one (benchmarks/perplexity.py), the activations no longer fitting the caches."""
+    if batch_size is None:
+        batch_size = max(1, batch_tokens // window)
     if getattr(model, "task", None) != "causal-lm":
         raise ConfigError(f"perplexity needs a causal LM (causal-lm head); this model has {getattr(model, 'task', None)!r}"
                           " (a masked LM gets pseudo-perplexity: pseudo_perplexity)")

@@ -70,7 +70,7 @@ def _run_lm(args) -> int:
     from ptmkit.recipes.lm_eval import evaluate_lm
 
     r = evaluate_lm(args.model, args.text, args.out, window=args.window, stride=args.stride,
-                    batch_size=max(1, args.batch_size // 16), max_lines=args.max_lines, precision=args.precision,
+                    batch_size=None, max_lines=args.max_lines, precision=args.precision,
                     device=args.device, show_progress=not args.no_progress)
     if "perplexity" in r:
         print(f"perplexity {r['perplexity']:.3f} over {r['tokens']:,} tokens ({r['windows']} windows of {r['window']}, "

@@ -18,7 +18,7 @@ from ptmkit.train.precision import Precision
 
 
 def evaluate_lm(model_dir: str | Path, text: str | Path, out: str | Path | None = None, *, window: int | None = None,
-                stride: int | None = None, batch_size: int = 8, max_lines: int | None = None,
+                stride: int | None = None, batch_size: int | None = None, max_lines: int | None = None,
                 precision: str = "fp32", device: str = "auto", show_progress: bool = True) -> dict[str, Any]:
     """Score `text` (a plain or gzipped text file; for a causal LM also a token-shard directory) with MODEL's own LM
     head. window: tokens of context per window (default the model's positions, at most 1024); stride: default half
@@ -46,7 +46,7 @@ def evaluate_lm(model_dir: str | Path, text: str | Path, out: str | Path | None 
         specials = [i for i in (tok.cls_id, tok.sep_id, tok.pad_id, tok.bos_id, tok.eos_id) if i is not None]
         if tok.mask_id is None:
             raise ConfigError(f"{model_dir}: the tokenizer has no mask token, which pseudo-perplexity needs")
-        res = pseudo_perplexity(model, sents, tok.mask_id, specials, batch_size * 8, autocast, show_progress)
+        res = pseudo_perplexity(model, sents, tok.mask_id, specials, (batch_size or 8) * 8, autocast, show_progress)
     else:
         raise ConfigError(f"{model_dir} is a {task} model; scoring text needs a language-model head: causal-lm "
                           "(perplexity) or masked-lm (pseudo-perplexity). Classifiers are scored with --task/--split")

@@ -33,8 +33,8 @@ from _lists import ints, names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# method (row) -> (--method, its options, peak lr). Ranks and sizes keep every delta method near or under 1% of
-# MiniLM's 22.7M parameters (the head, trained by all, is counted too).
+# method (row) -> (--method, its options, peak lr). The head, trained by every row, is 148,610 of MiniLM's 22.7M
+# parameters (0.65%); with it, LoRA on q and v is 0.98%, the first adapters 1.3%, the -b rows under 1%.
 SETTINGS: dict[str, tuple[str, dict, float]] = {
     "full": ("full", {}, 1e-4),
     "lora": ("lora", {"rank": 8, "alpha": 16, "targets": ["q", "v"]}, 5e-4),
@@ -44,6 +44,11 @@ SETTINGS: dict[str, tuple[str, dict, float]] = {
     "bitfit": ("bitfit", {}, 1e-3),
     "houlsby": ("houlsby", {"bottleneck": 16}, 1e-3),
     "pfeiffer": ("pfeiffer", {"bottleneck": 32}, 1e-3),
+    # the issue's "≤ 1% of the parameters" rows (the head alone is 0.65% of MiniLM): adapters with smaller bottlenecks,
+    # and LoRA at twice its learning rate (3 epochs are far fewer than the papers' runs)
+    "houlsby-b8": ("houlsby", {"bottleneck": 8}, 1e-3),
+    "pfeiffer-b16": ("pfeiffer", {"bottleneck": 16}, 1e-3),
+    "lora-lr1e-3": ("lora", {"rank": 8, "alpha": 16, "targets": ["q", "v"]}, 1e-3),
     "prefix": ("prefix", {"num_virtual_tokens": 16, "projection_hidden": 128}, 1e-3),
     "ptuning-v2": ("ptuning-v2", {"num_virtual_tokens": 16}, 5e-3),
     "prompt": ("prompt", {"num_virtual_tokens": 16, "init": "vocab"}, 3e-2),

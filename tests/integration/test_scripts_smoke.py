@@ -436,3 +436,43 @@ def test_probing_curves(capsys, tmp_path):
                        capsys)
     assert "minilm/upos" in line["rows"] and 0 <= line["rows"]["minilm/upos"]["best"] <= 1
     assert "<!-- results:probing:begin -->" in (tmp_path / "a.md").read_text()
+
+
+def test_lama_tables_and_robustness_table(capsys, tmp_path):
+    """Both scripts end to end on tiny models standing in for the named ones."""
+    import torch
+
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.models import build_model, make_config, save_model
+    from tests.unit.recipes.test_finetune import _write_sst
+
+    tok = Tokenizer.train(["the capital of france is paris and he was born in rome"] * 20, "wordpiece",
+                          vocab_size=60, min_frequency=1)
+    torch.manual_seed(0)
+    over = dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                max_position_embeddings=64)
+    dirs = {}
+    for name, family, task in (("mlm", "bert", "masked-lm"), ("clm", "llama", "causal-lm"),
+                               ("clf", "bert", "sequence-classification"), ("base", "bert", "base")):
+        dirs[name] = tmp_path / name
+        save_model(build_model(family, make_config(family, over), task,
+                               num_labels=2 if task == "sequence-classification" else None), dirs[name])
+        tok.save(dirs[name])
+    (dirs["clf"] / "finetune_task.json").write_text('{"task": "sst2", "max_length": 32}')
+    _, line = run_main(EXP / "lama_tables.py", ["--masked", str(dirs["mlm"]), "--causal", str(dirs["clm"]),
+                                                "--relations", "P19", "--max-facts", "20", "--search", "2",
+                                                "--out", str(tmp_path / "lama"), "--docs", str(tmp_path / "a.md")],
+                       capsys)
+    assert set(line["macro"]) == {str(dirs["mlm"]), str(dirs["clm"])}
+    sst = tmp_path / "sst"
+    sst.mkdir()
+    (sst / "train.tsv").write_text(_write_sst(sst, 20, 1))
+    (sst / "dev.tsv").write_text(_write_sst(sst, 10, 2))
+    _, line = run_main(EXP / "robustness_table.py",
+                       ["--model", str(dirs["clf"]), "--base", str(dirs["base"]), "--encoder", str(dirs["base"]),
+                        "--examples", "6", "--attack-train", "6", "--data-dir", str(sst),
+                        "--finetune", '{"epochs": 1.0, "batch_size": 8, "precision": "fp32"}',
+                        "--out", str(tmp_path / "rob"), "--docs", str(tmp_path / "a.md")], capsys)
+    assert {"word", "char"} <= set(line)
+    text = (tmp_path / "a.md").read_text()
+    assert "<!-- results:lama:begin -->" in text and "<!-- results:robustness:begin -->" in text

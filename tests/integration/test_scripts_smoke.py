@@ -476,3 +476,37 @@ def test_lama_tables_and_robustness_table(capsys, tmp_path):
     assert {"word", "char"} <= set(line)
     text = (tmp_path / "a.md").read_text()
     assert "<!-- results:lama:begin -->" in text and "<!-- results:robustness:begin -->" in text
+
+
+def test_calibration_table_and_sparsity_curves(capsys, tmp_path, monkeypatch):
+    """Both scripts end to end on a tiny classifier (the plots they copy go to a temporary docs folder)."""
+    import torch
+
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.models import build_model, make_config, save_model
+    from tests.unit.recipes.test_finetune import _write_sst
+
+    tok = Tokenizer.train(["a good film and a bad plot"] * 20, "wordpiece", vocab_size=60, min_frequency=1)
+    torch.manual_seed(0)
+    over = dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                max_position_embeddings=64, dropout=0.1)
+    for name, task in (("clf", "sequence-classification"), ("base", "base")):
+        save_model(build_model("bert", make_config("bert", over), task,
+                               num_labels=2 if task == "sequence-classification" else None), tmp_path / name)
+        tok.save(tmp_path / name)
+    (tmp_path / "clf" / "finetune_task.json").write_text('{"task": "sst2", "max_length": 32}')
+    sst = tmp_path / "sst"
+    sst.mkdir()
+    (sst / "train.tsv").write_text(_write_sst(sst, 24, 1))
+    (sst / "dev.tsv").write_text(_write_sst(sst, 12, 2))
+    cal_script, sp_script = load_script(EXP / "calibration_table.py"), load_script(EXP / "sparsity_curves.py")
+    for mod in (cal_script, sp_script):
+        monkeypatch.setattr(mod, "ROOT", tmp_path)  # docs/analysis/*.png land in the temporary folder
+    cal_script.main(["--models", str(tmp_path / "clf"), "--passes", "2", "--data-dir", str(sst), "--ood-task", "cola",
+                     "--max-examples", "12", "--out", str(tmp_path / "cal"), "--docs", str(tmp_path / "a.md")])
+    sp_script.main(["--finetuned", str(tmp_path / "clf"), "--pretrained", str(tmp_path / "clf"), "--data-dir", str(sst),
+                    "--rounds", "1", "--finetune", '{"epochs": 1.0, "batch_size": 8, "precision": "fp32", "max_length": 32}',
+                    "--out", str(tmp_path / "sp"), "--docs", str(tmp_path / "a.md")])
+    text = (tmp_path / "a.md").read_text()
+    assert "<!-- results:calibration:begin -->" in text and "<!-- results:sparsity:begin -->" in text
+    assert (tmp_path / "docs" / "analysis" / "sparsity_lottery.png").is_file()

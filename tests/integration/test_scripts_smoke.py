@@ -510,3 +510,25 @@ def test_calibration_table_and_sparsity_curves(capsys, tmp_path, monkeypatch):
     text = (tmp_path / "a.md").read_text()
     assert "<!-- results:calibration:begin -->" in text and "<!-- results:sparsity:begin -->" in text
     assert (tmp_path / "docs" / "analysis" / "sparsity_lottery.png").is_file()
+
+
+def test_attention_maps(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.models import build_model, make_config, save_model
+    from tests.conftest import shared_path
+
+    lines = [x for x in (shared_path() / "corpora" / "wikitext-2" / "valid.txt").read_text().splitlines() if x.strip()]
+    tok = Tokenizer.train(lines[:200], "wordpiece", vocab_size=500, min_frequency=1)
+    torch.manual_seed(0)
+    save_model(build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                            num_heads=2, intermediate_size=64,
+                                                            max_position_embeddings=128)), "masked-lm"), tmp_path / "m")
+    tok.save(tmp_path / "m")
+    mod = load_script(EXP / "attention_maps.py")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    line = mod.main(["--models", str(tmp_path / "m"), "--sentences", "20", "--lines", "10",
+                     "--out", str(tmp_path / "att"), "--docs", str(tmp_path / "a.md")])
+    assert "m" in line["models"] and len(line["models"]["m"]["anisotropy"]) == 3
+    assert (tmp_path / "docs" / "analysis" / "cka_m.png").is_file()

@@ -1,0 +1,74 @@
+"""Issue 16: what the models' attention and representations show — Clark et al.'s head statistics, the best head per
+UD relation against the best fixed offset, Perturbed Masking trees against right-branching, and CKA between layers
+with their anisotropy, for each model named. Writes the "attention" block of docs/analysis.md and copies the plots to
+docs/analysis/.
+
+    .venv/bin/python experiments/attention_maps.py                        # MiniLM and BERT-mini
+    .venv/bin/python experiments/attention_maps.py --models minilm --sentences 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import ROOT, model_dir  # noqa: E402
+
+from ptmkit.analysis.report import write_results_block  # noqa: E402
+from ptmkit.recipes import analyze  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="minilm,bert-mini", help="comma list of names or directories")
+    p.add_argument("--sentences", type=int, default=500, help="treebank sentences (Perturbed Masking: a fifth)")
+    p.add_argument("--lines", type=int, default=300, help="WikiText-2 lines for head statistics and CKA")
+    p.add_argument("--data", default=os.environ.get("PTMKIT_DATA", str(ROOT.parent / "shared" / "data")),
+                   help="data root")
+    p.add_argument("--out", default="runs/analysis/attention", help="results")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "analysis.md"), help="page whose 'attention' block is written")
+    args = p.parse_args(argv)
+    data = Path(args.data)
+    dev, text = data / "ud" / "en_ewt-ud-dev.conllu", data / "corpora" / "wikitext-2" / "valid.txt"
+    rows, summary = [], {}
+    for name in args.models.split(","):
+        path, key = model_dir(name), Path(name).name
+        out = Path(args.out) / key
+        heads = analyze.attention(path, out / "heads", text, args.lines)
+        syn = analyze.syntax(path, out / "syntax", dev, args.sentences, min_count=20)
+        pm = analyze.perturbed(path, out / "perturbed", dev, max(1, args.sentences // 5), max_words=20)
+        ck = analyze.cka(path, out / "cka", text, lines=args.lines)
+        best = sorted(syn["relations"].items(), key=lambda kv: -kv[1]["count"])[:4]
+        rows.append(f"| {key} | " + ", ".join(f"{rel} {x['best_head_accuracy'] * 100:.0f} vs {x['baseline_accuracy'] * 100:.0f}"
+                                              for rel, x in best)
+                    + f" | {pm['uas'] * 100:.1f} ({pm['uas_gold_root'] * 100:.1f}) vs {pm['right_branching_uas'] * 100:.1f}"
+                    + " | " + " / ".join(f"{a:.2f}" for a in ck["anisotropy"]) + " |")
+        summary[key] = {"syntax": {rel: x["best_head_accuracy"] for rel, x in best}, "perturbed_uas": pm["uas"],
+                        "anisotropy": ck["anisotropy"], "entropy_layer_mean": [sum(r) / len(r) for r in
+                                                                             heads["statistics"]["entropy"]]}
+        (ROOT / "docs" / "analysis").mkdir(parents=True, exist_ok=True)
+        for sub, png in (("heads", "attention"), ("syntax", "syntax"), ("cka", "cka"), ("perturbed", "perturbed")):
+            shutil.copyfile(out / sub / f"{png}.png", ROOT / "docs" / "analysis" / f"{png}_{key}.png")
+    lines = ["| model | best head vs best offset, accuracy % (4 most frequent relations) | Perturbed Masking UAS % "
+             "(gold root) vs right-branching | anisotropy per layer |", "|---|---|---|---|", *rows, "",
+             f"Syntax: {args.sentences} en_ewt dev sentences, Clark et al.'s word-level attention; Perturbed Masking: "
+             f"{max(1, args.sentences // 5)} sentences of at most 20 words, last layer, Eisner decoding, punctuation "
+             f"left out; head statistics and CKA: {args.lines} WikiText-2 valid lines (plots in docs/analysis/). "
+             f"Measured {date.today().isoformat()} with `python experiments/attention_maps.py`."]
+    block = "\n".join(lines)
+    print(block)
+    if args.docs:
+        write_results_block(args.docs, block, "Understanding pre-trained models", name="attention")
+    result = {"experiment": "attention_maps", "models": summary}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

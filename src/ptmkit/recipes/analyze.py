@@ -63,6 +63,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, out: str | Path, name: str, dpi: int = 120) -> None:
+    """The analysis's plot as OUT/<name>.png."""
+    fig.tight_layout()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(out) / f"{name}.png", dpi=dpi)
+    plt.close(fig)
+
+
 def _sentences(path: Path, tok: Tokenizer, limit: int, max_length: int) -> list[dict[str, torch.Tensor]]:
     """Batches of up to 16 lines of a text file, tokenised with the model's specials."""
     lines = [x.strip() for x in textio.lines(path) if x.strip()][:limit]
@@ -118,10 +126,7 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
     ax.set_ylabel("P@1")
     ax.set_title(f"LAMA, {Path(model_dir).name}: mean P@1 {macro['p@1'] or 0:.3f}")
     ax.tick_params(axis="x", rotation=90)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "lama.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "lama", 120)
     return _write(Path(out), "lama", result)
 
 
@@ -188,10 +193,7 @@ def attention(model_dir: str | Path, out: str | Path, text: str | Path, lines: i
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "attention.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out, "attention", 110)
     return _write(Path(out), "attention", {"analysis": "attention", "model": str(model_dir), "tokens": n,
                                            "statistics": stats})
 
@@ -250,10 +252,7 @@ def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str |
     ax.set_ylabel("accuracy")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "probe.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "probe", 120)
     return _write(Path(out), "probe", result)
 
 
@@ -279,10 +278,7 @@ def cka(model_dir: str | Path, out: str | Path, text: str | Path, other: str | P
     ax.set_xlabel(f"layer of {Path(other).name if other else Path(model_dir).name}")
     ax.set_ylabel(f"layer of {Path(model_dir).name}")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "cka.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "cka", 120)
     return _write(Path(out), "cka", result)
 
 
@@ -334,10 +330,7 @@ def attack(model_dir: str | Path, out: str | Path, task: str | None = None, data
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(f"{kind} attack: success {summary['success_rate']:.0%}")
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "attack.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "attack", 120)
     return _write(Path(out), "attack", {"analysis": "attack", "model": str(model_dir), "task": task, "split": split,
                                         "kind": kind, **summary, "examples": examples})
 
@@ -415,10 +408,7 @@ def calibration(model_dir: str | Path, out: str | Path, task: str | None = None,
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "calibration.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "calibration", 120)
     return _write(Path(out), "calibration", result)
 
 
@@ -454,10 +444,7 @@ def syntax(model_dir: str | Path, out: str | Path, treebank: str | Path, max_sen
     ax.set_xticks(x, rels, rotation=90)
     ax.set_ylabel("accuracy")
     ax.legend()
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "syntax.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "syntax", 120)
     return _write(Path(out), "syntax", {"analysis": "syntax", "model": str(model_dir), "treebank": str(treebank),
                                         "relations": table})
 
@@ -506,10 +493,7 @@ def perturbed(model_dir: str | Path, out: str | Path, treebank: str | Path, max_
     ax.set_yticks(range(len(example["words"])), example["words"], fontsize=7)
     ax.set_title(f"impact f(i, j); UAS {hits / total:.3f} vs {base_hits / total:.3f}")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "perturbed.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "perturbed", 120)
     return _write(Path(out), "perturbed", result)
 
 
@@ -568,10 +552,7 @@ def heads(model_dir: str | Path, out: str | Path, task: str | None = None, data_
     a2.set_xlabel("% of heads removed")
     a2.set_ylabel(metric)
     a2.grid(alpha=0.3)
-    fig.tight_layout()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(out) / "heads.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "heads", 120)
     return _write(Path(out), "heads", {"analysis": "heads", "model": str(model_dir), "task": task,
                                        "importance": importance, "curve": curve})
 
@@ -631,10 +612,7 @@ def lottery(model_dir: str | Path, out: str | Path, task: str, rounds: int = 5, 
     ax.set_ylabel(metric)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "lottery.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out, "lottery", 120)
     return _write(out, "lottery", {"analysis": "lottery", "model": str(model_dir), "task": task, "metric": metric,
                                    "curve": curve})
 

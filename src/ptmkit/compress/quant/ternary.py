@@ -25,6 +25,7 @@ from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor 
 )
 
 from ptmkit.compress.quant.base import DEFAULT_EXCLUDE, DEFAULT_TARGETS, QuantRecord, quant_sites, register, report
+from ptmkit.compress.quant.qat import _set_module
 from ptmkit.config import ConfigError, to_dict
 
 NAME = "ternary"
@@ -80,11 +81,6 @@ def fake_quant_per_token(x: torch.Tensor) -> torch.Tensor:
     zero = (-128 - torch.round(lo / scale)).clamp(-128, 127)
     q = (torch.clamp(torch.round(xf / scale) + zero, -128, 127) - zero) * scale
     return x + (q.to(x.dtype) - x).detach()
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def apply(model: nn.Module, cfg: TernaryConfig) -> nn.Module:

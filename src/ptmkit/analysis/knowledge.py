@@ -71,8 +71,10 @@ def cloze(fact: Fact, template: str | None, mask_token: str) -> str:
 def _check_mlm(model, tokenizer) -> None:
     if getattr(model, "task", None) != "masked-lm":
         raise ConfigError(f"LAMA cloze probing needs a masked-LM head; this model has {getattr(model, 'task', None)!r}"
-                          ". An encoder without one (e.g. a sentence-embedding model) cannot fill a blank; causal LMs "
-                          "rank candidate objects instead")
+                          ". An encoder without one (e.g. a sentence-embedding model) cannot fill a blank, and a "
+                          "causal LM ranks candidate objects instead (ptm analyze lama does either). What works on "
+                          "any encoder: ptm analyze attention, syntax, probe, cka, and perturbed if its tokenizer has "
+                          "a mask token")
     if tokenizer.mask_id is None:
         raise ConfigError("LAMA: the tokenizer has no mask token")
 

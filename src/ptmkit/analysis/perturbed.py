@@ -36,6 +36,12 @@ def impact_matrix(model, ids: list[int], word_ids: list[int | None], mask_id: in
                 owner.append((i, j))
     device = next(model.parameters()).device
     backbone = getattr(model, "backbone", model)
+    layers = backbone.config.num_layers + 1  # the embeddings' output, then each block's
+    if not -layers <= layer < layers:
+        from ptmkit.config import ConfigError
+
+        raise ConfigError(f"perturbed masking: layer {layer} is out of range; the model has {layers} hidden states "
+                          f"(0 = embeddings ... {layers - 1} = the last block; -1 also means the last)")
     vecs = {}
     for s in range(0, len(variants), batch_size):
         batch = torch.stack(variants[s:s + batch_size]).to(device)

@@ -67,3 +67,14 @@ def test_impact_matrix_shape_and_diagonal():
     f = impact_matrix(model, ids, [None, 0, 1, 1, 2, None], mask_id=4, batch_size=3)
     assert f.shape == (3, 3) and np.all(np.diag(f) == 0) and np.all(f[~np.eye(3, dtype=bool)] > 0)
     assert torch.is_tensor(torch.from_numpy(f))
+
+
+def test_a_layer_out_of_range_is_an_error():
+    import pytest
+
+    from ptmkit.config import ConfigError
+
+    model = build_model("bert", make_config("bert", dict(vocab_size=40, hidden_size=32, num_layers=2, num_heads=2,
+                                                         intermediate_size=64, max_position_embeddings=32))).eval()
+    with pytest.raises(ConfigError, match="layer 5 is out of range.*3 hidden states"):
+        impact_matrix(model, [1, 10, 11, 2], [None, 0, 1, None], mask_id=4, layer=5)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ptmkit.config import ConfigError
+
 
 @torch.no_grad()
 def impact_matrix(model, ids: list[int], word_ids: list[int | None], mask_id: int, layer: int = -1,
@@ -38,8 +40,6 @@ def impact_matrix(model, ids: list[int], word_ids: list[int | None], mask_id: in
     backbone = getattr(model, "backbone", model)
     layers = backbone.config.num_layers + 1  # the embeddings' output, then each block's
     if not -layers <= layer < layers:
-        from ptmkit.config import ConfigError
-
         raise ConfigError(f"perturbed masking: layer {layer} is out of range; the model has {layers} hidden states "
                           f"(0 = embeddings ... {layers - 1} = the last block; -1 also means the last)")
     vecs = {}

@@ -28,13 +28,14 @@ DENSE_KERNELS = ("sdpa", "eager")
 
 
 class record_attention:
-    """`with record_attention(model) as att: model(...)`; then att.probs(layer) (B, H, T, S) and att.layers."""
+    """`with record_attention(model) as att: model(...)`; then att.probs(layer) (B, H, T, S) and att.layers. An
+    encoder-decoder's self-attention layers come encoder first, then decoder (cross-attention is not recorded)."""
 
     def __init__(self, model: nn.Module):
         if not self_attentions(model):
             raise ConfigError(f"attention recording: {backbone_of(model).family} has no stack of ptmkit self-attention "
-                              "blocks (XLNet and Transformer-XL use their own relative attention; encoder-decoders are "
-                              "not recorded yet); record an encoder or decoder (BERT, RoBERTa, ELECTRA, GPT-2, LLaMA)")
+                              "blocks (XLNet and Transformer-XL use their own relative attention); record an encoder, "
+                              "a decoder or an encoder-decoder (BERT, GPT-2, LLaMA, T5, BART, ...)")
         kernel = getattr(backbone_of(model).config, "attention_kernel", "sdpa")
         if kernel not in DENSE_KERNELS:
             raise ConfigError(f"attention recording: the {kernel!r} kernel does not attend with q k^T probabilities "

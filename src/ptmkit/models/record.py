@@ -87,10 +87,13 @@ class Recording:
 
 
 def self_attentions(model: nn.Module) -> list[SelfAttention]:
-    """The self-attention modules of the model's blocks, in layer order ([] for a backbone without a `layers` stack,
-    e.g. an encoder-decoder)."""
-    layers = getattr(backbone_of(model), "layers", None)
-    return [] if layers is None else [m for m in layers.modules() if isinstance(m, SelfAttention)]
+    """The self-attention modules of the model's blocks, in layer order: an encoder-decoder's encoder layers first,
+    then its decoder's ([] for a backbone without such stacks)."""
+    bb = backbone_of(model)
+    stacks = [bb.layers] if isinstance(getattr(bb, "layers", None), nn.ModuleList) else [
+        s.layers for s in (getattr(bb, "encoder", None), getattr(bb, "decoder", None))
+        if isinstance(getattr(s, "layers", None), nn.ModuleList)]
+    return [m for layers in stacks for m in layers.modules() if isinstance(m, SelfAttention)]
 
 
 class record:

@@ -75,3 +75,24 @@ def test_recording_refuses_what_it_cannot_record():
         pass
     with pytest.raises(ConfigError, match="nothing recorded"):
         att.probs(0)
+
+
+def test_encoder_decoder_self_attention_is_t5s_own(tmp_path):
+    """T5: the relative position bias travels in the kernel's additive mask; encoder layers first, then decoder."""
+    from tests.parity.test_seq2seq_parity import hf_config as seq2seq_config
+
+    torch.manual_seed(0)
+    hf = T.T5ForConditionalGeneration._from_config(seq2seq_config("t5"), attn_implementation="eager").eval()
+    randomise_norms_and_biases(hf)
+    hf.save_pretrained(tmp_path / "t5")
+    ours = load_model(tmp_path / "t5").eval()
+    src = torch.randint(3, 90, (2, 7), generator=torch.Generator().manual_seed(1))
+    tgt = torch.randint(3, 90, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        with record_attention(ours) as att:
+            ours(src, decoder_input_ids=tgt)
+        theirs = hf(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
+    expected = list(theirs.encoder_attentions) + list(theirs.decoder_attentions)
+    assert att.layers == len(expected)
+    for layer, want in enumerate(expected):
+        torch.testing.assert_close(att.probs(layer), want.float(), atol=2e-5, rtol=1e-4)

@@ -236,7 +236,10 @@ def main(argv=None) -> dict:
         summary_rows[row] = {"parameters": params[row], "size_mb": round(size, 2), **lat[row],
                              **{t: round(scores[row][t] * 100, 2) for t in args.tasks},
                              "retention_pct": round(statistics.fmean(ret), 2) if ret else None}
-    lines += ["", f"Teacher: all-MiniLM-L6-v2 fine-tuned per task; students: 3 layers (the teacher's 1, 3, 5), "
+    lines += ["", "Size on disk of structurally pruned rows stays dense: their directories keep the removed heads and "
+              "neurons as zeros so transformers loads them (docs/compression.md); their parameters column is the real "
+              "size, and ptmkit runs them at the pruned shapes. Unstructured sparsity does not shrink a dense file.",
+              f"Teacher: all-MiniLM-L6-v2 fine-tuned per task; students: 3 layers (the teacher's 1, 3, 5), "
               f"{args.epochs:g} epochs, batch 32, seed {args.seed}; final dev score x 100 (no checkpoint selection); "
               f"retention = mean over tasks of student / teacher. Latency: the {first.upper()} models on "
               f"{TASKS[first][0]} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "

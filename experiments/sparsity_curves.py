@@ -55,11 +55,14 @@ def main(argv=None) -> dict:
                   "| IMP ticket (rewound) | " + " | ".join(f"{c['ticket'] * 100:.1f}" for c in lt["curve"]) + " |",
                   "| random mask | " + " | ".join(f"{c['random'] * 100:.1f}" for c in lt["curve"]) + " |"]
         shutil.copyfile(Path(args.out) / "lottery" / "lottery.png", ROOT / "docs" / "analysis" / "sparsity_lottery.png")
-    lines += ["", f"Heads: {Path(args.finetuned).name}, one-shot removal by Michel et al.'s importance on the "
-              f"{args.task} training loss, dev score without recovery. Tickets: {Path(args.pretrained).name} fine-tuned "
-              f"({args.finetune}), 20% of the remaining weights pruned a round by global magnitude, rewound to the "
-              f"pre-trained weights; random masks of the same sparsity fine-tuned the same way. Measured "
-              f"{date.today().isoformat()} with `python experiments/sparsity_curves.py`."]
+    note = (f"Heads: {Path(args.finetuned).name}, one-shot removal by Michel et al.'s importance on the {args.task} "
+            "training loss, dev score without recovery.")
+    if not args.no_lottery:
+        note += (f" Tickets: {Path(args.pretrained).name} fine-tuned ({args.finetune}), 20% of the remaining weights "
+                 "pruned a round by global magnitude, rewound to the pre-trained weights; random masks of the same "
+                 "sparsity fine-tuned the same way.")
+    lines += ["", note + f" Measured {date.today().isoformat()} with `python experiments/sparsity_curves.py"
+              + (" --no-lottery" if args.no_lottery else "") + "`."]
     block = "\n".join(lines)
     print(block)
     if args.docs:

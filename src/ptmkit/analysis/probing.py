@@ -4,7 +4,8 @@ with Hewitt & Liang's control task (2019, "Designing and Interpreting Probes wit
 a fixed random label drawn from the task's label distribution) and selectivity = task accuracy - control accuracy.
 
 Features are each word's first sub-token vector at every layer (embeddings output, then each block), extracted once
-per split and cached as .npy files; probes train on them in seconds (AdamW on mini-batches of the cached matrix).
+per split and cached as .npy files; the probes of every layer (task and control) train together as one batched
+model (AdamW on mini-batches of the cached matrix).
 
 Dimension legend: N words, D width, C labels, L layers (+1 for the embeddings).
 """
@@ -102,44 +103,94 @@ class ProbeConfig:
                               f"{self.lr}")
 
 
-def train_probe(x: np.ndarray, y: np.ndarray, num_labels: int, cfg: ProbeConfig) -> nn.Module:
-    """A probe fitted on features (N, D) and labels (N,) with AdamW on shuffled mini-batches, on standardised features
-    (the scale differs a lot between layers: embeddings vs the last block)."""
-    torch.manual_seed(cfg.seed)
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    mean, std = xt.mean(0), xt.std(0).clamp_min(1e-6)
-    d = xt.shape[1]
-    body = nn.Linear(d, num_labels) if cfg.kind == "linear" else nn.Sequential(
-        nn.Linear(d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, num_labels))
-    probe = _Standardised(body, mean, std)
-    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    n = len(yt)
+def train_probes(feats: np.ndarray, labels: list[np.ndarray], num_labels: int, cfg: ProbeConfig) -> "ProbeStack":
+    """One probe per layer × label set, fitted on features (L, N, D) and label sets [(N,), ...] with AdamW on
+    shuffled mini-batches of standardised features (the scale differs a lot between layers: embeddings vs the last
+    block). The probes are independent (disjoint weights, per-weight AdamW), so training them as one batched model is
+    the same as training each alone on the same mini-batches, at the cost of one small batched product per step
+    instead of L × K Python-level trainings; a control task is just a second label set over the same features."""
+    if feats.ndim != 3:
+        raise ConfigError(f"probing: features must be (layers, words, width), got shape {feats.shape}")
+    layers, n, d = feats.shape
+    ys = torch.stack([torch.from_numpy(np.asarray(y, dtype=np.int64)) for y in labels])  # (K, N)
+    if ys.shape[1] != n:
+        raise ConfigError(f"probing: {ys.shape[1]} labels for {n} feature vectors")
+    x = torch.from_numpy(np.ascontiguousarray(feats))  # stays float16 when cached so: batches are cast per step
+    mean = torch.stack([x[i].float().mean(0) for i in range(layers)])  # (L, D), one layer in float32 at a time
+    std = torch.stack([x[i].float().std(0) for i in range(layers)]).clamp_min(1e-6)
+    g = torch.Generator().manual_seed(cfg.seed)
+    stack = ProbeStack(layers, len(labels), d, num_labels, cfg, mean, std, g)
+    opt = torch.optim.AdamW(stack.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = -(-n // cfg.batch_size)
     steps = max(cfg.min_steps, cfg.epochs * per_epoch)
-    g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(n, generator=g)
     for step in range(steps):
         k = step % per_epoch
         if k == 0 and step:
             order = torch.randperm(n, generator=g)
         idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-        loss = F.cross_entropy(probe(xt[idx]), yt[idx])
+        logits = stack(x[:, idx].float())  # (L, K, B, C)
+        target = ys[:, idx].expand(layers, -1, -1)  # (L, K, B)
+        # the sum over probes of each probe's mean loss: every probe gets exactly its own gradient
+        loss = F.cross_entropy(logits.reshape(-1, num_labels), target.reshape(-1), reduction="sum") / len(idx)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return probe.eval()
+    return stack.eval()
 
 
-class _Standardised(nn.Module):
-    def __init__(self, body: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+class ProbeStack(nn.Module):
+    """L × K probes (layers × label sets) as batched weights; probe (l, k) reads layer l and predicts label set k.
+    Each probe is initialised as nn.Linear is (uniform in ±1/sqrt(fan_in))."""
+
+    def __init__(self, layers: int, sets: int, d: int, num_labels: int, cfg: ProbeConfig, mean: torch.Tensor,
+                 std: torch.Tensor, g: torch.Generator):
         super().__init__()
-        self.body = body
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        dims = [d, num_labels] if cfg.kind == "linear" else [d, cfg.hidden, num_labels]
+
+        def uniform(*shape, fan_in):
+            return nn.Parameter((torch.rand(*shape, generator=g) * 2 - 1) / fan_in ** 0.5)
+
+        self.weights = nn.ParameterList(uniform(layers, sets, a, b, fan_in=a) for a, b in zip(dims, dims[1:]))
+        self.biases = nn.ParameterList(uniform(layers, sets, 1, b, fan_in=a) for a, b in zip(dims, dims[1:]))
+        self.register_buffer("mean", mean[:, None, None])  # (L, 1, 1, D)
+        self.register_buffer("std", std[:, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(L, B, D) -> logits (L, K, B, C)."""
+        h = (x[:, None] - self.mean) / self.std  # (L, 1, B, D)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.matmul(h, w) + b  # (L, K, B, out)
+            if i < len(self.weights) - 1:
+                h = F.relu(h)
+        return h
+
+    @torch.no_grad()
+    def accuracy(self, feats: np.ndarray, labels: list[np.ndarray], batch_size: int = 8192) -> np.ndarray:
+        """(L, K) accuracy of every probe on features (L, N, D) and label sets [(N,), ...]."""
+        x = torch.from_numpy(np.ascontiguousarray(feats))
+        ys = torch.stack([torch.from_numpy(np.asarray(y, dtype=np.int64)) for y in labels])  # (K, N)
+        right = torch.zeros(x.shape[0], len(labels))
+        for s in range(0, x.shape[1], batch_size):
+            pred = self(x[:, s:s + batch_size].float()).argmax(-1)  # (L, K, B)
+            right += (pred == ys[None, :, s:s + batch_size]).sum(-1)
+        return (right / max(x.shape[1], 1)).numpy()
+
+
+class _Single(nn.Module):
+    """One probe of a stack, as a module on (N, D) features."""
+
+    def __init__(self, stack: ProbeStack):
+        super().__init__()
+        self.stack = stack
 
     def forward(self, x):
-        return self.body((x - self.mean) / self.std)
+        return self.stack(x[None])[0, 0]
+
+
+def train_probe(x: np.ndarray, y: np.ndarray, num_labels: int, cfg: ProbeConfig) -> nn.Module:
+    """A single probe on features (N, D) and labels (N,): a module mapping (N, D) to logits (N, C)."""
+    return _Single(train_probes(np.asarray(x)[None], [y], num_labels, cfg)).eval()
 
 
 @torch.no_grad()
@@ -150,18 +201,25 @@ def probe_accuracy(probe: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def layer_curve(train_feats: np.ndarray, train_y: np.ndarray, test_feats: np.ndarray, test_y: np.ndarray,
                 num_labels: int, cfg: ProbeConfig, control_train: np.ndarray | None = None,
-                control_test: np.ndarray | None = None) -> list[dict[str, float]]:
+                control_test: np.ndarray | None = None,
+                transfer: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, float]]:
     """Probe accuracy per layer (features (L+1, N, D)); with control labels also the control accuracy and the
-    selectivity (task - control)."""
+    selectivity (task - control); with `transfer` (features, labels of another test set, e.g. another language) the
+    same task probes' accuracy there. All probes (every layer, task and control) train together (train_probes)."""
     if train_feats.shape[0] != test_feats.shape[0]:
         raise ConfigError("probing: train and test features come from models with different depths")
+    control = control_train is not None
+    stack = train_probes(train_feats, [train_y, control_train] if control else [train_y], num_labels, cfg)
+    acc = stack.accuracy(test_feats, [test_y, control_test] if control else [test_y])  # (L, K)
     out = []
     for layer in range(train_feats.shape[0]):
-        probe = train_probe(train_feats[layer], train_y, num_labels, cfg)
-        row = {"layer": layer, "accuracy": probe_accuracy(probe, test_feats[layer], test_y)}
-        if control_train is not None:
-            ctl = train_probe(train_feats[layer], control_train, num_labels, cfg)
-            row["control_accuracy"] = probe_accuracy(ctl, test_feats[layer], control_test)
+        row = {"layer": layer, "accuracy": float(acc[layer, 0])}
+        if control:
+            row["control_accuracy"] = float(acc[layer, 1])
             row["selectivity"] = row["accuracy"] - row["control_accuracy"]
         out.append(row)
+    if transfer is not None:
+        t_acc = stack.accuracy(transfer[0], [transfer[1]] * (2 if control else 1))
+        for layer, row in enumerate(out):
+            row["transfer_accuracy"] = float(t_acc[layer, 0])
     return out

@@ -230,17 +230,17 @@ def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str |
     y_train = np.array([index[x] for x in train_l])
     y_test = np.array([index[x] for x in test_l])
     both = probing.control_labels(train_w + test_w, np.concatenate([y_train, y_test]), seed=cfg.seed)
-    curve = probing.layer_curve(train_x, y_train, test_x, y_test, len(names), cfg, both[:len(y_train)],
-                                both[len(y_train):])
-    result = {"analysis": "probe", "model": str(model_dir), "label": label, "labels": names,
-              "train_words": len(y_train), "test_words": len(y_test), "curve": curve}
+    tx = y_tr = None
     if transfer is not None:
         tx, _, tl = split(transfer, max_test)
-        known = [i for i, x in enumerate(tl) if x in index]
-        y_tr = np.array([index[tl[i]] for i in known])
-        result["transfer"] = [{"layer": r, "accuracy": probing.probe_accuracy(
-            probing.train_probe(train_x[r], y_train, len(names), cfg), tx[r][known], y_tr)}
-            for r in range(train_x.shape[0])]
+        known = [i for i, x in enumerate(tl) if x in index]  # labels the English treebank never shows cannot count
+        tx, y_tr = tx[:, known], np.array([index[tl[i]] for i in known])
+    curve = probing.layer_curve(train_x, y_train, test_x, y_test, len(names), cfg, both[:len(y_train)],
+                                both[len(y_train):], transfer=None if tx is None else (tx, y_tr))
+    result = {"analysis": "probe", "model": str(model_dir), "label": label, "labels": names,
+              "train_words": len(y_train), "test_words": len(y_test), "curve": curve}
+    if transfer is not None:  # the same probes, tested on the other treebank
+        result["transfer"] = [{"layer": r["layer"], "accuracy": r.pop("transfer_accuracy")} for r in curve]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([r["layer"] for r in curve], [r["accuracy"] for r in curve], marker="o", label=f"{label} probe")

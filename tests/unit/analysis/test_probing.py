@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ptmkit.analysis.probing import ProbeConfig, control_labels, layer_curve, probe_accuracy, train_probe, word_features
+from ptmkit.analysis.probing import (ProbeConfig, control_labels, layer_curve, probe_accuracy, train_probe, train_probes,
+                                     word_features)
 from ptmkit.config import ConfigError
 from ptmkit.data.conllu import read_conllu
 from ptmkit.data.tokenizer import Tokenizer
@@ -58,6 +59,28 @@ def test_a_probe_finds_a_planted_feature_and_the_control_task_does_not():
     noise = np.stack([g.normal(size=(600, 16)).astype(np.float32)] * 2)  # two "layers" of pure noise
     curve = layer_curve(noise[:, :400], y[:400], noise[:, 400:], y[400:], 4, cfg)
     assert all(r["accuracy"] < 0.45 for r in curve)  # chance is 0.25
+
+
+def test_probes_trained_together_are_independent_and_each_reads_its_own_layer():
+    g = np.random.default_rng(1)
+    y = g.integers(0, 3, 500)
+    other = g.integers(0, 3, 500)
+    feats = g.normal(size=(2, 500, 8)).astype(np.float16)
+    feats[0, :, 2] = 5 * y  # layer 0 holds the label, layer 1 is noise
+    for kind in ("linear", "mlp"):
+        cfg = ProbeConfig(kind=kind, hidden=16, lr=5e-2)
+        a = train_probes(feats[:, :400], [y[:400], other[:400]], 3, cfg)
+        acc = a.accuracy(feats[:, 400:], [y[400:], other[400:]])  # (layers, label sets)
+        assert acc.shape == (2, 2) and acc[0, 0] == 1.0 and acc[1, 0] < 0.5 and acc[0, 1] < 0.5
+        # the first label set's probes come out the same whatever the second set is: no shared weights or gradients
+        b = train_probes(feats[:, :400], [y[:400], y[:400]], 3, cfg)
+        for wa, wb in zip(a.weights, b.weights):
+            assert torch.equal(wa[:, 0], wb[:, 0]) and not torch.equal(wa[:, 1], wb[:, 1])
+    curve = layer_curve(feats[:, :400], y[:400], feats[:, 400:], y[400:], 3, ProbeConfig(lr=5e-2), other[:400],
+                        other[400:], transfer=(feats[:, 400:], y[400:]))
+    assert curve[0]["accuracy"] == curve[0]["transfer_accuracy"] == 1.0 and curve[0]["selectivity"] > 0.4
+    with pytest.raises(ConfigError, match="labels for"):
+        train_probes(feats, [y[:10]], 3, ProbeConfig())
 
 
 def test_control_labels_are_one_label_per_word_type():

@@ -35,6 +35,10 @@ from ptmkit.nn.kernels.bigbird import seed_layers
 from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
 from ptmkit.models.convert.albert import AlbertAdapter
 from ptmkit.models.convert.mixtral import MixtralAdapter
+from ptmkit.models.clip import CLIPConfig, CLIPModel
+from ptmkit.models.convert.clip import CLIPAdapter
+from ptmkit.models.convert.vit import ViTAdapter
+from ptmkit.models.vit import ViTConfig, ViTEncoder
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ FAMILIES: dict[str, Family] = {
     "transfo-xl": Family(TransfoXLConfig, TransfoXLBackbone, TransfoXLAdapter(), heads=TRANSFO_XL_HEADS),
     # ALBERT (Lan et al. 2020): factorised embeddings, cross-layer sharing, MLM + sentence-order pre-training head.
     "albert": Family(AlbertConfig, AlbertEncoder, AlbertAdapter(), heads=ALBERT_HEADS),
+    # Vision (survey §5.2): ViT (Dosovitskiy et al. 2021) and CLIP's image-text dual encoder (Radford et al. 2021)
+    "vit": Family(ViTConfig, ViTEncoder, ViTAdapter()),
+    "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter()),
 }
 
 # Checkpoint forms of a family's Mixture-of-Experts variant (its config's `moe`), by family. transformers' only sparse

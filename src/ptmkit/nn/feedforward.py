@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# "gelu" is the exact erf form (BERT); "gelu_new"/"gelu_tanh" the tanh approximation (GPT-2).
+# "gelu" is the exact erf form (BERT); "gelu_new"/"gelu_tanh" the tanh approximation (GPT-2); "quick_gelu" the
+# sigmoid approximation x * sigmoid(1.702 x) that OpenAI's CLIP was trained with (Radford et al. 2021; Hendrycks &
+# Gimpel 2016 §2), kept exactly so released CLIP weights compute what they were trained to.
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -20,6 +22,7 @@ ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
     "tanh": torch.tanh,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
 }
 
 

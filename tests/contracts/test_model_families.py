@@ -47,6 +47,13 @@ TINY: dict[str, tuple[dict, str, str]] = {
     "xlnet": (dict(_SIZE, mem_len=8), "permutation-lm", "xlnet"),
     "transfo-xl": (dict(_SIZE, segment_len=16, mem_len=8), "causal-lm", "tokens"),
     "albert": (dict(_SIZE, embedding_size=32, max_position_embeddings=64), "masked-lm-sop", "tokens"),
+    "vit": (dict(image_size=16, patch_size=8, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+            "base", "image"),
+    "clip": (dict(text=dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                            max_position_embeddings=16, pad_token_id=0, bos_token_id=1, eos_token_id=3),
+                  vision=dict(image_size=16, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
+                              intermediate_size=128),
+                  projection_dim=32), "base", "image-text"),
 }
 
 # family -> the transformers class its tested task exports to and imports from
@@ -63,6 +70,8 @@ HF_FORM: dict[str, type] = {
     "mbart": T.MBartForConditionalGeneration,
     "xlnet": T.XLNetLMHeadModel,
     "albert": T.AlbertForPreTraining,
+    "vit": T.ViTModel,
+    "clip": T.CLIPModel,
 }
 
 # family -> (why it has no transformers form, the model_type its ptmkit-only directory carries)
@@ -95,6 +104,9 @@ def _inputs(name: str, padded: bool):
     """(args, kwargs) for ptmkit and the matching kwargs for transformers. Padded rows pad on the right (XLNet on the
     left, where its <cls> is last); padding is only used between ptmkit models (parity tests cover it against HF)."""
     kind = _spec(name)[2]
+    pixels = torch.randn(B, 3, 16, 16)
+    if kind == "image":  # vision families read pixels only
+        return [pixels], {}, dict(pixel_values=pixels)
     ids = torch.randint(6, V, (B, L))
     mask = torch.ones_like(ids)
     if padded:
@@ -104,6 +116,11 @@ def _inputs(name: str, padded: bool):
             mask[1, 7:] = 0
     ours_args, ours_kw = [ids, mask], {}
     hf = dict(input_ids=ids, attention_mask=mask)
+    if kind == "image-text":  # CLIP: captions that end with the end-of-text token (id 3), padded ones included
+        ids[:, 0] = 1
+        ids[torch.arange(B), mask.sum(-1) - 1] = 3
+        ours_args = [ids, pixels, mask]
+        hf = dict(input_ids=ids, pixel_values=pixels, attention_mask=mask)
     if kind == "seq2seq":
         dec = torch.randint(6, V, (B, 7))
         ours_args.append(dec)
@@ -126,7 +143,9 @@ def _tensors(out) -> dict[str, torch.Tensor]:
 
 # ptmkit output field -> the transformers field holding the same tensor
 _SAME = (("logits", "logits"), ("logits", "prediction_logits"), ("pair_logits", "sop_logits"),
-         ("last_hidden_state", "last_hidden_state"), ("encoder_last_hidden_state", "encoder_last_hidden_state"))
+         ("last_hidden_state", "last_hidden_state"), ("encoder_last_hidden_state", "encoder_last_hidden_state"),
+         ("pooler_output", "pooler_output"), ("logits_per_image", "logits_per_image"),
+         ("text_embeds", "text_embeds"), ("image_embeds", "image_embeds"))
 
 
 def _compare_with_hf(ours_out, hf_out) -> list[str]:
@@ -136,7 +155,7 @@ def _compare_with_hf(ours_out, hf_out) -> list[str]:
         if torch.is_tensor(a) and torch.is_tensor(b):
             assert_close(a, b, **TOL, msg=lambda m: f"{mine} vs transformers' {theirs}: {m}")
             compared.append(mine)
-    assert "logits" in compared or "last_hidden_state" in compared, (type(ours_out), type(hf_out))
+    assert {"logits", "last_hidden_state", "logits_per_image"} & set(compared), (type(ours_out), type(hf_out))
     return compared
 
 

@@ -15,6 +15,7 @@ from ptmkit.objectives import OBJECTIVES, seeded_generator
 from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing, is_checkpointed, transformer_blocks
 from ptmkit.train.loop import bind_objective
 from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
+from tests.contracts.test_model_families import TINY as FAMILY_TINY, _inputs as family_inputs
 from tests.contracts.test_objectives_contract import V, _model, _seq2seq_tokenizer, _tiny_tokenizer
 
 
@@ -68,7 +69,9 @@ FAMILY_CONFIG = dict(vocab_size=V, hidden_size=32, num_layers=2, num_heads=2, in
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_has_blocks_to_checkpoint_and_keeps_its_state_dict(family):
     extra = {"t5-encoder": {}, "xlnet": {}}.get(family, {})
-    model = build_model(family, make_config(family, {**FAMILY_CONFIG, **extra}), "base")
+    pixels = FAMILY_TINY.get(family, ({}, "", "tokens"))[2] in ("image", "image-text")
+    config = FAMILY_TINY[family][0] if pixels else {**FAMILY_CONFIG, **extra}  # vision families: their own sizes
+    model = build_model(family, make_config(family, config), "base")
     names = list(model.state_dict())
     n_blocks = len({id(b) for b in transformer_blocks(model)})  # a shared block (ALBERT) is one module, wrapped once
     assert apply_activation_checkpointing(model) == n_blocks > 0
@@ -82,9 +85,11 @@ def test_every_family_has_blocks_to_checkpoint_and_keeps_its_state_dict(family):
             p.add_(1.0)
     ids = torch.randint(0, V, (2, 8))
     kw = {"decoder_input_ids": ids} if getattr(model, "is_encoder_decoder", False) else {}
+    args = family_inputs(family, padded=False)[0] if pixels else [ids]
     model.eval(), copied.eval()
-    a = model(ids, **kw).last_hidden_state
-    b = copied(ids, **kw).last_hidden_state
+    main = lambda out: out.last_hidden_state if hasattr(out, "last_hidden_state") else out.logits_per_image  # noqa: E731
+    a = main(model(*args, **kw))
+    b = main(copied(*args, **kw))
     assert not torch.allclose(a, b)
 
 

@@ -282,3 +282,7 @@ class CLIPModel(Backbone):
         logits_per_text = self.scale() * text @ image.T  # (B_text, B_image)
         return CLIPOutput(logits_per_text.T, logits_per_text, text, image, txt.hidden_states, vis.hidden_states)
 
+
+
+# The family's own heads (models/registry.py): contrastive pre-training trains the dual encoder as it is.
+CLIP_HEADS = {"image-text-contrastive": lambda backbone: backbone}

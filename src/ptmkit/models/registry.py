@@ -35,7 +35,7 @@ from ptmkit.nn.kernels.bigbird import seed_layers
 from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
 from ptmkit.models.convert.albert import AlbertAdapter
 from ptmkit.models.convert.mixtral import MixtralAdapter
-from ptmkit.models.clip import CLIPConfig, CLIPModel
+from ptmkit.models.clip import CLIP_HEADS, CLIPConfig, CLIPModel
 from ptmkit.models.convert.clip import CLIPAdapter
 from ptmkit.models.convert.vit import ViTAdapter
 from ptmkit.models.vit import ViTConfig, ViTEncoder
@@ -71,7 +71,7 @@ FAMILIES: dict[str, Family] = {
     "albert": Family(AlbertConfig, AlbertEncoder, AlbertAdapter(), heads=ALBERT_HEADS),
     # Vision (survey §5.2): ViT (Dosovitskiy et al. 2021) and CLIP's image-text dual encoder (Radford et al. 2021)
     "vit": Family(ViTConfig, ViTEncoder, ViTAdapter()),
-    "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter()),
+    "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter(), heads=CLIP_HEADS),
 }
 
 # Checkpoint forms of a family's Mixture-of-Experts variant (its config's `moe`), by family. transformers' only sparse
@@ -118,6 +118,8 @@ TASKS: dict[str, Task] = {
     "seq2seq-lm": Task(only="an encoder-decoder family (t5, bart, mbart)"),
     # XLNet's two-stream LM head (models/xlnet.py, objectives/plm.py)
     "permutation-lm": Task(only="the two-stream xlnet family"),
+    # CLIP's contrastive pre-training trains the dual encoder itself (models/clip.py, objectives/clip.py)
+    "image-text-contrastive": Task(only="an image-text dual encoder (use model family clip)"),
     # ALBERT's pre-training model (models/albert.py, objectives/nsp.py); the sop objective adds its own head elsewhere
     "masked-lm-sop": Task(only="ALBERT's pre-training model (MLM + sentence-order head): use model family albert, or "
                                "task masked-lm with other encoders (the sop objective adds its own head)"),

@@ -15,6 +15,7 @@ from ptmkit.objectives.span_corruption import SpanCorruption, SpanCorruptionConf
 from ptmkit.objectives.denoising import Denoising, DenoisingConfig, NoiseTransform
 from ptmkit.objectives.mass import MASS, MASSConfig
 from ptmkit.objectives.simcse import SimCSE, SimCSEConfig
+from ptmkit.objectives.clip import CLIPContrastive, CLIPLossConfig
 from ptmkit.objectives.xlm import MMLMConfig, MultilingualMLM, TLMConfig, TranslationLM
 
 OBJECTIVES = {
@@ -35,6 +36,7 @@ OBJECTIVES = {
     "mmlm": (MMLMConfig, MultilingualMLM),  # XLM multilingual MLM (lang ids -> segment table)
     "tlm": (TLMConfig, TranslationLM),  # XLM translation LM over [src ; tgt] pairs
     "simcse": (SimCSEConfig, SimCSE),  # unsupervised SimCSE: contrastive sentence embeddings (encoder backbone)
+    "clip": (CLIPLossConfig, CLIPContrastive),  # CLIP: symmetric image-text InfoNCE (family clip, images section)
 }
 
 __all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "TranslationLM", "PermutationLM", "PLMConfig",
@@ -44,4 +46,4 @@ __all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "Translat
            "SpanFinder", "DictionarySpanFinder", "NextSentencePrediction", "NSPConfig",
            "SentenceOrderPrediction", "SOPConfig", "UniLM", "UniLMConfig", "GLM", "GLMConfig",
            "SpanCorruption", "SpanCorruptionConfig", "Denoising", "DenoisingConfig", "NoiseTransform",
-           "MASS", "MASSConfig", "SimCSE", "SimCSEConfig"]
+           "MASS", "MASSConfig", "SimCSE", "SimCSEConfig", "CLIPContrastive", "CLIPLossConfig"]

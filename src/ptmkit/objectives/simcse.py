@@ -17,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ptmkit.config import ConfigError
 from ptmkit.models.pooling import POOLINGS, hidden_states, pool
 from ptmkit.objectives.base import Batch
+from ptmkit.objectives.contrastive import info_nce  # noqa: F401  (shared with CLIP; re-exported)
 
 
 @dataclass
@@ -41,29 +41,6 @@ class SimCSEConfig:
             raise ConfigError(f"simcse: temperature must be > 0, got {self.temperature!r}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"simcse: pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-
-
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float, symmetric: bool = False,
-             exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H), (B, H) views -> (scalar loss, (B, B) logits cos(z1_i, z2_j) / τ). Row i's positive is column i.
-
-    exclude: optional (B, B) bool, True where column j is not a negative for row i (its diagonal is ignored).
-    loss = mean_i -log( exp(s_ii) / Σ_j exp(s_ij) ), s_ij = cos(z1_i, z2_j) / τ  (SimCSE eq. 4).
-    """
-    if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"info_nce needs two (B, H) tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.shape[0] < 2:
-        raise ValueError("info_nce needs a batch of at least 2 sentences: the other rows are the negatives")
-    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)  # fp32: τ = 0.05 scales by 20
-    logits = z1 @ z2.T / temperature  # (B, B)
-    target = torch.arange(z1.shape[0], device=z1.device)
-    if exclude is not None:
-        off = exclude & ~torch.eye(len(target), dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(off, float("-inf"))
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, target))
-    return loss, logits
 
 
 def same_rows(batch: Batch) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -99,6 +100,11 @@ def run_one(args, row: str, task: str, seed: int) -> dict | None:
             epochs=args.epochs, batch_size=args.batch_size, max_length=max_length, seed=seed,
             max_train_examples=args.max_train or cap, max_eval_examples=args.max_eval, device=args.device,
             overwrite=True, show_progress=False))
+        # resume states are not needed once results.json exists; full fine-tuning's seed-0 models stay: they are the
+        # teachers of experiments/compression.py (and minilm-sst2 of the analysis experiments)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        if row == "full" and seed != 0:
+            shutil.rmtree(out / "best", ignore_errors=True)
     return json.loads((out / "results.json").read_text())
 
 

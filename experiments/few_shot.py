@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,8 @@ def finetune_row(args, row: str, task: str, seed: int) -> float | None:
             batch_size=args.batch_size, lr=args.lora_lr if lora else args.lr, max_length=max_length,
             eval_every=10 ** 6, max_eval_examples=args.max_eval, device=args.device, overwrite=True,
             show_progress=False, **prompt, **lora))
+        for kept in ("best", "checkpoints"):  # a full SmolLM2 each (0.5 GB): the table needs only results.json
+            shutil.rmtree(out / kept, ignore_errors=True)
     res = json.loads((out / "results.json").read_text())
     return res["final"][METRIC], res["majority_baseline_accuracy"]
 

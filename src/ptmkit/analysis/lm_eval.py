@@ -11,7 +11,8 @@ Masked LMs: pseudo-log-likelihood and pseudo-perplexity (Salazar et al. 2020, "M
 each token of a line is masked in turn and scored from both sides; PPPL = exp(-sum PLL / tokens). The copies of a
 line (one per masked token) are batched and only the masked position is sent through the output layer.
 
-Dimension legend: B windows (or masked copies) per batch, L window length, K positions scored, V vocabulary.
+Dimension legend: B windows (or masked copies) per batch, L window length, K positions scored, V vocabulary, H hidden
+size.
 """
 
 from __future__ import annotations
@@ -64,13 +65,20 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
-@torch.no_grad()
-def causal_perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int = 512, batch_size: int | None = None,
-                      autocast=None, show_progress: bool = True, batch_tokens: int = 1024) -> dict[str, float]:
-    """Sliding-window perplexity of a causal LM over the 1-D token stream `ids`. `autocast`: a context factory
-    (ptmkit.train.precision.Precision.autocast) or None for the model's own dtype. Windows are batched up to
-    `batch_tokens` tokens a forward pass (or `batch_size` windows): on a 2-core CPU, four 1,024-token windows a pass
-    ran slower than one (benchmarks/perplexity.py), the activations no longer fitting the caches."""
+def token_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(..., V) logits, (...) targets -> (...) float32 log-probabilities of the targets. Every causal score sums
+    these (perplexity here, kNN-LM's interpolation in ptmkit.recipes.knn_lm), so equal inputs give equal sums."""
+    return logits.float().log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def scored_windows(model, ids: torch.Tensor, window: int = 1024, stride: int = 512, batch_size: int | None = None,
+                   autocast=None, show_progress: bool = True, batch_tokens: int = 1024, desc: str = "perplexity"):
+    """The forward passes of sliding-window scoring, batched: yields (logits (B, K, V), hidden (B, K, H), target
+    (B, K)) for each batch of equal-shape windows, where hidden is the final hidden state each logit is computed
+    from (the output layer's input) and target the token it predicts. Every token but the first is a target once.
+    Windows are batched up to `batch_tokens` tokens a forward pass (or `batch_size` windows): on a 2-core CPU, four
+    1,024-token windows a pass ran slower than one (benchmarks/perplexity.py), the activations no longer fitting the
+    caches."""
     if batch_size is None:
         batch_size = max(1, batch_tokens // window)
     if getattr(model, "task", None) != "causal-lm":
@@ -84,21 +92,32 @@ def causal_perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int 
     groups: dict[tuple[int, int], list[int]] = {}  # (length, scored) -> begins: equal shapes batch together
     for begin, end, scored in plan:
         groups.setdefault((end - begin, scored), []).append(begin)
-    nll, count = 0.0, 0
-    bar = tqdm(total=len(plan), desc="perplexity", unit="window", disable=not show_progress)
+    bar = tqdm(total=len(plan), desc=desc, unit="window", disable=not show_progress)
     model.eval()
     for (length, scored), begins in groups.items():
         for i in range(0, len(begins), batch_size):
             chunk = begins[i:i + batch_size]
             x = torch.stack([ids[b:b + length] for b in chunk]).to(device)  # (B, L)
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                logits = model(x, logits_to_keep=scored + 1).logits[:, :-1]  # (B, K, V): predict the last K tokens
-            target = x[:, length - scored:]  # (B, K)
-            nll += float(F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="sum"))
-            count += target.numel()
+            # no_grad around the pass only: a context held across `yield` would leak into the caller's code
+            with torch.no_grad(), autocast() if autocast is not None else contextlib.nullcontext():
+                out = model(x, logits_to_keep=scored + 1)
+            logits = out.logits[:, :-1]  # (B, K, V): predict the last K tokens
+            hidden = out.last_hidden_state[:, length - scored - 1:length - 1]  # (B, K, H): what made the logits
+            yield logits, hidden, x[:, length - scored:]  # target (B, K)
             bar.update(len(chunk))
     bar.close()
-    return {"perplexity": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(plan),
+
+
+def causal_perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int = 512, batch_size: int | None = None,
+                      autocast=None, show_progress: bool = True, batch_tokens: int = 1024) -> dict[str, float]:
+    """Sliding-window perplexity of a causal LM over the 1-D token stream `ids`. `autocast`: a context factory
+    (ptmkit.train.precision.Precision.autocast) or None for the model's own dtype; batching: scored_windows."""
+    nll, count, n_windows = 0.0, 0, len(windows(len(ids), window, stride))
+    for logits, _, target in scored_windows(model, ids, window, stride, batch_size, autocast, show_progress,
+                                            batch_tokens):
+        nll -= float(token_log_probs(logits, target).sum())
+        count += target.numel()
+    return {"perplexity": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": n_windows,
             "window": window, "stride": stride}
 
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "export-onnx": "ptmkit.cli.export_onnx",
     "compress": "ptmkit.cli.compress",
     "analyze": "ptmkit.cli.analyze",
+    "index": "ptmkit.cli.index",
 }
 
 

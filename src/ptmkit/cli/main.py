@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "tokenizer": "ptmkit.cli.tokenizer",
     "data": "ptmkit.cli.data",
+    "kg": "ptmkit.cli.kg",
     "pretrain": "ptmkit.cli.pretrain",
     "finetune": "ptmkit.cli.finetune",
     "evaluate": "ptmkit.cli.evaluate",

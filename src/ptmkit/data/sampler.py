@@ -91,15 +91,11 @@ class PackedDataset:
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"sequence index out of range for {n} sequences")
         idx = idx % n if n else idx
-        starts = self.starts[idx]  # (B,)
         t = np.arange(T, dtype=np.int64)
+        pos, valid = self.window_positions(idx)
         if self.boundary == "no_cross":
-            lengths = self.lengths[idx]  # (B,)
-            valid = t[None, :] < lengths[:, None]  # (B, T)
-            pos = np.where(valid, starts[:, None] + t, starts[:, None])  # padding reads a real token, then masked
             ids = np.where(valid, self.shards.take(pos), self.pad_id).astype(np.int64)
             return {"input_ids": ids, "attention_mask": valid.astype(np.int64)}
-        pos = starts[:, None] + t  # (B, T)
         out = {
             "input_ids": self.shards.take(pos).astype(np.int64),
             "attention_mask": np.ones((len(idx), T), dtype=np.int64),
@@ -112,6 +108,17 @@ class PackedDataset:
             seg_start = np.maximum.accumulate(np.where(new, t, 0), axis=1)  # (B, T) index where each segment starts
             out["position_ids"] = t - seg_start
         return out
+
+    def window_positions(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) global stream positions of windows `indices` (in range), and (B, T) bool: a real token there
+        (False on "no_cross" padding, whose position repeats the window's first token). Streams aligned with the
+        tokens (per-token annotations, ptmkit.data.annotations) are read at the same positions."""
+        starts = self.starts[indices]  # (B,)
+        t = np.arange(self.seq_len, dtype=np.int64)
+        if self.boundary == "no_cross":
+            valid = t[None, :] < self.lengths[indices][:, None]  # (B, T)
+            return np.where(valid, starts[:, None] + t, starts[:, None]), valid  # padding reads a real token
+        return starts[:, None] + t, np.ones((len(starts), self.seq_len), dtype=bool)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         return self.get_batch(indices)

@@ -67,7 +67,10 @@ _P1, _P2, _BASE1, _BASE2 = 2_147_483_629, 2_147_483_587, 1_000_003, 999_983
 
 
 class DictionarySpanFinder:
-    """Finds dictionary entries (token-id sequences of 2..max_len tokens) in a batch, longest match first.
+    """Finds dictionary entries (token-id sequences of min_len..max_len tokens) in a batch, longest match first.
+
+    min_len is 2 for entity masking (a one-token entity is an ordinary masked token); entity linking
+    (objectives/linking.py) passes 1, since most entity names are a single token ("France", "English").
 
     Matching hashes every n-gram of the batch with a rolling polynomial hash (one vectorised step per n) and looks
     the keys up in the sorted keys of the entries of that length (`torch.isin`). Overlaps are resolved from the
@@ -75,14 +78,16 @@ class DictionarySpanFinder:
     only a dropped one is dropped too; rare, and only loses a candidate).
     """
 
-    def __init__(self, entries: Iterable[Sequence[int]], max_len: int = 8):
-        if max_len < 2:
-            raise ConfigError(f"DictionarySpanFinder: max_len must be >= 2, got {max_len}")
-        self.max_len = max_len
+    def __init__(self, entries: Iterable[Sequence[int]], max_len: int = 8, min_len: int = 2):
+        if min_len < 1:
+            raise ConfigError(f"DictionarySpanFinder: min_len must be >= 1, got {min_len}")
+        if max_len < max(min_len, 2):
+            raise ConfigError(f"DictionarySpanFinder: max_len must be >= {max(min_len, 2)}, got {max_len}")
+        self.max_len, self.min_len = max_len, min_len
         by_len: dict[int, set[tuple[int, ...]]] = {}
         for e in entries:
             e = tuple(int(i) for i in e)
-            if 2 <= len(e) <= max_len:
+            if min_len <= len(e) <= max_len:
                 by_len.setdefault(len(e), set()).add(e)
         self.keys: dict[int, torch.Tensor] = {}
         for n, seqs in by_len.items():

@@ -15,6 +15,7 @@ import torch
 from ptmkit import atomic, outputs
 from ptmkit.compress.distill import DISTILLERS, student_from_teacher
 from ptmkit.config import ConfigError, from_dict, to_dict
+from ptmkit.data.annotations import annotated
 from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
 from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards
@@ -56,6 +57,10 @@ class DataSection:
     boundary: str = "no_cross"  # cross | no_cross | mask (see ptmkit.data.sampler)
     batch_size: int = 32  # sequences per micro-batch
     eval_batches: int = 10  # fixed held-out batches scored at each evaluation
+    # per-token entity links of data.train / data.eval (`ptm kg link`), read into each batch as entity_ids: the
+    # dea objective (ERNIE) needs them; other objectives ignore them
+    entities: str | None = None
+    eval_entities: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batches"):
@@ -222,6 +227,7 @@ def held_out_evaluator(cfg: PretrainConfig, tokenizer: Tokenizer, objective, dev
     config, so checkpoints of one run (or runs of one recipe) are compared on identical masks."""
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     eval_set = PackedDataset(TokenShards(cfg.data.eval, tokenizer), cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
+    eval_set = annotated(eval_set, cfg.data.eval_entities)
     return make_evaluator(fixed_batches(eval_set, cfg.data.batch_size, objective, cfg.data.eval_batches),
                           Precision(cfg.train.precision, device).autocast, device)
 
@@ -274,7 +280,8 @@ def _build(cfg: PretrainConfig, state) -> _Run:
         _check_layout(cfg, state, bcfg)
         torch.manual_seed(cfg.train.seed + 1 + state.rank)  # independent dropout draws per rank
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    dataset = PackedDataset(shards, cfg.data.seq_len, cfg.data.boundary, pad_id=pad)
+    dataset = annotated(PackedDataset(shards, cfg.data.seq_len, cfg.data.boundary, pad_id=pad), cfg.data.entities)
+    _check_inputs(cfg, objective, dataset)
     batches = PretrainBatches(dataset, cfg.data.batch_size, objective, seed=cfg.train.seed)
     if state is not None and state.cfg.dp > 1:
         batches = RankSlice(batches, state.dp_rank, state.cfg.dp)  # data.batch_size is the global batch
@@ -283,6 +290,21 @@ def _build(cfg: PretrainConfig, state) -> _Run:
     peak, peak_source = mfu_denominator(str(device), cfg.train.precision)
     return _Run(tokenizer, objective, model, batches, evaluate, len(dataset), _flops_per_token(model, cfg.data.seq_len),
                 peak, peak_source)
+
+
+def _check_inputs(cfg: PretrainConfig, objective, dataset) -> None:
+    """An objective that reads more than tokens from each batch (`inputs`, e.g. the dea objective's entity_ids) gets
+    them from the data section, for training and held-out evaluation alike; say which setting is missing now."""
+    wanted = getattr(objective, "inputs", ())
+    have = set(dataset.get_batch([0]))
+    for key in wanted:
+        if key not in have or (cfg.data.eval and key == "entity_ids" and cfg.data.eval_entities is None):
+            where = "data.entities" if key not in have else "data.eval_entities"
+            hint = (f"set {where} to the entity links of those shards (`ptm kg link`)" if key == "entity_ids"
+                    else "token shards do not hold them")
+            raise ConfigError(f"objective {cfg.objective.name} reads {key!r} from every batch: {hint}")
+    if cfg.data.entities is not None and "entity_ids" not in wanted:
+        log.warning("data.entities is set but objective %s does not read entity links", cfg.objective.name)
 
 
 def _check_layout(cfg: PretrainConfig, state, bcfg) -> None:

@@ -150,9 +150,10 @@ class Trainer:
             batch = _to_device(next(self.batches), self.device)
             self.totals["data_s"] += time.perf_counter() - td
             mask = batch.get("attention_mask")
-            ntok += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            self.totals["sequences"] += batch["input_ids"].shape[0] * dp
-            self.totals["padded_tokens"] += batch["input_ids"].numel() * dp
+            units = batch["input_ids"] if "input_ids" in batch else next(iter(batch.values()))  # else e.g. triples
+            ntok += int(mask.sum()) if mask is not None else units.numel()
+            self.totals["sequences"] += units.shape[0] * dp
+            self.totals["padded_tokens"] += units.numel() * dp
             with self.precision.autocast():
                 if self.pipeline is not None:  # forward and backward of every micro-batch, through the stages
                     _add(sums, self.pipeline.step(batch)[1])

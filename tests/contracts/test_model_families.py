@@ -36,6 +36,9 @@ _SIZE = dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=4, intermedia
 TINY: dict[str, tuple[dict, str, str]] = {
     "bert": (dict(_SIZE, max_position_embeddings=64), "masked-lm", "tokens"),
     "roberta": (dict(_SIZE, max_position_embeddings=66), "masked-lm", "tokens"),  # positions start at pad + 1
+    # THU-ERNIE: 1 BERT layer + 2 aggregators (the first with an entity output), fed aligned entity ids
+    "ernie-thu": (dict(_SIZE, max_position_embeddings=64, num_layers=3, num_knowledge_layers=2, num_entities=12,
+                       entity_size=16, entity_heads=2), "knowledge-masked-lm", "entities"),
     "megatron-bert": (dict(_SIZE, max_position_embeddings=64), "masked-lm", "tokens"),
     "gpt2": (dict(_SIZE, max_position_embeddings=64, bos_token_id=0, eos_token_id=0), "causal-lm", "tokens"),
     "llama": (dict(_SIZE, num_kv_heads=2, max_position_embeddings=64), "causal-lm", "tokens"),
@@ -79,6 +82,8 @@ NO_HF_FORM: dict[str, tuple[str, str]] = {
     "transfo-xl": ("transformers v5 removed Transformer-XL (its TransfoXL classes used an adaptive softmax ptmkit "
                    "leaves out); ptmkit writes its own tensor names under a model_type of its own "
                    "(models/convert/transfo_xl.py), which transformers refuses", "ptmkit-transfo-xl"),
+    "ernie-thu": ("transformers has no THU-ERNIE (Zhang et al. 2019; its 'ernie' is Baidu's ERNIE): ptmkit writes "
+                  "its own tensor names (models/convert/ernie.py)", "ptmkit-ernie-thu"),
 }
 
 # The sparse forms of MOE_ADAPTERS, by family: the transformers class a dropless top-2 MoE model exports to.
@@ -116,6 +121,9 @@ def _inputs(name: str, padded: bool):
             mask[1, 7:] = 0
     ours_args, ours_kw = [ids, mask], {}
     hf = dict(input_ids=ids, attention_mask=mask)
+    if kind == "entities":  # ERNIE: two or three aligned entities per row, so entity attention has keys to weigh
+        ours_kw["entity_ids"] = torch.zeros_like(ids)
+        ours_kw["entity_ids"][:, [1, 4, 6]] = torch.randint(1, 13, (B, 3))
     if kind == "image-text":  # CLIP: captions that end with the end-of-text token (id 3), padded ones included
         ids[:, 0] = 1
         ids[torch.arange(B), mask.sum(-1) - 1] = 3

@@ -35,6 +35,8 @@ from ptmkit.nn.kernels.bigbird import seed_layers
 from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
 from ptmkit.models.convert.albert import AlbertAdapter
 from ptmkit.models.convert.mixtral import MixtralAdapter
+from ptmkit.models.convert.ernie import ErnieAdapter
+from ptmkit.models.ernie import ERNIE_HEADS, ErnieConfig, ErnieEncoder
 from ptmkit.models.clip import CLIP_HEADS, CLIPConfig, CLIPModel
 from ptmkit.models.convert.clip import CLIPAdapter
 from ptmkit.models.convert.vit import ViTAdapter
@@ -69,6 +71,8 @@ FAMILIES: dict[str, Family] = {
     "transfo-xl": Family(TransfoXLConfig, TransfoXLBackbone, TransfoXLAdapter(), heads=TRANSFO_XL_HEADS),
     # ALBERT (Lan et al. 2020): factorised embeddings, cross-layer sharing, MLM + sentence-order pre-training head.
     "albert": Family(AlbertConfig, AlbertEncoder, AlbertAdapter(), heads=ALBERT_HEADS),
+    # THU-ERNIE (Zhang et al. 2019): BERT layers, then aggregator layers fusing TransE entity embeddings (no HF form)
+    "ernie-thu": Family(ErnieConfig, ErnieEncoder, ErnieAdapter(), heads=ERNIE_HEADS),
     # Vision (survey §5.2): ViT (Dosovitskiy et al. 2021) and CLIP's image-text dual encoder (Radford et al. 2021)
     "vit": Family(ViTConfig, ViTEncoder, ViTAdapter()),
     "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter(), heads=CLIP_HEADS),
@@ -121,6 +125,10 @@ TASKS: dict[str, Task] = {
     # CLIP's contrastive pre-training trains the dual encoder itself (models/clip.py, objectives/clip.py)
     "image-text-contrastive": Task(only="an image-text dual encoder (use model family clip)"),
     # ALBERT's pre-training model (models/albert.py, objectives/nsp.py); the sop objective adds its own head elsewhere
+    # a masked LM that also reads aligned entity ids (models/ernie.py; objectives/dea.py)
+    "knowledge-masked-lm": Task(only="an encoder with an entity input: use model family ernie-thu"),
+    # knowledge-graph embeddings (models/transe.py, objectives/transe.py): not a Transformer head
+    "kg-embedding": Task(only="the TransE model of ptmkit.models.transe (train it with `ptm kg transe`)"),
     "masked-lm-sop": Task(only="ALBERT's pre-training model (MLM + sentence-order head): use model family albert, or "
                                "task masked-lm with other encoders (the sop objective adds its own head)"),
 }

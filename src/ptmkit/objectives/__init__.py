@@ -17,6 +17,10 @@ from ptmkit.objectives.mass import MASS, MASSConfig
 from ptmkit.objectives.simcse import SimCSE, SimCSEConfig
 from ptmkit.objectives.clip import CLIPContrastive, CLIPLossConfig
 from ptmkit.objectives.xlm import MMLMConfig, MultilingualMLM, TLMConfig, TranslationLM
+from ptmkit.objectives.transe import TransEObjective, TransEObjectiveConfig
+from ptmkit.objectives.dea import DEAConfig, DenoisingEntityAutoEncoder
+from ptmkit.objectives.kepler import KEPLER, KEPLERConfig
+from ptmkit.objectives.linking import EntityLinker
 
 OBJECTIVES = {
     "mlm": (MLMConfig, MaskedLM),
@@ -37,6 +41,10 @@ OBJECTIVES = {
     "tlm": (TLMConfig, TranslationLM),  # XLM translation LM over [src ; tgt] pairs
     "simcse": (SimCSEConfig, SimCSE),  # unsupervised SimCSE: contrastive sentence embeddings (encoder backbone)
     "clip": (CLIPLossConfig, CLIPContrastive),  # CLIP: symmetric image-text InfoNCE (family clip, images section)
+    # knowledge-enhanced pre-training (survey §5.3; `ptm kg`, docs/knowledge.md)
+    "transe": (TransEObjectiveConfig, TransEObjective),  # TransE margin ranking over a triple stream (ptm kg transe)
+    "dea": (DEAConfig, DenoisingEntityAutoEncoder),  # ERNIE: MLM + denoising entity auto-encoder (family ernie-thu)
+    "kepler": (KEPLERConfig, KEPLER),  # KEPLER: MLM + knowledge embedding over encoded entity descriptions
 }
 
 __all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "TranslationLM", "PermutationLM", "PLMConfig",
@@ -46,4 +54,6 @@ __all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "Translat
            "SpanFinder", "DictionarySpanFinder", "NextSentencePrediction", "NSPConfig",
            "SentenceOrderPrediction", "SOPConfig", "UniLM", "UniLMConfig", "GLM", "GLMConfig",
            "SpanCorruption", "SpanCorruptionConfig", "Denoising", "DenoisingConfig", "NoiseTransform",
-           "MASS", "MASSConfig", "SimCSE", "SimCSEConfig", "CLIPContrastive", "CLIPLossConfig"]
+           "MASS", "MASSConfig", "SimCSE", "SimCSEConfig", "CLIPContrastive", "CLIPLossConfig",
+           "TransEObjective", "TransEObjectiveConfig", "DenoisingEntityAutoEncoder", "DEAConfig", "KEPLER",
+           "KEPLERConfig", "EntityLinker"]

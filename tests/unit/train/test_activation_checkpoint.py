@@ -16,7 +16,7 @@ from ptmkit.parallel.activation_checkpoint import apply_activation_checkpointing
 from ptmkit.train.loop import bind_objective
 from ptmkit.recipes.pretrain import ObjectiveSection, build_objective
 from tests.contracts.test_model_families import TINY as FAMILY_TINY, _inputs as family_inputs
-from tests.contracts.test_objectives_contract import V, _model, _seq2seq_tokenizer, _tiny_tokenizer
+from tests.contracts.test_objectives_contract import V, _model, _seq2seq_tokenizer, _tiny_tokenizer, contract_batch
 
 
 def _objective(name):
@@ -28,6 +28,8 @@ def _objective(name):
     params = {}
     if "mask_token_id" in cfg_cls.__dataclass_fields__:
         params.update(mask_token_id=3, vocab_size=V, special_token_ids=[0, 1, 2, 3])
+    if "num_entities" in cfg_cls.__dataclass_fields__:
+        params.update(num_entities=V)
     return obj_cls(from_dict(cfg_cls, params))
 
 
@@ -46,7 +48,7 @@ def _grads(name, checkpointing):
     if checkpointing:
         assert apply_activation_checkpointing(trained) >= 2
     ids = torch.randint(4, V, (4, 16), generator=torch.Generator().manual_seed(1))
-    batch = objective.corrupt({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, seeded_generator(0, 0))
+    batch = objective.corrupt(contract_batch(objective, ids), seeded_generator(0, 0))
     torch.manual_seed(2)
     loss, _ = objective.loss(model, batch)
     loss.backward()
@@ -55,6 +57,8 @@ def _grads(name, checkpointing):
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_checkpointing_gives_the_same_loss_and_gradients_for_every_objective(name):
+    if OBJECTIVES[name][1].task == "kg-embedding":
+        pytest.skip("TransE is two embedding tables: no Transformer blocks to checkpoint")
     loss, grads = _grads(name, False)
     loss_ac, grads_ac = _grads(name, True)
     torch.testing.assert_close(loss_ac, loss, rtol=0, atol=1e-6)

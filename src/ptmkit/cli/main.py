@@ -24,6 +24,7 @@ COMMANDS = {
     "export-onnx": "ptmkit.cli.export_onnx",
     "compress": "ptmkit.cli.compress",
     "analyze": "ptmkit.cli.analyze",
+    "zero-shot": "ptmkit.cli.zero_shot",
     "index": "ptmkit.cli.index",
 }
 

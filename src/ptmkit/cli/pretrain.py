@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "pretrain",
-        help="pre-train a model (MLM, CLM, ...) on prepared token shards",
+        help="pre-train a model (MLM, CLM, ...) on prepared token shards, or CLIP on image-text pairs",
         description=(
             "Pre-train from a YAML recipe (see configs/). Any config key can be overridden with "
             "--section.key value, e.g. --train.steps 200 --optim.lr 3e-4. The resolved config is saved as "
@@ -45,6 +45,9 @@ def run(args) -> int:
         return 130 if summary["interrupted"] else 0
     ev = summary.get("eval") or {}
     print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s"
-          + (f", eval loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})" if ev else "")
+          + (f", eval loss {ev['loss']:.3f}" if ev else "")
+          + (f" (perplexity {ev['perplexity']:.1f})" if "perplexity" in ev else "")
+          + (f", held-out R@1 image->text {ev['i2t_r1']:.3f} / text->image {ev['t2i_r1']:.3f} (chance "
+             f"{ev['t2i_r1_chance']:.3f})" if "i2t_r1" in ev else "")
           + (f"; model saved to {summary['model_dir']}" if summary.get("model_dir") else "; interrupted"))
     return 130 if summary["interrupted"] else 0

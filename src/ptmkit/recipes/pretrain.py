@@ -17,6 +17,7 @@ from ptmkit.compress.distill import DISTILLERS, student_from_teacher
 from ptmkit.config import ConfigError, from_dict, to_dict
 from ptmkit.data.annotations import annotated
 from ptmkit.data.batches import PretrainBatches, RankSlice, fixed_batches
+from ptmkit.data.images import ImagesConfig
 from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer, check_vocab
@@ -106,6 +107,7 @@ class PretrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # torchrun layouts (docs/scaling.md)
     layer_drop: LayerDropConfig = field(default_factory=LayerDropConfig)  # LayerDrop / progressive layer dropping
     distill: DistillSection = field(default_factory=DistillSection)  # a teacher (DistilBERT, TinyBERT general, ...)
+    images: ImagesConfig = field(default_factory=ImagesConfig)  # image-text pairs (CLIP): used instead of data.train
     out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 
@@ -191,9 +193,13 @@ def build_pretrain_model(section: ModelSection, task: str, tokenizer: Tokenizer)
             if fam != section.family:
                 raise ConfigError(f"model.preset {section.preset!r} is a {fam} model but model.family is {section.family!r}")
         params = {**params, **section.config}
-        params.setdefault("vocab_size", tokenizer.vocab_size)
-        if "pad_token_id" in family(section.family).config.__dataclass_fields__ and tokenizer.pad_id is not None:
-            params.setdefault("pad_token_id", tokenizer.pad_id)
+        config_cls = family(section.family).config
+        if hasattr(config_cls, "tokenizer_defaults"):  # a config that nests its text settings (CLIP's text tower)
+            params = config_cls.tokenizer_defaults(params, tokenizer)
+        else:
+            params.setdefault("vocab_size", tokenizer.vocab_size)
+            if "pad_token_id" in config_cls.__dataclass_fields__ and tokenizer.pad_id is not None:
+                params.setdefault("pad_token_id", tokenizer.pad_id)
         model = build_model(section.family, make_config(section.family, params), task)
     check_vocab(tokenizer, backbone_of(model).config.vocab_size)
     return model
@@ -258,10 +264,16 @@ class _Run:
     flops_per_token: float
     peak: float | None
     peak_source: str
+    setup_out: Any = None  # writes what the run needs in its folder first (a tokenizer trained for it), or None
+    model_files: dict[str, str] = field(default_factory=dict)  # extra files of the model directory, by name
 
 
-def _build(cfg: PretrainConfig, state) -> _Run:
+def _build(cfg: PretrainConfig, state, resume: bool = False) -> _Run:
     """Tokenizer, shards, objective, model, batches and evaluator: every check a run can fail happens here."""
+    from ptmkit.recipes.image_text import build_run, reads_images
+
+    if cfg.images.train or reads_images(cfg.objective.name):  # image-text pairs (CLIP): recipes/image_text.py
+        return _Run(**build_run(cfg, state, resume), flops_per_token=0.0, peak=None, peak_source="")
     if not cfg.data.train or not cfg.data.tokenizer:
         raise ConfigError("data.train (token shards directory) and data.tokenizer are required")
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -339,10 +351,12 @@ def _announce(cfg: PretrainConfig, run: _Run, state) -> None:
 def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     main = state is None or state.is_main
     out = Path(cfg.out)
-    run = _build(cfg, state)
+    run = _build(cfg, state, resume)
     if main:  # everything is validated: only now does the run touch its folder
         if not resume:
             outputs.discard(out)  # an earlier run there (allowed by --overwrite) goes as a whole
+        if run.setup_out is not None:
+            run.setup_out(out)
         atomic.write_text(out / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         _announce(cfg, run, state)
     layer_drop = apply_layer_drop(run.model, cfg.layer_drop, seed=cfg.train.seed)
@@ -361,6 +375,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
             model, objective = _unsharded_copy(cfg, trained, run.tokenizer, main, state.cfg.pp)
         if main:
             summary.update(save_trained(model, objective, run.tokenizer, out / "model", out))
+            for name, text in run.model_files.items() if summary.get("model_dir") else ():
+                atomic.write_text(Path(summary["model_dir"]) / name, text)
     if main:
         atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

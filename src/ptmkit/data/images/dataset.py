@@ -72,6 +72,32 @@ class _Captions:
     texts: list[str]
 
 
+def tokenize_captions(tokenizer, texts: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(M, seq_len) right-padded ids with the tokenizer's start and end tokens, (M,) lengths, and the indices of the
+    texts that were cut: a caption longer than seq_len keeps its first seq_len - 1 tokens and its last token (the
+    end-of-text token whose state is the text vector)."""
+    if tokenizer.pad_id is None:
+        raise ConfigError("the tokenizer has no padding token; captions of different lengths are padded with it")
+    encoded = tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    ids = np.full((len(texts), seq_len), tokenizer.pad_id, dtype=np.int64)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    cut = []
+    for j, e in enumerate(encoded):
+        if len(e) > seq_len:
+            e = e[: seq_len - 1] + e[-1:]
+            cut.append(j)
+        ids[j, : len(e)] = e
+        lengths[j] = len(e)
+    return ids, lengths, cut
+
+
+def padded(ids: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (B, T) of tokenised rows, cut to the longest of them."""
+    t = int(lengths.max())
+    mask = (torch.arange(t)[None] < torch.from_numpy(lengths)[:, None]).long()
+    return {"input_ids": torch.from_numpy(np.ascontiguousarray(ids[:, :t])), "attention_mask": mask}
+
+
 class ImageTextDataset:
     """The kept images of `split` ("train", "held_out" or "all") of every source, their captions tokenised.
 
@@ -82,8 +108,6 @@ class ImageTextDataset:
             raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
         if not cfg.train:
             raise ConfigError("images.train names no source: give at least one JSON-lines file of images and captions")
-        if tokenizer.pad_id is None:
-            raise ConfigError("the tokenizer has no padding token; captions of different lengths are padded with it")
         self.cfg, self.split, self.seq_len, self.pad_id = cfg, split, seq_len, tokenizer.pad_id
         self.caches: list[ImageCache] = []
         self.records: list[ImageTextRecord] = []
@@ -117,16 +141,9 @@ class ImageTextDataset:
 
     def _tokenise(self, tokenizer, per_image: list[list[str]]) -> _Captions:
         texts = [c for caps in per_image for c in caps]
-        encoded = tokenizer.encode_batch(texts, add_special_tokens=True)
-        ids = np.full((len(texts), self.seq_len), self.pad_id, dtype=np.int64)
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        for j, e in enumerate(encoded):
-            if len(e) > self.seq_len:
-                e = e[: self.seq_len - 1] + e[-1:]  # keep the end-of-text token the text tower pools
-                self.truncated += 1
-                self.first_truncated = self.first_truncated or texts[j]
-            ids[j, : len(e)] = e
-            lengths[j] = len(e)
+        ids, lengths, cut = tokenize_captions(tokenizer, texts, self.seq_len)
+        self.truncated += len(cut)
+        self.first_truncated = self.first_truncated or (texts[cut[0]] if cut else "")
         offsets = np.zeros(len(per_image) + 1, dtype=np.int64)
         np.cumsum([len(c) for c in per_image], out=offsets[1:])
         return _Captions(ids, lengths, offsets, texts)
@@ -169,10 +186,7 @@ class ImageTextDataset:
         """input_ids and attention_mask (B, T) of caption rows, padded to the longest of them."""
         caps = self.captions if which == "train" else self.eval_captions
         rows = np.asarray(caption_rows, dtype=np.int64)
-        t = int(caps.lengths[rows].max())
-        ids = torch.from_numpy(caps.ids[rows, :t].copy())
-        mask = (torch.arange(t)[None] < torch.from_numpy(caps.lengths[rows])[:, None]).long()
-        return {"input_ids": ids, "attention_mask": mask}
+        return padded(caps.ids[rows], caps.lengths[rows])
 
     def batch(self, indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A training batch: each image augmented, with one of its captions drawn at random."""

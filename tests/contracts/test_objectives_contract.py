@@ -29,6 +29,13 @@ FALL = {"rtd": 0.6}
 
 
 def _model(task):
+    if task == "image-text-contrastive":  # CLIP (objectives/clip.py): a tiny dual encoder on 16 x 16 images
+        cfg = make_config("clip", dict(
+            text=dict(vocab_size=V, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                      max_position_embeddings=8, pad_token_id=0, bos_token_id=1, eos_token_id=3),
+            vision=dict(image_size=16, patch_size=8, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+            projection_dim=32))
+        return build_model("clip", cfg, task)
     if task == "masked-lm":
         cfg = make_config("bert", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
                                        max_position_embeddings=32, dropout=0.0, attention_dropout=0.0))
@@ -84,11 +91,20 @@ def _seq2seq_tokenizer():
                            min_frequency=1)
 
 
+_PATTERNS = torch.randn(V, 3, 16, 16, generator=torch.Generator().manual_seed(7))  # one random image per word
+
+
 def contract_batch(objective, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch an objective reads, built from (B, T) token ids: tokens and padding mask, plus what its `inputs` name
-    (the data the pipeline would add): entity links (every other token is a mention of the entity numbered like the
+    (the data the pipeline would add): images (each row's word has its own random picture), entity links (every other token is a mention of the entity numbered like the
     word) or knowledge-graph triples (a planted graph: word w relates by r to word (3w + r) mod V)."""
     inputs = getattr(objective, "inputs", ())
+    if inputs == ("pixel_values",):  # image-text pairs: caption [bos, word, eos], image a fixed pattern of the word
+        words = ids[:, 0]
+        noise = torch.randn(len(words), 3, 16, 16, generator=torch.Generator().manual_seed(int(words.sum())))
+        captions = torch.stack([torch.ones_like(words), words, torch.full_like(words, 3)], -1)  # (B, 3)
+        return {"pixel_values": _PATTERNS[words] + 0.3 * noise, "input_ids": captions,
+                "attention_mask": torch.ones_like(captions)}
     if inputs == ("triples",):
         h = ids[:, 0]
         r = h % 3

@@ -96,8 +96,9 @@ _PATTERNS = torch.randn(V, 3, 16, 16, generator=torch.Generator().manual_seed(7)
 
 def contract_batch(objective, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch an objective reads, built from (B, T) token ids: tokens and padding mask, plus what its `inputs` name
-    (the data the pipeline would add): images (each row's word has its own random picture), entity links (every other token is a mention of the entity numbered like the
-    word) or knowledge-graph triples (a planted graph: word w relates by r to word (3w + r) mod V)."""
+    (the data the pipeline would add): images (each row's word has its own random picture), entity links (every other
+    token is a mention of the entity numbered like the word) or knowledge-graph triples (a planted graph: word w
+    relates by r to word (3w + r) mod V)."""
     inputs = getattr(objective, "inputs", ())
     if inputs == ("pixel_values",):  # image-text pairs: caption [bos, word, eos], image a fixed pattern of the word
         words = ids[:, 0]

@@ -59,9 +59,9 @@ def recall_at_k(similarity: torch.Tensor, owner: np.ndarray, ks=KS) -> dict[str,
     for k in ks:
         top = similarity.topk(min(k, m), dim=1).indices  # (N, k) captions nearest each image
         hit = (owner_t[top] == torch.arange(n)[:, None]).any(1)
-        out["image_to_text"][k] = float(hit.float().mean())
+        out["image_to_text"][k] = float(hit.double().mean())
         top = similarity.T.topk(min(k, n), dim=1).indices  # (M, k) images nearest each caption
-        out["text_to_image"][k] = float((top == owner_t[:, None]).any(1).float().mean())
+        out["text_to_image"][k] = float((top == owner_t[:, None]).any(1).double().mean())
     return out
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ptmkit.cli.main import main
+from ptmkit.data.images.records import held_out
 from ptmkit.train.logging import read_metrics
 from tests.conftest import REPO, shared_path
 
@@ -37,9 +38,12 @@ def subset(tmp_path_factory):
 
 
 def _pretrain(subset, out, *extra):
-    sources = f"[{{path: {subset / 'subset.jsonl'}, captions: ['{{name}}']}}]"
+    # ids by name: the split must not depend on where the checkout lies (the image paths are absolute); split
+    # seed 3 holds out 4 of the 24 at images.held_out 0.2
+    sources = f"[{{path: {subset / 'subset.jsonl'}, captions: ['{{name}}'], id_field: name}}]"
     return main(["pretrain", str(REPO / "configs" / "clip-emoji.yaml"), "--images.train", sources,
-                 "--images.cache_dir", str(subset / "cache"), "--out", str(out), *TINY, *extra])
+                 "--images.cache_dir", str(subset / "cache"), "--images.split_seed", "3", "--out", str(out), *TINY,
+                 *extra])
 
 
 def test_clip_recipe_trains_saves_resumes_and_evaluates(subset, tmp_path, capsys):
@@ -88,13 +92,16 @@ def test_clip_recipe_trains_saves_resumes_and_evaluates(subset, tmp_path, capsys
     capsys.readouterr()
     assert main(["zero-shot", str(run / "model"), "--data", str(subset / "subset.jsonl"), "--captions", "{name}",
                  "--classes", "category", "--template", "an emoji of {}", "{} emoji", "--held-out", "0.2",
-                 "--split", "held_out", "--probe", "--cache-dir", str(subset / "cache"),
+                 "--id-field", "name", "--split-seed", "3", "--split", "held_out", "--probe",
+                 "--cache-dir", str(subset / "cache"),
                  "--out", str(tmp_path / "zs")]) == 0
     printed = capsys.readouterr().out
     assert "image->text: R@1" in printed and "zero-shot category" in printed and "linear probe" in printed
     result = json.loads((tmp_path / "zs" / "results.json").read_text())
     n = result["retrieval"]["images"]
-    assert n == 4 and result["retrieval"]["chance"]["text_to_image"]["1"] == pytest.approx(1 / n)
+    rows = [json.loads(line) for line in (subset / "subset.jsonl").read_text().splitlines()]
+    assert n == sum(held_out(r["name"], 0.2, seed=3) for r in rows) == 4
+    assert result["retrieval"]["chance"]["text_to_image"]["1"] == pytest.approx(1 / n)
     assert result["zero_shot"]["templates"] == ["an emoji of {}", "{} emoji"]
 
 

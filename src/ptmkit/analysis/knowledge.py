@@ -69,7 +69,7 @@ def cloze(fact: Fact, template: str | None, mask_token: str) -> str:
 
 
 def _check_mlm(model, tokenizer) -> None:
-    if getattr(model, "task", None) != "masked-lm":
+    if getattr(model, "task", None) not in ("masked-lm", "knowledge-masked-lm"):  # ERNIE's head reads entities too
         raise ConfigError(f"LAMA cloze probing needs a masked-LM head; this model has {getattr(model, 'task', None)!r}"
                           ". An encoder without one (e.g. a sentence-embedding model) cannot fill a blank, and a "
                           "causal LM ranks candidate objects instead (ptm analyze lama does either). What works on "
@@ -99,9 +99,11 @@ def single_token_objects(tokenizer, facts: list[Fact], vocab: Iterable[str] | No
 
 
 @torch.no_grad()
-def mask_log_probs(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+def mask_log_probs(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
+                   inputs=None) -> torch.Tensor:
     """log p(token | text) at the text's one mask, (N, V); a text whose mask is missing (cut by max_length) or
-    repeated gets a row of NaN."""
+    repeated gets a row of NaN. `inputs(ids) -> dict`: more model inputs computed from each padded (B, T) batch of
+    ids, e.g. ERNIE's entity links (ptmkit.objectives.linking)."""
     mask_id = tokenizer.mask_id
     device = next(model.parameters()).device
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
@@ -118,7 +120,8 @@ def mask_log_probs(model, tokenizer, texts: list[str], batch_size: int = 64, max
             ids[r, :len(enc[i])] = torch.tensor(enc[i])
             att[r, :len(enc[i])] = 1
         ids, att = ids.to(device), att.to(device)
-        logits = model(ids, attention_mask=att, score_positions=ids == mask_id).logits.float()  # (B, V)
+        extra = inputs(ids) if inputs is not None else {}
+        logits = model(ids, attention_mask=att, score_positions=ids == mask_id, **extra).logits.float()  # (B, V)
         out[torch.tensor(chunk)] = logits.log_softmax(-1).cpu()
     return out
 
@@ -138,13 +141,14 @@ def rank_metrics(log_probs: torch.Tensor, objects: list[int], allowed: list[int]
 
 
 def probe_masked_lm(model, tokenizer, facts: list[Fact], template: str | None, vocab: Iterable[str] | None = None,
-                    batch_size: int = 64, max_length: int = 128) -> dict:
+                    batch_size: int = 64, max_length: int = 128, inputs=None) -> dict:
     """P@1, P@10 and MRR of a masked LM on `facts` (one relation). Facts whose object is not one token of the
-    (common) vocabulary are left out and counted."""
+    (common) vocabulary are left out and counted. `inputs`: as in mask_log_probs."""
     _check_mlm(model, tokenizer)
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     asked, objects, allowed = single_token_objects(tokenizer, facts, vocab)
-    lp = mask_log_probs(model, tokenizer, [cloze(f, template, mask_token) for f in asked], batch_size, max_length)
+    lp = mask_log_probs(model, tokenizer, [cloze(f, template, mask_token) for f in asked], batch_size, max_length,
+                        inputs)
     m = rank_metrics(lp, objects, allowed)
     return {"facts": len(facts), **m, "skipped": len(facts) - m["asked"]}
 

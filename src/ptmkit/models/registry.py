@@ -35,12 +35,12 @@ from ptmkit.nn.kernels.bigbird import seed_layers
 from ptmkit.models.albert import ALBERT_HEADS, AlbertConfig, AlbertEncoder
 from ptmkit.models.convert.albert import AlbertAdapter
 from ptmkit.models.convert.mixtral import MixtralAdapter
-from ptmkit.models.convert.ernie import ErnieAdapter
-from ptmkit.models.ernie import ERNIE_HEADS, ErnieConfig, ErnieEncoder
 from ptmkit.models.clip import CLIP_HEADS, CLIPConfig, CLIPModel
 from ptmkit.models.convert.clip import CLIPAdapter
 from ptmkit.models.convert.vit import ViTAdapter
 from ptmkit.models.vit import ViTConfig, ViTEncoder
+from ptmkit.models.convert.ernie import ErnieAdapter
+from ptmkit.models.ernie import ERNIE_HEADS, ErnieConfig, ErnieEncoder
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ FAMILIES: dict[str, Family] = {
     "transfo-xl": Family(TransfoXLConfig, TransfoXLBackbone, TransfoXLAdapter(), heads=TRANSFO_XL_HEADS),
     # ALBERT (Lan et al. 2020): factorised embeddings, cross-layer sharing, MLM + sentence-order pre-training head.
     "albert": Family(AlbertConfig, AlbertEncoder, AlbertAdapter(), heads=ALBERT_HEADS),
-    # THU-ERNIE (Zhang et al. 2019): BERT layers, then aggregator layers fusing TransE entity embeddings (no HF form)
-    "ernie-thu": Family(ErnieConfig, ErnieEncoder, ErnieAdapter(), heads=ERNIE_HEADS),
     # Vision (survey §5.2): ViT (Dosovitskiy et al. 2021) and CLIP's image-text dual encoder (Radford et al. 2021)
     "vit": Family(ViTConfig, ViTEncoder, ViTAdapter()),
     "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter(), heads=CLIP_HEADS),
+    # THU-ERNIE (Zhang et al. 2019): BERT layers, then aggregator layers fusing TransE entity embeddings (no HF form)
+    "ernie-thu": Family(ErnieConfig, ErnieEncoder, ErnieAdapter(), heads=ERNIE_HEADS),
 }
 
 # Checkpoint forms of a family's Mixture-of-Experts variant (its config's `moe`), by family. transformers' only sparse

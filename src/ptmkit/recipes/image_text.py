@@ -62,8 +62,8 @@ def caption_tokenizer(cfg, resume: bool) -> tuple[Tokenizer, bool]:
         warnings.simplefilter("ignore")  # bad lines are reported once, when the dataset reads them
         for source in cfg.images.train:
             records, _ = read_records(source)
-            texts += [c for r in records if not held_out(r.id, cfg.images.held_out, cfg.images.split_seed)
-                      for c in r.captions]
+            fraction = cfg.images.held_out if source.held_out is None else source.held_out
+            texts += [c for r in records if not held_out(r.id, fraction, cfg.images.split_seed) for c in r.captions]
     return Tokenizer.train(texts, "wordpiece", cfg.images.vocab_size, min_frequency=1), True
 
 
@@ -151,7 +151,7 @@ def build_run(cfg, state, resume: bool) -> dict[str, Any]:
     train_set = ImageTextDataset(cfg.images, tokenizer, cfg.data.seq_len, split="train")
     batches = ImageTextBatches(train_set, cfg.data.batch_size, objective, seed=cfg.train.seed)
     evaluate = None
-    if cfg.images.held_out > 0:
+    if any((cfg.images.held_out if s.held_out is None else s.held_out) > 0 for s in cfg.images.train):
         held = ImageTextDataset(cfg.images, tokenizer, cfg.data.seq_len, split="held_out")
         device = torch.device(cfg.train.device)
         evaluate = contrastive_evaluator(held, objective, cfg.data.batch_size,

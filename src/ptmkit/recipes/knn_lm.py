@@ -70,23 +70,24 @@ def knn_lm_perplexity(model, tokenizer: Tokenizer, ids: torch.Tensor, store: Dat
         raise ConfigError(f"kNN-LM: k must be in 1..{len(store)} (the datastore's entries), got {list(ks)}")
     dim = store.dim
     sums: dict[tuple, float] = {}
-    base, count, t_search, t0 = 0.0, 0, 0.0, time.perf_counter()
+    base, count, t_search, t_sweep, t0 = 0.0, 0, 0.0, 0.0, time.perf_counter()
     for logits, hidden, target in scored_windows(model, ids, window, stride, autocast=autocast,
                                                  show_progress=show_progress, desc="kNN-LM"):
         lm = token_log_probs(logits, target)  # (B, K)
         base -= float(lm.sum())
         ts = time.perf_counter()
         dists, vals = store.search(hidden.reshape(-1, dim).float(), kmax)  # (N, kmax) each
+        tw = time.perf_counter()
         for key, nll in sweep_nll(lm, dists, vals, target, ks, temperatures, lambdas).items():
             sums[key] = sums.get(key, 0.0) + nll
-        t_search += time.perf_counter() - ts
+        t_search, t_sweep = t_search + tw - ts, t_sweep + time.perf_counter() - tw
         count += target.numel()
     grid = [{"k": k, "temperature": t, "lambda": lam, "perplexity": math.exp(nll / count), "nll": nll / count}
             for (k, t, lam), nll in sums.items()]
     return {"base": {"perplexity": math.exp(base / count), "nll": base / count}, "grid": grid,
             "best": min(grid, key=lambda r: r["nll"]), "tokens": count, "window": window, "stride": stride,
             "entries": len(store), "seconds": round(time.perf_counter() - t0, 2),
-            "knn_seconds": round(t_search, 2)}
+            "search_seconds": round(t_search, 2), "sweep_seconds": round(t_sweep, 2)}
 
 
 def eval_tokens(text: str | os.PathLike, tokenizer: Tokenizer, max_tokens: int | None = None) -> torch.Tensor:

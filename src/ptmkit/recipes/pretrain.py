@@ -58,10 +58,8 @@ class DataSection:
     boundary: str = "no_cross"  # cross | no_cross | mask (see ptmkit.data.sampler)
     batch_size: int = 32  # sequences per micro-batch
     eval_batches: int = 10  # fixed held-out batches scored at each evaluation
-    # per-token entity links of data.train / data.eval (`ptm kg link`), read into each batch as entity_ids: the
-    # dea objective (ERNIE) needs them; other objectives ignore them
-    entities: str | None = None
-    eval_entities: str | None = None
+    entities: str | None = None  # per-token entity links of data.train (`ptm kg link`); ERNIE's dea objective needs them
+    eval_entities: str | None = None  # the same links for data.eval; objectives other than dea ignore both
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batches"):

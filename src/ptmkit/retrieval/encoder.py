@@ -109,9 +109,14 @@ class DenseEncoder:
     def fingerprint(self) -> str:
         """sha256 of the weights, the tokenizer and the pooling settings: two encoders with equal fingerprints map
         a text to the same vector (up to the precision of the forward pass)."""
-        c = self.cfg
-        return tensors_fingerprint(self.model.state_dict(), self.tokenizer.fingerprint(), c.pooling,
-                                   f"normalize={c.normalize}", f"max_length={c.max_length}")
+        c, state = self.cfg, self.model.state_dict()
+        # hashing ~90 MB of MiniLM takes 0.1 s: reuse the digest while no tensor was replaced or changed in place
+        # (every in-place write, an optimiser step included, bumps a tensor's _version)
+        key = tuple((k, t.data_ptr(), t._version) for k, t in state.items())
+        if getattr(self, "_fingerprint", (None, None))[0] != key:
+            self._fingerprint = (key, tensors_fingerprint(state, self.tokenizer.fingerprint(), c.pooling,
+                                                          f"normalize={c.normalize}", f"max_length={c.max_length}"))
+        return self._fingerprint[1]
 
     def describe(self) -> dict:
         return {"source": self.source, "fingerprint": self.fingerprint(), "dim": self.dim, "pooling": self.cfg.pooling,

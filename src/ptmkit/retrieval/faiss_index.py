@@ -188,6 +188,14 @@ def read(path: Path, cfg: IndexConfig, rebuild: str):
     return index
 
 
+def code_bytes(index) -> int:
+    """Bytes of one vector's code (4 D for fp32, 2 D for fp16, pq_m for 8-bit PQ), for flat and IVF indexes."""
+    faiss = _faiss()
+    inner = faiss.extract_index_ivf(index) if isinstance(faiss.downcast_index(index), faiss.IndexIVF) else \
+        faiss.downcast_index(index)
+    return int(inner.code_size)
+
+
 def bytes_per_vector(index) -> float:
     """Bytes the serialised index spends per vector (codes, ids, graph links, with the fixed part spread out)."""
     n = index.ntotal

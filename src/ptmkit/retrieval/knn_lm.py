@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class Datastore:
         """
         import tempfile
 
+        t0 = time.perf_counter()
         config = config or default_config()
         if config.metric != "l2":
             raise ConfigError("kNN-LM searches keys by L2 distance (Khandelwal et al. 2020 §2); use metric='l2'")
@@ -123,11 +125,15 @@ class Datastore:
             if not len(values):
                 raise ConfigError("kNN-LM datastore: no entries (the corpus gave no scored token); give it text")
             keys = np.memmap(tmp / "keys.f16", dtype=np.float16, mode="r", shape=(len(values), dim))  # (N, H)
-            index = _index_keys(keys, config, dim, show_progress)
+            t1 = time.perf_counter()
+            index, train_seconds = _index_keys(keys, config, dim, show_progress)
             del keys
             (tmp / "keys.f16").unlink()  # the index holds the keys now
             manifest = {"format": FORMAT, "version": VERSION, "entries": int(len(values)), "dim": dim,
-                        "index": {"config": config.to_dict(), "factory": config.factory(dim)}, **(meta or {})}
+                        "index": {"config": config.to_dict(), "factory": config.factory(dim)}, **(meta or {}),
+                        # seconds: all (the caller's LM pass over the corpus included), IVF/PQ training, adding
+                        "build_seconds": round(time.perf_counter() - t0, 2), "train_seconds": round(train_seconds, 2),
+                        "add_seconds": round(time.perf_counter() - t1 - train_seconds, 2)}
             store = cls(index, values, manifest)
             if out is not None:
                 faiss_index.write(index, tmp / "index.faiss")
@@ -149,8 +155,23 @@ class Datastore:
         return cls(index, np.load(d / "values.npy"), manifest)
 
     def bytes_per_entry(self) -> float:
-        """Bytes an entry takes: the serialised index per key plus the stored value."""
+        """Bytes an entry takes on average: the serialised index per key (fixed parts spread out) plus its value."""
         return faiss_index.bytes_per_vector(self.index) + self.values.itemsize
+
+    def entry_bytes(self) -> float:
+        """Bytes one more entry adds: its key's code, the id an inverted list stores beside it (IVF), its value.
+        HNSW's links vary by node, so there it is the average."""
+        if self.config.kind == "hnsw":
+            return self.bytes_per_entry()
+        per_key = faiss_index.code_bytes(self.index) + (8 if self.config.kind == "ivf" else 0)  # IVF ids are int64
+        return per_key + self.values.itemsize
+
+    def storage_bytes(self, entries: int | None = None) -> float:
+        """Bytes a store like this one takes with `entries` entries (default its own): the fixed part (headers,
+        IVF centroids, PQ codebooks) measured on this store plus `entries` x entry_bytes."""
+        n = len(self) if entries is None else entries
+        fixed = self.bytes_per_entry() * len(self) - self.entry_bytes() * len(self)
+        return fixed + n * self.entry_bytes()
 
     def search(self, queries: np.ndarray | torch.Tensor, k: int, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, K) squared L2 distances (+inf where missing) and next-token values (-1 where missing) of the k
@@ -195,12 +216,14 @@ def _index_keys(keys: np.ndarray, config: IndexConfig, dim: int, show_progress: 
     from tqdm.auto import tqdm
 
     index = faiss_index.new_index(config, dim)
+    t0 = time.perf_counter()
     if config.needs_training():
         faiss_index.train(index, config, keys[faiss_index.training_rows(len(keys), config)].astype(np.float32))
+    train_seconds = time.perf_counter() - t0
     for s in tqdm(range(0, len(keys), config.add_batch), desc="datastore", unit="batch", disable=not show_progress):
         index.add(keys[s:s + config.add_batch].astype(np.float32))
     faiss_index.tune(index, config)
-    return index
+    return index, train_seconds
 
 
 def sweep_nll(lm_log_prob: torch.Tensor, dists: torch.Tensor, values: torch.Tensor, target: torch.Tensor,

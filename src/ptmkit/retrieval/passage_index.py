@@ -19,6 +19,7 @@ Dimension legend: N passages, Q queries, D vector size, K neighbours.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -81,19 +82,41 @@ class PassageIndex:
         """Chunk `corpus` with the encoder's tokenizer, embed every passage and add the vectors to a new index.
         `on_batch(vectors_added)` runs after each added batch (a progress hook; tests interrupt builds with it)."""
         t0 = time.perf_counter()
-        if config.metric != "ip":
-            raise ConfigError("a passage index ranks by inner product (metric='ip'); L2 is for kNN-LM datastores")
         record = corpus_record(corpus)  # hashed before reading, so a file changed mid-build shows on the next load
         passages, stats = read_passages(corpus, encoder.tokenizer, chunking)
         record.update(documents=stats.documents, bad_lines=stats.num_bad)
+        idx = cls.from_passages(passages, encoder, config, show_progress, on_batch, corpus=record,
+                                chunking=vars(chunking).copy())
+        idx.manifest["build_seconds"] = round(time.perf_counter() - t0, 2)
+        log.info("indexed %d passages of %d documents (%s, %.1f s)", len(passages), stats.documents,
+                 idx.manifest["index"]["factory"], idx.manifest["build_seconds"])
+        return idx
+
+    @classmethod
+    def from_passages(cls, passages: list[Passage], encoder: DenseEncoder, config: IndexConfig = IndexConfig(),
+                      show_progress: bool = True, on_batch: Callable[[int], None] | None = None, *,
+                      corpus: dict | None = None, chunking: dict | None = None) -> PassageIndex:
+        """An index of passages already in memory (ids = their positions). `corpus` / `chunking`: what to record
+        about their source (default: a fingerprint of the passage texts, and nothing)."""
+        t0 = time.perf_counter()
+        if config.metric != "ip":
+            raise ConfigError("a passage index ranks by inner product (metric='ip'); L2 is for kNN-LM datastores")
+        if not passages:
+            raise ConfigError("an index needs at least one passage; got none")
+        if [p.id for p in passages] != list(range(len(passages))):
+            raise ConfigError("passage ids must be 0..N-1 in order (they are the index's ids); renumber them")
+        if corpus is None:
+            h = hashlib.sha256()
+            for p in passages:
+                h.update(p.text.encode("utf-8") + b"\0")
+            corpus = {"path": None, "files": [], "fingerprint": h.hexdigest(),
+                      "documents": len({p.doc for p in passages})}
         index = cls._embed(passages, encoder, config, show_progress, on_batch)
-        manifest = {"format": FORMAT, "version": VERSION, "encoder": encoder.describe(), "corpus": record,
-                    "chunking": vars(chunking).copy(),
+        manifest = {"format": FORMAT, "version": VERSION, "encoder": encoder.describe(), "corpus": corpus,
+                    "chunking": chunking or {},
                     "index": {"config": config.to_dict(), "factory": config.factory(encoder.dim),
                               "ntotal": int(index.ntotal)},
                     "passages": len(passages), "build_seconds": round(time.perf_counter() - t0, 2)}
-        log.info("indexed %d passages of %d documents (%s, %.1f s)", len(passages), stats.documents,
-                 manifest["index"]["factory"], manifest["build_seconds"])
         return cls(passages, index, encoder, manifest)
 
     @staticmethod
@@ -142,6 +165,8 @@ class PassageIndex:
         return out
 
     def _rebuild_command(self, out: Path) -> str:
+        if self.manifest["corpus"]["path"] is None:
+            return "PassageIndex.from_passages(...) with the same passages, then .save()"
         c, args = self.config, ["ptm", "index", "build", self.manifest["corpus"]["path"], "--encoder",
                                 self.manifest["encoder"]["source"], "--out", os.fspath(out), "--kind", self.config.kind]
         if c.storage != "fp32":
@@ -244,7 +269,7 @@ def recorded_encoder_config(manifest: dict) -> EncoderConfig:
 def _check_corpus(manifest: dict, corpus: str | os.PathLike | None, rebuild: str) -> None:
     rec = manifest["corpus"]
     if corpus is None:
-        if not all(Path(f).is_file() for f in rec["files"]):
+        if not rec["files"] or not all(Path(f).is_file() for f in rec["files"]):
             return  # the corpus moved or is gone: the passages are stored with the index, nothing to compare
         corpus = rec["path"]
     now = corpus_record(corpus)

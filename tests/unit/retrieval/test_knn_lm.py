@@ -114,10 +114,11 @@ def test_bytes_per_entry_counted_on_disk_and_a_million_entries_fit_in_2_gib(cfg,
         sizes[n] = sum(f.stat().st_size for f in (tmp_path / str(n)).iterdir() if f.name != "manifest.json")
         assert ds.manifest["bytes_per_entry"] == round(sizes[n] / n, 2)
     marginal = (sizes[3000] - sizes[1500]) / 1500  # what one more entry costs on disk
-    assert marginal == per_entry
+    assert marginal == per_entry == ds.entry_bytes()
     fixed = sizes[3000] - 3000 * marginal  # headers, codebooks, centroids
     assert fixed + 1_000_000 * marginal <= 2 * GIB  # the issue's target at SmolLM2's width (576)
     assert abs(ds.bytes_per_entry() - sizes[3000] / 3000) < 1  # the in-memory count agrees with the disk
+    assert abs(ds.storage_bytes(1_000_000) - (fixed + 1_000_000 * marginal)) < 3000  # and so does the projection
 
 
 def test_a_foreign_or_damaged_store_and_a_k_beyond_it_are_refused(lm, tmp_path):

@@ -175,3 +175,18 @@ def test_refresh_re_embeds_with_a_new_encoder(built, encoder_dir, tmp_path):
                                atol=1e-6)
     fresh.save(tmp_path / "ix")
     assert PassageIndex.load(tmp_path / "ix", new).search([PLANTED], 1).ids[0, 0] == planted_id(idx)
+
+
+def test_an_index_of_passages_in_memory_saves_and_loads(encoder, encoder_dir, tmp_path):
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.retrieval.passages import chunk_documents
+
+    docs = ["river castle garden", PLANTED, "winter music soldier letter"]
+    passages = list(chunk_documents(docs, Tokenizer.load(encoder_dir), CHUNK))
+    idx = PassageIndex.from_passages(passages, encoder, IndexConfig(storage="fp16"), show_progress=False)
+    assert idx.manifest["corpus"]["path"] is None and idx.manifest["corpus"]["documents"] == 3
+    idx.save(tmp_path / "ix")
+    again = PassageIndex.load(tmp_path / "ix", encoder)
+    assert again.search([PLANTED], k=1).ids[0, 0] == 1 and "from_passages" in again.manifest["rebuild"]
+    with pytest.raises(ConfigError, match="ids must be 0..N-1"):
+        PassageIndex.from_passages(passages[1:], encoder, show_progress=False)

@@ -42,7 +42,7 @@ class ImagesConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # its aspect range (width / height)
     flip: float = 0.0  # horizontal-flip probability; 0: mirrored emoji, arrows and text change meaning
     mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))  # per-channel normalisation (OpenAI CLIP's)
-    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))  # per-channel scale after the mean
     max_bad_fraction: float = 0.05  # more unreadable images than this in a source is an error, not a warning
     vocab_size: int = 4096  # WordPiece tokenizer trained on the training captions when data.tokenizer is empty
 
@@ -121,8 +121,9 @@ class ImageTextDataset:
                 raise ValueError(f"{report.file}: {cache.report()}: more than images.max_bad_fraction "
                                  f"({cfg.max_bad_fraction:g}) of its {len(records)} images; fix or remove those lines")
             self.caches.append(cache)
+            fraction = cfg.held_out if source.held_out is None else source.held_out
             for i, r in enumerate(records):
-                out = held_out(r.id, cfg.held_out, cfg.split_seed)
+                out = held_out(r.id, fraction, cfg.split_seed)
                 if cache.ok[i] and (split == "all" or out == (split == "held_out")):
                     rows.append((len(self.caches) - 1, i))
                     self.records.append(r)

@@ -32,10 +32,13 @@ class ImageTextSource:
     captions: list[str] = field(default_factory=lambda: ["{captions}"])  # caption templates over the line's fields
     eval_captions: list[str] | None = None  # templates of the captions retrieval scores; None = `captions`
     id_field: str | None = None  # a unique image id for the held-out split; None = the image path
+    held_out: float | None = None  # this source's held-out fraction; None = the images section's
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError("images source: path is required (a JSON-lines file of images and captions)")
+        if self.held_out is not None and not 0.0 <= self.held_out < 1.0:
+            raise ConfigError(f"images source {self.path}: held_out must be in [0, 1), got {self.held_out}")
         if not self.captions or self.eval_captions == []:
             raise ConfigError(f"images source {self.path}: give at least one caption template")
         for t in [*self.captions, *(self.eval_captions or [])]:

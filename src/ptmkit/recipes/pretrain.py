@@ -124,8 +124,15 @@ def build_objective(section: ObjectiveSection, tokenizer: Tokenizer, vocab_size:
     if "special_token_ids" in hints and "special_token_ids" not in params:
         params["special_token_ids"] = tokenizer.all_special_ids
     cfg = from_dict(cfg_cls, params, where=f"objective.{section.name}")
+    if hasattr(obj_cls, "from_retriever"):  # retrieval-augmented (REALM): its passage index and encoders, loaded here
+        from ptmkit.retrieval.retriever import Retriever  # (objectives never import retrieval/)
+
+        objective = obj_cls.from_retriever(cfg, tokenizer, Retriever.load(cfg.index, temperature=cfg.temperature))
     # objectives that read the vocabulary (word starts, [CLS]/[SEP], an entity dictionary) build from the tokenizer
-    objective = obj_cls.from_tokenizer(cfg, tokenizer) if hasattr(obj_cls, "from_tokenizer") else obj_cls(cfg)
+    elif hasattr(obj_cls, "from_tokenizer"):
+        objective = obj_cls.from_tokenizer(cfg, tokenizer)
+    else:
+        objective = obj_cls(cfg)
     if seq_len is not None and hasattr(objective, "check_seq_len"):
         objective.check_seq_len(seq_len)  # e.g. a span longer than the sequence: an error now, not mid-run
     return objective
@@ -361,7 +368,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = train(run.model, run.objective, run.batches, out, cfg.train, cfg.optim, cfg.schedule, run.evaluate,
                     resume, flops_per_token=run.flops_per_token, peak_flops=run.peak, parallel=state,
-                    on_step=layer_drop.step if layer_drop.blocks else None)
+                    on_step=_step_hooks(layer_drop.step if layer_drop.blocks else None,
+                                        getattr(run.objective, "on_step", None)))
     trained = summary.pop("trained")
     summary.pop("best")
     summary["wall_s"] = time.perf_counter() - t0
@@ -378,6 +386,20 @@ def _pretrain(cfg: PretrainConfig, resume: bool, state) -> dict[str, Any]:
     if main:
         atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _step_hooks(*hooks):
+    """One on_step callback for the engine from the run's hooks (LayerDrop's schedule, REALM's index refresh), or
+    None when there is none."""
+    hooks = [h for h in hooks if h is not None]
+    if not hooks:
+        return None
+
+    def on_step(step: int) -> None:
+        for h in hooks:
+            h(step)
+
+    return on_step
 
 
 def _unsharded_copy(cfg: PretrainConfig, trained, tokenizer, main: bool, pp: int = 1):

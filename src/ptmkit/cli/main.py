@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": "ptmkit.cli.evaluate",
     "convert": "ptmkit.cli.convert",
     "generate": "ptmkit.cli.generate",
+    "generate-image": "ptmkit.cli.generate_image",
     "merge": "ptmkit.cli.merge",
     "icl": "ptmkit.cli.icl",
     "export-onnx": "ptmkit.cli.export_onnx",
@@ -26,6 +27,7 @@ COMMANDS = {
     "analyze": "ptmkit.cli.analyze",
     "zero-shot": "ptmkit.cli.zero_shot",
     "index": "ptmkit.cli.index",
+    "rag": "ptmkit.cli.rag",
 }
 
 

@@ -41,6 +41,8 @@ from ptmkit.models.convert.vit import ViTAdapter
 from ptmkit.models.vit import ViTConfig, ViTEncoder
 from ptmkit.models.convert.ernie import ErnieAdapter
 from ptmkit.models.ernie import ERNIE_HEADS, ErnieConfig, ErnieEncoder
+from ptmkit.models.convert.vqvae import VQVAEAdapter
+from ptmkit.models.vqvae import VQVAE, VQVAE_HEADS, VQVAEConfig
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ FAMILIES: dict[str, Family] = {
     "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter(), heads=CLIP_HEADS),
     # THU-ERNIE (Zhang et al. 2019): BERT layers, then aggregator layers fusing TransE entity embeddings (no HF form)
     "ernie-thu": Family(ErnieConfig, ErnieEncoder, ErnieAdapter(), heads=ERNIE_HEADS),
+    # Text-to-image (survey §5.2, DALL·E / CogView): the VQ-VAE image tokenizer (van den Oord et al. 2017), no HF form
+    "vqvae": Family(VQVAEConfig, VQVAE, VQVAEAdapter(), heads=VQVAE_HEADS),
 }
 
 # Checkpoint forms of a family's Mixture-of-Experts variant (its config's `moe`), by family. transformers' only sparse
@@ -128,6 +132,8 @@ TASKS: dict[str, Task] = {
     # a masked LM that also reads aligned entity ids (models/ernie.py; objectives/dea.py)
     "knowledge-masked-lm": Task(only="an encoder with an entity input: use model family ernie-thu"),
     # knowledge-graph embeddings (models/transe.py, objectives/transe.py): not a Transformer head
+    # a VQ-VAE image tokenizer reconstructing its input (models/vqvae.py, objectives/vqvae.py)
+    "image-reconstruction": Task(only="an image autoencoder (use model family vqvae)"),
     "kg-embedding": Task(only="the TransE model of ptmkit.models.transe (train it with `ptm kg transe`)"),
     "masked-lm-sop": Task(only="ALBERT's pre-training model (MLM + sentence-order head): use model family albert, or "
                                "task masked-lm with other encoders (the sop objective adds its own head)"),

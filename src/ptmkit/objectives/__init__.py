@@ -21,6 +21,8 @@ from ptmkit.objectives.transe import TransEObjective, TransEObjectiveConfig
 from ptmkit.objectives.dea import DEAConfig, DenoisingEntityAutoEncoder
 from ptmkit.objectives.kepler import KEPLER, KEPLERConfig
 from ptmkit.objectives.linking import EntityLinker
+from ptmkit.objectives.vqvae import VQVAELossConfig, VQVAEObjective
+from ptmkit.objectives.text_to_image import TextToImageConfig, TextToImageLM
 from ptmkit.objectives.realm import REALM, REALMConfig
 
 OBJECTIVES = {
@@ -48,6 +50,9 @@ OBJECTIVES = {
     "kepler": (KEPLERConfig, KEPLER),  # KEPLER: MLM + knowledge embedding over encoded entity descriptions
     # retrieval-augmented pre-training (survey §4.2; docs/knowledge.md): the recipe loads objective.params.index
     "realm": (REALMConfig, REALM),  # REALM: masked LM marginalised over k retrieved passages, trainable retriever
+    # text-to-image (survey §5.2, DALL·E / CogView; docs/multimodal.md)
+    "vqvae": (VQVAELossConfig, VQVAEObjective),  # VQ-VAE image tokenizer: reconstruction + commitment (family vqvae)
+    "text-to-image": (TextToImageConfig, TextToImageLM),  # DALL·E: causal LM over [text ; image codes] (gpt2/llama)
 }
 
 __all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "TranslationLM", "PermutationLM", "PLMConfig",

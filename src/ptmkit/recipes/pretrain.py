@@ -276,7 +276,11 @@ class _Run:
 def _build(cfg: PretrainConfig, state, resume: bool = False) -> _Run:
     """Tokenizer, shards, objective, model, batches and evaluator: every check a run can fail happens here."""
     from ptmkit.recipes.image_text import build_run, reads_images
+    from ptmkit.recipes.text_to_image import image_token_run
 
+    image_tokens = image_token_run(cfg, state, resume)  # a VQ-VAE or a text-to-image generator (DALL·E), else None
+    if image_tokens is not None:
+        return _Run(**image_tokens)
     if cfg.images.train or reads_images(cfg.objective.name):  # image-text pairs (CLIP): recipes/image_text.py
         return _Run(**build_run(cfg, state, resume), flops_per_token=0.0, peak=None, peak_source="")
     if not cfg.data.train or not cfg.data.tokenizer:
@@ -441,7 +445,8 @@ def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, export
     for name, m, d in (("model", model, model_dir), *((n, m, exports_dir / n) for n, m in extra.items())):
         with atomic.atomic_dir(d) as tmp:
             save_model(m, tmp, tokenizer_from=None)
-            tokenizer.save(tmp)
+            if tokenizer is not None:  # an image tokenizer (VQ-VAE) run reads no text
+                tokenizer.save(tmp)
         written[f"{name}_dir"] = str(d)
     return written
 

@@ -56,8 +56,7 @@ def test_token_and_sequence_differ_with_several_passages_and_gradient_reaches_th
         losses[m], _ = rag.loss(model, _batch(tokenizer))
         losses[m].backward()
         assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in module["query"].parameters())
-    # Jensen: the per-token mixture is never less likely than the per-sequence one
-    assert losses["token"].item() <= losses["sequence"].item() + 1e-6
+    # several passages: a mixture per token is not a mixture per answer (they agree only when k = 1)
     assert losses["token"].item() != pytest.approx(losses["sequence"].item(), abs=1e-7)
 
 
@@ -92,3 +91,26 @@ def test_refusals_name_the_fix(tokenizer, retriever):
         RAG(RAGConfig(k=1), tokenizer, retriever).bind(tiny("llama", "causal-lm", 50))
     with pytest.raises(ConfigError, match="marginalise"):
         RAGConfig(marginalise="document")
+
+
+def test_trains_through_the_engine_and_the_query_encoder_loads_back(tokenizer, index_dir, tmp_path):
+    import json
+
+    from ptmkit.models import save_model
+    from ptmkit.recipes.rag import RagRunConfig, load_rag, train_rag
+    from ptmkit.train.loop import TrainConfig
+
+    gen = tmp_path / "gen"
+    save_model(tiny("llama", "causal-lm", tokenizer.vocab_size), gen)
+    tokenizer.save(gen)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)))
+    cfg = RagRunConfig(generator=str(gen), index=str(index_dir), train=str(data), batch_size=2,
+                       objective={"k": 2, "marginalise": "token"}, out=str(tmp_path / "run"),
+                       engine=TrainConfig(steps=3, precision="fp32", eval_every=0, checkpoint_every=3,
+                                          progress_bar=False))
+    s = train_rag(cfg)
+    assert s["steps"] == 3 and (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") >= 2
+    model, rag = load_rag(s["generator"], index_dir, s["query_encoder"], {"k": 2})
+    assert rag.retriever.query.fingerprint() != rag.retriever.document.fingerprint()  # the trained one
+    assert rag_generate(model, rag, [PLANTED], max_new_tokens=2)[0].passages[0].text == PLANTED

@@ -45,6 +45,7 @@ class ImagesConfig:
     std: list[float] = field(default_factory=lambda: list(CLIP_STD))  # per-channel scale after the mean
     max_bad_fraction: float = 0.05  # more unreadable images than this in a source is an error, not a warning
     vocab_size: int = 4096  # WordPiece tokenizer trained on the training captions when data.tokenizer is empty
+    tokenizer: str = ""  # text-to-image: the image tokenizer (a VQ-VAE model directory) whose codes the model learns
 
     def __post_init__(self) -> None:
         check_positive("images", image_size=self.image_size, vocab_size=self.vocab_size)
@@ -101,14 +102,16 @@ def padded(ids: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
 class ImageTextDataset:
     """The kept images of `split` ("train", "held_out" or "all") of every source, their captions tokenised.
 
-    `tokenizer` is a ptmkit Tokenizer whose encode() adds the text tower's start and end tokens."""
+    `tokenizer` is a ptmkit Tokenizer whose encode() adds the text tower's start and end tokens; None reads the
+    images alone (an image tokenizer such as the VQ-VAE trains on pixels only): batches then hold no captions."""
 
     def __init__(self, cfg: ImagesConfig, tokenizer, seq_len: int, split: str = "train"):
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
         if not cfg.train:
             raise ConfigError("images.train names no source: give at least one JSON-lines file of images and captions")
-        self.cfg, self.split, self.seq_len, self.pad_id = cfg, split, seq_len, tokenizer.pad_id
+        self.cfg, self.split, self.seq_len = cfg, split, seq_len
+        self.pad_id = tokenizer.pad_id if tokenizer is not None else None
         self.caches: list[ImageCache] = []
         self.records: list[ImageTextRecord] = []
         self.bad_lines: list[str] = []
@@ -132,6 +135,9 @@ class ImageTextDataset:
                              f"{'held out' if split == 'train' else 'in training'} or unreadable; check images.held_out")
         self.rows = np.asarray(rows, dtype=np.int64)  # (N, 2)
         self.truncated, self.first_truncated = 0, ""
+        if tokenizer is None:
+            self.captions = self.eval_captions = None
+            return
         self.captions = self._tokenise(tokenizer, [r.captions for r in self.records])
         self.eval_captions = self._tokenise(tokenizer, [r.eval_captions for r in self.records])
         if self.truncated:
@@ -190,12 +196,21 @@ class ImageTextDataset:
         return padded(caps.ids[rows], caps.lengths[rows])
 
     def batch(self, indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A training batch: each image augmented, with one of its captions drawn at random."""
+        """A training batch: each image augmented, with one of its captions drawn at random (images alone when the
+        dataset has no tokenizer)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self.captions is None:
+            return {"pixel_values": self.pixel_values(idx, generator)}
+        rows = self.caption_rows(idx, generator)  # drawn before the augmentation, as always: same batches as before
+        return {"pixel_values": self.pixel_values(idx, generator), **self.tokens(rows)}
+
+    def caption_rows(self, indices: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        """(B,) one training caption row of each image, drawn uniformly among its captions."""
         idx = np.asarray(indices, dtype=np.int64)
         offsets = self.captions.offsets
         count = torch.from_numpy(offsets[idx + 1] - offsets[idx])  # (B,) captions per image
         pick = (torch.rand(len(idx), generator=generator) * count).long().clamp_max(count - 1).numpy()
-        return {"pixel_values": self.pixel_values(idx, generator), **self.tokens(offsets[idx] + pick)}
+        return offsets[idx] + pick
 
     def eval_caption_owners(self) -> np.ndarray:
         """(M,) the image index of every evaluation caption (a retrieval query's right answer)."""

@@ -57,6 +57,12 @@ TINY: dict[str, tuple[dict, str, str]] = {
                   vision=dict(image_size=16, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
                               intermediate_size=128),
                   projection_dim=32), "base", "image-text"),
+    # vision-language encoders over caption tokens and 2 x 2 patches (a masked patch included)
+    "visualbert": (dict(_SIZE, max_position_embeddings=16, image_size=16, patch_size=8, num_visual_classes=8),
+                   "vl-pretraining", "vision-language"),
+    "lxmert": (dict({k: v for k, v in _SIZE.items() if k != "num_layers"}, num_text_layers=1, num_image_layers=1,
+                    num_cross_layers=1, max_position_embeddings=16, image_size=16, patch_size=8, num_visual_classes=8),
+               "vl-pretraining", "vision-language"),
 }
 
 # family -> the transformers class its tested task exports to and imports from
@@ -82,6 +88,10 @@ NO_HF_FORM: dict[str, tuple[str, str]] = {
     "transfo-xl": ("transformers v5 removed Transformer-XL (its TransfoXL classes used an adaptive softmax ptmkit "
                    "leaves out); ptmkit writes its own tensor names under a model_type of its own "
                    "(models/convert/transfo_xl.py), which transformers refuses", "ptmkit-transfo-xl"),
+    "visualbert": ("transformers' VisualBertModel reads detector region features (visual_embeds), not pixels: ptmkit "
+                   "writes its own tensor names (models/convert/vl.py)", "ptmkit-visualbert"),
+    "lxmert": ("transformers' LxmertModel reads detector features and boxes, not pixels: ptmkit writes its own "
+               "tensor names (models/convert/vl.py)", "ptmkit-lxmert"),
     "ernie-thu": ("transformers has no THU-ERNIE (Zhang et al. 2019; its 'ernie' is Baidu's ERNIE): ptmkit writes "
                   "its own tensor names (models/convert/ernie.py)", "ptmkit-ernie-thu"),
 }
@@ -129,6 +139,10 @@ def _inputs(name: str, padded: bool):
         ids[torch.arange(B), mask.sum(-1) - 1] = 3
         ours_args = [ids, pixels, mask]
         hf = dict(input_ids=ids, pixel_values=pixels, attention_mask=mask)
+    if kind == "vision-language":  # caption + image in one call; one patch masked so the [MASK] vector is used
+        image_mask = torch.zeros(B, 4, dtype=torch.bool)
+        image_mask[:, 1] = True
+        ours_args, ours_kw = [ids, pixels, mask], {"image_mask": image_mask}
     if kind == "seq2seq":
         dec = torch.randint(6, V, (B, 7))
         ours_args.append(dec)

@@ -26,6 +26,12 @@ STEPS = {"rtd": 400, "nsp": 200, "sop": 200, "wwm": 200, "kepler": 300}
 # RTD's total is MLM + 50 x RTD; across initialisations it ends between 0.45 and 0.55 of its start after 400 updates
 # (the discriminator term falls from log 2 only once replaced tokens become detectable), so its bar is 0.6.
 FALL = {"rtd": 0.6}
+# vlp (VisualBERT/UNITER: MLM + masked region modelling + image-text matching, one task per row): with one random
+# picture per word, every term is memorising 60 pictures; the image-conditioned MLM part falls first (4.2 -> 3.6 after
+# 100 updates, 3.1 after 200), region regression and matching only later: the total reaches ~0.8 of its start after
+# 150 updates.
+STEPS["vlp"] = 150
+FALL["vlp"] = 0.9
 
 
 def _model(task):
@@ -36,6 +42,16 @@ def _model(task):
             vision=dict(image_size=16, patch_size=8, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
             projection_dim=32))
         return build_model("clip", cfg, task)
+    if task == "vl-pretraining":  # single-stream VisualBERT on 16 x 16 images (4 patches), codebook of the patterns
+        from ptmkit.nn.patches import patchify
+        from ptmkit.objectives.codebook import fit_codebook
+
+        cfg = make_config("visualbert", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2,
+                                             intermediate_size=128, max_position_embeddings=8, image_size=16,
+                                             patch_size=8, num_visual_classes=4, dropout=0.0, attention_dropout=0.0))
+        model = build_model("visualbert", cfg, task)
+        model.set_codebook(fit_codebook(patchify(_PATTERNS, 8).flatten(0, 1), 4))
+        return model
     if task == "masked-lm":
         cfg = make_config("bert", dict(vocab_size=V, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
                                        max_position_embeddings=32, dropout=0.0, attention_dropout=0.0))

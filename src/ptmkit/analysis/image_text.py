@@ -79,14 +79,45 @@ def chance_recall(owner: np.ndarray, n_images: int, ks=KS) -> dict[str, dict[int
             "text_to_image": {k: min(1.0, k / n_images) for k in ks}}
 
 
-def retrieval(model, dataset, device="cpu", ks=KS, batch_size: int = 256, autocast=None) -> dict:
-    """Recall@k both ways over `dataset`'s images and their evaluation captions, with the chance levels."""
-    images = image_embeddings(model, dataset, batch_size, device, autocast)
+@torch.no_grad()
+def match_similarity(model, dataset, images: np.ndarray, batch_size: int = 256, device="cpu",
+                     autocast=None) -> tuple[torch.Tensor, np.ndarray]:
+    """(N, M) image x caption scores of a model that reads each pair jointly (single-/two-stream encoders: the
+    image-text matching margin, UNITER §4's retrieval), every pair of the `images` (dataset indices) and all their
+    evaluation captions, in batches of `batch_size` pairs; and (M,) each caption's image (0..N-1)."""
     caps = dataset.eval_captions
-    texts = text_embeddings(model, caps.ids, caps.lengths, batch_size, device, autocast)
-    owner = dataset.eval_caption_owners()
-    return {"images": len(dataset), "captions": len(owner), "recall": recall_at_k(images @ texts.T, owner, ks),
-            "chance": chance_recall(owner, len(dataset), ks)}
+    rows = np.concatenate([np.arange(caps.offsets[i], caps.offsets[i + 1]) for i in images])  # (M,) caption rows
+    owner = np.repeat(np.arange(len(images)), np.diff(caps.offsets)[images])
+    pixels = dataset.pixel_values(images)  # (N, C, S, S), no augmentation
+    text = padded(caps.ids[rows], caps.lengths[rows])  # (M, T)
+    n, m = len(images), len(rows)
+    scores = torch.empty(n * m)
+    for start in range(0, n * m, batch_size):
+        pair = torch.arange(start, min(start + batch_size, n * m))  # flat (image, caption) index, image-major
+        img, cap = pair // m, pair % m
+        with autocast() if autocast else contextlib.nullcontext():
+            s = model.match_score(text["input_ids"][cap].to(device), pixels[img].to(device),
+                                  text["attention_mask"][cap].to(device))
+        scores[pair] = s.float().cpu()
+    return scores.view(n, m), owner
+
+
+def retrieval(model, dataset, device="cpu", ks=KS, batch_size: int = 256, autocast=None,
+              max_images: int | None = None) -> dict:
+    """Recall@k both ways over `dataset`'s images and their evaluation captions, with the chance levels. A dual
+    encoder (CLIP) ranks by cosine similarity; a model that scores pairs jointly (`match_score`) scores every
+    image-caption pair, N x M forward passes, so `max_images` may cap N (the first images of the set)."""
+    if hasattr(model, "match_score"):
+        images = np.arange(min(len(dataset), max_images or len(dataset)))
+        similarity, owner = match_similarity(model, dataset, images, batch_size, device, autocast)
+        n = len(images)
+    else:
+        emb = image_embeddings(model, dataset, batch_size, device, autocast)
+        caps = dataset.eval_captions
+        texts = text_embeddings(model, caps.ids, caps.lengths, batch_size, device, autocast)
+        owner, n, similarity = dataset.eval_caption_owners(), len(dataset), emb @ texts.T
+    return {"images": n, "captions": len(owner), "recall": recall_at_k(similarity, owner, ks),
+            "chance": chance_recall(owner, n, ks)}
 
 
 def class_embeddings(model, tokenizer, classes: list[str], templates: list[str], seq_len: int, device="cpu",

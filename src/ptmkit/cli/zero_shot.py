@@ -14,12 +14,15 @@ def add_parser(sub) -> None:
             "Embed the images of a JSON-lines image-text set and their captions with a CLIP model directory; report "
             "recall@1/5/10 image->text and text->image, zero-shot classification accuracy of the images by a label "
             "field with prompt templates (--classes, --template), and with --probe a linear probe on the same image "
-            "vectors trained on the training split; chance levels beside each. Use the pre-training's --held-out "
+            "vectors trained on the training split; chance levels beside each. A single- or two-stream model "
+            "(visualbert, lxmert) is scored by retrieval only, ranking every image-caption pair by its image-text "
+            "matching score (N x M forward passes). Use the pre-training's --held-out "
             "and --split-seed to score only images it never trained on. Writes OUT/results.json."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="CLIP model directory (ptm pretrain's OUT/model, or a transformers CLIPModel)")
+    p.add_argument("model", help="CLIP model directory (ptm pretrain's OUT/model, or a transformers CLIPModel), or a "
+                                 "visualbert / lxmert model directory (retrieval by image-text matching)")
     p.add_argument("--data", required=True, metavar="JSONL",
                    help="image-text JSON lines; a relative path not found here is looked up under $PTMKIT_DATA")
     p.add_argument("--image-field", default="image", help="field holding the image path (default: image)")

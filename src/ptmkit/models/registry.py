@@ -43,6 +43,10 @@ from ptmkit.models.convert.ernie import ErnieAdapter
 from ptmkit.models.ernie import ERNIE_HEADS, ErnieConfig, ErnieEncoder
 from ptmkit.models.convert.vqvae import VQVAEAdapter
 from ptmkit.models.vqvae import VQVAE, VQVAE_HEADS, VQVAEConfig
+from ptmkit.models.convert.vl import lxmert_adapter, visualbert_adapter
+from ptmkit.models.lxmert import LxmertConfig, LxmertEncoder
+from ptmkit.models.visualbert import VisualBertConfig, VisualBertEncoder
+from ptmkit.models.vl_heads import VL_HEADS
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ FAMILIES: dict[str, Family] = {
     "clip": Family(CLIPConfig, CLIPModel, CLIPAdapter(), heads=CLIP_HEADS),
     # THU-ERNIE (Zhang et al. 2019): BERT layers, then aggregator layers fusing TransE entity embeddings (no HF form)
     "ernie-thu": Family(ErnieConfig, ErnieEncoder, ErnieAdapter(), heads=ERNIE_HEADS),
+    # Vision-language encoders (survey §5.2) over caption tokens and image patches: single-stream (VisualBERT,
+    # VL-BERT, UNITER: one encoder) and two-stream (ViLBERT, LXMERT: two streams joined by co-attention)
+    "visualbert": Family(VisualBertConfig, VisualBertEncoder, visualbert_adapter(), heads=VL_HEADS),
+    "lxmert": Family(LxmertConfig, LxmertEncoder, lxmert_adapter(), heads=VL_HEADS),
     # Text-to-image (survey §5.2, DALL·E / CogView): the VQ-VAE image tokenizer (van den Oord et al. 2017), no HF form
     "vqvae": Family(VQVAEConfig, VQVAE, VQVAEAdapter(), heads=VQVAE_HEADS),
 }
@@ -128,6 +136,8 @@ TASKS: dict[str, Task] = {
     "permutation-lm": Task(only="the two-stream xlnet family"),
     # CLIP's contrastive pre-training trains the dual encoder itself (models/clip.py, objectives/clip.py)
     "image-text-contrastive": Task(only="an image-text dual encoder (use model family clip)"),
+    # masked LM + masked region modelling + image-text matching heads (models/vl_heads.py, objectives/vlp.py)
+    "vl-pretraining": Task(only="a vision-language encoder (use model family visualbert or lxmert)"),
     # ALBERT's pre-training model (models/albert.py, objectives/nsp.py); the sop objective adds its own head elsewhere
     # a masked LM that also reads aligned entity ids (models/ernie.py; objectives/dea.py)
     "knowledge-masked-lm": Task(only="an encoder with an entity input: use model family ernie-thu"),

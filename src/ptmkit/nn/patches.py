@@ -83,3 +83,14 @@ class ImageEmbeddings(nn.Module):
         cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, H)
         x = torch.cat([cls, x], dim=1) + self.pos.to(x.dtype)  # (B, 1 + N, H)
         return self.drop(x)
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, S, S) -> (B, N, P * P * C): each patch's raw pixels, in PatchEmbedding's row-major patch order (the
+    per-patch "region features" of vision-language objectives: masked feature regression targets, codebook inputs)."""
+    b, c, h, w = pixel_values.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"images of {h} x {w} pixels are not tiled by {patch_size}-pixel patches; use an image size "
+                         f"that is a multiple of the patch size")
+    x = pixel_values.reshape(b, c, h // patch_size, patch_size, w // patch_size, patch_size)  # (B, C, g, P, g, P)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch_size) * (w // patch_size), -1)  # (B, N, P*P*C)

@@ -21,9 +21,10 @@ from ptmkit.objectives.transe import TransEObjective, TransEObjectiveConfig
 from ptmkit.objectives.dea import DEAConfig, DenoisingEntityAutoEncoder
 from ptmkit.objectives.kepler import KEPLER, KEPLERConfig
 from ptmkit.objectives.linking import EntityLinker
+from ptmkit.objectives.realm import REALM, REALMConfig
+from ptmkit.objectives.vlp import VisionLanguagePretraining, VLPConfig
 from ptmkit.objectives.vqvae import VQVAELossConfig, VQVAEObjective
 from ptmkit.objectives.text_to_image import TextToImageConfig, TextToImageLM
-from ptmkit.objectives.realm import REALM, REALMConfig
 
 OBJECTIVES = {
     "mlm": (MLMConfig, MaskedLM),
@@ -50,6 +51,9 @@ OBJECTIVES = {
     "kepler": (KEPLERConfig, KEPLER),  # KEPLER: MLM + knowledge embedding over encoded entity descriptions
     # retrieval-augmented pre-training (survey §4.2; docs/knowledge.md): the recipe loads objective.params.index
     "realm": (REALMConfig, REALM),  # REALM: masked LM marginalised over k retrieved passages, trainable retriever
+    # single-/two-stream vision-language encoders (families visualbert, lxmert; images section): image-conditioned MLM,
+    # masked region feature regression and classification, image-text matching, optional word-region alignment
+    "vlp": (VLPConfig, VisionLanguagePretraining),
     # text-to-image (survey §5.2, DALL·E / CogView; docs/multimodal.md)
     "vqvae": (VQVAELossConfig, VQVAEObjective),  # VQ-VAE image tokenizer: reconstruction + commitment (family vqvae)
     "text-to-image": (TextToImageConfig, TextToImageLM),  # DALL·E: causal LM over [text ; image codes] (gpt2/llama)
@@ -64,4 +68,4 @@ __all__ = ["OBJECTIVES", "MMLMConfig", "MultilingualMLM", "TLMConfig", "Translat
            "SpanCorruption", "SpanCorruptionConfig", "Denoising", "DenoisingConfig", "NoiseTransform",
            "MASS", "MASSConfig", "SimCSE", "SimCSEConfig", "CLIPContrastive", "CLIPLossConfig",
            "TransEObjective", "TransEObjectiveConfig", "DenoisingEntityAutoEncoder", "DEAConfig", "KEPLER",
-           "KEPLERConfig", "EntityLinker", "REALM", "REALMConfig"]
+           "KEPLERConfig", "EntityLinker", "REALM", "REALMConfig", "VisionLanguagePretraining", "VLPConfig"]

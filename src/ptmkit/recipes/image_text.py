@@ -1,8 +1,10 @@
-"""The image-text branch of `ptm pretrain` (CLIP, Radford et al. 2021): what the run trains on when its `images`
-section names sources. It builds what recipes/pretrain.py builds for text, from image-text pairs instead of token
-shards: the tokenizer (data.tokenizer, or a WordPiece tokenizer trained on the training captions only and kept in
-the run folder), the dual encoder, the training batches (augmented images, one caption each), and an evaluator on
-the held-out images (contrastive loss and recall@1/5/10 both ways, beside chance). The loop is the one engine's.
+"""The image-text branch of `ptm pretrain` (CLIP, Radford et al. 2021; single- and two-stream vision-language
+encoders, objective vlp): what the run trains on when its `images` section names sources. It builds what
+recipes/pretrain.py builds for text, from image-text pairs instead of token shards: the tokenizer (data.tokenizer, or
+a WordPiece tokenizer trained on the training captions only and kept in the run folder), the model (and for vlp the
+region codebook, recipes/vl_pretrain.py), the training batches (augmented images, one caption each), and an evaluator
+on the held-out images (the objective's loss and recall@1/5/10 both ways, beside chance). The loop is the one
+engine's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from ptmkit.analysis.image_text import KS, retrieval
 from ptmkit.config import ConfigError
 from ptmkit.data.images import ImagesConfig, ImageTextBatches, ImageTextDataset, held_out, read_records
+from ptmkit.data.seeding import seeded_generator
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.log import get
 from ptmkit.models.clip import LEGACY_EOS_ID
@@ -40,7 +43,8 @@ def check_sections(cfg) -> None:
     """images.train and an image objective go together; say which half is missing."""
     if cfg.images.train and not reads_images(cfg.objective.name):
         raise ConfigError(f"images.train is set but objective {cfg.objective.name!r} reads token windows; use "
-                          "objective clip for image-text pairs (or drop images.train)")
+                          "objective clip (a dual encoder) or vlp (visualbert, lxmert) for image-text pairs (or "
+                          "drop images.train)")
     if reads_images(cfg.objective.name) and not cfg.images.train:
         raise ConfigError(f"objective {cfg.objective.name!r} trains on image-text pairs: set images.train to "
                           "JSON-lines sources of images and captions (see configs/clip-emoji.yaml)")
@@ -76,22 +80,41 @@ def check_tokenizer(tokenizer: Tokenizer) -> None:
                           "wrong token there; use a tokenizer whose eos id is not 2 (e.g. WordPiece: [SEP] = 3)")
 
 
+def image_size_of(c) -> int:
+    """The image side a model reads: a dual encoder's vision tower's, or a vision-language encoder's own."""
+    return c.vision.image_size if hasattr(c, "vision") else c.image_size
+
+
+def text_positions_of(c) -> int:
+    """The longest caption a model reads, in tokens."""
+    return c.text.max_position_embeddings if hasattr(c, "text") else c.max_position_embeddings
+
+
 def check_model(cfg, model) -> None:
     c = backbone_of(model).config
-    if not hasattr(c, "vision"):
-        raise ConfigError(f"an image-text run trains a dual encoder (model family clip), not {cfg.model.family}")
-    if c.vision.image_size != cfg.images.image_size:
-        raise ConfigError(f"images.image_size {cfg.images.image_size} differs from the vision tower's image_size "
-                          f"{c.vision.image_size}: set both to the same side (model.config.vision.image_size)")
-    if cfg.data.seq_len > c.text.max_position_embeddings:
-        raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the text tower's max_position_embeddings "
-                          f"{c.text.max_position_embeddings}; lower data.seq_len or raise model.config.text."
-                          "max_position_embeddings")
+    nested = hasattr(c, "vision")  # a dual encoder's settings live in its towers' sections
+    if not nested and not hasattr(c, "image_size"):
+        raise ConfigError(f"an image-text run trains a model that reads images (families clip, visualbert, lxmert), "
+                          f"not {cfg.model.family}")
+    key = "vision.image_size" if nested else "image_size"
+    if image_size_of(c) != cfg.images.image_size:
+        raise ConfigError(f"images.image_size {cfg.images.image_size} differs from the model's image_size "
+                          f"{image_size_of(c)}: set both to the same side (model.config.{key})")
+    key = "text.max_position_embeddings" if nested else "max_position_embeddings"
+    if cfg.data.seq_len > text_positions_of(c):
+        raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the text side's max_position_embeddings "
+                          f"{text_positions_of(c)}; lower data.seq_len or raise model.config.{key}")
 
 
-def contrastive_evaluator(dataset: ImageTextDataset, objective, batch_size: int, autocast, device):
-    """Held-out metrics: the contrastive loss over fixed batches (each image with its first evaluation caption, no
-    augmentation) and recall@1/5/10 image->text and text->image over all held-out images, with chance R@1."""
+# A model that scores pairs jointly (single-/two-stream) runs N x M forward passes per retrieval: during training its
+# held-out recall is taken on the first images only (64 x 64 pairs); ptm zero-shot scores every held-out image.
+PAIRWISE_EVAL_IMAGES = 64
+
+
+def contrastive_evaluator(dataset: ImageTextDataset, objective, batch_size: int, autocast, device, seed: int = 0):
+    """Held-out metrics: the objective's loss over fixed batches (each image with its first evaluation caption, no
+    augmentation, corrupted with fixed seeds) and recall@1/5/10 image->text and text->image over the held-out images,
+    with chance R@1."""
     first = dataset.eval_captions.offsets[:-1]
     starts = list(range(0, len(dataset), batch_size))
     if len(dataset) - starts[-1] < 2 and len(starts) > 1:
@@ -106,10 +129,11 @@ def contrastive_evaluator(dataset: ImageTextDataset, objective, batch_size: int,
         for lo, hi in bounds:
             idx = np.arange(lo, hi)
             batch = {"pixel_values": dataset.pixel_values(idx), **dataset.tokens(first[idx], which="eval")}
+            batch = objective.corrupt(batch, seeded_generator(seed, lo))  # the same masks at every evaluation
             with autocast():
                 loss, _ = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
             total += loss.item() * (hi - lo)
-        r = retrieval(model, dataset, device, autocast=autocast)
+        r = retrieval(model, dataset, device, autocast=autocast, max_images=PAIRWISE_EVAL_IMAGES)
         out = {"loss": total / len(dataset)}
         for way, short in (("image_to_text", "i2t"), ("text_to_image", "t2i")):
             out.update({f"{short}_r{k}": r["recall"][way][k] for k in KS})
@@ -142,20 +166,28 @@ def build_run(cfg, state, resume: bool) -> dict[str, Any]:
                           "loss would see only its own slice of the batch as negatives (CLIP gathers the embeddings "
                           "of every rank first, which ptmkit does not do yet); launch it without torchrun")
     tokenizer, trained_here = caption_tokenizer(cfg, resume)
-    check_tokenizer(tokenizer)
+    if cfg.model.family == "clip":  # the end-of-text rule is CLIP's pooling (the vlp encoders pool [CLS])
+        check_tokenizer(tokenizer)
     torch.manual_seed(cfg.train.seed)
     task = pretrain_task(OBJECTIVES[cfg.objective.name][1], cfg.model.family)
     objective = run_objective(cfg, tokenizer, task)
     model = build_pretrain_model(cfg.model, task, tokenizer)
     check_model(cfg, model)
+    if hasattr(objective, "bind"):  # vlp reads the model's patch grid; its corruption draws one bit per patch
+        objective.bind(model)
     train_set = ImageTextDataset(cfg.images, tokenizer, cfg.data.seq_len, split="train")
+    write_codebook = None
+    if hasattr(model, "set_codebook"):  # masked region classification's classes (recipes/vl_pretrain.py)
+        from ptmkit.recipes.vl_pretrain import prepare_codebook
+
+        write_codebook = prepare_codebook(cfg, objective, model, train_set, resume)
     batches = ImageTextBatches(train_set, cfg.data.batch_size, objective, seed=cfg.train.seed)
     evaluate = None
     if any((cfg.images.held_out if s.held_out is None else s.held_out) > 0 for s in cfg.images.train):
         held = ImageTextDataset(cfg.images, tokenizer, cfg.data.seq_len, split="held_out")
         device = torch.device(cfg.train.device)
         evaluate = contrastive_evaluator(held, objective, cfg.data.batch_size,
-                                         Precision(cfg.train.precision, device).autocast, device)
+                                         Precision(cfg.train.precision, device).autocast, device, cfg.train.seed)
         log.info("%d training and %d held-out images (split by image id, images.split_seed %d); image cache %s",
                  len(train_set), len(held), cfg.images.split_seed, "reused" if train_set.reused_cache else "built")
     if trained_here:
@@ -164,6 +196,8 @@ def build_run(cfg, state, resume: bool) -> dict[str, Any]:
     def save_tokenizer(out: Path) -> None:
         if trained_here:
             tokenizer.save(out / TOKENIZER_DIR)
+        if write_codebook is not None:
+            write_codebook(out)
 
     return dict(tokenizer=tokenizer, objective=objective, model=model, batches=batches, evaluate=evaluate,
                 sequences=len(train_set), setup_out=save_tokenizer,

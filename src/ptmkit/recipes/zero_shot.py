@@ -24,6 +24,7 @@ from ptmkit.data.images.augment import CLIP_MEAN, CLIP_STD
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.log import get
 from ptmkit.models.io import load_model
+from ptmkit.recipes.image_text import image_size_of, text_positions_of
 from ptmkit.train.precision import Precision
 
 log = get(__name__)
@@ -31,7 +32,7 @@ log = get(__name__)
 
 @dataclass
 class ZeroShotConfig:
-    model: str = ""  # a CLIP model directory (config.json, model.safetensors, tokenizer files)
+    model: str = ""  # a CLIP, visualbert or lxmert model directory (config.json, model.safetensors, tokenizer)
     source: ImageTextSource | None = None  # the images and their captions (required)
     classes: str | None = None  # JSON field holding each image's class (e.g. category); None = no classification
     templates: list[str] = field(default_factory=lambda: ["{}"])  # prompts, "{}" = the class name
@@ -70,19 +71,24 @@ def _preprocessing(model_dir: Path) -> tuple[list[float], list[float]]:
 def evaluate_zero_shot(cfg: ZeroShotConfig) -> dict[str, Any]:
     model_dir = Path(cfg.model)
     model = load_model(model_dir).eval()
-    if not hasattr(model, "encode_image"):
-        raise ConfigError(f"{model_dir} is a {type(model).__name__}; zero-shot evaluation needs an image-text dual "
-                          "encoder (a CLIP model directory)")
+    pairwise = hasattr(model, "match_score")  # single-/two-stream encoders score each pair jointly (UNITER §4)
+    if not hasattr(model, "encode_image") and not pairwise:
+        raise ConfigError(f"{model_dir} is a {type(model).__name__}; zero-shot evaluation needs an image-text model "
+                          "(a CLIP, visualbert or lxmert model directory)")
+    if pairwise and cfg.classes is not None:
+        raise ConfigError(f"{model_dir} scores image-caption pairs jointly (image-text matching), so it has no image "
+                          "vector for prompt classification or a linear probe: drop --classes/--probe (retrieval "
+                          "works), or evaluate a CLIP model")
     tokenizer = Tokenizer.load(model_dir)
     c = model.config
     mean, std = _preprocessing(model_dir)
-    images = ImagesConfig(train=[cfg.source], image_size=c.vision.image_size, held_out=cfg.held_out,
+    images = ImagesConfig(train=[cfg.source], image_size=image_size_of(c), held_out=cfg.held_out,
                           split_seed=cfg.split_seed, cache_dir=cfg.cache_dir, mean=mean, std=std,
                           max_bad_fraction=1.0)
     device = torch.device(cfg.device)
     model.to(device)
     autocast = Precision(cfg.precision, device).autocast
-    seq_len = c.text.max_position_embeddings
+    seq_len = text_positions_of(c)
     data = ImageTextDataset(images, tokenizer, seq_len, split=cfg.split)
     result: dict[str, Any] = {"model": str(model_dir), "data": str(cfg.source.path), "split": cfg.split,
                               "retrieval": retrieval(model, data, device, batch_size=cfg.batch_size, autocast=autocast)}

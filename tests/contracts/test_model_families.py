@@ -57,6 +57,9 @@ TINY: dict[str, tuple[dict, str, str]] = {
                   vision=dict(image_size=16, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
                               intermediate_size=128),
                   projection_dim=32), "base", "image-text"),
+    # VQ-VAE image tokenizer: 16 px -> a 4 x 4 grid of 16 codes (the pixels in, the reconstruction out)
+    "vqvae": (dict(image_size=16, num_downsamples=2, hidden_size=32, residual_hidden_size=8, codebook_size=16,
+                   embedding_dim=8), "image-reconstruction", "image"),
     # vision-language encoders over caption tokens and 2 x 2 patches (a masked patch included)
     "visualbert": (dict(_SIZE, max_position_embeddings=16, image_size=16, patch_size=8, num_visual_classes=8),
                    "vl-pretraining", "vision-language"),
@@ -92,6 +95,8 @@ NO_HF_FORM: dict[str, tuple[str, str]] = {
                    "writes its own tensor names (models/convert/vl.py)", "ptmkit-visualbert"),
     "lxmert": ("transformers' LxmertModel reads detector features and boxes, not pixels: ptmkit writes its own "
                "tensor names (models/convert/vl.py)", "ptmkit-lxmert"),
+    "vqvae": ("transformers has no VQ-VAE (diffusers' VQModel is another layout): ptmkit writes its own tensor names "
+              "and codebook buffers (models/convert/vqvae.py)", "ptmkit-vqvae"),
     "ernie-thu": ("transformers has no THU-ERNIE (Zhang et al. 2019; its 'ernie' is Baidu's ERNIE): ptmkit writes "
                   "its own tensor names (models/convert/ernie.py)", "ptmkit-ernie-thu"),
 }

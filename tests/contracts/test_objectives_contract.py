@@ -80,10 +80,6 @@ def _model(task):
         cfg = make_config("vqvae", dict(image_size=16, num_downsamples=2, hidden_size=32, residual_hidden_size=16,
                                         codebook_size=32, embedding_dim=16))
         return build_model("vqvae", cfg, task)
-    if task == "image-reconstruction":  # VQ-VAE (objectives/vqvae.py): 16 x 16 images -> 4 x 4 codes of 32
-        cfg = make_config("vqvae", dict(image_size=16, num_downsamples=2, hidden_size=32, residual_hidden_size=16,
-                                        codebook_size=32, embedding_dim=16))
-        return build_model("vqvae", cfg, task)
     if task == "kg-embedding":  # TransE (objectives/transe.py): entities are the words, three relations
         from ptmkit.models.transe import TransE, TransEConfig
 
@@ -140,11 +136,6 @@ _PATTERNS = torch.randn(V, 3, 16, 16, generator=torch.Generator().manual_seed(7)
 _MOSAICS = torch.nn.functional.interpolate(torch.randn(V, 3, 4, 4, generator=torch.Generator().manual_seed(7)),
                                            scale_factor=4, mode="nearest")
 STEPS["vqvae"] = 200
-# image autoencoders (VQ-VAE): each word a 4 x 4 mosaic of random colours, which a 4 x 4 grid of codes can hold
-# (per-pixel noise cannot pass a code bottleneck); the loss reaches ~0.35 of its start after 200 updates
-_MOSAICS = torch.nn.functional.interpolate(torch.randn(V, 3, 4, 4, generator=torch.Generator().manual_seed(7)),
-                                           scale_factor=4, mode="nearest")
-STEPS["vqvae"] = 200
 
 
 def contract_batch(objective, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -155,19 +146,12 @@ def contract_batch(objective, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     inputs = getattr(objective, "inputs", ())
     if getattr(objective, "task", "") == "image-reconstruction":  # pixels only
         return {"pixel_values": _MOSAICS[ids[:, 0]]}
-    if getattr(objective, "task", "") == "image-reconstruction":  # pixels only
-        return {"pixel_values": _MOSAICS[ids[:, 0]]}
     if inputs == ("pixel_values",):  # image-text pairs: caption [bos, word, eos], image a fixed pattern of the word
         words = ids[:, 0]
         noise = torch.randn(len(words), 3, 16, 16, generator=torch.Generator().manual_seed(int(words.sum())))
         captions = torch.stack([torch.ones_like(words), words, torch.full_like(words, 3)], -1)  # (B, 3)
         return {"pixel_values": _PATTERNS[words] + 0.3 * noise, "input_ids": captions,
                 "attention_mask": torch.ones_like(captions)}
-    if inputs == ("image_codes",):  # text-to-image: caption [1, word, 3] (text ids < 47), 2 x 2 codes fixed by the word
-        words = ids[:, 0] % (V - 17)
-        captions = torch.stack([torch.ones_like(words), words, torch.full_like(words, 3)], -1)  # (B, 3)
-        codes = (words[:, None] * torch.tensor([1, 3, 5, 7])) % 16  # (B, 4)
-        return {"input_ids": captions, "attention_mask": torch.ones_like(captions), "image_codes": codes.view(-1, 2, 2)}
     if inputs == ("image_codes",):  # text-to-image: caption [1, word, 3] (text ids < 47), 2 x 2 codes fixed by the word
         words = ids[:, 0] % (V - 17)
         captions = torch.stack([torch.ones_like(words), words, torch.full_like(words, 3)], -1)  # (B, 3)
@@ -190,8 +174,6 @@ def test_objective_loss_falls(name):
     fields = cfg_cls.__dataclass_fields__
     if "mask_token_id" in fields:
         params.update(mask_token_id=3, vocab_size=V, special_token_ids=[0, 1, 2, 3])
-    if "codebook_size" in fields:  # text-to-image: 47 text ids + begin-of-image + 16 codes = the tiny model's 64
-        params.update(vocab_size=V - 17, codebook_size=16)
     if "codebook_size" in fields:  # text-to-image: 47 text ids + begin-of-image + 16 codes = the tiny model's 64
         params.update(vocab_size=V - 17, codebook_size=16)
     if "num_entities" in fields:  # TransE draws negatives among the graph's entities

@@ -117,7 +117,7 @@ def test_attacks_on_a_classifier(models, data_dir, tmp_path):
     (sst / "dev.tsv").write_text(_write_sst(sst, 20, 2))
     r = analyze.defend(tmp_path / "clf", m["base"], tmp_path / "def", data_dir=sst, attack_train=10, attack_dev=8,
                        synonyms=data_dir / "lexical" / "ppdb_synonyms.txt",
-                       finetune_options={"epochs": 1.0, "batch_size": 8, "precision": "fp32"})
+                       finetune_options={"epochs": 1.0, "batch_size": 8, "precision": "fp32", "max_length": 32})
     assert r["attacked_training_texts"] == 10 and set(r["original"]) == set(r["defended"])
     assert (tmp_path / "def" / "data" / "train.tsv").read_text().count("\n") == 41 + r["adversarial_training_examples"]
     r = analyze.calibration(tmp_path / "clf", tmp_path / "cal", ood_task="cola", passes=3, max_examples=40)

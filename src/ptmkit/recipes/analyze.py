@@ -671,9 +671,10 @@ def defend(model_dir: str | Path, base_model: str | Path, out: str | Path, task:
             w.writerows((t.replace("\t", " "), label_names[y]) for t, y in rows)
     run = out / "defended"
     if not (run / "results.json").exists():
+        # the caller's options win over these defaults (e.g. its own max_length)
+        options = {"max_length": info.get("max_length") or 128, "seed": seed, **(finetune_options or {})}
         finetune(FinetuneConfig(model=str(base_model), task="table", data_dir=str(data), text_fields=["text"],
-                                label_field="label", out=str(run), overwrite=True, show_progress=False,
-                                max_length=info.get("max_length") or 128, seed=seed, **(finetune_options or {})))
+                                label_field="label", out=str(run), overwrite=True, show_progress=False, **options))
     defended = load_adapted(run / "best").eval()
     dev_pick = _take(dev, _subset(len(dev), attack_dev, seed + 1)).examples
     before = robustness.summarise(attack_all(model, dev_pick))

@@ -7,7 +7,7 @@ configs/clip-emoji.yaml holds out too. Measured:
   down-/up-sampling through the same 8 x 8 grid (3 floats per cell instead of one code of 512);
 - samples for held-out names (docs/multimodal/text_to_image_samples.png: real image, its VQ-VAE reconstruction, then
   samples), and the generator's held-out image-token loss;
-- whether the CLIP model of experiments/clip_emoji.py (runs/clip-emoji/emoji/model) retrieves the right held-out name
+- whether the CLIP model of experiments/clip_emoji.py (runs/clip_emoji/emoji/model) retrieves the right held-out name
   for a generated image above chance: image->name R@1/R@5 among all held-out names, for generated images, beside the
   real images and their reconstructions (the ceiling) and chance.
 
@@ -114,7 +114,7 @@ def clip_recall(clip_dir: Path, names: list[str], groups: dict[str, np.ndarray],
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "runs" / "text_to_image"))
-    p.add_argument("--clip", default=str(ROOT / "runs" / "clip-emoji" / "emoji" / "model"),
+    p.add_argument("--clip", default=str(ROOT / "runs" / "clip_emoji" / "emoji" / "model"),
                    help="CLIP model directory that judges the samples (experiments/clip_emoji.py trains it)")
     p.add_argument("--vq-steps", type=int, default=None, help="override configs/vqvae-emoji.yaml's steps")
     p.add_argument("--gen-steps", type=int, default=None, help="override configs/dalle-emoji.yaml's steps")

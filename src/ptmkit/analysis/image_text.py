@@ -106,16 +106,17 @@ def retrieval(model, dataset, device="cpu", ks=KS, batch_size: int = 256, autoca
               max_images: int | None = None) -> dict:
     """Recall@k both ways over `dataset`'s images and their evaluation captions, with the chance levels. A dual
     encoder (CLIP) ranks by cosine similarity; a model that scores pairs jointly (`match_score`) scores every
-    image-caption pair, N x M forward passes, so `max_images` may cap N (the first images of the set)."""
+    image-caption pair, N x M forward passes, so `max_images` may cap N: the first images of the set and their
+    captions, for either kind of model (so that both are compared on the same test set)."""
+    n = min(len(dataset), max_images or len(dataset))
     if hasattr(model, "match_score"):
-        images = np.arange(min(len(dataset), max_images or len(dataset)))
-        similarity, owner = match_similarity(model, dataset, images, batch_size, device, autocast)
-        n = len(images)
+        similarity, owner = match_similarity(model, dataset, np.arange(n), batch_size, device, autocast)
     else:
         emb = image_embeddings(model, dataset, batch_size, device, autocast)
         caps = dataset.eval_captions
         texts = text_embeddings(model, caps.ids, caps.lengths, batch_size, device, autocast)
-        owner, n, similarity = dataset.eval_caption_owners(), len(dataset), emb @ texts.T
+        m = int(caps.offsets[n])  # captions are stored image by image: those of the first n images come first
+        owner, similarity = dataset.eval_caption_owners()[:m], (emb @ texts.T)[:n, :m]
     return {"images": n, "captions": len(owner), "recall": recall_at_k(similarity, owner, ks),
             "chance": chance_recall(owner, n, ks)}
 

@@ -98,7 +98,8 @@ def check_model(cfg, model) -> None:
                           f"not {cfg.model.family}")
     key = "vision.image_size" if nested else "image_size"
     if image_size_of(c) != cfg.images.image_size:
-        raise ConfigError(f"images.image_size {cfg.images.image_size} differs from the model's image_size "
+        raise ConfigError(f"images.image_size {cfg.images.image_size} differs from the "
+                          f"{'vision tower' if nested else 'model'}'s image_size "
                           f"{image_size_of(c)}: set both to the same side (model.config.{key})")
     key = "text.max_position_embeddings" if nested else "max_position_embeddings"
     if cfg.data.seq_len > text_positions_of(c):
@@ -133,7 +134,8 @@ def contrastive_evaluator(dataset: ImageTextDataset, objective, batch_size: int,
             with autocast():
                 loss, _ = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
             total += loss.item() * (hi - lo)
-        r = retrieval(model, dataset, device, autocast=autocast, max_images=PAIRWISE_EVAL_IMAGES)
+        cap = PAIRWISE_EVAL_IMAGES if hasattr(model, "match_score") else None  # a dual encoder scores them all
+        r = retrieval(model, dataset, device, autocast=autocast, max_images=cap)
         out = {"loss": total / len(dataset)}
         for way, short in (("image_to_text", "i2t"), ("text_to_image", "t2i")):
             out.update({f"{short}_r{k}": r["recall"][way][k] for k in KS})

@@ -42,6 +42,7 @@ class ZeroShotConfig:
     probe: bool = False  # also train a linear probe on the training split's image vectors
     cache_dir: str = "runs/cache/images"
     batch_size: int = 256
+    max_images: int | None = None  # score only the first images (a pairwise model runs N x M forward passes)
     device: str = "cpu"
     precision: str = "fp32"
     out: str | None = None  # folder for results.json; None = not written
@@ -91,7 +92,8 @@ def evaluate_zero_shot(cfg: ZeroShotConfig) -> dict[str, Any]:
     seq_len = text_positions_of(c)
     data = ImageTextDataset(images, tokenizer, seq_len, split=cfg.split)
     result: dict[str, Any] = {"model": str(model_dir), "data": str(cfg.source.path), "split": cfg.split,
-                              "retrieval": retrieval(model, data, device, batch_size=cfg.batch_size, autocast=autocast)}
+                              "retrieval": retrieval(model, data, device, batch_size=cfg.batch_size, autocast=autocast,
+                                                     max_images=cfg.max_images)}
     if cfg.classes is not None:
         every = ImageTextDataset(images, tokenizer, seq_len, split="all") if cfg.split != "all" else data
         names = sorted({str(v) for v in every.field(cfg.classes)})  # every class of the set, seen in training or not

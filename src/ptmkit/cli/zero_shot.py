@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--probe", action="store_true", help="also fit a linear probe on the training split's images")
     p.add_argument("--cache-dir", default="runs/cache/images", help="decoded-image cache folder")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="score only the first N images of the split and their captions (a visualbert / lxmert model "
+                        "runs N x M pair passes)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json")
@@ -53,7 +56,8 @@ def run(args) -> int:
                              id_field=args.id_field)
     cfg = ZeroShotConfig(model=args.model, source=source, classes=args.classes, templates=args.template,
                          split=args.split, held_out=args.held_out, split_seed=args.split_seed, probe=args.probe,
-                         cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
+                         cache_dir=args.cache_dir, batch_size=args.batch_size, max_images=args.max_images,
+                         device=args.device,
                          precision=args.precision, out=args.out)
     r = evaluate_zero_shot(cfg)
     ret = r["retrieval"]

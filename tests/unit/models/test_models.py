@@ -181,4 +181,5 @@ def test_sharded_safetensors(saved_bert):
 def test_every_task_is_known():
     assert set(TASKS) == {"base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",
                           "replaced-token-detection", "seq2seq-lm", "permutation-lm", "masked-lm-sop",
-                          "knowledge-masked-lm", "kg-embedding", "image-text-contrastive", "image-reconstruction"}
+                          "knowledge-masked-lm", "kg-embedding", "image-text-contrastive", "image-reconstruction",
+                          "vl-pretraining"}

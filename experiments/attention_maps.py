@@ -52,9 +52,11 @@ def main(argv=None) -> dict:
         summary[key] = {"syntax": {rel: x["best_head_accuracy"] for rel, x in best}, "perturbed_uas": pm["uas"],
                         "anisotropy": ck["anisotropy"], "entropy_layer_mean": [sum(r) / len(r) for r in
                                                                              heads["statistics"]["entropy"]]}
-        (ROOT / "docs" / "analysis").mkdir(parents=True, exist_ok=True)
-        for sub, png in (("heads", "attention"), ("syntax", "syntax"), ("cka", "cka"), ("perturbed", "perturbed")):
-            shutil.copyfile(out / sub / f"{png}.png", ROOT / "docs" / "analysis" / f"{png}_{key}.png")
+        if args.docs:  # figures go beside the page the block is written to, never into docs/ from a test
+            figures = Path(args.docs).parent / "analysis"
+            figures.mkdir(parents=True, exist_ok=True)
+            for sub, png in (("heads", "attention"), ("syntax", "syntax"), ("cka", "cka"), ("perturbed", "perturbed")):
+                shutil.copyfile(out / sub / f"{png}.png", figures / f"{png}_{key}.png")
     lines = ["| model | best head vs best offset, accuracy % (4 most frequent relations) | Perturbed Masking UAS % "
              "(gold root) vs right-branching | anisotropy per layer |", "|---|---|---|---|", *rows, "",
              f"Syntax: {args.sentences} en_ewt dev sentences, Clark et al.'s word-level attention; Perturbed Masking: "

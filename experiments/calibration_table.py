@@ -42,9 +42,10 @@ def main(argv=None) -> dict:
         rows.append(f"| {Path(name).name} | {r['task']} | {r['plain']['accuracy'] * 100:.1f} | {r['plain']['ece']:.3f} | "
                     f"{r['temperature']:.2f} | {r['temperature_scaled']['ece']:.3f} | {r['mc_dropout']['ece']:.3f} | "
                     f"{r['ood']['auroc_msp']:.3f} |")
-        plot = ROOT / "docs" / "analysis" / f"calibration_{Path(name).name}.png"
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / Path(name).name / "calibration.png", plot)
+        if args.docs:  # figures go beside the page the block is written to, never into docs/ from a test
+            plot = Path(args.docs).parent / "analysis" / f"calibration_{Path(name).name}.png"
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(args.out) / Path(name).name / "calibration.png", plot)
     lines = ["| model | task | accuracy | ECE | temperature | ECE after | ECE, MC dropout | OOD AUROC (max softmax) |",
              "|---|---|---|---|---|---|---|---|", *rows, "",
              f"15 equal-width confidence bins; the temperature is fitted on a seeded half of the dev split and every "

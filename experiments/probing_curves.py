@@ -57,9 +57,10 @@ def main(argv=None) -> dict:
             summary[f"{name}/{label}"] = {"best_layer": best["layer"], "best": best["accuracy"],
                                           "selectivity_layer": sel["layer"], "transfer_best": tr["accuracy"],
                                           "seconds": round(seconds, 1)}
-            plot = ROOT / "docs" / "analysis" / f"probing_{name}_{label}.png"
-            plot.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(args.out) / name / label / "probe.png", plot)
+            if args.docs:  # figures go beside the page the block is written to, never into docs/ from a test
+                plot = Path(args.docs).parent / "analysis" / f"probing_{name}_{label}.png"
+                plot.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(args.out) / name / label / "probe.png", plot)
     lines = ["| model | label | test accuracy per layer (0 = embeddings) | best layer | most selective | "
              "best layer on German PUD | seconds |", "|---|---|---|---|---|---|---|", *rows, "",
              f"Linear probes (AdamW, 10 epochs of mini-batches) on each word's first sub-token vector, trained on "

@@ -43,9 +43,10 @@ def main(argv=None) -> dict:
              "|---|" + "---|" * len(heads["curve"]),
              f"| {metric} | " + " | ".join(f"{c[metric] * 100:.1f}" for c in heads["curve"]) + " |"]
     out = {"experiment": "sparsity_curves", "heads": heads["curve"]}
-    for name in ("heads",):
-        (ROOT / "docs" / "analysis").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / name / f"{name}.png", ROOT / "docs" / "analysis" / f"sparsity_{name}.png")
+    figures = Path(args.docs).parent / "analysis" if args.docs else None  # beside the page; never docs/ from a test
+    if figures:
+        figures.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.out) / "heads" / "heads.png", figures / "sparsity_heads.png")
     if not args.no_lottery:
         lt = analyze.lottery(model_dir(args.pretrained), Path(args.out) / "lottery", args.task, args.rounds, 0.2,
                              args.data_dir, json.loads(args.finetune))
@@ -54,7 +55,8 @@ def main(argv=None) -> dict:
                   "|---|" + "---|" * len(lt["curve"]),
                   "| IMP ticket (rewound) | " + " | ".join(f"{c['ticket'] * 100:.1f}" for c in lt["curve"]) + " |",
                   "| random mask | " + " | ".join(f"{c['random'] * 100:.1f}" for c in lt["curve"]) + " |"]
-        shutil.copyfile(Path(args.out) / "lottery" / "lottery.png", ROOT / "docs" / "analysis" / "sparsity_lottery.png")
+        if figures:
+            shutil.copyfile(Path(args.out) / "lottery" / "lottery.png", figures / "sparsity_lottery.png")
     note = (f"Heads: {Path(args.finetuned).name}, one-shot removal by Michel et al.'s importance on the {args.task} "
             "training loss, dev score without recovery.")
     if not args.no_lottery:

@@ -436,6 +436,7 @@ def test_probing_curves(capsys, tmp_path):
                        capsys)
     assert "minilm/upos" in line["rows"] and 0 <= line["rows"]["minilm/upos"]["best"] <= 1
     assert "<!-- results:probing:begin -->" in (tmp_path / "a.md").read_text()
+    assert (tmp_path / "analysis" / "probing_minilm_upos.png").is_file()  # beside the page, not in docs/
 
 
 def test_lama_tables_and_robustness_table(capsys, tmp_path):
@@ -478,8 +479,8 @@ def test_lama_tables_and_robustness_table(capsys, tmp_path):
     assert "<!-- results:lama:begin -->" in text and "<!-- results:robustness:begin -->" in text
 
 
-def test_calibration_table_and_sparsity_curves(capsys, tmp_path, monkeypatch):
-    """Both scripts end to end on a tiny classifier (the plots they copy go to a temporary docs folder)."""
+def test_calibration_table_and_sparsity_curves(capsys, tmp_path):
+    """Both scripts end to end on a tiny classifier (the plots they copy go beside the temporary page)."""
     import torch
 
     from ptmkit.data.tokenizer import Tokenizer
@@ -500,8 +501,6 @@ def test_calibration_table_and_sparsity_curves(capsys, tmp_path, monkeypatch):
     (sst / "train.tsv").write_text(_write_sst(sst, 24, 1))
     (sst / "dev.tsv").write_text(_write_sst(sst, 12, 2))
     cal_script, sp_script = load_script(EXP / "calibration_table.py"), load_script(EXP / "sparsity_curves.py")
-    for mod in (cal_script, sp_script):
-        monkeypatch.setattr(mod, "ROOT", tmp_path)  # docs/analysis/*.png land in the temporary folder
     cal_script.main(["--models", str(tmp_path / "clf"), "--passes", "2", "--data-dir", str(sst), "--ood-task", "cola",
                      "--max-examples", "12", "--out", str(tmp_path / "cal"), "--docs", str(tmp_path / "a.md")])
     sp_script.main(["--finetuned", str(tmp_path / "clf"), "--pretrained", str(tmp_path / "clf"), "--data-dir", str(sst),
@@ -509,10 +508,11 @@ def test_calibration_table_and_sparsity_curves(capsys, tmp_path, monkeypatch):
                     "--out", str(tmp_path / "sp"), "--docs", str(tmp_path / "a.md")])
     text = (tmp_path / "a.md").read_text()
     assert "<!-- results:calibration:begin -->" in text and "<!-- results:sparsity:begin -->" in text
-    assert (tmp_path / "docs" / "analysis" / "sparsity_lottery.png").is_file()
+    assert (tmp_path / "analysis" / "sparsity_lottery.png").is_file()  # figures go beside the page written
+    assert (tmp_path / "analysis" / "calibration_clf.png").is_file()
 
 
-def test_attention_maps(capsys, tmp_path, monkeypatch):
+def test_attention_maps(capsys, tmp_path):
     import torch
 
     from ptmkit.data.tokenizer import Tokenizer
@@ -527,8 +527,7 @@ def test_attention_maps(capsys, tmp_path, monkeypatch):
                                                             max_position_embeddings=128)), "masked-lm"), tmp_path / "m")
     tok.save(tmp_path / "m")
     mod = load_script(EXP / "attention_maps.py")
-    monkeypatch.setattr(mod, "ROOT", tmp_path)
     line = mod.main(["--models", str(tmp_path / "m"), "--sentences", "20", "--lines", "10",
                      "--out", str(tmp_path / "att"), "--docs", str(tmp_path / "a.md")])
     assert "m" in line["models"] and len(line["models"]["m"]["anisotropy"]) == 3
-    assert (tmp_path / "docs" / "analysis" / "cka_m.png").is_file()
+    assert (tmp_path / "analysis" / "cka_m.png").is_file()  # beside the page written, not in the repository's docs/

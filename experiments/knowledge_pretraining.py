@@ -314,10 +314,13 @@ def relation_task(args, paths: dict) -> Path:
     return d
 
 
-def run_finetuning(args, paths: dict, runs: dict, times: dict) -> dict:
+def run_finetuning(args, paths: dict, runs: dict, times: dict, random_from: str = "bert") -> dict:
+    """Every pre-trained row fine-tuned on relation classification, and a random initialisation of `random_from`'s
+    architecture (experiments/realm.py reuses this with its own rows)."""
     t0 = time.perf_counter()
     data = relation_task(args, paths)
-    models = {**{r: (run["dir"], "pretrained") for r, run in runs.items()}, "random": (runs["bert"]["dir"], "random")}
+    models = {**{r: (run["dir"], "pretrained") for r, run in runs.items()},
+              "random": (runs[random_from]["dir"], "random")}
     scores: dict[str, list[float]] = {}
     for row, (model_dir, init) in models.items():
         for seed in args.ft_seeds:

@@ -531,3 +531,63 @@ def test_attention_maps(capsys, tmp_path):
                      "--out", str(tmp_path / "att"), "--docs", str(tmp_path / "a.md")])
     assert "m" in line["models"] and len(line["models"]["m"]["anisotropy"]) == 3
     assert (tmp_path / "analysis" / "cka_m.png").is_file()  # beside the page written, not in the repository's docs/
+
+
+def _tiny_retrieval_models(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny BERT encoder (the retriever, and REALM's reader tokenizer: WordPiece with [MASK]) and a tiny LLaMA
+    generator with a byte-level BPE, both trained on LAMA evidence so the scripts' real data reads through them."""
+    import torch
+
+    from ptmkit.data.kg import read_lama
+    from ptmkit.data.paths import data_root
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.models import build_model, make_config, save_model
+
+    _, evidence = read_lama(data_root() / "lama", held_out=0.0)
+    texts = [e.text for e in evidence[::40]]
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    enc_tok = Tokenizer.train(texts, "wordpiece", vocab_size=600, min_frequency=1, model_max_length=256)
+    save_model(build_model("bert", make_config("bert", dict(vocab_size=enc_tok.vocab_size, max_position_embeddings=256,
+                                                            **small)), "base"), tmp_path / "enc")
+    enc_tok.save(tmp_path / "enc")
+    gen_tok = Tokenizer.train(texts, "bpe", vocab_size=600, min_frequency=1)
+    save_model(build_model("llama", make_config("llama", dict(vocab_size=gen_tok.vocab_size, num_kv_heads=1,
+                                                              max_position_embeddings=512, **small)), "causal-lm"),
+               tmp_path / "gen")
+    gen_tok.save(tmp_path / "gen")
+    return tmp_path / "enc", tmp_path / "gen"
+
+
+def test_rag_lama(capsys, data_dir, tmp_path):
+    """--smoke on tiny stand-ins (every stage, no docs); a repeated command reuses the finished rows: a value planted
+    in one shows up in the new summary."""
+    enc, gen = _tiny_retrieval_models(tmp_path)
+    argv = ["--smoke", "--generator", str(gen), "--encoder", str(enc), "--relations", "P103,P140",
+            "--out", str(tmp_path / "rag")]
+    _, line = run_main(EXP / "rag_lama.py", argv, capsys)
+    assert line["experiment"] == "rag_lama" and line["facts"] == 4 and line["ks"] == [1, 2]
+    assert set(line["macro"]) == {"none", "with-k1", "with-k2", "without-k1", "without-k2"}
+    assert line["macro"]["without-k2"]["gold_recall"] == 0.0  # the asked facts' evidence is not in that index
+    assert line["macro"]["with-k2"]["gold_recall"] >= line["macro"]["with-k1"]["gold_recall"]
+    assert line["estimated_full_min"]["total"] > 0
+    row = tmp_path / "rag" / "rows" / "with-k1" / "P140.json"
+    saved = json.loads(row.read_text())
+    row.write_text(json.dumps({**saved, "p@1": 0.5, "asked": saved["asked"]}))
+    _, again = run_main(EXP / "rag_lama.py", argv, capsys)
+    assert again["macro"]["with-k1"]["p@1"] == pytest.approx((0.5 + json.loads(
+        (tmp_path / "rag" / "rows" / "with-k1" / "P103.json").read_text())["p@1"]) / 2)
+
+
+def test_realm(capsys, data_dir, tmp_path):
+    """--smoke on a tiny encoder/tokenizer and bert-tiny: every stage, the equal-compute plan, no docs."""
+    enc, _ = _tiny_retrieval_models(tmp_path)
+    _, line = run_main(EXP / "realm.py", ["--smoke", "--encoder", str(enc), "--preset", "bert-tiny",
+                                          "--rows", "realm,mlm", "--max-sentences", "200", "--lama-max", "20",
+                                          "--ft-train", "40", "--ft-dev", "20", "--out", str(tmp_path / "realm")],
+                       capsys)
+    assert line["experiment"] == "realm" and line["steps"]["realm"] == 4 and line["steps"]["mlm"] <= 8
+    plan = json.loads((tmp_path / "realm" / "plan.json").read_text())
+    # equal compute: a realm step (reader over k + 1 rows, query encoder, refreshes) buys more MLM steps than one
+    assert plan["rows"]["mlm"]["steps"] > 4 and plan["refresh"]["per_step"] > 0
+    assert set(line["relation_acc"]) == {"realm", "mlm", "random"} and line["estimated_full_min"]["total"] > 0

@@ -24,6 +24,7 @@ import torch
 
 from ptmkit.config import ConfigError
 from ptmkit.data import textio
+from ptmkit.objectives.augmented import latent_marginal
 
 
 @dataclass
@@ -238,25 +239,42 @@ def candidate_log_probs(model, prefix: list[int], candidates: list[list[int]], b
     return scores
 
 
+def cloze_prefix(fact: Fact, template: str) -> str:
+    """The cloze up to the blank with the subject in: '[X] was born in [Y] .' -> 'Allan Peiper was born in'."""
+    return template.split("[Y]")[0].rstrip().replace("[X]", fact.subject)
+
+
 def probe_causal_lm(model, tokenizer, facts: list[Fact], template: str, candidates: list[str] | None = None,
-                    batch_size: int = 64) -> dict:
+                    batch_size: int = 64, contexts: list[tuple[list[list[int]], torch.Tensor]] | None = None) -> dict:
     """LAMA for a causal LM: the cloze up to [Y] (with the subject) is the prefix, and the relation's objects (or
-    `candidates`) are ranked by their log-likelihood after it; P@1, P@10, MRR of the true object."""
+    `candidates`) are ranked by their log-likelihood after it; P@1, P@10, MRR of the true object.
+
+    contexts (one per fact, in order): the fact's prefix behind each of K retrieved passages, as token ids ending with
+    the cloze's own tokens (what a RAG generator reads: objectives.rag.RAG.conditioned_prompts), and log p(z|x) (K,).
+    Candidates are then ranked by RAG-sequence's marginal log Σ_z p(z|x) p(candidate | passage_z ; prefix) (Lewis
+    et al. 2020 §2.1): the same scorer, run once per passage."""
     if getattr(model, "task", None) != "causal-lm":
         raise ConfigError(f"candidate ranking needs a causal-LM head; this model has {getattr(model, 'task', None)!r}")
     if template is None or "[X]" not in template or "[Y]" not in template:
         raise ConfigError(f"knowledge probe: a template needs [X] and [Y], got {template!r}")
+    if contexts is not None and len(contexts) != len(facts):
+        raise ConfigError(f"LAMA: {len(contexts)} retrieval contexts for {len(facts)} facts; give one (prefixes, "
+                          "log prior) per fact, in the facts' order")
     cands = sorted(set(candidates or [f.obj for f in facts]))
     index = {c: i for i, c in enumerate(cands)}
     cand_ids = [tokenizer.encode(" " + c, add_special_tokens=False) for c in cands]
-    before = template.split("[Y]")[0].rstrip()
     ranks = []
     model.eval()
-    for f in facts:
+    for i, f in enumerate(facts):
         if f.obj not in index:
             continue
-        prefix = tokenizer.encode(before.replace("[X]", f.subject), add_special_tokens=False)
-        lp = candidate_log_probs(model, prefix, cand_ids, batch_size)
+        if contexts is None:
+            prefix = tokenizer.encode(cloze_prefix(f, template), add_special_tokens=False)
+            lp = candidate_log_probs(model, prefix, cand_ids, batch_size)
+        else:
+            prefixes, log_prior = contexts[i]
+            per_passage = torch.stack([candidate_log_probs(model, p, cand_ids, batch_size) for p in prefixes])  # (K, C)
+            lp = latent_marginal(log_prior.float().cpu()[None, :], per_passage.T)  # (C,)
         ranks.append(int((lp > lp[index[f.obj]]).sum()) + 1)
     r = torch.tensor(ranks, dtype=torch.float)
     out = {"facts": len(facts), "asked": len(ranks), "candidates": len(cands)}

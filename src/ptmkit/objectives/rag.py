@@ -104,6 +104,29 @@ class RAG:
         pid, scores = self.retriever.retrieve(queries, self.cfg.k, grad=grad)
         return q, n, pid, F.log_softmax(scores.float(), dim=-1)
 
+    def question_batch(self, questions: list[str]) -> Batch:
+        """Question texts as the objective's input (generator tokens, right-padded), for retrieval outside training
+        (generation, answer scoring)."""
+        enc = self.tokenizer.encode_batch(list(questions), add_special_tokens=False)
+        T = max(1, max((len(e) for e in enc), default=1))
+        ids = torch.full((len(enc), T), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(enc):
+            ids[i, :len(e)] = torch.tensor(e, dtype=torch.long)
+            mask[i, :len(e)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @torch.no_grad()
+    def conditioned_prompts(self, questions: list[str]) -> tuple[list[list[list[int]]], torch.Tensor, torch.Tensor]:
+        """What the generator reads for each question: its K prompts [z ; separator ; x] as token lists (best
+        passage first), log p(z|x) (B, K) and the passage ids (B, K). For scoring given answers outside training,
+        e.g. LAMA's candidate objects (analysis.knowledge.probe_causal_lm's contexts)."""
+        q, n, pid, log_prior = self.retrieve(self.question_batch(questions), grad=False)
+        rows, lengths = self.prompts(q, n, pid)
+        B, K = pid.shape
+        flat = [r[:int(m)].tolist() for r, m in zip(rows, lengths)]
+        return [flat[b * K:(b + 1) * K] for b in range(B)], log_prior.cpu(), pid.cpu()
+
     def prompts(self, q: torch.Tensor, n: torch.Tensor, pid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each question behind each of its passages, (B*K, L) right-padded ids and their lengths (B*K,)."""
         B, K = pid.shape

@@ -76,14 +76,7 @@ def rag_generate(model, rag: RAG, questions: list[str], max_new_tokens: int = 16
     model.eval()
     tok = rag.tokenizer
     stops = torch.tensor(sorted(set(stop_tokens if stop_tokens is not None else [tok.eos_id])), dtype=torch.long)
-    enc = tok.encode_batch(questions, add_special_tokens=False)
-    T = max(1, max(len(e) for e in enc))
-    q = torch.full((len(enc), T), rag.pad, dtype=torch.long)
-    mask = torch.zeros_like(q)
-    for i, e in enumerate(enc):
-        q[i, :len(e)] = torch.tensor(e, dtype=torch.long)
-        mask[i, :len(e)] = 1
-    q, n, pid, log_prior = rag.retrieve({"input_ids": q, "attention_mask": mask}, grad=False)
+    q, n, pid, log_prior = rag.retrieve(rag.question_batch(questions), grad=False)
     B, K = pid.shape
     prompts, plen = rag.prompts(q, n, pid)
     gen = _greedy(model, rag, prompts, plen, log_prior, max_new_tokens, stops, rag.cfg.marginalise == "token").cpu()

@@ -109,6 +109,41 @@ def test_causal_candidate_scores_equal_scoring_each_full_sequence():
                         tok, facts, "[X] was born in [Y] .")
 
 
+def test_causal_probe_conditioned_on_passages_is_the_rag_sequence_marginal():
+    """One context equal to the plain prefix (log prior 0) reproduces the plain probe; two passages rank by
+    log Σ_z p(z|x) p(candidate | passage_z ; prefix), checked against the candidates' scores computed one by one."""
+    from ptmkit.analysis.knowledge import Fact, candidate_log_probs, cloze_prefix, probe_causal_lm
+
+    tok = Tokenizer.train([" ".join(WORDS)] * 50, "bpe", vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    lm = build_model("llama", make_config("llama", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                        num_heads=4, num_kv_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=64)), "causal-lm").eval()
+    tpl = "[X] was born in [Y] ."
+    facts = [Fact("rome", "paris"), Fact("berlin", "berlin"), Fact("italy", "rome"), Fact("france", "germany")]
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    plain = [(enc(cloze_prefix(f, tpl)),) for f in facts]
+    same = probe_causal_lm(lm, tok, facts, tpl, contexts=[([p[0]], torch.zeros(1)) for p in plain])
+    assert same == probe_causal_lm(lm, tok, facts, tpl)
+    passages = [enc("the capital of france is paris\n"), enc("germany is the capital of berlin\n")]
+    prior = torch.tensor([0.8, 0.2]).log()
+    ctx = [([z + p[0] for z in passages], prior) for p in plain]
+    cands = sorted(set(WORDS))
+    got = probe_causal_lm(lm, tok, facts, tpl, candidates=cands, contexts=ctx)
+    ids = [enc(" " + c) for c in cands]
+    ranks, plain_ranks = [], []
+    for f, (prefixes, _), (p,) in zip(facts, ctx, plain):
+        p_y = sum(w * candidate_log_probs(lm, pre, ids).exp() for w, pre in zip((0.8, 0.2), prefixes))  # (C,)
+        ranks.append(int((p_y > p_y[cands.index(f.obj)]).sum()) + 1)
+        lp = candidate_log_probs(lm, p, ids)
+        plain_ranks.append(int((lp > lp[cands.index(f.obj)]).sum()) + 1)
+    assert ranks != plain_ranks  # the passages change the ranking here, so the check below is not empty
+    assert got["mrr"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks))
+    assert got["p@1"] == pytest.approx(sum(r == 1 for r in ranks) / len(ranks))
+    with pytest.raises(ConfigError, match="one \\(prefixes, log prior\\) per fact"):
+        probe_causal_lm(lm, tok, facts, tpl, contexts=ctx[:2])
+
+
 def test_mined_templates_and_the_ensemble(mlm, tmp_path):
     from ptmkit.analysis.knowledge import Fact, mine_templates, probe_ensemble, read_evidence
 

@@ -82,6 +82,30 @@ def test_k1_decodings_agree_with_plain_greedy(tokenizer, retriever):
     assert len(rag.passages) == len(retriever)
 
 
+def test_conditioned_prompts_are_what_the_generator_reads(tokenizer, retriever):
+    """Each question's prompts are [passage ; separator ; question] as the loss builds them, best passage first, with
+    log p(z|x) normalised over the k; scoring an answer after them equals the objective's own answer_log_probs."""
+    rag = RAG(RAGConfig(k=2), tokenizer, retriever)
+    model = tiny("llama", "causal-lm", tokenizer.vocab_size)
+    prompts, log_prior, pid = rag.conditioned_prompts(QUESTIONS)
+    assert len(prompts) == 2 and all(len(p) == 2 for p in prompts) and log_prior.shape == pid.shape == (2, 2)
+    assert rag.retriever.index.passage(int(pid[0, 0])).text == PLANTED and log_prior[0, 0] > log_prior[0, 1]
+    torch.testing.assert_close(log_prior.exp().sum(1), torch.ones(2))
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    for b, q in enumerate(QUESTIONS):
+        for k in range(2):
+            z = rag.retriever.index.passage(int(pid[b, k])).text
+            assert prompts[b][k] == enc(z)[:96] + enc("\n") + enc(q)
+    q, n, pid2, _ = rag.retrieve(_batch(tokenizer), grad=False)
+    rows, lengths = rag.prompts(q, n, pid2)
+    ans = torch.tensor([enc(ANSWERS[0])] * 4)
+    want = rag.answer_log_probs(model, rows, lengths, ans, torch.full((4,), ans.shape[1])).sum(-1)  # (B*K,)
+    from ptmkit.analysis.knowledge import candidate_log_probs
+
+    got = torch.stack([candidate_log_probs(model, p, [enc(ANSWERS[0])])[0] for ps in prompts for p in ps])
+    torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+
+
 def test_refusals_name_the_fix(tokenizer, retriever):
     with pytest.raises(ConfigError, match="k <= "):
         RAG(RAGConfig(k=len(retriever) + 1), tokenizer, retriever)

@@ -39,9 +39,12 @@ def word_features(model, tokenizer, sentences: list[list[str]], max_length: int 
     backbone = getattr(model, "backbone", model)
     backbone.eval()
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    # batches of similar length: a treebank's sentences run from 1 to 100+ tokens, and padding every batch to its
+    # longest random member cost about half the forward passes; the words go back to sentence order at the end
+    order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
     chunks: list[np.ndarray] = []
     for start in range(0, len(enc), batch_size):
-        idx = range(start, min(start + batch_size, len(enc)))
+        idx = order[start:start + batch_size]
         t = max(len(enc.input_ids[i]) for i in idx)
         ids = torch.full((len(idx), t), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), t), dtype=torch.long)
@@ -53,7 +56,14 @@ def word_features(model, tokenizer, sentences: list[list[str]], max_length: int 
         rows = torch.cat([torch.full((len(enc.word_pos[i]),), r) for r, i in enumerate(idx)])
         cols = torch.cat([torch.from_numpy(enc.word_pos[i]) for i in idx])
         chunks.append(h[:, rows, cols].half().cpu().numpy())  # (L+1, words, D)
-    feats = np.concatenate(chunks, axis=1)
+    feats = np.concatenate(chunks, axis=1)  # words in batch order
+    counts = np.array([len(enc.word_pos[i]) for i in range(len(enc))])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # each sentence's first word in sentence order
+    batch_pos = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in order]) if len(order) else \
+        np.zeros(0, dtype=np.int64)
+    back = np.empty_like(batch_pos)
+    back[batch_pos] = np.arange(len(batch_pos))  # sentence-order word j sits at batch-order position back[j]
+    feats = feats[:, back]
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
         np.save(Path(cache) / f"{key}.npy", feats)

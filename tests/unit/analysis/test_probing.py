@@ -110,3 +110,17 @@ def test_word_features_take_each_words_first_piece_per_layer_and_cache(tmp_path)
     assert len(enc_first) == 3
     with pytest.raises(ConfigError, match="kind"):
         ProbeConfig(kind="svm")
+
+
+def test_word_features_batched_by_length_come_back_in_sentence_order():
+    texts = ["the cats sat on mats and then the cats sat on more mats", "cats", "unbelievable things happened",
+             "the mats sat", "on"]
+    tok = Tokenizer.train(texts * 20, "wordpiece", vocab_size=60, min_frequency=1)
+    model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                         num_heads=2, intermediate_size=64,
+                                                         max_position_embeddings=32))).eval()
+    sents = [t.split() for t in texts]
+    together = word_features(model, tok, sents, batch_size=2)  # length order: batches mix sentences 1, 4, 3, 2, 0
+    alone = np.concatenate([word_features(model, tok, [s], batch_size=1) for s in sents], axis=1)
+    assert together.shape == alone.shape
+    np.testing.assert_allclose(together.astype(np.float32), alone.astype(np.float32), atol=2e-3)

@@ -246,13 +246,13 @@ def lama_facts(kg: KnowledgeGraph, split: int, cap: int | None) -> dict[str, lis
     return out
 
 
-def lama(model, tok, facts: dict[str, list[Fact]], cloze: dict[str, str], inputs=None) -> dict:
+def lama(model, tok, facts: dict[str, list[Fact]], cloze: dict[str, str], inputs=None, retrieval=None) -> dict:
     """Micro-averaged P@1 / P@10 over every asked fact (single-token objects), and the macro mean of P@1 over
-    relations."""
+    relations. inputs (ERNIE's entities) / retrieval (REALM's retriever): as in analysis.knowledge.mask_log_probs."""
     asked = p1 = p10 = 0.0
     per_rel = []
     for rel, fs in sorted(facts.items()):
-        m = probe_masked_lm(model, tok, fs, cloze[rel], inputs=inputs)
+        m = probe_masked_lm(model, tok, fs, cloze[rel], inputs=inputs, retrieval=retrieval)
         if m["asked"]:
             asked += m["asked"]
             p1 += m["p@1"] * m["asked"]

@@ -16,9 +16,12 @@ docs/knowledge.md.
                 forward and backward), plus realm's index refreshes (every passage re-embedded, counted the same way
                 on a sample and scaled) spread over the steps between them. The initial index (MiniLM's own vectors)
                 is not counted, as ERNIE's TransE is not in experiments/knowledge_pretraining.py.
-    LAMA        P@1 of the reader alone (masked LM at the template's blank, analysis.knowledge.probe_masked_lm) on
-                training facts (their sentences were read in pre-training and are in realm's index) and held-out
-                facts. The reader is read without retrieval: REALM's knowledge at test time also comes from the index.
+    LAMA        P@1 at the template's blank (analysis.knowledge.probe_masked_lm) on training facts (their
+                sentences were read in pre-training and are in realm's index) and held-out facts (their sentences are
+                in neither), for every row's reader alone, and for realm also with retrieval: the reader marginalised
+                over the k passages + null its trained query encoder retrieves from the index as last refreshed
+                (recipes.realm.load_realm -> REALM.mask_log_probs: the pre-training marginal log Σ_z p(z|x) p(y|x,z),
+                now at the cloze's mask over the whole vocabulary; trivial retrievals are not excluded at test time).
     held-out    masked-LM loss on the held-out facts' sentences (the reader alone, the same masks for every row).
     downstream  relation classification of held-out facts' sentences (experiments/knowledge_pretraining.py's task
                 and fine-tuning, ptm finetune), plus a randomly initialised BERT-mini.
@@ -59,6 +62,7 @@ from ptmkit.models import load_model  # noqa: E402
 from ptmkit.recipes.index import load_encoder  # noqa: E402
 from ptmkit.recipes.knowledge import build_lama_kg  # noqa: E402
 from ptmkit.recipes.pretrain import PretrainConfig, pretrain  # noqa: E402
+from ptmkit.recipes.realm import load_realm  # noqa: E402
 from ptmkit.retrieval import ChunkConfig, EncoderConfig, IndexConfig, PassageIndex  # noqa: E402
 from ptmkit.train.flops import measured_step_flops  # noqa: E402
 
@@ -78,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=1000, help="compute budget in training steps of the realm row")
     p.add_argument("--refresh-every", type=int, default=500,
                    help="realm's index refresh (steps); each re-embeds every passage, counted in its compute")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per step, every row (default: configs/realm-mini.yaml's)")
     p.add_argument("--rows", default=",".join(ROWS), help="pre-trained rows (realm included: the budget's unit)")
     p.add_argument("--max-sentences", type=int, default=None,
                    help="cap on the training sentences (and the index) and on the held-out ones")
@@ -98,8 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:
         args.out = args.out if args.out != "runs/realm" else "runs/realm-smoke"
         args.docs = ""
-        args.budget, args.refresh_every, args.ft_seeds, args.ft_train, args.ft_dev = 4, 2, [0], 200, 100
-        args.ft_epochs, args.lama_max, args.eval_batches = 1.0, 200, 2
+        args.budget, args.refresh_every, args.ft_seeds = 4, 2, [0]
+        # caps: a smaller value given on the command line is kept (the test suite's smoke run asks fewer)
+        args.ft_train, args.ft_dev = min(args.ft_train, 200), min(args.ft_dev, 100)
+        args.ft_epochs, args.eval_batches = min(args.ft_epochs, 1.0), min(args.eval_batches, 2)
+        args.lama_max = min(args.lama_max or 200, 200)
         args.max_sentences = min(args.max_sentences or 1500, 1500)
     # a smoke run checks that every stage works, not the comparison: the twins stop after a few steps (their
     # equal-compute step counts are still computed, printed and used by the estimate)
@@ -150,7 +159,8 @@ def pretrain_config(args, row: str, paths: dict, steps: int) -> PretrainConfig:
         "data.tokenizer": paths["tokenizer"], "data.eval_batches": 4, "objective.params.index": paths["index"],
         "objective.params.refresh_every": args.refresh_every, "train.steps": steps, "train.eval_every": 0,
         "train.checkpoint_every": max(50, steps // 4), "train.progress_bar": False, "train.seed": 0,
-        "schedule.warmup_steps": max(1, steps // 10), "out": str(Path(args.out) / "pretrain" / row)})
+        "schedule.warmup_steps": max(1, steps // 10), "out": str(Path(args.out) / "pretrain" / row),
+        **({"data.batch_size": args.batch_size} if args.batch_size else {})})
     realm = data["objective"]["params"]
     if row == "mlm":
         data["objective"] = {"name": "mlm", "params": {"mask_prob": realm.get("mask_prob", 0.15)}}
@@ -174,7 +184,8 @@ def run_pretraining(args, paths: dict, times: dict) -> dict[str, dict]:
     out = Path(args.out)
     plan_path = out / "plan.json"
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else {}
-    key = {"budget": args.budget, "refresh_every": args.refresh_every, "preset": args.preset}
+    key = {"budget": args.budget, "refresh_every": args.refresh_every, "preset": args.preset,
+           "batch_size": args.batch_size}
     if plan.get("key") != key:
         plan = {"key": key, "rows": {}}
     for row in args.rows:
@@ -207,7 +218,7 @@ def run_pretraining(args, paths: dict, times: dict) -> dict[str, dict]:
     return runs, plan
 
 
-# ---- evaluation: held-out MLM and LAMA (reader alone) ------------------------------------------------------------
+# ---- evaluation: held-out MLM, LAMA (reader alone; realm also with its retrieval) ---------------------------------
 
 
 def run_evaluation(args, paths: dict, runs: dict, times: dict) -> dict:
@@ -218,13 +229,26 @@ def run_evaluation(args, paths: dict, runs: dict, times: dict) -> dict:
     facts = {s: kp.lama_facts(kg, split, args.lama_max) for s, split in (("seen", TRAIN), ("unseen", HELD_OUT))}
     res = {}
     for row, run in runs.items():
-        model = load_model(run["dir"])
+        realm = None
+        if row == "realm":  # the reader with the retriever it trained (RUN/retriever, written when the run finished)
+            model, _, realm = load_realm(Path(run["dir"]).parent)
+        else:
+            model = load_model(run["dir"])
         r = {"mlm_heldout": kp.heldout_mlm(model, tok, paths, False, args.eval_batches)}
         for split, fs in facts.items():
             r[f"lama_{split}"] = kp.lama(model, tok, fs, cloze)
+        if realm is not None:
+            t1 = time.perf_counter()
+            for split, fs in facts.items():
+                r[f"lama_{split}_retrieval"] = kp.lama(model, tok, fs, cloze, retrieval=realm)
+            r["retrieval"] = {"k": realm.cfg.k, "null_passage": realm.cfg.null_passage,
+                              "temperature": realm.cfg.temperature, "passages": len(realm.retriever)}
+            times["lama_retrieval_s"] = time.perf_counter() - t1
         res[row] = r
         log(f"{row}: held-out MLM {r['mlm_heldout']:.3f}, LAMA P@1 seen {100 * r['lama_seen']['p@1']:.1f} / "
-            f"unseen {100 * r['lama_unseen']['p@1']:.1f}")
+            f"unseen {100 * r['lama_unseen']['p@1']:.1f}" + (
+                f"; with retrieval seen {100 * r['lama_seen_retrieval']['p@1']:.1f} / unseen "
+                f"{100 * r['lama_unseen_retrieval']['p@1']:.1f}" if realm is not None else ""))
     times["evaluate_s"] = time.perf_counter() - t0
     return res
 
@@ -236,17 +260,21 @@ def markdown(args, paths: dict, runs: dict, plan: dict, ev: dict, ft: dict, time
     build = json.loads((Path(args.out) / "kg" / "build.json").read_text())
     sentences = len(Path(paths["text"]).read_text().splitlines())
     r = plan["rows"]["realm"]
+    def p1(e: dict, key: str) -> str:
+        return f"{100 * e[key]['p@1']:.1f} (of {e[key]['asked']:,})" if key in e else "–"
+
     lines = [
-        f"| model | steps | training FLOPs / step | pre-train min | held-out MLM loss | LAMA P@1 seen | "
-        f"LAMA P@1 unseen | relation classification acc. (n={len(args.ft_seeds)}) |",
-        "|---|---|---|---|---|---|---|---|"]
+        f"| model | steps | training FLOPs / step | pre-train min | held-out MLM loss | LAMA P@1 seen: reader alone | "
+        f"seen: with retrieval | unseen: reader alone | unseen: with retrieval | relation classification acc. "
+        f"(n={len(args.ft_seeds)}) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for row, e in ev.items():
         run = runs[row]
         lines.append(f"| {LABELS[row]} | {run['steps']:,} | {run['total_step_flops']:.3g} | {run['wall_s'] / 60:.1f} "
-                     f"| {e['mlm_heldout']:.3f} | {100 * e['lama_seen']['p@1']:.1f} (of {e['lama_seen']['asked']:,})"
-                     f" | {100 * e['lama_unseen']['p@1']:.1f} (of {e['lama_unseen']['asked']:,}) | "
-                     f"{kp._pm(ft.get(row, []))} |")
-    lines.append(f"| {LABELS['random']} | 0 | – | 0 | – | – | – | {kp._pm(ft.get('random', []))} |")
+                     f"| {e['mlm_heldout']:.3f} | {p1(e, 'lama_seen')} | {p1(e, 'lama_seen_retrieval')} | "
+                     f"{p1(e, 'lama_unseen')} | {p1(e, 'lama_unseen_retrieval')} | {kp._pm(ft.get(row, []))} |")
+    lines.append(f"| {LABELS['random']} | 0 | – | 0 | – | – | – | – | – | {kp._pm(ft.get('random', []))} |")
+    ret = ev["realm"]["retrieval"]
     lines += ["", f"{args.preset} reader (MiniLM's 30,522-token WordPiece vocabulary) pre-trained on {sentences:,} "
               f"evidence sentences of the {build['train_triples']:,} training facts; equal compute: "
               f"{args.budget:,} realm steps = {plan['budget_flops']:.3g} training FLOPs per row (FlopCounterMode). A "
@@ -254,9 +282,14 @@ def markdown(args, paths: dict, runs: dict, plan: dict, ev: dict, ft: dict, time
               f"{plan['refresh']['per_step']:.3g} for index refreshes ({plan['refresh']['passages']:,} passages "
               f"re-embedded every {args.refresh_every} steps, {plan['refresh']['refresh_flops']:.3g} FLOPs each) = "
               f"{r['total_step_flops'] / plan['rows']['mlm' if 'mlm' in runs else 'realm']['total_step_flops']:.1f}x "
-              "an MLM step. LAMA: the reader alone, single-token objects of the vocabulary, "
-              "training facts (seen) and held-out facts (unseen); held-out MLM loss on the held-out facts' "
-              "sentences. Relation classification: held-out facts' sentences, 28 relations, ptm finetune. "
+              "an MLM step. LAMA: single-token objects of the vocabulary, training facts (seen: their evidence "
+              "sentences were pre-trained on and are in the index) and held-out facts (unseen: their sentences are "
+              "in neither); reader alone = the masked LM at the blank; with retrieval = REALM's reader marginalised "
+              f"over the k = {ret['k']} passages{' + the null passage' if ret['null_passage'] else ''} (τ = "
+              f"{ret['temperature']:g}) that its trained query encoder retrieves from the {ret['passages']:,}-passage "
+              "index as last refreshed, the pre-training marginal at the cloze's mask (recipes.realm.load_realm, "
+              "REALM.mask_log_probs); the twins have no retriever. Held-out MLM loss (reader alone) on the held-out "
+              "facts' sentences. Relation classification: held-out facts' sentences, 28 relations, ptm finetune. "
               f"Scale: a 4-layer, 256-wide reader and a few CPU-hours; REALM pre-trained BERT-base for 200k steps "
               f"on TPUs. Total {times['total_s'] / 60:.0f} min; measured {date.today().isoformat()} with "
               f"`python experiments/realm.py{' ' + shlex.join(args.given) if args.given else ''}`."]
@@ -303,6 +336,7 @@ def main(argv=None) -> dict:
     result = {"experiment": "realm", "steps": {r: runs[r]["steps"] for r in runs},
               "budget_flops": plan["budget_flops"], "mlm_heldout": {r: ev[r]["mlm_heldout"] for r in ev},
               "lama_p@1": {r: {s: ev[r][f"lama_{s}"]["p@1"] for s in ("seen", "unseen")} for r in ev},
+              "lama_p@1_with_retrieval": {s: ev["realm"][f"lama_{s}_retrieval"]["p@1"] for s in ("seen", "unseen")},
               "relation_acc": ft, "times": {k: round(v, 1) for k, v in times.items()}}
     if args.smoke:
         result["estimated_full_min"] = estimate(args, runs, plan, times)

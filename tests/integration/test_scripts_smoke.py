@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_path
 from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture: tiny tokenizers and shards)
 
 BENCH = REPO / "benchmarks"
@@ -533,36 +533,56 @@ def test_attention_maps(capsys, tmp_path):
     assert (tmp_path / "analysis" / "cka_m.png").is_file()  # beside the page written, not in the repository's docs/
 
 
-def _tiny_retrieval_models(tmp_path: Path) -> tuple[Path, Path]:
-    """A tiny BERT encoder (the retriever, and REALM's reader tokenizer: WordPiece with [MASK]) and a tiny LLaMA
-    generator with a byte-level BPE, both trained on LAMA evidence so the scripts' real data reads through them."""
+# six T-REx relations with common one-word objects (languages, religions, places): enough for every stage of the
+# knowledge scripts, read in half a second where all 28 take ~4 s (each time a script reads LAMA)
+MINI_LAMA = ("P103", "P140", "P19", "P1412", "P407", "P364")
+
+
+@pytest.fixture(scope="session")
+def mini_data_root(tmp_path_factory) -> Path:
+    """A data root (PTMKIT_DATA) holding only lama/: relations.jsonl and the MINI_LAMA T-REx files, linked to the
+    shared data's."""
+    lama = shared_path("lama")  # a missing shared data root fails here, by name
+    root = tmp_path_factory.mktemp("data")
+    (root / "lama" / "TREx").mkdir(parents=True)
+    for rel in MINI_LAMA:
+        (root / "lama" / "TREx" / f"{rel}.jsonl.gz").symlink_to(lama / "TREx" / f"{rel}.jsonl.gz")
+    (root / "lama" / "relations.jsonl").symlink_to(lama / "relations.jsonl")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_retrieval_models(tmp_path_factory, mini_data_root) -> tuple[Path, Path]:
+    """A tiny BERT encoder (the retriever, and REALM's reader tokenizer: WordPiece with [MASK], 1,500 tokens, so
+    common objects such as "English" are one token and LAMA asks them) and a tiny LLaMA generator with a byte-level
+    BPE, both trained on LAMA evidence so the scripts' real data reads through them. Built once; read-only."""
     import torch
 
     from ptmkit.data.kg import read_lama
-    from ptmkit.data.paths import data_root
     from ptmkit.data.tokenizer import Tokenizer
     from ptmkit.models import build_model, make_config, save_model
 
-    _, evidence = read_lama(data_root() / "lama", held_out=0.0)
-    texts = [e.text for e in evidence[::40]]
+    out = tmp_path_factory.mktemp("tiny_retrieval")
+    _, evidence = read_lama(mini_data_root / "lama", held_out=0.0)
+    texts = [e.text for e in evidence[::8]]
     torch.manual_seed(0)
     small = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    enc_tok = Tokenizer.train(texts, "wordpiece", vocab_size=600, min_frequency=1, model_max_length=256)
+    enc_tok = Tokenizer.train(texts, "wordpiece", vocab_size=1500, min_frequency=1, model_max_length=256)
     save_model(build_model("bert", make_config("bert", dict(vocab_size=enc_tok.vocab_size, max_position_embeddings=256,
-                                                            **small)), "base"), tmp_path / "enc")
-    enc_tok.save(tmp_path / "enc")
+                                                            **small)), "base"), out / "enc")
+    enc_tok.save(out / "enc")
     gen_tok = Tokenizer.train(texts, "bpe", vocab_size=600, min_frequency=1)
     save_model(build_model("llama", make_config("llama", dict(vocab_size=gen_tok.vocab_size, num_kv_heads=1,
                                                               max_position_embeddings=512, **small)), "causal-lm"),
-               tmp_path / "gen")
-    gen_tok.save(tmp_path / "gen")
-    return tmp_path / "enc", tmp_path / "gen"
+               out / "gen")
+    gen_tok.save(out / "gen")
+    return out / "enc", out / "gen"
 
 
-def test_rag_lama(capsys, data_dir, tmp_path):
+def test_rag_lama(capsys, data_dir, tmp_path, tiny_retrieval_models):
     """--smoke on tiny stand-ins (every stage, no docs); a repeated command reuses the finished rows: a value planted
     in one shows up in the new summary."""
-    enc, gen = _tiny_retrieval_models(tmp_path)
+    enc, gen = tiny_retrieval_models
     argv = ["--smoke", "--generator", str(gen), "--encoder", str(enc), "--relations", "P103,P140",
             "--out", str(tmp_path / "rag")]
     _, line = run_main(EXP / "rag_lama.py", argv, capsys)
@@ -579,15 +599,26 @@ def test_rag_lama(capsys, data_dir, tmp_path):
         (tmp_path / "rag" / "rows" / "with-k1" / "P103.json").read_text())["p@1"]) / 2)
 
 
-def test_realm(capsys, data_dir, tmp_path):
-    """--smoke on a tiny encoder/tokenizer and bert-tiny: every stage, the equal-compute plan, no docs."""
-    enc, _ = _tiny_retrieval_models(tmp_path)
+def test_realm(capsys, tmp_path, monkeypatch, tiny_retrieval_models, mini_data_root):
+    """--smoke on a tiny encoder/tokenizer and bert-tiny over six LAMA relations (the graph, the salient-span
+    dictionary and the relation task read them): every stage, the equal-compute plan, LAMA of the reader alone and
+    of REALM with the retriever its run saved, no docs."""
+    enc, _ = tiny_retrieval_models
+    monkeypatch.setenv("PTMKIT_DATA", str(mini_data_root))
+    out = tmp_path / "realm"
     _, line = run_main(EXP / "realm.py", ["--smoke", "--encoder", str(enc), "--preset", "bert-tiny",
                                           "--rows", "realm,mlm", "--max-sentences", "200", "--lama-max", "20",
-                                          "--ft-train", "40", "--ft-dev", "20", "--out", str(tmp_path / "realm")],
+                                          "--ft-train", "24", "--ft-dev", "12", "--batch-size", "4", "--out", str(out)],
                        capsys)
     assert line["experiment"] == "realm" and line["steps"]["realm"] == 4 and line["steps"]["mlm"] <= 8
-    plan = json.loads((tmp_path / "realm" / "plan.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
     # equal compute: a realm step (reader over k + 1 rows, query encoder, refreshes) buys more MLM steps than one
     assert plan["rows"]["mlm"]["steps"] > 4 and plan["refresh"]["per_step"] > 0
     assert set(line["relation_acc"]) == {"realm", "mlm", "random"} and line["estimated_full_min"]["total"] > 0
+    # LAMA with retrieval asked the same facts as the reader alone, through the retriever the run saved
+    ev = json.loads((out / "results.json").read_text())["evaluation"]["realm"]
+    for split in ("seen", "unseen"):
+        assert ev[f"lama_{split}_retrieval"]["asked"] == ev[f"lama_{split}"]["asked"] > 0
+    assert set(line["lama_p@1_with_retrieval"]) == {"seen", "unseen"}
+    assert ev["retrieval"]["k"] == 4 and ev["retrieval"]["null_passage"] and ev["retrieval"]["passages"] >= 200
+    assert (out / "pretrain" / "realm" / "retriever" / "query_encoder" / "retriever.json").is_file()

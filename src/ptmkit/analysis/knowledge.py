@@ -101,10 +101,19 @@ def single_token_objects(tokenizer, facts: list[Fact], vocab: Iterable[str] | No
 
 @torch.no_grad()
 def mask_log_probs(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
-                   inputs=None) -> torch.Tensor:
+                   inputs=None, retrieval=None) -> torch.Tensor:
     """log p(token | text) at the text's one mask, (N, V); a text whose mask is missing (cut by max_length) or
     repeated gets a row of NaN. `inputs(ids) -> dict`: more model inputs computed from each padded (B, T) batch of
-    ids, e.g. ERNIE's entity links (ptmkit.objectives.linking)."""
+    ids, e.g. ERNIE's entity links (ptmkit.objectives.linking). `retrieval`: a retrieval-augmented masked-LM
+    objective (objectives.realm.REALM, e.g. from recipes.realm.load_realm) whose `mask_log_probs(model, batch)`
+    scores each batch instead: the model is its reader, and log p(token | text) is marginalised over the passages
+    it retrieves for the text, as in its training."""
+    if retrieval is not None:
+        if inputs is not None:
+            raise ConfigError("LAMA: give inputs (ERNIE's entities) or retrieval (REALM's passages), not both")
+        if retrieval.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise ConfigError("LAMA with retrieval: the REALM objective reads with another tokenizer than the probed "
+                              "model's; load both from the same run (recipes.realm.load_realm)")
     mask_id = tokenizer.mask_id
     device = next(model.parameters()).device
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
@@ -121,6 +130,9 @@ def mask_log_probs(model, tokenizer, texts: list[str], batch_size: int = 64, max
             ids[r, :len(enc[i])] = torch.tensor(enc[i])
             att[r, :len(enc[i])] = 1
         ids, att = ids.to(device), att.to(device)
+        if retrieval is not None:
+            out[torch.tensor(chunk)] = retrieval.mask_log_probs(model, {"input_ids": ids, "attention_mask": att}).cpu()
+            continue
         extra = inputs(ids) if inputs is not None else {}
         logits = model(ids, attention_mask=att, score_positions=ids == mask_id, **extra).logits.float()  # (B, V)
         out[torch.tensor(chunk)] = logits.log_softmax(-1).cpu()
@@ -142,14 +154,15 @@ def rank_metrics(log_probs: torch.Tensor, objects: list[int], allowed: list[int]
 
 
 def probe_masked_lm(model, tokenizer, facts: list[Fact], template: str | None, vocab: Iterable[str] | None = None,
-                    batch_size: int = 64, max_length: int = 128, inputs=None) -> dict:
+                    batch_size: int = 64, max_length: int = 128, inputs=None, retrieval=None) -> dict:
     """P@1, P@10 and MRR of a masked LM on `facts` (one relation). Facts whose object is not one token of the
-    (common) vocabulary are left out and counted. `inputs`: as in mask_log_probs."""
+    (common) vocabulary are left out and counted. `inputs`, `retrieval` (REALM's reader with its retriever): as in
+    mask_log_probs."""
     _check_mlm(model, tokenizer)
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     asked, objects, allowed = single_token_objects(tokenizer, facts, vocab)
     lp = mask_log_probs(model, tokenizer, [cloze(f, template, mask_token) for f in asked], batch_size, max_length,
-                        inputs)
+                        inputs, retrieval)
     m = rank_metrics(lp, objects, allowed)
     return {"facts": len(facts), **m, "skipped": len(facts) - m["asked"]}
 

@@ -83,5 +83,6 @@ def decode_queries(tokenizer, ids: torch.Tensor, lengths: torch.Tensor, drop: Se
 
 def latent_marginal(log_prior: torch.Tensor, log_lik: torch.Tensor) -> torch.Tensor:
     """log Σ_z p(z|x) p(y|x,z) from (B, K) log p(z|x) and (B, K) log p(y|x,z): (B,). Passages with p(z|x) = 0
-    (-inf, filtered out) add nothing."""
+    (-inf, filtered out) add nothing. Trailing dimensions broadcast: (B, K, 1) and (B, K, V) give (B, V), every
+    token's marginal at once (REALM's test-time reading)."""
     return torch.logsumexp(log_prior + log_lik, dim=1)

@@ -15,6 +15,8 @@ tokens are nearly all visible in x).
 The reader is the model the engine trains (any masked-LM family); the retriever (query encoder + document snapshot)
 is this objective's auxiliary network, checkpointed with it. The loss is -Σ_b log p(y_b|x_b) over the batch's masked
 tokens, so it equals the plain masked-LM cross-entropy when one passage is retrieved (tests check this exactly).
+At test time (`mask_log_probs`, LAMA through analysis.knowledge) the same retrieval, rows and marginal give every
+token's log p(v|x) at a cloze's mask; the trained retriever is written beside the reader (`save_exports`).
 
 Dimension legend: B batch, T text length, K passages per row (+ null), P passage tokens, L joined length, N scored.
 """
@@ -22,6 +24,7 @@ Dimension legend: B batch, T text length, K passages per row (+ null), P passage
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -112,6 +115,11 @@ class REALM:
             self.retriever.module.to(p.device)
         return self.retriever.module
 
+    def save_exports(self, out: Path) -> dict[str, str]:
+        """After training, beside the reader: the retriever as trained (OUT/retriever: the index as last refreshed,
+        its document encoder and the query encoder), what test-time reading loads (recipes.realm.load_realm)."""
+        return {"retriever_dir": str(self.retriever.save(Path(out) / "retriever"))}
+
     def on_step(self, step: int) -> None:
         """Before optimizer step `step`: refresh the index every refresh_every steps (a resumed run passes the same
         steps, so it refreshes where the uninterrupted run did)."""
@@ -126,17 +134,20 @@ class REALM:
         return self.corruption.corrupt(batch, generator)
 
     # ---- model side ---------------------------------------------------------------------------------------------
-    def retrieve(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def retrieve(self, batch: Batch, exclude: bool = True, grad: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x ids (B, T) valid first, x lengths (B,), labels (B, T) aligned with them, and the retrieval: passage
-        ids (B, K') and log p(z|x) (B, K'))."""
+        ids (B, K') and log p(z|x) (B, K')). exclude=False keeps trivial retrievals (test time: §3.4 drops them in
+        pre-training only, so the reader cannot learn to copy the masked text); grad=False: no autograd graph."""
         ids, labels = batch["input_ids"], batch["labels"]
         mask = batch.get("attention_mask", torch.ones_like(ids))
         x, n, labels = valid_first(ids, mask, labels)
         c = self.cfg
+        drop = exclude and c.exclude_overlap > 0
         queries = decode_queries(self.tokenizer, x, n, self.drop)
-        fetch = min(2 * c.k, len(self.retriever)) if c.exclude_overlap > 0 else None
-        pid, scores = self.retriever.retrieve(queries, c.k, null=c.null_passage, fetch=fetch)
-        if c.exclude_overlap > 0:
+        fetch = min(2 * c.k, len(self.retriever)) if drop else None
+        pid, scores = self.retriever.retrieve(queries, c.k, null=c.null_passage, fetch=fetch, grad=grad)
+        if drop:
             pid, scores = self._drop_trivial(x, n, pid, scores)
         return x, n, labels, pid, F.log_softmax(scores.float(), dim=-1)
 
@@ -156,8 +167,10 @@ class REALM:
         return (torch.cat([pid[:, :-1].gather(1, top.indices), pid[:, -1:]], 1),
                 torch.cat([top.values, scores[:, -1:]], 1))
 
-    def reader_log_likelihood(self, model, x, n, labels, pid) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p(y|x, z) for every retrieved z: (B, K) summed over each row's masked tokens, and (B,) their count."""
+    def read(self, model, x, n, labels, pid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reader over [x ; z] for every retrieved z (BERT's segment B on the passage): log p(·|x, z) (N, V) at
+        the labelled positions of the B*K joined rows (row-major), the row in B*K of each of the N, and their labels
+        (N,)."""
         B, K = pid.shape
         ptoks, plen = self.passages.rows(pid)  # (B, K, P), (B, K)
         xr = x[:, None].expand(B, K, x.shape[1]).reshape(B * K, -1).cpu()
@@ -173,10 +186,14 @@ class REALM:
         where = lab != -100  # (B*K, L)
         out = model(rows.to(device), attention_mask=attn.to(device),
                     token_type_ids=types.to(device) if types is not None else None, score_positions=where.to(device))
-        lp = F.log_softmax(out.logits.float(), dim=-1)  # (N, V)
-        token_lp = lp.gather(1, lab[where].to(device)[:, None])[:, 0]  # (N,)
-        row = where.nonzero()[:, 0].to(device)
-        ll = torch.zeros(B * K, device=device, dtype=token_lp.dtype).index_add(0, row, token_lp)
+        return F.log_softmax(out.logits.float(), dim=-1), where.nonzero()[:, 0].to(device), lab[where].to(device)
+
+    def reader_log_likelihood(self, model, x, n, labels, pid) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(y|x, z) for every retrieved z: (B, K) summed over each row's masked tokens, and (B,) their count."""
+        B, K = pid.shape
+        lp, row, target = self.read(model, x, n, labels, pid)  # (N, V), (N,), (N,)
+        token_lp = lp.gather(1, target[:, None])[:, 0]  # (N,)
+        ll = torch.zeros(B * K, device=lp.device, dtype=token_lp.dtype).index_add(0, row, token_lp)
         return ll.view(B, K), (labels != -100).sum(1)
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -193,3 +210,23 @@ class REALM:
             if self.cfg.null_passage:
                 metrics["null_prob"] = float(p[:, -1].mean())
         return loss, metrics
+
+    # ---- test time: the reader with retrieval ---------------------------------------------------------------------
+    @torch.no_grad()
+    def mask_log_probs(self, model, batch: Batch) -> torch.Tensor:
+        """log p(v | x) over the vocabulary at each row's one [MASK], (B, V): the marginal of training, now over every
+        token v, log Σ_z p(z|x) p(v|x, z) (§2.2) with the same retrieval (the query encoder's p(z|x) over the top k
+        and the null passage if configured), the same [x ; z] rows and the same latent_marginal. Trivial retrievals
+        are kept: a passage that states the fact is what retrieval is for at test time. batch: input_ids and
+        attention_mask (B, T), exactly one mask token in each row's real tokens."""
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask", torch.ones_like(ids))
+        at = (ids == self.cfg.mask_token_id) & (mask == 1)
+        if not bool((at.sum(1) == 1).all()):
+            raise ConfigError("realm: test-time reading scores one [MASK] per row; some rows have none or several")
+        labels = torch.where(at, ids, torch.full_like(ids, -100))  # any id: only the position is read
+        x, n, labels, pid, log_prior = self.retrieve({"input_ids": ids, "attention_mask": mask, "labels": labels},
+                                                     exclude=False, grad=False)
+        B, K = pid.shape
+        lp, _, _ = self.read(model, x, n, labels, pid)  # (B*K, V): one scored position per joined row
+        return latent_marginal(log_prior[:, :, None], lp.view(B, K, -1))  # (B, V)

@@ -431,8 +431,9 @@ def plain_training_module(cfg: PretrainConfig, tokenizer: Tokenizer):
 
 def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, exports_dir: Path) -> dict[str, str]:
     """The model directory (HF layout + tokenizer), and beside it in `exports_dir` every model the objective exports
-    (ELECTRA's generator, a usable MLM too). Family rules live with the family (`hf_export_form`: ALBERT's partial
-    sharing exports as the equivalent unshared model)."""
+    (ELECTRA's generator, a usable MLM too) and what its `save_exports` writes (REALM's trained retriever). Family
+    rules live with the family (`hf_export_form`: ALBERT's partial sharing exports as the equivalent unshared
+    model)."""
     model = hf_export_form(model)
     extra = dict(objective.exports()) if hasattr(objective, "exports") else {}
     try:  # e.g. BERT/GPT-2 with Mixture-of-Experts layers have no HF form (a LLaMA with MoE saves as Mixtral)
@@ -448,6 +449,8 @@ def save_trained(model, objective, tokenizer: Tokenizer, model_dir: Path, export
             if tokenizer is not None:  # an image tokenizer (VQ-VAE) run reads no text
                 tokenizer.save(tmp)
         written[f"{name}_dir"] = str(d)
+    if hasattr(objective, "save_exports"):  # what else a trained objective leaves for test time (REALM's retriever)
+        written.update(objective.save_exports(exports_dir))
     return written
 
 

@@ -148,6 +148,14 @@ class PassageIndex:
                     "index": {**self.manifest["index"], "ntotal": int(index.ntotal)}}
         return PassageIndex(self._passages, index, encoder, manifest)
 
+    def with_encoder(self, encoder: DenseEncoder) -> PassageIndex:
+        """The same passages and vectors, recorded as made by `encoder`: the same weights kept elsewhere (a trained
+        retriever saves its document snapshot beside the index, which then names that directory)."""
+        if encoder.fingerprint() != self.manifest["encoder"]["fingerprint"]:
+            raise ConfigError("index: with_encoder needs the encoder that made these vectors (same fingerprint); "
+                              "to re-embed with another one use refresh(encoder)")
+        return PassageIndex(self._passages, self.index, encoder, {**self.manifest, "encoder": encoder.describe()})
+
     # -- saving and loading ----------------------------------------------------------------------------------------
 
     def save(self, out: str | os.PathLike) -> Path:

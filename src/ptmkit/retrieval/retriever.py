@@ -30,7 +30,7 @@ from torch import nn
 from ptmkit import atomic
 from ptmkit.config import ConfigError
 from ptmkit.retrieval.encoder import DenseEncoder
-from ptmkit.retrieval.passage_index import PassageIndex
+from ptmkit.retrieval.passage_index import PassageIndex, read_manifest, recorded_encoder_config
 
 QUERY_RECORD = "retriever.json"  # beside a trained query encoder: the document vectors it was trained against
 NULL = -1  # the id of REALM's null passage (§3.4 "null document": the model may also answer from x alone)
@@ -65,11 +65,17 @@ class Retriever:
              temperature: float = 1.0) -> Retriever:
         """The index directory (checked: files, corpus, its own encoder) and a query encoder: None = a trainable copy
         of the index's encoder; a directory = one saved by `save_query_encoder` for this index (its record must name
-        the index's document encoder: a query encoder trained against other document vectors would score nonsense)."""
+        the index's document encoder: a query encoder trained against other document vectors would score nonsense).
+        An index written by `save` reads its document encoder from beside it (DIR/../document_encoder), wherever
+        the saved retriever was moved."""
         if not str(index_dir):
             raise ConfigError("retriever: no index directory given; build one with `ptm index build CORPUS --out DIR` "
                               "and set it (objective.params.index / --index)")
-        index = PassageIndex.load(index_dir)
+        beside = Path(index_dir).parent / "document_encoder"
+        document = None
+        if beside.is_dir() and Path(index_dir).name == "index":
+            document = DenseEncoder.from_dir(beside, recorded_encoder_config(read_manifest(index_dir)))
+        index = PassageIndex.load(index_dir, document)
         if query_encoder is None:
             return cls(index, temperature=temperature)
         q = Path(query_encoder)
@@ -98,6 +104,24 @@ class Retriever:
             (tmp / QUERY_RECORD).write_text(json.dumps(
                 {"document_fingerprint": self.index.manifest["encoder"]["fingerprint"],
                  "document_source": self.document.source, "temperature": self.temperature}, indent=2) + "\n")
+        return out
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """The retriever as trained, loadable by `Retriever.load(OUT/index, OUT/query_encoder)`: OUT/document_encoder
+        (the snapshot the index vectors came from: after refresh() no longer the encoder the index was built with),
+        OUT/index (those vectors, its manifest naming that directory) and OUT/query_encoder. Each part is written
+        atomically; the index goes after its encoder, so a half-written OUT fails to load with a named cause."""
+        from ptmkit.models import save_model
+
+        out = Path(out)
+        self.sync()  # the vectors must be the document snapshot's
+        doc = out / "document_encoder"
+        with atomic.atomic_dir(doc) as tmp:
+            save_model(self.document.model, tmp, tokenizer_from=None)
+            self.document.tokenizer.save(tmp)
+        saved = DenseEncoder(self.document.model, self.document.tokenizer, self.document.cfg, source=str(doc))
+        self.index.with_encoder(saved).save(out / "index")
+        self.save_query_encoder(out / "query_encoder")
         return out
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ Writes the "text-to-image" block of docs/multimodal.md (not with --smoke).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -50,6 +51,7 @@ from ptmkit.recipes.text_to_image import generate_images, load_generator  # noqa
 from ptmkit.train.logging import read_metrics  # noqa: E402
 
 CONFIGS = ROOT / "configs"
+EMOJI = "multimodal/emoji/emoji.jsonl"
 SMOKE_VQ = {"model.config.hidden_size": 16, "model.config.codebook_size": 32, "model.config.embedding_dim": 8,
             "model.config.residual_hidden_size": 8, "data.batch_size": 16}
 SMOKE_GEN = {"model.config.hidden_size": 32, "model.config.num_layers": 1, "model.config.num_heads": 2,
@@ -60,13 +62,16 @@ SMOKE_CLIP = {"model.config.vision.hidden_size": 32, "model.config.vision.num_la
               "model.config.text.intermediate_size": 64, "model.config.projection_dim": 32, "data.batch_size": 16}
 
 
-def stage(recipe: str, out: Path, cache: Path, steps: int | None, extra: dict) -> tuple[PretrainConfig, Path, float]:
-    """Run (or reuse) one `ptm pretrain` stage; (its config, its model directory, seconds spent here)."""
+def stage(recipe: str, out: Path, cache: Path, steps: int | None, extra: dict,
+          emoji: str = EMOJI) -> tuple[PretrainConfig, Path, float]:
+    """Run (or reuse) one `ptm pretrain` stage on the recipe's captions of the `emoji` JSON lines; (its config, its
+    model directory, seconds spent here)."""
     over = {"out": str(out), "images.cache_dir": str(cache), "train.progress_bar": False, **extra}
     if steps:
         over.update({"train.steps": steps, "train.eval_every": max(1, steps // 4),
                      "train.checkpoint_every": max(1, steps // 2), "schedule.warmup_steps": min(100, steps // 10)})
     cfg = build_config(PretrainConfig, str(CONFIGS / recipe), over)
+    cfg.images.train = [dataclasses.replace(s, path=emoji) for s in cfg.images.train]
     t0 = time.perf_counter()
     if not (out / "summary.json").is_file() or not (out / "model").is_dir():
         pretrain(cfg, overwrite=True)
@@ -121,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=4, help="samples per held-out name")
     p.add_argument("--shown", type=int, default=12, help="held-out names shown in the figure")
     p.add_argument("--top-k", type=int, default=64, help="sample among the k most likely codes")
+    p.add_argument("--emoji", default=EMOJI, help="the emoji JSON lines (a relative path is looked up under "
+                                                  "$PTMKIT_DATA); tests pass a few of them")
     p.add_argument("--smoke", action="store_true", help="tiny models, a few steps, 8 names: checks the pipeline runs")
     args = p.parse_args(argv)
     out = Path(args.out) / ("smoke" if args.smoke else "full")
@@ -128,9 +135,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     vq_cfg, vq_dir, vq_s = stage("vqvae-emoji.yaml", out / "vqvae", cache, 20 if args.smoke else args.vq_steps,
-                                 SMOKE_VQ if args.smoke else {})
+                                 SMOKE_VQ if args.smoke else {}, args.emoji)
     gen_cfg, gen_dir, gen_s = stage("dalle-emoji.yaml", out / "dalle", cache, 20 if args.smoke else args.gen_steps,
-                                    {**(SMOKE_GEN if args.smoke else {}), "images.tokenizer": str(vq_dir)})
+                                    {**(SMOKE_GEN if args.smoke else {}), "images.tokenizer": str(vq_dir)}, args.emoji)
 
     # reconstruction on the held-out images (and on training images, for the generalisation gap)
     vq = load_model(vq_dir).eval()
@@ -143,7 +150,8 @@ def main(argv=None) -> int:
     gen = load_generator(gen_dir)
     names = [r.eval_captions[0] for r in held.records]
     if args.smoke:
-        names, held_idx = names[:8], np.arange(8)
+        names = names[:8]
+        held_idx = np.arange(len(names))
     else:
         held_idx = np.arange(len(names))
     t0 = time.perf_counter()
@@ -160,7 +168,7 @@ def main(argv=None) -> int:
     clip_dir = Path(args.clip)
     clip_s = 0.0
     if args.smoke and not (clip_dir / "config.json").is_file():
-        clip_cfg, clip_dir, clip_s = stage("clip-emoji.yaml", out / "clip", cache, 20, SMOKE_CLIP)
+        clip_cfg, clip_dir, clip_s = stage("clip-emoji.yaml", out / "clip", cache, 20, SMOKE_CLIP, args.emoji)
     judged = None
     if (clip_dir / "config.json").is_file():
         owner = np.arange(len(names))
@@ -191,6 +199,7 @@ def main(argv=None) -> int:
     else:
         write_results_block(ROOT / "docs" / "multimodal.md", block, "Multimodal pre-training", name="text-to-image")
     print(block)
+    print(json.dumps({"experiment": "text_to_image", "smoke": args.smoke, **result}))
     return 0
 
 

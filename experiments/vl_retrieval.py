@@ -193,6 +193,7 @@ def main(argv=None) -> dict:
            "results": {n: {t: {"recall": r[t]["recall"], "chance": r[t]["chance"]} for t in r} for n, r in results.items()}}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out))
     return out
 
 

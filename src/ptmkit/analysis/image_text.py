@@ -84,13 +84,16 @@ def match_similarity(model, dataset, images: np.ndarray, batch_size: int = 256, 
                      autocast=None) -> tuple[torch.Tensor, np.ndarray]:
     """(N, M) image x caption scores of a model that reads each pair jointly (single-/two-stream encoders: the
     image-text matching margin, UNITER §4's retrieval), every pair of the `images` (dataset indices) and all their
-    evaluation captions, in batches of `batch_size` pairs; and (M,) each caption's image (0..N-1)."""
+    evaluation captions, in batches of `batch_size` pairs; and (M,) each caption's image (0..N-1). A two-stream model
+    (`separable_streams`) encodes each caption and each image once and runs only its cross-modality layers per pair."""
     caps = dataset.eval_captions
     rows = np.concatenate([np.arange(caps.offsets[i], caps.offsets[i + 1]) for i in images])  # (M,) caption rows
     owner = np.repeat(np.arange(len(images)), np.diff(caps.offsets)[images])
     pixels = dataset.pixel_values(images)  # (N, C, S, S), no augmentation
     text = padded(caps.ids[rows], caps.lengths[rows])  # (M, T)
     n, m = len(images), len(rows)
+    if getattr(model, "separable_streams", False):
+        return _two_stream_scores(model, text, pixels, batch_size, device, autocast).view(n, m), owner
     scores = torch.empty(n * m)
     for start in range(0, n * m, batch_size):
         pair = torch.arange(start, min(start + batch_size, n * m))  # flat (image, caption) index, image-major
@@ -102,11 +105,38 @@ def match_similarity(model, dataset, images: np.ndarray, batch_size: int = 256, 
     return scores.view(n, m), owner
 
 
+@torch.no_grad()
+def _two_stream_scores(model, text: dict, pixels: torch.Tensor, batch_size: int, device, autocast) -> torch.Tensor:
+    """(N * M,) image-major ITM scores of every pair of a two-stream model (`separable_streams`): each of the M
+    captions and N images goes through its own stream once (M + N single-modality passes, not N x M), then the
+    cross-modality layers run on every pair, `batch_size` pairs at a time. Equal to scoring each pair with
+    `match_score` (tests/unit/analysis/test_image_text.py)."""
+    ctx = autocast if autocast else contextlib.nullcontext
+    backbone, ids, keep = model.backbone, text["input_ids"], text["attention_mask"]
+    m, n = len(ids), len(pixels)
+    with ctx():
+        texts = torch.cat([backbone.encode_text_stream(ids[s:s + batch_size].to(device),
+                                                       keep[s:s + batch_size].to(device))[0]
+                           for s in range(0, m, batch_size)])  # (M, T, H)
+        images = torch.cat([backbone.encode_image_stream(pixels[s:s + batch_size].to(device))
+                            for s in range(0, n, batch_size)])  # (N, P, H)
+    keep = keep.to(device)
+    scores = torch.empty(n * m)
+    for start in range(0, n * m, batch_size):
+        pair = torch.arange(start, min(start + batch_size, n * m))  # flat (image, caption) index, image-major
+        img, cap = pair.to(device) // m, pair.to(device) % m
+        with ctx():
+            s = model.fused_match_score(texts[cap], images[img], keep[cap])
+        scores[pair] = s.float().cpu()
+    return scores
+
+
 def retrieval(model, dataset, device="cpu", ks=KS, batch_size: int = 256, autocast=None,
               max_images: int | None = None) -> dict:
     """Recall@k both ways over `dataset`'s images and their evaluation captions, with the chance levels. A dual
     encoder (CLIP) ranks by cosine similarity; a model that scores pairs jointly (`match_score`) scores every
-    image-caption pair, N x M forward passes, so `max_images` may cap N: the first images of the set and their
+    image-caption pair (N x M forward passes; a two-stream model's N x M are its cross-modality layers only), so
+    `max_images` may cap N: the first images of the set and their
     captions, for either kind of model (so that both are compared on the same test set)."""
     n = min(len(dataset), max_images or len(dataset))
     if hasattr(model, "match_score"):

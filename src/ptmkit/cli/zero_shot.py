@@ -16,8 +16,9 @@ def add_parser(sub) -> None:
             "field with prompt templates (--classes, --template), and with --probe a linear probe on the same image "
             "vectors trained on the training split; chance levels beside each. A single- or two-stream model "
             "(visualbert, lxmert) is scored by retrieval only, ranking every image-caption pair by its image-text "
-            "matching score (N x M forward passes). Use the pre-training's --held-out "
-            "and --split-seed to score only images it never trained on. Writes OUT/results.json."
+            "matching score (N x M forward passes; lxmert encodes each caption and image once and runs only its "
+            "cross-modality layers per pair). Use the pre-training's --held-out and --split-seed to score only "
+            "images it never trained on. Writes OUT/results.json."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -89,19 +89,30 @@ class LxmertEncoder(Backbone):
         self.pooler = Pooler(c.hidden_size)
         self.apply(self.init_weights)
 
-    def encode_streams(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-                       attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                       image_mask: torch.Tensor | None = None):
-        """The single-modality encoders: ((B, T, H) text states, (B, N, H) image states, the text key mask)."""
+    def encode_text_stream(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                           token_type_ids: torch.Tensor | None = None):
+        """The language encoder alone: ((B, T, H) text states, the (B, 1, 1, T) text key mask or None). It never
+        sees the image, so retrieval encodes each caption once (analysis/image_text.py)."""
         check_text(self.config, input_ids)
         b, t = input_ids.shape
         pos = torch.arange(t, device=input_ids.device)[None].expand(b, t)  # (B, T)
         text = self.embeddings(input_ids, pos, token_type_ids)  # (B, T, H)
         mask, _ = build_mask(attention_mask, t, t, causal=False, device=text.device)  # (B, 1, 1, T) or None
         text, _ = stack_forward(self.text_encoder.layers, text, mask, False, None, None, False)
+        return text, mask
+
+    def encode_image_stream(self, pixel_values: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The object-relationship encoder alone: (B, N, H) image states, independent of any caption."""
         image = self.image(pixel_values, image_mask)  # (B, N, H)
         image, _ = stack_forward(self.image_encoder.layers, image, None, False, None, None, False)
-        return text, image, mask
+        return image
+
+    def encode_streams(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                       image_mask: torch.Tensor | None = None):
+        """The single-modality encoders: ((B, T, H) text states, (B, N, H) image states, the text key mask)."""
+        text, mask = self.encode_text_stream(input_ids, attention_mask, token_type_ids)
+        return text, self.encode_image_stream(pixel_values, image_mask), mask
 
     def fuse(self, text: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None,
              output_hidden_states: bool = False) -> VLOutput:

@@ -24,6 +24,7 @@ from torch import nn
 from ptmkit.config import ConfigError
 from ptmkit.models.base import Backbone
 from ptmkit.models.heads import MLMHead, TaskModel
+from ptmkit.nn import build_mask
 from ptmkit.nn.feedforward import get_activation
 
 
@@ -96,6 +97,24 @@ class VLPreTraining(TaskModel):
                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) log-odds that caption i describes image i: the ITM logit margin, retrieval's similarity."""
         logits = self.itm(self.backbone(input_ids, pixel_values, attention_mask).pooler_output)  # (B, 2)
+        return logits[:, 1] - logits[:, 0]
+
+    @property
+    def separable_streams(self) -> bool:
+        """Whether the backbone reads the caption and the image apart before joining them (two-stream,
+        models/lxmert.py: encode_text_stream / encode_image_stream, then fuse): retrieval then encodes each caption
+        and each image once and runs only the cross-modality layers per pair (`fused_match_score`). A single-stream
+        backbone joins them at the first layer, so every pair is a full forward pass."""
+        return hasattr(self.backbone, "fuse")
+
+    def fused_match_score(self, text_states: torch.Tensor, image_states: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) `match_score` of pairs whose streams are already encoded: text_states (B, T, H) from
+        backbone.encode_text_stream, image_states (B, N, H) from backbone.encode_image_stream, attention_mask (B, T)
+        the captions' padding mask; only the cross-modality layers, the pooler and the ITM head run."""
+        t = text_states.shape[1]
+        mask, _ = build_mask(attention_mask, t, t, causal=False, device=text_states.device)  # (B, 1, 1, T) or None
+        logits = self.itm(self.backbone.fuse(text_states, image_states, mask).pooler_output)  # (B, 2)
         return logits[:, 1] - logits[:, 0]
 
 

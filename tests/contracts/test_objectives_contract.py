@@ -167,8 +167,9 @@ def contract_batch(objective, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     return batch
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_objective_loss_falls(name):
+def contract_objective(name):
+    """Objective `name` at the contract size, built as `ptm pretrain` builds it where it reads the vocabulary or an
+    index (other tests of every objective reuse this)."""
     cfg_cls, obj_cls = OBJECTIVES[name]
     params = {}
     fields = cfg_cls.__dataclass_fields__
@@ -187,6 +188,12 @@ def test_objective_loss_falls(name):
         objective = build_objective(ObjectiveSection(name=name), tokenizer, V, seq_len=16)
     else:
         objective = obj_cls(from_dict(cfg_cls, params))
+    return objective
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objective_loss_falls(name):
+    objective = contract_objective(name)
     model = _model(objective.task)
     trained, _ = bind_objective(model, objective)  # + auxiliary networks the objective owns (ELECTRA's generator)
     opt = torch.optim.AdamW(trained.parameters(), lr=2e-3)

@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
                     f"{d['success_rate'] * 100:.1f} | {d['mean_queries']:.0f} | {d['perturbed_words_pct']:.1f} |")
     lines = ["| attack | accuracy before | accuracy under attack | success rate | mean queries | words changed (%) |",
              "|---|---|---|---|---|---|", *rows, "",
-             f"{Path(model).name} on {args.examples} SST-2 dev sentences (a seeded subset); TextFooler with PPDB "
+             f"{args.model} on {args.examples} SST-2 dev sentences (a seeded subset); TextFooler with PPDB "
              "synonyms, en_ewt's most frequent tags and MiniLM sentence similarity >= 0.7, at most 30% of the words. "
              f"Measured {date.today().isoformat()} with `python experiments/robustness_table.py`."]
     block = "\n".join(lines)

@@ -75,13 +75,9 @@ LABELS = {"bert": "BERT-mini, MLM (no knowledge)", "ernie": "ERNIE, MLM + dEA, T
 VOCAB = 12000
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/knowledge", help="study folder (data, runs, results.json)")
-    p.add_argument("--doc", default="docs/knowledge.md", help="page whose 'knowledge' results block is written")
-    p.add_argument("--budget", type=int, default=1000, help="compute budget in pre-training steps of the bert row")
-    p.add_argument("--rows", default="bert,ernie,ernie-untrained-kg,kepler", help="pre-trained rows")
+def add_evaluation_options(p: argparse.ArgumentParser) -> None:
+    """How every pre-trained row is judged (this study's and experiments/realm.py's): relation-classification
+    fine-tuning, LAMA on the held-out facts, held-out MLM loss."""
     p.add_argument("--ft-seeds", type=ints, default=[0, 1], help="fine-tuning seeds")
     p.add_argument("--ft-train", type=int, default=4000, help="relation-classification training sentences")
     p.add_argument("--ft-dev", type=int, default=1000, help="relation-classification dev sentences")
@@ -89,6 +85,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ft-lr", type=float, default=3e-4, help="the demo's fine-tuning lr for BERT-mini")
     p.add_argument("--lama-max", type=int, default=None, help="facts per split asked (default: all)")
     p.add_argument("--eval-batches", type=int, default=32, help="held-out MLM batches of 32 x 128 tokens")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/knowledge", help="study folder (data, runs, results.json)")
+    p.add_argument("--doc", default="docs/knowledge.md", help="page whose 'knowledge' results block is written")
+    p.add_argument("--budget", type=int, default=1000, help="compute budget in pre-training steps of the bert row")
+    p.add_argument("--rows", default="bert,ernie,ernie-untrained-kg,kepler", help="pre-trained rows")
+    add_evaluation_options(p)
     p.add_argument("--smoke", action="store_true",
                    help="every stage at a few steps / examples, in --out runs/knowledge-smoke; no docs written")
     args = p.parse_args(argv)

@@ -31,6 +31,9 @@ def main(argv=None) -> dict:
                    help="T-REx relation ids (files <data root>/lama/TREx/ID.jsonl.gz)")
     p.add_argument("--search", type=int, default=5, help="prompt search size (mined templates, AutoPrompt triggers, "
                                                           "OptiPrompt vectors); 0 = none")
+    p.add_argument("--squad", action=argparse.BooleanOptionalAction, default=True,
+                   help="also LAMA's SQuAD cloze sentences, for the masked LMs (their blank is mid-sentence, which a "
+                        "causal LM's left-to-right ranking cannot score)")
     p.add_argument("--max-facts", type=int, default=None, help="facts per relation (a prefix of each file)")
     p.add_argument("--data", default=os.environ.get("PTMKIT_DATA", str(ROOT.parent / "shared" / "data")),
                    help="data root")
@@ -43,17 +46,20 @@ def main(argv=None) -> dict:
     if missing:  # before any model runs: the shared T-REx holds 28 of LAMA's 41 relations
         have = ",".join(sorted(f.name.split(".")[0] for f in (lama / "TREx").glob("*.jsonl.gz")))
         raise SystemExit(f"no T-REx file for {', '.join(missing)} in {lama / 'TREx'}; relations there: {have}")
-    if args.max_facts:  # a prefix of every file, for quick looks and tests
+    squad = [lama / "Squad" / "test.jsonl.gz"] if args.squad else []
+    if squad and not squad[0].is_file():
+        raise SystemExit(f"no {squad[0]}; pass --no-squad to leave SQuAD out")
+    if args.max_facts or squad:  # a prefix of every file, for quick looks and tests; SQuAD under its own name
         import gzip
 
         cut = Path(args.out) / "facts"
         cut.mkdir(parents=True, exist_ok=True)
         short = []
-        for f in files:
+        for f, name in [(f, f.name) for f in files] + [(f, "SQuAD.jsonl.gz") for f in squad]:
             rows = gzip.open(f, "rt").read().splitlines()[: args.max_facts]
-            (cut / f.name).write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
-            short.append(cut / f.name)
-        files = short
+            (cut / name).write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+            short.append(cut / name)
+        files, squad = short[: len(files)], short[len(files):]
     rows, summary = [], {}
     for kind, names in (("masked", args.masked), ("causal", args.causal)):
         for name in [n for n in names.split(",") if n]:
@@ -61,6 +67,10 @@ def main(argv=None) -> dict:
             r = analyze.lama(model_dir(name), Path(args.out) / name, files, lama / "relations.jsonl", mined=search,
                              optiprompt=search, autoprompt=search)
             summary[name] = r["macro"]
+            rows_macro = [f"{r['macro'][k] * 100:.1f}" if r["macro"][k] is not None else "–"
+                          for k in ("p@1", "p@10", "mrr")]
+            if kind == "masked" and squad:  # ready cloze sentences: no template, so no prompt search
+                r["relations"].update(analyze.lama(model_dir(name), Path(args.out) / name / "squad", squad)["relations"])
             for rel, x in r["relations"].items():
                 cells = [f"{x[k] * 100:.1f}" if x.get(k) is not None else "–" for k in ("p@1", "p@10", "mrr")]
                 ps = x.get("prompt_search", {})
@@ -68,10 +78,12 @@ def main(argv=None) -> dict:
                         if isinstance(ps.get(k), dict) and ps[k].get("p@1") is not None}
                 search_cell = ", ".join(f"{k} {v * 100:.1f}" for k, v in best.items()) or "–"
                 rows.append(f"| {name} | {rel} | {x['asked']} of {x['facts']} | {' | '.join(cells)} | {search_cell} |")
+            rows.append(f"| {name} | **T-REx mean** | | {' | '.join(rows_macro)} | |")
     lines = ["| model | relation | facts asked | P@1 | P@10 | MRR | P@1 on the held-out half: manual vs searched |",
              "|---|---|---|---|---|---|---|", *rows, "",
              "Masked LMs rank their vocabulary at the mask (single-token objects only, as LAMA); causal LMs rank the "
-             "relation's objects by log-likelihood after the template's beginning. Prompt search trains or selects on "
+             "relation's objects by log-likelihood after the template's beginning (so SQuAD, whose blank is "
+             "mid-sentence, is for masked LMs only). Macro averages are over the T-REx relations. Prompt search trains or selects on "
              "a seeded half of each relation's facts and is scored on the other half. Measured "
              f"{date.today().isoformat()} with `python experiments/lama_tables.py`."]
     block = "\n".join(lines)

@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _lists import ints  # noqa: E402
 from _models import ROOT, model_dir  # noqa: E402
 import knowledge_pretraining as kp  # noqa: E402  (the knowledge study's evaluation and fine-tuning, reused)
 
@@ -87,13 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", default=",".join(ROWS), help="pre-trained rows (realm included: the budget's unit)")
     p.add_argument("--max-sentences", type=int, default=None,
                    help="cap on the training sentences (and the index) and on the held-out ones")
-    p.add_argument("--ft-seeds", type=ints, default=[0, 1], help="fine-tuning seeds")
-    p.add_argument("--ft-train", type=int, default=4000, help="relation-classification training sentences")
-    p.add_argument("--ft-dev", type=int, default=1000, help="relation-classification dev sentences")
-    p.add_argument("--ft-epochs", type=float, default=3.0)
-    p.add_argument("--ft-lr", type=float, default=3e-4, help="the demo's fine-tuning lr for BERT-mini")
-    p.add_argument("--lama-max", type=int, default=None, help="facts per split asked (default: all)")
-    p.add_argument("--eval-batches", type=int, default=32, help="held-out MLM batches of 32 x 128 tokens")
+    kp.add_evaluation_options(p)
     p.add_argument("--smoke", action="store_true",
                    help="every stage at a few steps / examples, in --out runs/realm-smoke; no docs written")
     args = p.parse_args(argv)

@@ -465,6 +465,8 @@ def test_lama_tables_and_robustness_table(capsys, tmp_path):
                                                 "--out", str(tmp_path / "lama"), "--docs", str(tmp_path / "a.md")],
                        capsys)
     assert set(line["macro"]) == {str(dirs["mlm"]), str(dirs["clm"])}
+    lama = (tmp_path / "a.md").read_text()
+    assert f"| {dirs['mlm']} | SQuAD |" in lama and f"| {dirs['clm']} | SQuAD |" not in lama  # masked LMs only
     sst = tmp_path / "sst"
     sst.mkdir()
     (sst / "train.tsv").write_text(_write_sst(sst, 20, 1))

@@ -219,7 +219,11 @@ def mine_templates(evidence: list[tuple[str, str]], top: int = 5, max_middle: in
 @torch.no_grad()
 def candidate_log_probs(model, prefix: list[int], candidates: list[list[int]], batch_size: int = 64) -> torch.Tensor:
     """log p(candidate | prefix) of each candidate token sequence under a causal LM, summed over its tokens: the prefix
-    runs once and its keys/values are shared by every batch of candidates (the KV cache). (C,)"""
+    runs once and its keys/values are shared by every batch of candidates (the KV cache). (C,)
+
+    Only a candidate's tokens before its last need the backbone (the last is scored, never read), and candidates that
+    share them share the pass: ' New York' and ' New Orleans' both read ' New', and ' New York City' reads ' New York',
+    which covers ' New' too. So only the distinct longest such stems run, and single-token candidates need none."""
     if not prefix:
         raise ConfigError("candidate scoring needs a non-empty prefix (the cloze up to the blank)")
     device = next(model.parameters()).device
@@ -228,28 +232,46 @@ def candidate_log_probs(model, prefix: list[int], candidates: list[list[int]], b
     one = bb.new_cache(1, len(prefix), dtype, device)
     h = bb(torch.tensor([prefix], device=device), cache=one).last_hidden_state  # (1, P, H)
     first = head(h[:, -1]).float().log_softmax(-1)[0]  # (V,): the first candidate token's distribution
+    scores = first[torch.tensor([c[0] for c in candidates], device=device)].cpu()
+    stems = sorted({tuple(c[:-1]) for c in candidates if len(c) > 1}, key=len, reverse=True)
+    runs: list[tuple[int, ...]] = []  # the stems that run: none is a prefix of another
+    where: dict[tuple[int, ...], int] = {}  # every prefix of a running stem -> that run
+    for stem in stems:
+        if stem not in where:
+            for j in range(1, len(stem) + 1):
+                where.setdefault(stem[:j], len(runs))
+            runs.append(stem)
+    if not runs:
+        return scores
     k, v = one.k[:, :, :, :one.length], one.v[:, :, :, :one.length]
-    scores = torch.empty(len(candidates))
-    for s in range(0, len(candidates), batch_size):
-        chunk = candidates[s:s + batch_size]
-        b, t = len(chunk), max(len(c) for c in chunk)
+    dists, starts = [], []  # per batch: log-probs after each real position (N_b, V); each run's first row overall
+    row = 0
+    for s in range(0, len(runs), batch_size):
+        chunk = runs[s:s + batch_size]
+        b, t = len(chunk), len(chunk[0])  # runs are longest first
         ids = torch.zeros((b, t), dtype=torch.long)
         real = torch.zeros((b, t), dtype=torch.bool)
         for i, c in enumerate(chunk):
             ids[i, :len(c)], real[i, :len(c)] = torch.tensor(c), True
+            starts.append(row)
+            row += len(c)
         ids, real = ids.to(device), real.to(device)
-        total = first[ids[:, 0]]  # (B,)
-        if t > 1:
-            cache = bb.new_cache(b, one.length + t, dtype, device)
-            cache.k[:, :, :, :one.length], cache.v[:, :, :, :one.length] = k, v  # broadcast over the batch
-            cache.length = one.length
-            mask = torch.cat([torch.ones(b, one.length, dtype=torch.long, device=device), real.long()], 1)
-            hc = bb(ids, attention_mask=mask, cache=cache).last_hidden_state  # (B, T, H)
-            lp = head(hc[:, :-1]).float().log_softmax(-1)  # (B, T-1, V): predicts tokens 1..T-1
-            nxt = lp.gather(2, ids[:, 1:, None])[..., 0]  # (B, T-1)
-            total = total + (nxt * real[:, 1:]).sum(1)
-        scores[s:s + b] = total.cpu()
-    return scores
+        cache = bb.new_cache(b, one.length + t, dtype, device)
+        cache.k[:, :, :, :one.length], cache.v[:, :, :, :one.length] = k, v  # broadcast over the batch
+        cache.length = one.length
+        mask = torch.cat([torch.ones(b, one.length, dtype=torch.long, device=device), real.long()], 1)
+        hc = bb(ids, attention_mask=mask, cache=cache).last_hidden_state  # (B, T, H)
+        dists.append(head(hc[real]).float().log_softmax(-1))  # real positions in row order, as `starts` counts them
+    dist = torch.cat(dists)  # (rows, V)
+    rows, targets, owner = [], [], []
+    for i, c in enumerate(candidates):
+        if len(c) > 1:
+            base = starts[where[tuple(c[:-1])]]
+            rows += range(base, base + len(c) - 1)  # the distribution after c[:j+1] predicts c[j+1]
+            targets += c[1:]
+            owner += [i] * (len(c) - 1)
+    picked = dist[torch.tensor(rows, device=device), torch.tensor(targets, device=device)].cpu()
+    return scores.index_add_(0, torch.tensor(owner), picked)
 
 
 def cloze_prefix(fact: Fact, template: str) -> str:

@@ -12,18 +12,19 @@ from ptmkit.data.sampler import PackedDataset, StatefulSampler, collate
 from ptmkit.data.seeding import seeded_generator
 
 
-class PretrainBatches:
-    def __init__(self, dataset: PackedDataset, batch_size: int, objective, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        if batch_size > len(dataset) // world_size:
-            raise ConfigError(
-                f"batch_size {batch_size} exceeds the {len(dataset)} sequences of {dataset.seq_len} tokens "
-                "available; prepare more text or lower batch_size / seq_len"
-            )
-        self.dataset, self.batch_size, self.objective, self.seed = dataset, batch_size, objective, seed
-        self.sampler = StatefulSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+class SeededBatches:
+    """An endless, resumable stream of batches over `size` examples: a StatefulSampler's order, and the k-th batch
+    built by `make(indices, seeded_generator(seed, k))`, so a run resumed from `state_dict` re-creates every batch
+    (its random corruption or augmentation included) exactly. Subclasses say how a batch is made."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.batch_size, self.seed = batch_size, seed
+        self.sampler = StatefulSampler(size, seed=seed, rank=rank, world_size=world_size)
         self.drawn = 0
         self._it: Iterator | None = None
+
+    def make(self, indices, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def __iter__(self):
         return self
@@ -31,9 +32,7 @@ class PretrainBatches:
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._it is None:
             self._it = self.sampler.batches(self.batch_size, drop_last=True, epochs=None)
-        idx = next(self._it)
-        batch = collate(self.dataset.get_batch(idx))
-        out = self.objective.corrupt(batch, seeded_generator(self.seed, self.drawn))
+        out = self.make(next(self._it), seeded_generator(self.seed, self.drawn))
         self.drawn += 1
         return out
 
@@ -48,6 +47,23 @@ class PretrainBatches:
         self.sampler.load_state_dict(state["sampler"])
         self.drawn = int(state["drawn"])
         self._it = None  # restart the generator from the restored position
+
+
+class PretrainBatches(SeededBatches):
+    """Packed sequences of `dataset`, corrupted by `objective` (masking, spans, ...)."""
+
+    def __init__(self, dataset: PackedDataset, batch_size: int, objective, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size > len(dataset) // world_size:
+            raise ConfigError(
+                f"batch_size {batch_size} exceeds the {len(dataset)} sequences of {dataset.seq_len} tokens "
+                "available; prepare more text or lower batch_size / seq_len"
+            )
+        super().__init__(len(dataset), batch_size, seed, rank, world_size)
+        self.dataset, self.objective = dataset, objective
+
+    def make(self, indices, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.objective.corrupt(collate(self.dataset.get_batch(indices)), generator)
 
 
 class RankSlice:

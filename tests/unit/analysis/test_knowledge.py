@@ -92,8 +92,10 @@ def test_causal_candidate_scores_equal_scoring_each_full_sequence():
                                                         num_heads=4, num_kv_heads=2, intermediate_size=64,
                                                         max_position_embeddings=64)), "causal-lm").eval()
     prefix = tok.encode("rome was born in", add_special_tokens=False)
-    cands = [tok.encode(" " + c, add_special_tokens=False) for c in ("paris", "berlin", "the capital of italy")]
-    got = candidate_log_probs(lm, prefix, cands, batch_size=2)
+    cands = [tok.encode(" " + c, add_special_tokens=False) for c in ("paris", "berlin", "the capital of italy",
+                                                                      "the capital of", "the capital", "the")]
+    got = candidate_log_probs(lm, prefix, cands, batch_size=2)  # the stems that share a pass, across batches
+    assert len({tuple(c[:-1]) for c in cands}) > 3
     for c, g in zip(cands, got):  # brute force: the whole sequence, no cache
         with torch.no_grad():
             lp = lm(torch.tensor([prefix + c])).logits[0].log_softmax(-1)

@@ -23,8 +23,7 @@ from ptmkit.config import ConfigError, check_positive
 from ptmkit.data.images.augment import CLIP_MEAN, CLIP_STD, random_resized_crop, to_float
 from ptmkit.data.images.cache import ImageCache, image_cache
 from ptmkit.data.images.records import ImageTextRecord, ImageTextSource, held_out, read_records
-from ptmkit.data.sampler import StatefulSampler
-from ptmkit.data.seeding import seeded_generator
+from ptmkit.data.batches import SeededBatches
 
 SPLITS = ("train", "held_out", "all")
 
@@ -217,9 +216,9 @@ class ImageTextDataset:
         return np.repeat(np.arange(len(self)), np.diff(self.eval_captions.offsets))
 
 
-class ImageTextBatches:
-    """Training batches of `dataset` for `objective`, in a seeded, resumable order (as PretrainBatches): the k-th
-    batch's captions and augmentation are drawn from seeded_generator(seed, k), so a resumed run re-creates it."""
+class ImageTextBatches(SeededBatches):
+    """Training batches of `dataset` for `objective` (as PretrainBatches): the k-th batch's captions and augmentation
+    are drawn from seeded_generator(seed, k), so a resumed run re-creates it."""
 
     def __init__(self, dataset: ImageTextDataset, batch_size: int, objective, seed: int = 0):
         if batch_size > len(dataset):
@@ -227,32 +226,8 @@ class ImageTextBatches:
                               "data.batch_size or add images")
         if batch_size < 2:
             raise ConfigError("data.batch_size must be at least 2: the other pairs of a batch are the negatives")
-        self.dataset, self.batch_size, self.objective, self.seed = dataset, batch_size, objective, seed
-        self.sampler = StatefulSampler(len(dataset), seed=seed)
-        self.drawn = 0
-        self._it = None
+        super().__init__(len(dataset), batch_size, seed)
+        self.dataset, self.objective = dataset, objective
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        if self._it is None:
-            self._it = self.sampler.batches(self.batch_size, drop_last=True, epochs=None)
-        idx = next(self._it)
-        g = seeded_generator(self.seed, self.drawn)
-        out = self.objective.corrupt(self.dataset.batch(idx, g), g)
-        self.drawn += 1
-        return out
-
-    @property
-    def epoch(self) -> float:
-        return self.sampler.epoch + self.sampler.position / max(1, len(self.sampler))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict(), "drawn": self.drawn}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
-        self.drawn = int(state["drawn"])
-        self._it = None
-
+    def make(self, indices, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.objective.corrupt(self.dataset.batch(indices, generator), generator)

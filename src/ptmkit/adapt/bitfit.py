@@ -25,7 +25,7 @@ ATTR = "bitfit"
 @dataclass
 class BitFitConfig:
     targets: list[str] = field(default_factory=lambda: ["*"])  # every linear map and LayerNorm with a bias
-    exclude: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)  # module-name patterns whose biases stay frozen
 
 
 class BiasDelta(base.Delta):

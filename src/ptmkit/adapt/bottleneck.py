@@ -26,9 +26,9 @@ ATTR = "adapter"
 @dataclass
 class AdapterConfig:
     bottleneck: int = 64  # Houlsby et al. search 8-256; 64 is the adapters library's reduction factor 16 at H=1024
-    activation: str = "relu"
+    activation: str = "relu"  # the non-linearity between down- and up-projection (relu, gelu, silu, ...)
     targets: list[str] = field(default_factory=lambda: ["attn", "ffn"])  # sub-layers whose output gets an adapter
-    exclude: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)  # module-name patterns left out (e.g. a layer index)
 
     def __post_init__(self) -> None:
         if self.bottleneck < 1:

@@ -34,7 +34,7 @@ class FeatureConfig:
     head: str = "linear"  # linear (a probe) | mlp (dense, tanh, dense)
     mix: bool = False  # ELMo's scalar mix of every layer instead of the last layer alone
     pooling: str = "auto"  # sequence tasks: auto (the model's own: cls for encoders, last token for decoders) | cls | mean | last
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the pooled features, before the head
 
     def __post_init__(self) -> None:
         if self.head not in ("linear", "mlp"):

@@ -27,7 +27,7 @@ ATTR = "ia3"
 class IA3Config:
     targets: list[str] = field(default_factory=lambda: ["k", "v", "down"])  # the paper: l_k, l_v, l_ff
     feedforward: list[str] = field(default_factory=lambda: ["down"])  # of the targets, those scaled on the input
-    exclude: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)  # module-name patterns left out (e.g. a layer index)
 
     def __post_init__(self) -> None:
         stray = [f for f in self.feedforward if not any(f == t or f in t.split(".") for t in self.targets)]

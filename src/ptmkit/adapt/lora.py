@@ -23,11 +23,11 @@ ATTR = "lora"
 
 @dataclass
 class LoRAConfig:
-    rank: int = 8
-    alpha: float = 16.0
+    rank: int = 8  # r: the inner width of B A (Hu et al. find 1-8 enough for W_q, W_v)
+    alpha: float = 16.0  # the update is scaled by alpha / rank, so lr need not change with the rank
     dropout: float = 0.0  # on the input of the low-rank branch only (Hu et al. use 0.05-0.1 for GPT-2)
     targets: list[str] = field(default_factory=lambda: ["q", "v"])  # the paper's choice: W_q and W_v
-    exclude: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)  # module-name patterns left out (e.g. a layer index)
     rslora: bool = False  # scale by alpha / sqrt(rank) (Kalajdzievski 2023) instead of alpha / rank
 
     def __post_init__(self) -> None:

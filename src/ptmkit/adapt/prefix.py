@@ -30,11 +30,11 @@ ENCODER = "prefix_encoder"  # on the model: computes every layer's prefix once p
 
 @dataclass
 class PrefixConfig:
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = 20  # prefix length: key/value pairs prepended in every layer
     projection: bool = True  # Li & Liang's reparameterisation MLP; False: the table is trained directly
     projection_hidden: int = 512  # the MLP's width (Li & Liang use 512 for GPT-2 medium)
     targets: list[str] = field(default_factory=lambda: ["attn"])  # self-attention modules
-    exclude: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)  # module-name patterns left out (e.g. a layer index)
 
     def __post_init__(self) -> None:
         if self.num_virtual_tokens < 1:

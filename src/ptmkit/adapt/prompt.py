@@ -33,7 +33,7 @@ INITS = ("random", "vocab", "text")
 
 @dataclass
 class PromptConfig:
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = 20  # soft prompt length: trained vectors put before the input embeddings
     init: str = "random"  # random | vocab (embeddings of random vocabulary tokens) | text (of init_ids, repeated)
     init_text: str = ""  # recorded for the reader; ptm finetune tokenises it into init_ids
     init_ids: list[int] = field(default_factory=list)  # token ids whose embeddings start the prompt (init "text")

@@ -1,18 +1,22 @@
-"""`ptm analyze {lama,attention,probe,cka} MODEL --out DIR`: what a pre-trained model knows (survey §7)."""
+"""`ptm analyze ANALYSIS MODEL --out DIR`: what a pre-trained model knows and how reliable it is (survey §7). One
+sub-command per analysis; each is a thin layer over ptmkit.recipes.analyze."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ptmkit.cli.formatting import Defaults
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "analyze",
-        help="understand a model: LAMA knowledge probes, attention head statistics, layer-wise probing, CKA, attacks, calibration",
+        help="understand a model: probing, CKA, attention and syntax, perturbed masking, LAMA, heads, lottery tickets, "
+             "attacks and defence, calibration",
         description=("Run one analysis on MODEL (any ptmkit or Hugging Face model directory; it is never changed) and "
                      "write OUT/results.json and a plot. `ptm analyze ANALYSIS --help` lists each one's options."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     kinds = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
     kinds.required = True
@@ -21,39 +25,42 @@ def add_parser(sub) -> None:
         q.add_argument("model", help="model directory")
         q.add_argument("--out", required=True, help="folder for results.json and the plot")
 
-    q = kinds.add_parser("lama", help="LAMA cloze probes of a masked LM: P@1, P@10, MRR per relation",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q = kinds.add_parser("lama", help="LAMA cloze probes: a masked LM fills the blank, a causal LM ranks the relation's "
+                                             "objects; P@1, P@10, MRR per relation",
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--facts", nargs="+", required=True,
                    help="LAMA relation files (JSON lines, plain or .gz), e.g. <data root>/lama/TREx/*.jsonl.gz")
     q.add_argument("--relations", default=None, help="LAMA's relations.jsonl: each relation's template")
     q.add_argument("--template", default=None, help="one template for every file, e.g. '[X] was born in [Y] .'")
-    q.add_argument("--vocab", default=None, help="a common vocabulary (one token a line): objects and ranks within it")
+    q.add_argument("--vocab", default=None, help="a common vocabulary (one token a line): objects and ranks within it (masked LMs only)")
     q.add_argument("--batch-size", type=int, default=64, help="queries per batch")
     q.add_argument("--mined", type=int, default=0,
                    help="prompt search: mine this many templates from the facts' evidence sentences (LPAQA), pick the "
-                        "best on half the facts, ensemble them, and score both on the other half")
+                        "best on half the facts, ensemble them, and score both on the other half (masked LMs only)")
     q.add_argument("--autoprompt", type=int, default=0,
-                   help="prompt search: this many trigger tokens found by AutoPrompt's gradient search on half the facts")
+                   help="prompt search: this many trigger tokens found by AutoPrompt's gradient search on half the facts "
+                        "(masked LMs only)")
     q.add_argument("--optiprompt", type=int, default=0,
-                   help="prompt search: train this many continuous prompt vectors (OptiPrompt) on half the facts")
+                   help="prompt search: train this many continuous prompt vectors (OptiPrompt) on half the facts (masked "
+                        "LMs only)")
 
     q = kinds.add_parser("attention", help="Clark et al.'s head statistics (entropy, distance, [CLS]/[SEP]/punct)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--text", required=True, help="text file (plain or .gz), one sentence or passage a line")
     q.add_argument("--lines", type=int, default=200, help="lines used")
     q.add_argument("--max-length", type=int, default=128, help="tokens per line")
 
     q = kinds.add_parser("syntax", help="the best attention head per UD dependency relation vs a positional baseline",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--treebank", required=True, help="CoNLL-U treebank, e.g. <data root>/ud/en_ewt-ud-dev.conllu")
     q.add_argument("--max-sentences", type=int, default=500, help="sentences used")
     q.add_argument("--min-count", type=int, default=20, help="relations seen fewer times are left out")
 
     q = kinds.add_parser("perturbed", help="Perturbed Masking trees (Wu et al. 2020): UAS vs right-branching",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--treebank", required=True, help="CoNLL-U treebank, e.g. <data root>/ud/en_ewt-ud-dev.conllu")
     q.add_argument("--max-sentences", type=int, default=100, help="sentences used")
@@ -61,18 +68,19 @@ def add_parser(sub) -> None:
     q.add_argument("--layer", type=int, default=-1, help="hidden-state layer (-1 = last)")
 
     q = kinds.add_parser("probe", help="linear probes per layer on a CoNLL-U treebank, with control tasks",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--train", required=True, help="CoNLL-U training treebank, e.g. <data root>/ud/en_ewt-ud-train.conllu")
     q.add_argument("--test", required=True, help="CoNLL-U test treebank")
     q.add_argument("--transfer", default=None, help="another language's treebank to test the probe on (e.g. de_pud)")
     q.add_argument("--label", choices=["upos", "deprel"], default="upos", help="what the probe predicts per word")
     q.add_argument("--max-train", type=int, default=None, help="training sentences used (default all)")
-    q.add_argument("--kind", choices=["linear", "mlp"], default="linear", help="probe")
+    q.add_argument("--kind", choices=["linear", "mlp"], default="linear",
+                   help="the probe: linear (a logistic regression) or mlp (one hidden layer)")
     q.add_argument("--cache", default=None, help="folder caching the extracted features (reused across runs)")
 
     q = kinds.add_parser("cka", help="linear CKA between layers (or two models) and anisotropy per layer",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--text", required=True, help="text file (plain or .gz), one sentence or passage a line")
     q.add_argument("--other", default=None, help="a second model directory with the same tokenizer")
@@ -80,7 +88,7 @@ def add_parser(sub) -> None:
     q.add_argument("--max-length", type=int, default=128, help="tokens per line")
 
     q = kinds.add_parser("attack", help="word-substitution (TextFooler) or character (DeepWordBug) attack",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--task", default=None, help="task of the split (default: the one MODEL was fine-tuned on)")
     q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
@@ -95,7 +103,7 @@ def add_parser(sub) -> None:
     q.add_argument("--similarity", type=float, default=0.7, help="minimum cosine of sentence embeddings")
 
     q = kinds.add_parser("heads", help="head importance (Michel et al.) and the dev score as heads are removed",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--task", default=None, help="task (default: the one MODEL was fine-tuned on)")
     q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
@@ -105,7 +113,7 @@ def add_parser(sub) -> None:
     q.add_argument("--max-eval-examples", type=int, default=None, help="a seeded subset of the dev split")
 
     q = kinds.add_parser("lottery", help="lottery tickets (IMP with rewinding) vs random masks, Chen et al. 2020",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--task", required=True, help="the task the tickets are fine-tuned on")
     q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")
@@ -117,7 +125,7 @@ def add_parser(sub) -> None:
     q.add_argument("--no-random", action="store_true", help="skip the random-mask baseline")
 
     q = kinds.add_parser("defend", help="adversarial examples added to training as a defence, both models attacked",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--base-model", required=True, help="the pre-trained model the defended model is fine-tuned from")
     q.add_argument("--task", default=None, help="task (default: the one MODEL was fine-tuned on)")
@@ -132,7 +140,7 @@ def add_parser(sub) -> None:
     q.add_argument("--max-train-examples", type=int, default=None, help="its training examples (original ones)")
 
     q = kinds.add_parser("calibration", help="ECE, temperature scaling, MC dropout, out-of-distribution AUROC",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=Defaults)
     common(q)
     q.add_argument("--task", default=None, help="task of the split (default: the one MODEL was fine-tuned on)")
     q.add_argument("--data-dir", default=None, help="the task's folder (default: <data root>/glue/<TASK>)")

@@ -6,12 +6,9 @@ import argparse
 import dataclasses
 import json
 
+from ptmkit.cli.formatting import DefaultsRaw
 from ptmkit.cli.overrides import describe, parse_dotted
 from ptmkit.config import ConfigError
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option, and the methods' list (the epilog) laid out as written."""
 
 
 def _methods_help() -> str:
@@ -52,7 +49,7 @@ def add_parser(sub) -> None:
             "(--student-layers) on the one training engine: OUT is then a fine-tuning run whose best/ is the student. "
             "MODEL is never modified."
         ),
-        formatter_class=_Formatter,
+        formatter_class=DefaultsRaw,
     )
     _epilog_on_help(p)
     p.add_argument("model", help="model directory (a fine-tuned run's best/ for task scores)")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.cli.formatting import Defaults
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
             "be a pre-training checkpoint (RUN/checkpoints/step-N), including a distributed one written by any "
             "number of ranks: its shards are gathered into one model (ELECTRA's generator goes to DST/generator)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("src", help="source model directory (config.json + model.safetensors or pytorch_model.bin), "
                                "or a training checkpoint directory RUN/checkpoints/step-N")

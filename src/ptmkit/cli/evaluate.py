@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ptmkit.cli.formatting import Defaults
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -14,7 +16,7 @@ def add_parser(sub) -> None:
             "splits get the task's metrics; unlabelled ones (GLUE test files) get predictions only. The task, "
             "max length and table columns default to what the fine-tuning run recorded in MODEL."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("model", help="fine-tuned model directory (config.json + weights + tokenizer)")
     p.add_argument("--text", default=None,

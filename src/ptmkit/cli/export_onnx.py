@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ptmkit.cli.formatting import Defaults
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def add_parser(sub) -> None:
             "against fp32. OUT/export.json records the differences, sizes and versions; the tokenizer and config are "
             "copied beside the graph."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("model", help="model directory (config.json + model.safetensors + tokenizer)")
     p.add_argument("--out", required=True, help="directory for model.onnx, export.json and the tokenizer")

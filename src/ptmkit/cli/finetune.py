@@ -7,17 +7,14 @@ import dataclasses
 import json
 
 from ptmkit.adapt import METHODS
-from ptmkit.compress.distill import DISTILLERS
+from ptmkit.cli.formatting import DefaultsRaw
 from ptmkit.cli.overrides import describe, parse_dotted
+from ptmkit.compress.distill import DISTILLERS
 from ptmkit.config import ConfigError, from_dict
 from ptmkit.recipes.finetune import TRAINING_COMPRESSION, FinetuneConfig
 from ptmkit.train.optim import OPTIMIZERS
 
 _D = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option, and the methods' list (the epilog) laid out as written."""
 
 
 def _positive_or_none(text: str) -> int | None:
@@ -35,7 +32,7 @@ def add_parser(sub) -> None:
             "OUT/config.json, metrics.jsonl, loss.png, checkpoints/ and results.json (dev metrics, majority baseline, "
             "time, examples/s)."
         ),
-        formatter_class=_Formatter,
+        formatter_class=DefaultsRaw,
         epilog=_methods_help(),
     )
     p.add_argument("model", help="model directory (config.json + model.safetensors + tokenizer files)")

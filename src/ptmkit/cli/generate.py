@@ -6,13 +6,15 @@ import argparse
 
 import torch
 
+from ptmkit.cli.formatting import Defaults
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="generate text with a causal LM model directory",
         description="Continue each prompt with a gpt2 or llama model directory (HF layout, or GGUF with --gguf-file).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("model", help="model directory with config.json, weights and a tokenizer")
     p.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch")

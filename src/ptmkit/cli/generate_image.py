@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ptmkit.cli.formatting import Defaults
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -14,7 +16,7 @@ def add_parser(sub) -> None:
         description="Sample image codes after each caption with a text-to-image model directory (trained by "
                     "`ptm pretrain configs/dalle-emoji.yaml`) and decode them with its VQ-VAE image tokenizer. "
                     "Only image tokens are drawn in image positions. Rows of the grid follow the captions in order.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("model", help="generator model directory (config.json, weights, tokenizer, text_to_image.json)")
     p.add_argument("--caption", action="append", default=[], help="text to draw (e.g. an emoji name); repeatable")

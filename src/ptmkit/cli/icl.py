@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ptmkit.cli.formatting import Defaults
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -22,7 +24,7 @@ def add_parser(sub) -> None:
             "words' scores after the demonstrations and its own text. Reports accuracy (raw, and with contextual "
             "calibration, Zhao et al. 2021) against the majority class: OUT/results.json, metrics.jsonl, icl.png."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("model", help="causal LM model directory (e.g. SmolLM2 after ptm convert)")
     p.add_argument("--task", required=True, help="a GLUE classification task (sst2, rte, ...) or table")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ptmkit.cli.formatting import Defaults
 from ptmkit.data.corpus import TXT_MODES
 from ptmkit.retrieval import ChunkConfig, EncoderConfig, IndexConfig
 from ptmkit.retrieval.faiss_index import KINDS, STORAGES
@@ -16,7 +17,7 @@ def add_parser(sub) -> None:
                        description="Build a dense passage index of a corpus on FAISS, and search it.")
     actions = p.add_subparsers(dest="index_action", metavar="ACTION")
     actions.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = Defaults
 
     b = actions.add_parser(
         "build", help="chunk a corpus into passages, embed them and write an index directory", formatter_class=fmt,

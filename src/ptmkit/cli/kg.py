@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     b.add_argument("--lama", default=None, metavar="DIR", help="LAMA directory (default: <data root>/lama)")
     b.add_argument("--held-out", type=float, default=0.2, help="fraction of facts held out (default 0.2)")
     b.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
-    b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/kg and DIR/text-*.jsonl")
 
     t = actions.add_parser("transe", help="train TransE on a graph's training triples (YAML recipe + overrides)",
                            description="Train TransE (Bordes et al. 2013) through the training engine; scores "
@@ -38,9 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     k.add_argument("--shards", required=True, metavar="DIR", help="token shards (`ptm data prepare`)")
     k.add_argument("--kg", required=True, metavar="DIR", help="knowledge-graph directory (`ptm kg build`)")
     k.add_argument("--tokenizer", required=True, metavar="DIR", help="the tokenizer the shards were prepared with")
-    k.add_argument("--out", required=True, metavar="DIR")
+    k.add_argument("--out", required=True, metavar="DIR", help="folder for the per-token entity stream")
     k.add_argument("--max-len", type=int, default=8, help="longest entity name, in tokens (default 8)")
-    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--overwrite", action="store_true", help="replace a linking already in --out")
     p.set_defaults(run=run)
     return p
 

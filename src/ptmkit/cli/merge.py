@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ptmkit.cli.formatting import Defaults
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -14,9 +16,9 @@ def add_parser(sub) -> None:
             "or --adapter), add the adapter's change into the weights and write OUT as a plain model directory "
             "(config.json + model.safetensors + tokenizer) that ptmkit and transformers load without the adapter. "
             "MODEL is never modified. Adapters that are not a change of weights (houlsby, pfeiffer, prefix, "
-            "prompt, feature) cannot be merged: keep them beside the base model."
+            "ptuning-v2, prompt, ptuning, feature) cannot be merged: keep them beside the base model."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Defaults,
     )
     p.add_argument("model", help="model directory the adapter was trained on (e.g. RUN/best)")
     p.add_argument("--out", required=True, help="directory for the merged model")

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "pretrain",
-        help="pre-train a model (MLM, CLM, ...) on prepared token shards, or CLIP on image-text pairs",
+        help="pre-train a model (MLM, CLM, ...) on prepared token shards, or on image-text pairs (CLIP, VisualBERT / "
+             "LXMERT, VQ-VAE, text-to-image)",
         description=(
             "Pre-train from a YAML recipe (see configs/). Any config key can be overridden with "
             "--section.key value, e.g. --train.steps 200 --optim.lr 3e-4. The resolved config is saved as "
@@ -23,6 +24,9 @@ def add_parser(sub) -> None:
         ),
         epilog="config keys:\n" + "\n".join(describe(PretrainConfig))
         + "\n\nobjectives (objective.name): " + ", ".join(sorted(OBJECTIVES))
+        + "\n\neach objective's keys (--objective.params.KEY; ids and sizes left at -1 come from the tokenizer):"
+        + "".join(f"\n{name}:\n" + "\n".join(describe(cfg_cls, "objective.params."))
+                  for name, (cfg_cls, _) in sorted(OBJECTIVES.items()) if cfg_cls is not None)
         + "\nmodel families (model.family): " + ", ".join(sorted(FAMILIES))
         + "\nmodel presets (model.preset): " + ", ".join(sorted(PRESETS)),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -9,7 +9,8 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "zero-shot",
-        help="evaluate a CLIP model: image-text retrieval R@1/5/10 and zero-shot classification with prompts",
+        help="evaluate an image-text model: retrieval R@1/5/10 (CLIP, visualbert, lxmert) and CLIP's zero-shot "
+             "classification with prompts",
         description=(
             "Embed the images of a JSON-lines image-text set and their captions with a CLIP model directory; report "
             "recall@1/5/10 image->text and text->image, zero-shot classification accuracy of the images by a label "
@@ -39,12 +40,13 @@ def add_parser(sub) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="the pre-training's images.split_seed (default 0)")
     p.add_argument("--probe", action="store_true", help="also fit a linear probe on the training split's images")
     p.add_argument("--cache-dir", default="runs/cache/images", help="decoded-image cache folder")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images or captions embedded per forward pass")
     p.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="score only the first N images of the split and their captions (a visualbert / lxmert model "
                         "runs N x M pair passes)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision of the forward passes")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json")
     p.set_defaults(run=run)
 

@@ -17,7 +17,7 @@ from ptmkit.objectives.base import Batch, document_mask
 
 @dataclass
 class MLMConfig:
-    mask_prob: float = 0.15
+    mask_prob: float = 0.15  # fraction of maskable tokens chosen as prediction targets (BERT: 15%)
     mask_token_fraction: float = 0.8  # of the chosen tokens, replaced by [MASK]
     random_token_fraction: float = 0.1  # of the chosen tokens, replaced by a random token; the rest are kept
     mask_token_id: int = -1  # filled from the tokenizer when -1

@@ -34,7 +34,7 @@ class SimCSEConfig:
     # An identical sentence elsewhere in the batch is a false negative (its loss cannot fall below log 2): leave it
     # out of the denominator. Real corpora rarely repeat a line within a batch, so this departs from the paper only
     # where the paper's loss would push apart two copies of one sentence.
-    exclude_duplicates: bool = True
+    exclude_duplicates: bool = True  # leave identical sentences out of each other's denominator
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):

@@ -47,10 +47,10 @@ MODES = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")  # mode i
 class UniLMConfig(MaskingConfig):
     name: ClassVar[str] = "unilm"
     # mixture of attention masks (UniLM §2.3): must sum to 1
-    p_bidirectional: float = 1 / 3
-    p_left_to_right: float = 1 / 6
-    p_right_to_left: float = 1 / 6
-    p_seq2seq: float = 1 / 3
+    p_bidirectional: float = 1 / 3  # share of batches (or rows) with the bidirectional mask
+    p_left_to_right: float = 1 / 6  # ... with the left-to-right mask
+    p_right_to_left: float = 1 / 6  # ... with the right-to-left mask
+    p_seq2seq: float = 1 / 3  # ... with the sequence-to-sequence mask
     per_row: bool = False  # False: one mode per batch (the paper); True: one mode per row
 
     def __post_init__(self) -> None:

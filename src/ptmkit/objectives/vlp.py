@@ -45,8 +45,8 @@ class VLPConfig(MaskingConfig):
     mlm_rows: float = 1 / 3  # fraction of rows trained by MLM
     mrm_rows: float = 1 / 3  # ... by masked region modelling (MRFR + MRC)
     itm_rows: float = 1 / 3  # ... by image-text matching (and WRA)
-    mrfr_weight: float = 1.0
-    mrc_weight: float = 1.0
+    mrfr_weight: float = 1.0  # masked region feature regression's weight in the MRM rows' loss
+    mrc_weight: float = 1.0  # masked region classification's weight (cross-entropy to each region's class)
     wra_weight: float = 0.0  # > 0 adds UNITER's word-region alignment (UNITER's code weighs it 0.1)
     ipot_beta: float = 0.5  # IPOT's proximal step (UNITER: 0.5)
     ipot_iterations: int = 50  # (UNITER: 50)

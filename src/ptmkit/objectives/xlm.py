@@ -34,7 +34,7 @@ class MMLMConfig(MaskingConfig):
 
     # languages in the batches = rows of the language (segment) table the encoder needs; 2 fits a default BERT
     # (type_vocab_size 2); set it to the corpus's count (3 for Multi30k en/de/fr)
-    num_languages: int = 2
+    num_languages: int = 2  # rows of the language (segment) table (3 for Multi30k en/de/fr)
 
     def __post_init__(self) -> None:
         super().__post_init__()

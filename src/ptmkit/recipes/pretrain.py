@@ -40,7 +40,7 @@ log = get(__name__)
 
 @dataclass
 class ModelSection:
-    family: str = "bert"  # bert | roberta | gpt2 | llama
+    family: str = "bert"  # one of the model families listed at the end of `ptm pretrain --help`
     preset: str | None = None  # a size from ptmkit.models.PRESETS, e.g. bert-mini
     config: dict[str, Any] = field(default_factory=dict)  # family config fields, over the preset
     init_from: str | None = None  # continue pre-training a model directory (preset/config, if given, must match it)
@@ -105,7 +105,7 @@ class PretrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # torchrun layouts (docs/scaling.md)
     layer_drop: LayerDropConfig = field(default_factory=LayerDropConfig)  # LayerDrop / progressive layer dropping
     distill: DistillSection = field(default_factory=DistillSection)  # a teacher (DistilBERT, TinyBERT general, ...)
-    images: ImagesConfig = field(default_factory=ImagesConfig)  # image-text pairs (CLIP): used instead of data.train
+    images: ImagesConfig = field(default_factory=ImagesConfig)  # image-text pairs (clip, vlp, vqvae, text-to-image)
     out: str = "runs/pretrain"  # run directory: run_config.json, metrics.jsonl, loss.png, checkpoints/, model/
 
 

@@ -36,9 +36,9 @@ class RagRunConfig:
     query_encoder: str | None = None  # a trained query encoder (a RAG run's out/query_encoder); None = the index's
     train: str = ""  # JSON lines {"question", "answer"}
     objective: dict[str, Any] = field(default_factory=dict)  # RAGConfig: k, marginalise, temperature, ...
-    max_question_tokens: int = 64
-    max_answer_tokens: int = 16
-    batch_size: int = 8
+    max_question_tokens: int = 64  # questions are cut to this many generator tokens
+    max_answer_tokens: int = 16  # answers (the training targets) are cut to this many
+    batch_size: int = 8  # questions per step (each retrieves objective.k passages)
     engine: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, precision="fp32", eval_every=0,
                                                                     checkpoint_every=100))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.0))

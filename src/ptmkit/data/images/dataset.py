@@ -30,9 +30,10 @@ SPLITS = ("train", "held_out", "all")
 
 @dataclass
 class ImagesConfig:
-    """Image-text pre-training data (CLIP): used instead of data.train's token shards when `train` names sources."""
+    """Image-text pre-training data (clip, vlp, vqvae, text-to-image): used instead of data.train's token shards
+    when `train` names sources."""
 
-    train: list[ImageTextSource] = field(default_factory=list)  # JSON-lines sources of images and captions
+    train: list[ImageTextSource] = field(default_factory=list)  # [{path, captions, image_field, id_field, ...}]
     image_size: int = 224  # side of the square images the vision tower reads (= its config's image_size)
     held_out: float = 0.1  # fraction of images (by a hash of their id) never trained on: the evaluation split
     split_seed: int = 0  # salt of that hash: another seed, another split

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ptmkit.config import ConfigError
 from ptmkit.data import textio
@@ -280,14 +281,16 @@ def cloze_prefix(fact: Fact, template: str) -> str:
 
 
 def probe_causal_lm(model, tokenizer, facts: list[Fact], template: str, candidates: list[str] | None = None,
-                    batch_size: int = 64, contexts: list[tuple[list[list[int]], torch.Tensor]] | None = None) -> dict:
+                    batch_size: int = 64, contexts: list[tuple[list[list[int]], torch.Tensor]] | None = None,
+                    progress: str | None = None) -> dict:
     """LAMA for a causal LM: the cloze up to [Y] (with the subject) is the prefix, and the relation's objects (or
     `candidates`) are ranked by their log-likelihood after it; P@1, P@10, MRR of the true object.
 
     contexts (one per fact, in order): the fact's prefix behind each of K retrieved passages, as token ids ending with
     the cloze's own tokens (what a RAG generator reads: objectives.rag.RAG.conditioned_prompts), and log p(z|x) (K,).
     Candidates are then ranked by RAG-sequence's marginal log Σ_z p(z|x) p(candidate | passage_z ; prefix) (Lewis
-    et al. 2020 §2.1): the same scorer, run once per passage."""
+    et al. 2020 §2.1): the same scorer, run once per passage. `progress`: a bar over the facts with this label (a
+    relation of a 135M LM's LAMA takes minutes)."""
     if getattr(model, "task", None) != "causal-lm":
         raise ConfigError(f"candidate ranking needs a causal-LM head; this model has {getattr(model, 'task', None)!r}")
     if template is None or "[X]" not in template or "[Y]" not in template:
@@ -300,7 +303,7 @@ def probe_causal_lm(model, tokenizer, facts: list[Fact], template: str, candidat
     cand_ids = [tokenizer.encode(" " + c, add_special_tokens=False) for c in cands]
     ranks = []
     model.eval()
-    for i, f in enumerate(facts):
+    for i, f in enumerate(tqdm(facts, desc=progress, disable=progress is None, mininterval=1.0)):
         if f.obj not in index:
             continue
         if contexts is None:

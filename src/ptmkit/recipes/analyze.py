@@ -110,7 +110,8 @@ def lama(model_dir: str | Path, out: str | Path, facts: list[str | Path], relati
             if tpl is None:
                 raise ConfigError(f"{f}: a causal LM needs a template for {rel!r} (ready cloze sentences such as "
                                   "SQuAD's have their blank mid-sentence)")
-            rows[rel] = knowledge.probe_causal_lm(model, tok, items, tpl, batch_size=batch_size)
+            rows[rel] = knowledge.probe_causal_lm(model, tok, items, tpl, batch_size=batch_size,
+                                                  progress=f"LAMA {rel}")
         else:
             rows[rel] = knowledge.probe_masked_lm(model, tok, items, tpl, vocab, batch_size)
             if mined or optiprompt or autoprompt:

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT, model_dir  # noqa: E402
 
+from ptmkit.analysis.knowledge import read_facts  # noqa: E402
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.recipes import analyze  # noqa: E402
 
@@ -34,6 +35,9 @@ def main(argv=None) -> dict:
     p.add_argument("--squad", action=argparse.BooleanOptionalAction, default=True,
                    help="also LAMA's SQuAD cloze sentences, for the masked LMs (their blank is mid-sentence, which a "
                         "causal LM's left-to-right ranking cannot score)")
+    p.add_argument("--reuse", action="store_true",
+                   help="read a model's results.json from --out when it is there instead of probing again (to redo "
+                        "the table after an edit; delete --out/MODEL to measure afresh)")
     p.add_argument("--max-facts", type=int, default=None, help="facts per relation (a prefix of each file)")
     p.add_argument("--data", default=os.environ.get("PTMKIT_DATA", str(ROOT.parent / "shared" / "data")),
                    help="data root")
@@ -60,31 +64,46 @@ def main(argv=None) -> dict:
             (cut / name).write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
             short.append(cut / name)
         files, squad = short[: len(files)], short[len(files):]
+    def probe(name: str, out: Path, facts: list[Path], **kw) -> dict:
+        if args.reuse and (out / "results.json").is_file():
+            return json.loads((out / "results.json").read_text())
+        return analyze.lama(model_dir(name), out, facts, **kw)
+
+    majority = {}  # relation -> P@1 of always answering its most frequent object, over all its facts
+    for f in files + squad:
+        objs = [x.obj for x in read_facts(f)]
+        majority[f.name.split(".")[0]] = max(objs.count(o) for o in set(objs)) / len(objs) if objs else None
     rows, summary = [], {}
     for kind, names in (("masked", args.masked), ("causal", args.causal)):
         for name in [n for n in names.split(",") if n]:
             search = args.search if kind == "masked" else 0
-            r = analyze.lama(model_dir(name), Path(args.out) / name, files, lama / "relations.jsonl", mined=search,
-                             optiprompt=search, autoprompt=search)
+            here = Path(args.out) / Path(name).name  # a directory given by its path: its last part, inside --out
+            r = probe(name, here, files, relations=lama / "relations.jsonl", mined=search,
+                      optiprompt=search, autoprompt=search)
             summary[name] = r["macro"]
             rows_macro = [f"{r['macro'][k] * 100:.1f}" if r["macro"][k] is not None else "–"
                           for k in ("p@1", "p@10", "mrr")]
             if kind == "masked" and squad:  # ready cloze sentences: no template, so no prompt search
-                r["relations"].update(analyze.lama(model_dir(name), Path(args.out) / name / "squad", squad)["relations"])
+                r["relations"].update(probe(name, here / "squad", squad)["relations"])
             for rel, x in r["relations"].items():
                 cells = [f"{x[k] * 100:.1f}" if x.get(k) is not None else "–" for k in ("p@1", "p@10", "mrr")]
                 ps = x.get("prompt_search", {})
                 best = {k: ps[k]["p@1"] for k in ("manual", "mined_top1", "mined_ensemble", "autoprompt", "optiprompt")
                         if isinstance(ps.get(k), dict) and ps[k].get("p@1") is not None}
                 search_cell = ", ".join(f"{k} {v * 100:.1f}" for k, v in best.items()) or "–"
-                rows.append(f"| {name} | {rel} | {x['asked']} of {x['facts']} | {' | '.join(cells)} | {search_cell} |")
-            rows.append(f"| {name} | **T-REx mean** | | {' | '.join(rows_macro)} | |")
-    lines = ["| model | relation | facts asked | P@1 | P@10 | MRR | P@1 on the held-out half: manual vs searched |",
-             "|---|---|---|---|---|---|---|", *rows, "",
+                base = f"{majority[rel] * 100:.1f}" if majority.get(rel) is not None else "–"
+                rows.append(f"| {name} | {rel} | {x['asked']} of {x['facts']} | {' | '.join(cells)} | {base} | "
+                            f"{search_cell} |")
+            means = [v for k, v in majority.items() if k in r["relations"] and k != "SQuAD" and v is not None]
+            base = f"{sum(means) / len(means) * 100:.1f}" if means else "–"
+            rows.append(f"| {name} | **T-REx mean** | | {' | '.join(rows_macro)} | {base} | |")
+    lines = ["| model | relation | facts asked | P@1 | P@10 | MRR | majority object P@1 | P@1 on the held-out half: "
+             "manual vs searched |", "|---|---|---|---|---|---|---|---|", *rows, "",
              "Masked LMs rank their vocabulary at the mask (single-token objects only, as LAMA); causal LMs rank the "
              "relation's objects by log-likelihood after the template's beginning (so SQuAD, whose blank is "
-             "mid-sentence, is for masked LMs only). Macro averages are over the T-REx relations. Prompt search trains or selects on "
-             "a seeded half of each relation's facts and is scored on the other half. Measured "
+             "mid-sentence, is for masked LMs only). Macro averages are over the T-REx relations. The majority baseline "
+             "answers every fact of a relation with its most frequent object (over all its facts). Prompt search "
+             "trains or selects on a seeded half of each relation's facts and is scored on the other half. Measured "
              f"{date.today().isoformat()} with `python experiments/lama_tables.py`."]
     block = "\n".join(lines)
     print(block)

@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
         path = model_dir(name)
         for label in args.labels:
             t0 = time.perf_counter()
-            r = analyze.probe(path, Path(args.out) / name / label, ud / "en_ewt-ud-train.conllu",
+            r = analyze.probe(path, Path(args.out) / Path(name).name / label, ud / "en_ewt-ud-train.conllu",
                               ud / "en_ewt-ud-test.conllu", label, ud / "de_pud-ud-test.conllu", args.max_train,
                               cache=Path(args.out) / "cache", max_test=args.max_test)
             seconds = time.perf_counter() - t0
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
             if args.docs:  # figures go beside the page the block is written to, never into docs/ from a test
                 plot = Path(args.docs).parent / "analysis" / f"probing_{name}_{label}.png"
                 plot.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(args.out) / name / label / "probe.png", plot)
+                shutil.copyfile(Path(args.out) / Path(name).name / label / "probe.png", plot)
     lines = ["| model | label | test accuracy per layer (0 = embeddings) | best layer | most selective | "
              "best layer on German PUD | seconds |", "|---|---|---|---|---|---|---|", *rows, "",
              f"Linear probes (AdamW, 10 epochs of mini-batches) on each word's first sub-token vector, trained on "

@@ -467,6 +467,17 @@ def test_lama_tables_and_robustness_table(capsys, tmp_path):
     assert set(line["macro"]) == {str(dirs["mlm"]), str(dirs["clm"])}
     lama = (tmp_path / "a.md").read_text()
     assert f"| {dirs['mlm']} | SQuAD |" in lama and f"| {dirs['clm']} | SQuAD |" not in lama  # masked LMs only
+    (tmp_path / "a.md").write_text("")
+    assert not (dirs["clm"] / "results.json").exists()  # the results go to --out, never into a model directory
+    saved = tmp_path / "lama" / "clm" / "results.json"
+    planted = json.loads(saved.read_text())
+    planted["macro"]["p@1"] = 0.123  # a value only the saved file holds
+    saved.write_text(json.dumps(planted))
+    _, again = run_main(EXP / "lama_tables.py", ["--masked", str(dirs["mlm"]), "--causal", str(dirs["clm"]),
+                                                 "--relations", "P19", "--max-facts", "20", "--reuse",
+                                                 "--out", str(tmp_path / "lama"), "--docs", str(tmp_path / "a.md")],
+                        capsys)  # the table again from the saved results: the same figures
+    assert 0.123 in [m["p@1"] for m in again["macro"].values()] and (tmp_path / "a.md").read_text().count("| P19 |") == 2
     sst = tmp_path / "sst"
     sst.mkdir()
     (sst / "train.tsv").write_text(_write_sst(sst, 20, 1))

@@ -36,17 +36,26 @@ def main(argv=None) -> dict:
     p.add_argument("--max-test", type=int, default=None, help="test and transfer sentences (default: all)")
     p.add_argument("--out", default="runs/analysis/probing", help="results and feature cache")
     p.add_argument("--docs", default=str(ROOT / "docs" / "analysis.md"), help="page whose 'probing' block is written")
+    p.add_argument("--reuse", action="store_true",
+                   help="read a model's results (and its measured seconds, seconds.json) from --out when they are "
+                        "there, to add a model to the table without measuring the others again")
     args = p.parse_args(argv)
     ud = Path(args.data) / "ud"
     rows, summary = [], {}
     for name in args.models.split(","):
         path = model_dir(name)
         for label in args.labels:
-            t0 = time.perf_counter()
-            r = analyze.probe(path, Path(args.out) / Path(name).name / label, ud / "en_ewt-ud-train.conllu",
-                              ud / "en_ewt-ud-test.conllu", label, ud / "de_pud-ud-test.conllu", args.max_train,
-                              cache=Path(args.out) / "cache", max_test=args.max_test)
-            seconds = time.perf_counter() - t0
+            here = Path(args.out) / Path(name).name / label
+            if args.reuse and (here / "results.json").is_file() and (here / "seconds.json").is_file():
+                r = json.loads((here / "results.json").read_text())
+                seconds = json.loads((here / "seconds.json").read_text())["seconds"]
+            else:
+                t0 = time.perf_counter()
+                r = analyze.probe(path, here, ud / "en_ewt-ud-train.conllu", ud / "en_ewt-ud-test.conllu", label,
+                                  ud / "de_pud-ud-test.conllu", args.max_train, cache=Path(args.out) / "cache",
+                                  max_test=args.max_test)
+                seconds = time.perf_counter() - t0
+                (here / "seconds.json").write_text(json.dumps({"seconds": seconds}))
             best = max(r["curve"], key=lambda x: x["accuracy"])
             sel = max(r["curve"], key=lambda x: x["selectivity"])
             tr = max(r["transfer"], key=lambda x: x["accuracy"])
@@ -60,7 +69,7 @@ def main(argv=None) -> dict:
             if args.docs:  # figures go beside the page the block is written to, never into docs/ from a test
                 plot = Path(args.docs).parent / "analysis" / f"probing_{name}_{label}.png"
                 plot.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(args.out) / Path(name).name / label / "probe.png", plot)
+                shutil.copyfile(here / "probe.png", plot)
     lines = ["| model | label | test accuracy per layer (0 = embeddings) | best layer | most selective | "
              "best layer on German PUD | seconds |", "|---|---|---|---|---|---|---|", *rows, "",
              f"Linear probes (AdamW, 10 epochs of mini-batches) on each word's first sub-token vector, trained on "

@@ -437,6 +437,12 @@ def test_probing_curves(capsys, tmp_path):
     assert "minilm/upos" in line["rows"] and 0 <= line["rows"]["minilm/upos"]["best"] <= 1
     assert "<!-- results:probing:begin -->" in (tmp_path / "a.md").read_text()
     assert (tmp_path / "analysis" / "probing_minilm_upos.png").is_file()  # beside the page, not in docs/
+    saved = tmp_path / "p" / "minilm" / "upos" / "seconds.json"
+    saved.write_text(json.dumps({"seconds": 12345}))  # a value only the saved file holds
+    _, again = run_main(EXP / "probing_curves.py", ["--models", "minilm", "--max-train", "30", "--max-test", "20",
+                                                    "--reuse", "--out", str(tmp_path / "p"),
+                                                    "--docs", str(tmp_path / "a.md")], capsys)
+    assert again["rows"]["minilm/upos"]["seconds"] == 12345 and "| 12345 |" in (tmp_path / "a.md").read_text()
 
 
 def test_lama_tables_and_robustness_table(capsys, tmp_path):
@@ -544,6 +550,20 @@ def test_attention_maps(capsys, tmp_path):
                      "--out", str(tmp_path / "att"), "--docs", str(tmp_path / "a.md")])
     assert "m" in line["models"] and len(line["models"]["m"]["anisotropy"]) == 3
     assert (tmp_path / "analysis" / "cka_m.png").is_file()  # beside the page written, not in the repository's docs/
+    # a causal LM joins the table (no mask token: no Perturbed Masking cell); the first model's figures are reused
+    save_model(build_model("llama", make_config("llama", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                              num_heads=2, num_kv_heads=1, intermediate_size=64,
+                                                              max_position_embeddings=128)), "causal-lm"),
+               tmp_path / "c")
+    tok.save(tmp_path / "c")
+    saved = tmp_path / "att" / "m" / "cka" / "results.json"
+    planted = json.loads(saved.read_text())
+    planted["anisotropy"] = [0.5, 0.5, 0.5]  # a value only the saved file holds
+    saved.write_text(json.dumps(planted))
+    line = mod.main(["--models", f"{tmp_path / 'm'},{tmp_path / 'c'}", "--sentences", "20", "--lines", "10", "--reuse",
+                     "--out", str(tmp_path / "att"), "--docs", str(tmp_path / "a.md")])
+    assert line["models"]["m"]["anisotropy"] == [0.5, 0.5, 0.5] and line["models"]["c"]["perturbed_uas"] is None
+    assert "| c | " in (tmp_path / "a.md").read_text() and "no mask token" in (tmp_path / "a.md").read_text()
 
 
 # six T-REx relations with common one-word objects (languages, religions, places): enough for every stage of the

@@ -1,6 +1,7 @@
 """The models the understanding experiments read, by name: all-MiniLM-L6-v2 (its registry package), the demo recipe's
 BERT-mini pre-trained for 155 CPU-minutes (experiments/pretraining_budget.py --curve ...), SmolLM2-135M
-(runs/smollm2, `ptm convert` of its registry package) and the adaptation table's MiniLM fine-tuned on SST-2."""
+(runs/smollm2, `ptm convert` of its registry package), the adaptation table's MiniLM fine-tuned on SST-2 and that
+BERT-mini fine-tuned on SST-2."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ MODELS = {
     "bert-mini": lambda: ROOT / "runs" / "pretraining_budget" / "curve" / "base" / "model",
     "smollm2": lambda: ROOT / "runs" / "smollm2",
     "minilm-sst2": lambda: ROOT / "runs" / "adaptation" / "methods" / "full" / "sst2-seed0" / "best",
+    # bert-mini fine-tuned on 2,000 SST-2 sentences with mean pooling (experiments/pretraining_budget.py's
+    # "base-step22500-mean" row at lr 3e-4, seed 0)
+    "bert-mini-sst2": lambda: (ROOT / "runs" / "pretraining_budget" / "finetune" / "base-step22500-mean-lr0.0003"
+                               / "sst2-seed0" / "best"),
 }
 
 

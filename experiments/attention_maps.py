@@ -58,8 +58,9 @@ def main(argv=None) -> dict:
         pm = run("perturbed", analyze.perturbed, dev, max(1, args.sentences // 5), max_words=20) if masks else None
         ck = run("cka", analyze.cka, text, lines=args.lines)
         best = sorted(syn["relations"].items(), key=lambda kv: -kv[1]["count"])[:4]
-        rows.append(f"| {key} | " + ", ".join(f"{rel} {x['best_head_accuracy'] * 100:.0f} vs {x['baseline_accuracy'] * 100:.0f}"
-                                              for rel, x in best)
+        rows.append(f"| {key} | " + ", ".join(f"{rel} {x['best_head_accuracy'] * 100:.0f}"
+                                              f"{' (head→dep)' if x.get('direction') == 'head->dependent' else ''}"
+                                              f" vs {x['baseline_accuracy'] * 100:.0f}" for rel, x in best)
                     + (f" | {pm['uas'] * 100:.1f} ({pm['uas_gold_root'] * 100:.1f}) vs "
                        f"{pm['right_branching_uas'] * 100:.1f}" if pm else " | – (no mask token)")
                     + " | " + " / ".join(f"{a:.2f}" for a in ck["anisotropy"]) + " |")
@@ -74,7 +75,9 @@ def main(argv=None) -> dict:
                     shutil.copyfile(out / sub / f"{png}.png", figures / f"{png}_{key}.png")
     lines = ["| model | best head vs best offset, accuracy % (4 most frequent relations) | Perturbed Masking UAS % "
              "(gold root) vs right-branching | anisotropy per layer |", "|---|---|---|---|", *rows, "",
-             f"Syntax: {args.sentences} en_ewt dev sentences, Clark et al.'s word-level attention; Perturbed Masking: "
+             f"Syntax: {args.sentences} en_ewt dev sentences, Clark et al.'s word-level attention, the better of the "
+             "two directions (head→dep: the head word attending to its dependent; otherwise the dependent to its head); "
+             "Perturbed Masking: "
              f"{max(1, args.sentences // 5)} sentences of at most 20 words, last layer, Eisner decoding, punctuation "
              f"left out; head statistics and CKA: {args.lines} WikiText-2 valid lines (plots in docs/analysis/). "
              f"Measured {date.today().isoformat()} with `python experiments/attention_maps.py`."]

@@ -61,9 +61,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200
 
 
 @torch.no_grad()
-def mc_dropout(predict: Callable[[], torch.Tensor], model: torch.nn.Module, passes: int = 10) -> torch.Tensor:
+def mc_dropout(predict: Callable[[], torch.Tensor], model: torch.nn.Module, passes: int = 10,
+               seed: int | None = None) -> torch.Tensor:
     """Monte Carlo dropout: `passes` forward passes of `predict()` (logits (N, C)) with the model's dropout layers in
-    training mode (everything else in eval mode), softmax averaged: (N, C). The model's modes are restored."""
+    training mode (everything else in eval mode), softmax averaged: (N, C). The model's modes are restored. `seed`
+    fixes the dropout masks (so a table can be measured again) without touching the caller's random state."""
     if passes < 1:
         raise ConfigError(f"mc_dropout: passes must be >= 1, got {passes}")
     dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -75,7 +77,10 @@ def mc_dropout(predict: Callable[[], torch.Tensor], model: torch.nn.Module, pass
     for m in dropouts:
         m.train()
     try:
-        return torch.stack([F.softmax(predict().float(), -1) for _ in range(passes)]).mean(0)  # (N, C)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return torch.stack([F.softmax(predict().float(), -1) for _ in range(passes)]).mean(0)  # (N, C)
     finally:
         for m, mode in modes.items():
             m.train(mode)

@@ -40,9 +40,14 @@ def word_features(model, tokenizer, sentences: list[list[str]], max_length: int 
     backbone.eval()
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     # batches of similar length: a treebank's sentences run from 1 to 100+ tokens, and padding every batch to its
-    # longest random member cost about half the forward passes; the words go back to sentence order at the end
+    # longest random member cost about half the forward passes; each word is written to its sentence-order row
     order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
-    chunks: list[np.ndarray] = []
+    counts = np.array([len(enc.word_pos[i]) for i in range(len(enc))], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # each sentence's first word
+    # every batch's words are written straight to their sentence-order rows of one array allocated at the first
+    # batch (a memory-mapped .npy file when caching): a 30-layer model's features of a treebank are gigabytes, and
+    # gathering the batches first and reordering them after held three copies at once (SmolLM2: 22 GB)
+    feats, partial = None, Path(cache) / f"{key}.partial.npy" if cache is not None else None
     for start in range(0, len(enc), batch_size):
         idx = order[start:start + batch_size]
         t = max(len(enc.input_ids[i]) for i in idx)
@@ -53,20 +58,24 @@ def word_features(model, tokenizer, sentences: list[list[str]], max_length: int 
             mask[r, :len(enc.input_ids[i])] = 1
         hidden = backbone(ids.to(device), attention_mask=mask.to(device), output_hidden_states=True).hidden_states
         h = torch.stack(hidden)  # (L+1, B, T, D)
+        if feats is None:
+            shape = (h.shape[0], int(counts.sum()), h.shape[-1])
+            if partial is not None:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                feats = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+            else:
+                feats = np.empty(shape, dtype=np.float16)
         rows = torch.cat([torch.full((len(enc.word_pos[i]),), r) for r, i in enumerate(idx)])
         cols = torch.cat([torch.from_numpy(enc.word_pos[i]) for i in idx])
-        chunks.append(h[:, rows, cols].half().cpu().numpy())  # (L+1, words, D)
-    feats = np.concatenate(chunks, axis=1)  # words in batch order
-    counts = np.array([len(enc.word_pos[i]) for i in range(len(enc))])
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # each sentence's first word in sentence order
-    batch_pos = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in order]) if len(order) else \
-        np.zeros(0, dtype=np.int64)
-    back = np.empty_like(batch_pos)
-    back[batch_pos] = np.arange(len(batch_pos))  # sentence-order word j sits at batch-order position back[j]
-    feats = feats[:, back]
-    if cache is not None:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        np.save(Path(cache) / f"{key}.npy", feats)
+        where = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in idx])  # sentence-order rows
+        feats[:, where] = h[:, rows, cols].half().cpu().numpy()  # (L+1, words, D)
+    if feats is None:  # no sentence at all
+        raise ConfigError("probing: no sentences to extract features from")
+    if partial is not None:
+        feats.flush()
+        del feats
+        partial.replace(Path(cache) / f"{key}.npy")  # whole or absent: an interrupted extraction is never reused
+        return np.load(Path(cache) / f"{key}.npy")
     return feats
 
 

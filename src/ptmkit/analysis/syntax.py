@@ -1,8 +1,11 @@
 """Attention and syntax (Clark et al. 2019, "What Does BERT Look At?" §4): does some attention head find each word's
 syntactic head? Token-level attention becomes word-level as in the paper (attention to a split word is the sum over its
 pieces, attention from it the mean over its pieces); a head "predicts" a word's dependency head as the word it attends
-to most, and its accuracy is counted per UD relation. The baseline is the best fixed offset for the relation (e.g.
-"the next word" for det), which attention must beat to show it learned syntax rather than position.
+to most, and its accuracy is counted per UD relation. As in the paper, both directions count: the dependent attending
+to its head, and the head attending to the dependent (a causal LM can only do the one that looks left, e.g. the noun
+attending back to its determiner); each relation reports its better direction. The baseline is the best fixed offset
+for the relation in either direction (e.g. "the next word" for det), which attention must beat to show it learned
+syntax rather than position.
 
 Dimension legend: H heads, T tokens, W words.
 """
@@ -28,12 +31,16 @@ def word_attention(probs: torch.Tensor, word_ids: list[int | None]) -> torch.Ten
     return (onehot.T @ to_words) / counts[None, :, None]  # (H, W, W): mean over the attending word's pieces
 
 
+DIRECTIONS = ("dependent->head", "head->dependent")
+
+
 class HeadSyntax:
-    """Running counts: for every (layer, head) and relation, how often the most-attended word is the gold head; and
-    per relation, how often each offset (head - dependent) occurs, for the positional baseline."""
+    """Running counts: for every (layer, head), relation and direction, how often the most-attended word is the gold
+    one (the head for dependent->head, the dependent for head->dependent); and per relation, how often each offset
+    (head - dependent) occurs, for the positional baseline."""
 
     def __init__(self):
-        self.correct: dict[str, np.ndarray] = {}  # relation -> (L, H) hits
+        self.correct: dict[tuple[str, str], np.ndarray] = {}  # (relation, direction) -> (L, H) hits
         self.total: Counter = Counter()
         self.offsets: dict[str, Counter] = defaultdict(Counter)
 
@@ -46,20 +53,23 @@ class HeadSyntax:
         for i, (h, rel) in enumerate(zip(heads[:w], deprels[:w])):
             if h <= 0 or h > w:
                 continue
-            hit = (pred[:, :, i] == h - 1).numpy()
-            self.correct[rel] = self.correct.get(rel, np.zeros(hit.shape)) + hit
+            for direction, hit in zip(DIRECTIONS, ((pred[:, :, i] == h - 1).numpy(), (pred[:, :, h - 1] == i).numpy())):
+                self.correct[rel, direction] = self.correct.get((rel, direction), np.zeros(hit.shape)) + hit
             self.total[rel] += 1
             self.offsets[rel][h - 1 - i] += 1
 
     def table(self, min_count: int = 1) -> dict[str, dict]:
-        """Per relation: count, best head's accuracy and its (layer, head), the best fixed offset's accuracy."""
+        """Per relation: count, the best head's accuracy, its (layer, head) and direction, and the best fixed offset's
+        accuracy (offset = head - dependent; the head->dependent baseline predicts the dependent at -offset, which
+        is right as often, so one offset count serves both directions)."""
         out = {}
         for rel, n in sorted(self.total.items(), key=lambda kv: -kv[1]):
             if n < min_count:
                 continue
-            acc = self.correct[rel] / n
+            best = max(DIRECTIONS, key=lambda d: float(self.correct[rel, d].max()))
+            acc = self.correct[rel, best] / n
             layer, head = np.unravel_index(int(acc.argmax()), acc.shape)
             offset, hits = self.offsets[rel].most_common(1)[0]
             out[rel] = {"count": n, "best_head_accuracy": float(acc.max()), "layer": int(layer), "head": int(head),
-                        "baseline_offset": int(offset), "baseline_accuracy": hits / n}
+                        "direction": best, "baseline_offset": int(offset), "baseline_accuracy": hits / n}
         return out

@@ -168,7 +168,8 @@ def run(args) -> int:
         print(f"head statistics over {r['tokens']:,} tokens: " + ", ".join(r["statistics"]))
     elif a == "syntax":
         r = analyze.syntax(args.model, args.out, args.treebank, args.max_sentences, args.min_count)
-        print("\n".join(f"{rel:10s} best head L{x['layer']}H{x['head']} {x['best_head_accuracy']:.3f} vs offset "
+        print("\n".join(f"{rel:10s} best head L{x['layer']}H{x['head']} ({x['direction']}) "
+                        f"{x['best_head_accuracy']:.3f} vs offset "
                         f"{x['baseline_offset']:+d} {x['baseline_accuracy']:.3f} (n={x['count']})"
                         for rel, x in r["relations"].items()))
     elif a == "perturbed":

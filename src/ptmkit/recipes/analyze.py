@@ -386,7 +386,7 @@ def calibration(model_dir: str | Path, out: str | Path, task: str | None = None,
     before = cal.reliability(logits[test].softmax(-1), labels[test])
     after = cal.reliability((logits[test] / t).softmax(-1), labels[test])
     mc = cal.mc_dropout(lambda: _split_logits(model, tok, task, data_dir, split, max_length, max_examples, seed)[0],
-                        model, passes)
+                        model, passes, seed=seed)
     mc_rel = cal.reliability(mc[test], labels[test])
     result = {"analysis": "calibration", "model": str(model_dir), "task": task, "split": split,
               "examples": int(len(test)), "temperature": t, "plain": before, "temperature_scaled": after,

@@ -47,6 +47,10 @@ def test_mc_dropout_averages_passes_and_restores_modes():
     assert not torch.allclose(p, single)  # dropout was on while sampling
     with pytest.raises(ConfigError, match="no active dropout"):
         mc_dropout(lambda: model(x), torch.nn.Sequential(torch.nn.Linear(8, 3)), passes=2)
+    state = torch.get_rng_state()  # a seed repeats the masks and leaves the caller's random state alone
+    assert torch.equal(mc_dropout(lambda: model(x), model, 4, seed=3), mc_dropout(lambda: model(x), model, 4, seed=3))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(mc_dropout(lambda: model(x), model, 4, seed=3), mc_dropout(lambda: model(x), model, 4, seed=4))
 
 
 def test_auroc_against_a_brute_force_count():

@@ -33,4 +33,17 @@ def test_head_accuracy_and_the_positional_baseline():
     assert t["det"]["best_head_accuracy"] == 1.0 and (t["det"]["layer"], t["det"]["head"]) == (0, 1)
     assert t["det"]["baseline_offset"] == 1 and t["det"]["baseline_accuracy"] == 1.0
     assert t["obj"]["baseline_offset"] == -1 and "root" not in t
+    assert t["det"]["direction"] == "dependent->head"
     assert h.table(min_count=2) == {}
+
+
+def test_a_head_attending_back_to_its_dependent_counts_as_the_other_direction():
+    # as in a causal LM, the determiner (word 0) does not attend to its noun (word 1, ahead of it): the noun attends
+    # back to it, so det is found head -> dependent; obj (word 2) attends back to its head, dependent -> head
+    heads, rels = [2, 0, 2], ["det", "root", "obj"]
+    causal = torch.tensor([[1, 0, 0.1], [0.9, 0, 0.1], [0, 1, 0]], dtype=torch.float)
+    h = HeadSyntax()
+    h.add([causal[None]], heads, rels)
+    t = h.table()
+    assert t["det"]["direction"] == "head->dependent" and t["det"]["best_head_accuracy"] == 1.0
+    assert t["obj"]["direction"] == "dependent->head" and t["obj"]["best_head_accuracy"] == 1.0

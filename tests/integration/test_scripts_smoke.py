@@ -493,7 +493,7 @@ def test_lama_tables_and_robustness_table(capsys, tmp_path):
                         "--examples", "6", "--attack-train", "6", "--data-dir", str(sst),
                         "--finetune", '{"epochs": 1.0, "batch_size": 8, "precision": "fp32"}',
                         "--out", str(tmp_path / "rob"), "--docs", str(tmp_path / "a.md")], capsys)
-    assert {"word", "char"} <= set(line)
+    assert {"clf/word", "clf/char"} <= set(line)
     text = (tmp_path / "a.md").read_text()
     assert "<!-- results:lama:begin -->" in text and "<!-- results:robustness:begin -->" in text
 
@@ -701,3 +701,14 @@ def test_text_to_image(capsys, tmp_path):
     assert line["held_out_images"] == 8 and line["train_images"] == 16 and line["generator"]["names"] == 8
     assert line["clip"]["generated"]["images"] == 16 and line["clip"]["chance"]["r1"] == pytest.approx(1 / 8)
     assert Path(line["figure"]).is_file() and Path(line["figure"]).is_relative_to(tmp_path)
+
+
+def test_the_defended_model_is_fine_tuned_with_the_attacked_models_own_recipe(tmp_path):
+    mod = load_script(EXP / "robustness_table.py")
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"lr": 3e-4, "epochs": 2.0, "pooling": "mean",
+                                                              "max_train_examples": None, "model": "x"}))
+    assert mod.recipe(tmp_path / "run" / "best", None) == {"lr": 3e-4, "epochs": 2.0, "pooling": "mean"}
+    assert mod.recipe(tmp_path / "run" / "best", '{"lr": 1e-5}') == {"lr": 1e-5}  # given options win
+    (tmp_path / "plain").mkdir()
+    assert mod.recipe(tmp_path / "plain", None) == json.loads(mod.FALLBACK)  # not a fine-tuning run

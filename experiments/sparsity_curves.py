@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from datetime import date
@@ -34,7 +35,10 @@ def main(argv=None) -> dict:
     p.add_argument("--no-lottery", action="store_true", help="only the head curve")
     p.add_argument("--max-eval", type=int, default=None, help="dev subset of the head curve")
     p.add_argument("--out", default="runs/analysis/sparsity", help="results")
-    p.add_argument("--docs", default=str(ROOT / "docs" / "analysis.md"), help="page whose 'sparsity' block is written")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "analysis.md"), help="page whose results block is written")
+    p.add_argument("--block", default="sparsity",
+                   help="the results block (and figure name prefix): one per model, e.g. sparsity-bert-mini for "
+                        "--finetuned bert-mini-sst2 --pretrained bert-mini")
     args = p.parse_args(argv)
     heads = analyze.heads(model_dir(args.finetuned), Path(args.out) / "heads", args.task, args.data_dir,
                           max_eval_examples=args.max_eval)
@@ -46,7 +50,7 @@ def main(argv=None) -> dict:
     figures = Path(args.docs).parent / "analysis" if args.docs else None  # beside the page; never docs/ from a test
     if figures:
         figures.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / "heads" / "heads.png", figures / "sparsity_heads.png")
+        shutil.copyfile(Path(args.out) / "heads" / "heads.png", figures / f"{args.block}_heads.png")
     if not args.no_lottery:
         lt = analyze.lottery(model_dir(args.pretrained), Path(args.out) / "lottery", args.task, args.rounds, 0.2,
                              args.data_dir, json.loads(args.finetune))
@@ -56,19 +60,21 @@ def main(argv=None) -> dict:
                   "| IMP ticket (rewound) | " + " | ".join(f"{c['ticket'] * 100:.1f}" for c in lt["curve"]) + " |",
                   "| random mask | " + " | ".join(f"{c['random'] * 100:.1f}" for c in lt["curve"]) + " |"]
         if figures:
-            shutil.copyfile(Path(args.out) / "lottery" / "lottery.png", figures / "sparsity_lottery.png")
+            shutil.copyfile(Path(args.out) / "lottery" / "lottery.png", figures / f"{args.block}_lottery.png")
     note = (f"Heads: {Path(args.finetuned).name}, one-shot removal by Michel et al.'s importance on the {args.task} "
             "training loss, dev score without recovery.")
     if not args.no_lottery:
         note += (f" Tickets: {Path(args.pretrained).name} fine-tuned ({args.finetune}), 20% of the remaining weights "
                  "pruned a round by global magnitude, rewound to the pre-trained weights; random masks of the same "
                  "sparsity fine-tuned the same way.")
+    given = [f"--{k.replace('_', '-')} {shlex.quote(str(getattr(args, k)))}" for k in ("finetuned", "pretrained", "block")
+             if getattr(args, k) != p.get_default(k)] + (["--no-lottery"] if args.no_lottery else [])
     lines += ["", note + f" Measured {date.today().isoformat()} with `python experiments/sparsity_curves.py"
-              + (" --no-lottery" if args.no_lottery else "") + "`."]
+              + "".join(f" {g}" for g in given) + "`."]
     block = "\n".join(lines)
     print(block)
     if args.docs:
-        write_results_block(args.docs, block, "Understanding pre-trained models", name="sparsity")
+        write_results_block(args.docs, block, "Understanding pre-trained models", name=args.block)
     print(json.dumps(out))
     return out
 

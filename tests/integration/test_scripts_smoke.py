@@ -528,6 +528,12 @@ def test_calibration_table_and_sparsity_curves(capsys, tmp_path):
     text = (tmp_path / "a.md").read_text()
     assert "<!-- results:calibration:begin -->" in text and "<!-- results:sparsity:begin -->" in text
     assert (tmp_path / "analysis" / "sparsity_lottery.png").is_file()  # figures go beside the page written
+    sp_script.main(["--finetuned", str(tmp_path / "clf"), "--data-dir", str(sst), "--no-lottery", "--block",
+                    "sparsity-other", "--out", str(tmp_path / "sp2"), "--docs", str(tmp_path / "a.md")])
+    text = (tmp_path / "a.md").read_text()  # a second model's block beside the first, its command in its note
+    assert "<!-- results:sparsity:begin -->" in text and "<!-- results:sparsity-other:begin -->" in text
+    assert "--block sparsity-other --no-lottery`" in text
+    assert (tmp_path / "analysis" / "sparsity-other_heads.png").is_file()
     assert (tmp_path / "analysis" / "calibration_clf.png").is_file()
 
 

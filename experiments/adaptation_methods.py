@@ -6,7 +6,8 @@ modules_to_save). Each method gets the learning rate its papers use for models o
 parameters from scratch and want larger steps: LoRA 5e-4, adapters 1e-3, soft prompts 3e-2 ...), the same epochs,
 batch and lengths. Training sets are capped (seeded subsets) so the whole table fits a CPU budget; the caps are in
 the table's note. Writes the results block of docs/adaptation.md ("methods"); runs are resumable (a finished run's
-results.json is reused).
+results.json is reused), and each finished run's results are kept in experiments/records/adaptation_methods/ (committed),
+so the table grows across sessions and machines: --report-only builds it from the records.
 
     .venv/bin/python experiments/adaptation_methods.py                         # every method, 4 tasks, 3 seeds
     .venv/bin/python experiments/adaptation_methods.py --methods full,lora --tasks sst2 --seeds 0
@@ -31,6 +32,7 @@ from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
+from _records import record_path, reuse_or_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,18 +86,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'methods' block is written")
     p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rerun", action="store_true",
+                   help="measure again runs whose results exist (in --out or experiments/records), replacing them")
+    p.add_argument("--no-record", action="store_true",
+                   help="neither read nor write experiments/records (runs with other caps, epochs, batch or model "
+                        "never do)")
     return p.parse_args(argv)
 
 
 def run_one(args, row: str, task: str, seed: int) -> dict | None:
     method, options, lr = SETTINGS[row]
     out = Path(args.out) / row / f"{task}-seed{seed}"
-    if not (out / "results.json").exists():
-        if args.report_only:
-            return None
+    # a record stands for the table's own protocol: a run with other caps, epochs, batch or model is not kept
+    protocol = (args.model_given is None and args.max_train is None and args.max_eval is None and args.epochs == 3.0
+                and args.batch_size == 32)
+    record = f"adaptation_methods/{row}/{task}-seed{seed}" if protocol and not args.no_record else None
+
+    def train() -> dict:
         max_length, cap = TASKS[task]
         print(f"[adaptation] {row} on {task}, seed {seed}", flush=True)
-        finetune(FinetuneConfig(
+        results = finetune(FinetuneConfig(
             model=args.model, task=task, out=str(out), method=method, method_options=options, lr=lr,
             epochs=args.epochs, batch_size=args.batch_size, max_length=max_length, seed=seed,
             max_train_examples=args.max_train or cap, max_eval_examples=args.max_eval, device=args.device,
@@ -105,20 +115,26 @@ def run_one(args, row: str, task: str, seed: int) -> dict | None:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         if row == "full" and seed != 0:
             shutil.rmtree(out / "best", ignore_errors=True)
-    return json.loads((out / "results.json").read_text())
+        return results
+
+    if args.report_only:
+        if not (out / "results.json").is_file() and not (record and record_path(record).is_file()):
+            return None
+    return reuse_or_run(out, train, reuse=not args.rerun, record=record)
 
 
-def stats(values: list[float]) -> str:
+def stats(values: list[float], seeds: int) -> str:
+    """mean ± std × 100; a cell with fewer finished seeds than the table's says how many it has."""
     if not values:
         return "–"
     mean = statistics.fmean(values) * 100
     std = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f} ± {std:.1f}" + (f" ({len(values)} seeds)" if len(values) < seeds else "")
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    args.model = args.model or minilm_dir()
+    args.model_given, args.model = args.model, args.model or minilm_dir()
     t0 = time.perf_counter()
     table: dict[str, dict] = {}
     for row in args.methods:
@@ -138,7 +154,8 @@ def main(argv=None) -> dict:
     for row, r in table.items():
         p = r["parameters"]
         count = f"{p['trainable']:,} ({p['trainable_pct']:.2f}%)" if p else "–"
-        lines.append(f"| {row} | {count} | " + " | ".join(stats(r["cells"].get(t, [])) for t in args.tasks) + " |")
+        cells = [stats(r["cells"].get(t, []), len(args.seeds)) for t in args.tasks]
+        lines.append(f"| {row} | {count} | " + " | ".join(cells) + " |")
     caps = ", ".join(f"{t.upper()} {TASKS[t][1] or 'all'}" for t in args.tasks)
     lines += ["", f"Mean ± std over seeds {args.seeds} of the final dev score × 100 (no checkpoint selection), "
               f"all-MiniLM-L6-v2, {args.epochs:g} epochs, batch {args.batch_size}, bf16 autocast; training examples: "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT, model_dir  # noqa: E402
+from _records import reuse_or_run  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.data.tokenizer import Tokenizer  # noqa: E402
@@ -45,9 +46,7 @@ def main(argv=None) -> dict:
         path, key = model_dir(name), Path(name).name
         out = Path(args.out) / key
         def run(sub: str, fn, *a, **kw) -> dict:
-            if args.reuse and (out / sub / "results.json").is_file():
-                return json.loads((out / sub / "results.json").read_text())
-            return fn(path, out / sub, *a, **kw)
+            return reuse_or_run(out / sub, lambda: fn(path, out / sub, *a, **kw), reuse=args.reuse)
 
         heads = run("heads", analyze.attention, text, args.lines)
         syn = run("syntax", analyze.syntax, dev, args.sentences, min_count=20)

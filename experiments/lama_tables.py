@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT, model_dir  # noqa: E402
+from _records import reuse_or_run  # noqa: E402
 
 from ptmkit.analysis.knowledge import read_facts  # noqa: E402
 from ptmkit.analysis.report import write_results_block  # noqa: E402
@@ -65,9 +66,7 @@ def main(argv=None) -> dict:
             short.append(cut / name)
         files, squad = short[: len(files)], short[len(files):]
     def probe(name: str, out: Path, facts: list[Path], **kw) -> dict:
-        if args.reuse and (out / "results.json").is_file():
-            return json.loads((out / "results.json").read_text())
-        return analyze.lama(model_dir(name), out, facts, **kw)
+        return reuse_or_run(out, lambda: analyze.lama(model_dir(name), out, facts, **kw), reuse=args.reuse)
 
     majority = {}  # relation -> P@1 of always answering its most frequent object, over all its facts
     for f in files + squad:

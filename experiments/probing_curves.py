@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import names  # noqa: E402
 from _models import ROOT, model_dir  # noqa: E402
+from _records import reuse_or_run  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.recipes import analyze  # noqa: E402
@@ -46,16 +47,16 @@ def main(argv=None) -> dict:
         path = model_dir(name)
         for label in args.labels:
             here = Path(args.out) / Path(name).name / label
-            if args.reuse and (here / "results.json").is_file() and (here / "seconds.json").is_file():
-                r = json.loads((here / "results.json").read_text())
-                seconds = json.loads((here / "seconds.json").read_text())["seconds"]
-            else:
+            def measure() -> dict:
                 t0 = time.perf_counter()
                 r = analyze.probe(path, here, ud / "en_ewt-ud-train.conllu", ud / "en_ewt-ud-test.conllu", label,
                                   ud / "de_pud-ud-test.conllu", args.max_train, cache=Path(args.out) / "cache",
                                   max_test=args.max_test)
-                seconds = time.perf_counter() - t0
-                (here / "seconds.json").write_text(json.dumps({"seconds": seconds}))
+                (here / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+                return r
+
+            r = reuse_or_run(here, measure, reuse=args.reuse, needs=("results.json", "seconds.json"))
+            seconds = json.loads((here / "seconds.json").read_text())["seconds"]
             best = max(r["curve"], key=lambda x: x["accuracy"])
             sel = max(r["curve"], key=lambda x: x["selectivity"])
             tr = max(r["transfer"], key=lambda x: x["accuracy"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT, model_dir  # noqa: E402
+from _records import reuse_or_run  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.recipes import analyze  # noqa: E402
@@ -75,9 +76,7 @@ def main(argv=None) -> dict:
         model, here, label = model_dir(name), Path(args.out) / Path(name).name, Path(name).name
 
         def run(sub: str, fn, *a, **kw) -> dict:
-            if args.reuse and (here / sub / "results.json").is_file():
-                return json.loads((here / sub / "results.json").read_text())
-            return fn(model, *a, **kw)
+            return reuse_or_run(here / sub, lambda: fn(model, *a, **kw), reuse=args.reuse)
 
         for kind in ("word", "char"):
             kw = common if kind == "word" else {}

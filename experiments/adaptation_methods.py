@@ -129,7 +129,7 @@ def stats(values: list[float], seeds: int) -> str:
         return "–"
     mean = statistics.fmean(values) * 100
     std = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}" + (f" ({len(values)} seeds)" if len(values) < seeds else "")
+    return f"{mean:.1f} ± {std:.1f}" + (f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else "")
 
 
 def main(argv=None) -> dict:
@@ -137,6 +137,7 @@ def main(argv=None) -> dict:
     args.model_given, args.model = args.model, args.model or minilm_dir()
     t0 = time.perf_counter()
     table: dict[str, dict] = {}
+    precisions: dict[str, int] = {}  # what the runs computed in (records from other machines may differ)
     for row in args.methods:
         cells, params = {}, None
         for task in args.tasks:
@@ -146,6 +147,7 @@ def main(argv=None) -> dict:
                 if res is None:
                     continue
                 scores.append(res["final"][METRIC_NAMES[task]])  # the last evaluation: no selection on dev
+                precisions[res.get("precision", "?")] = precisions.get(res.get("precision", "?"), 0) + 1
                 params = params or res["parameters"]
             cells[task] = scores
         table[row] = {"cells": cells, "parameters": params}
@@ -158,10 +160,11 @@ def main(argv=None) -> dict:
         lines.append(f"| {row} | {count} | " + " | ".join(cells) + " |")
     caps = ", ".join(f"{t.upper()} {TASKS[t][1] or 'all'}" for t in args.tasks)
     lines += ["", f"Mean ± std over seeds {args.seeds} of the final dev score × 100 (no checkpoint selection), "
-              f"all-MiniLM-L6-v2, {args.epochs:g} epochs, batch {args.batch_size}, bf16 autocast; training examples: "
+              f"all-MiniLM-L6-v2, {args.epochs:g} epochs, batch {args.batch_size}, precision "
+              f"{', '.join(f'{k} ({n} runs)' for k, n in sorted(precisions.items()))}; training examples: "
               f"{caps}. Trainable parameters include the task head (2 or 1 outputs; STS-B's differs by a few "
-              f"hundred). Options and lrs per method: experiments/adaptation_methods.py SETTINGS. Measured "
-              f"{date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "
+              f"hundred). Options and lrs per method: experiments/adaptation_methods.py SETTINGS. Runs kept in "
+              f"experiments/records/adaptation_methods/; table built {date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "
               f"`python experiments/adaptation_methods.py`."]
     block = "\n".join(lines)
     print(block)

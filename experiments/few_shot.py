@@ -9,10 +9,13 @@ For each task and seed:
   icl         no training: k = 0, 1, 4, 8, 16 demonstrations drawn from the training set with the seed, then the
               query, label words scored at the slot (`ptm icl`), raw and with contextual calibration (GPT-3's
               protocol; k = 0 is the zero-shot prompt)
-The majority class is the floor. Writes the "few-shot" block of docs/adaptation.md; runs are resumable.
+The majority class is the floor. Writes the "few-shot" block of docs/adaptation.md; runs are resumable, and each
+finished result of the table's protocol (the defaults) is kept in experiments/records/few_shot/ (committed), so the
+table grows across sessions and machines; --report-only builds it from what is finished.
 
     .venv/bin/python experiments/few_shot.py                          # SST-2 and RTE, K = 16, seeds 0-4
     .venv/bin/python experiments/few_shot.py --tasks sst2 --seeds 0,1 --rows prompt,icl
+    .venv/bin/python experiments/few_shot.py --report-only
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.recipes.icl import ICLConfig, icl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
+from _records import record_path, reuse_or_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # task -> (template, label words in label order, max_length). The slot ends each template (a causal LM).
@@ -65,7 +69,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/adaptation/few_shot", help="run directories")
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'few-shot' block is written")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
+    p.add_argument("--rerun", action="store_true",
+                   help="measure again runs whose results exist (in --out or experiments/records), replacing them")
     args = p.parse_args(argv)
+    defaults = p.parse_args([])
+    # a record stands for the table's protocol: every option that changes a result at its default
+    args.protocol = all(getattr(args, k) == getattr(defaults, k) for k in (
+        "model", "k", "epochs", "batch_size", "lr", "lora_lr", "words", "max_eval"))
     args.word_override = {}
     for w in args.words:
         task, _, words = w.partition("=")
@@ -88,10 +99,19 @@ def words_of(args, task: str) -> list[str]:
     return args.word_override.get(task, TASKS[task][1])
 
 
-def finetune_row(args, row: str, task: str, seed: int) -> float | None:
+def reuse(args, out: Path, compute, record: str | None) -> dict | None:
+    """The run's results (run folder, then record), or None under --report-only when it has none, else measured."""
+    record = record if args.protocol else None
+    if args.report_only and not (out / "results.json").is_file() and not (record and record_path(record).is_file()):
+        return None
+    return reuse_or_run(out, compute, reuse=not args.rerun, record=record)
+
+
+def finetune_row(args, row: str, task: str, seed: int) -> tuple[float, float] | None:
     template, _, max_length = TASKS[task]
     out = Path(args.out) / task / row / f"seed{seed}"
-    if not (out / "results.json").exists():
+
+    def train() -> dict:
         prompt = dict(template=template, verbalizer=words_of(args, task)) if row != "head" else {}
         lora = dict(method="lora", method_options={"rank": 8, "alpha": 16}) if row == "prompt-lora" else {}
         print(f"[few-shot] {row} on {task}, seed {seed}", flush=True)
@@ -102,31 +122,41 @@ def finetune_row(args, row: str, task: str, seed: int) -> float | None:
             show_progress=False, **prompt, **lora))
         for kept in ("best", "checkpoints"):  # a full SmolLM2 each (0.5 GB): the table needs only results.json
             shutil.rmtree(out / kept, ignore_errors=True)
-    res = json.loads((out / "results.json").read_text())
-    return res["final"][METRIC], res["majority_baseline_accuracy"]
+        return json.loads((out / "results.json").read_text())
+
+    res = reuse(args, out, train, f"few_shot/{task}/{row}/seed{seed}")
+    return None if res is None else (res["final"][METRIC], res["majority_baseline_accuracy"])
 
 
-def icl_row(args, task: str) -> dict:
+def icl_row(args, task: str) -> dict | None:
     template, _, _ = TASKS[task]
     out = Path(args.out) / task / "icl"
-    if not (out / "results.json").exists():
+
+    def run() -> dict:
         print(f"[few-shot] in-context on {task}", flush=True)
         icl(ICLConfig(model=args.model, task=task, out=str(out), template=template, verbalizer=words_of(args, task),
                       shots=args.shots, seeds=args.seeds, max_eval_examples=args.max_eval,
                       device=args.device, overwrite=True, show_progress=False))
-    return json.loads((out / "results.json").read_text())
+        return json.loads((out / "results.json").read_text())
+
+    # one record holds every seed and shot count: only the default ones stand for the table
+    full = args.seeds == [0, 1, 2, 3, 4] and args.shots == [0, 1, 4, 8, 16]
+    return reuse(args, out, run, f"few_shot/{task}/icl" if full else None)
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], seeds: int) -> str:
+    """mean ± std × 100; a cell with fewer finished seeds than the table's says how many it has."""
     if not values:
         return "–"
     sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values) * 100:.1f} ± {sd:.1f}"
+    partial = f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else ""
+    return f"{statistics.fmean(values) * 100:.1f} ± {sd:.1f}{partial}"
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    ensure_model(Path(args.model))
+    if not args.report_only:
+        ensure_model(Path(args.model))
     t0 = time.perf_counter()
     table: dict[str, dict[str, str]] = {}
     raw: dict[str, dict[str, float]] = {}
@@ -135,12 +165,12 @@ def main(argv=None) -> dict:
         for row in [r for r in args.rows if r != "icl"]:
             scores = []
             for seed in args.seeds:
-                score, majority[task] = finetune_row(args, row, task, seed)
-                scores.append(score)
-            table.setdefault(row, {})[task] = cell(scores)
-            raw.setdefault(row, {})[task] = round(statistics.fmean(scores) * 100, 2)
-        if "icl" in args.rows:
-            res = icl_row(args, task)
+                if (got := finetune_row(args, row, task, seed)) is not None:
+                    scores.append(got[0])
+                    majority[task] = got[1]
+            table.setdefault(row, {})[task] = cell(scores, len(args.seeds))
+            raw.setdefault(row, {})[task] = round(statistics.fmean(scores) * 100, 2) if scores else None
+        if "icl" in args.rows and (res := icl_row(args, task)) is not None:
             majority[task] = res["majority_baseline_accuracy"]
             for k in args.shots:
                 name = "zero-shot prompt" if k == 0 else f"icl ({k} demo{'s' if k > 1 else ''})"
@@ -156,8 +186,8 @@ def main(argv=None) -> dict:
         lines.append(f"| {name} | " + " | ".join(cells.get(t, "–") for t in args.tasks) + " |")
     lines += ["", f"{Path(args.model).name}; K = {args.k} training examples per class drawn with seeds {args.seeds}, "
               f"mean ± std of the final dev accuracy × 100 over the seeds (no checkpoint selection). Fine-tuning: "
-              f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (prompt-lora {args.lora_lr:g}), bf16 "
-              f"autocast. Templates and label words: " + "; ".join(
+              f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (prompt-lora {args.lora_lr:g}), autocast "
+              f"precision auto (bf16 where the CPU has it natively, else fp32). Templates and label words: " + "; ".join(
                   f"{t.upper()} {TASKS[t][0]!r} -> {', '.join(words_of(args, t))}" for t in args.tasks)
               + f". In-context: demonstrations from the whole training set, one draw per seed. Measured "
               f"{date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "

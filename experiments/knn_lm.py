@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-eval-tokens", type=int, default=None, help="cap on the scored text's tokens")
     p.add_argument("--window", type=int, default=1024, help="tokens of context per window (both passes)")
     p.add_argument("--stride", type=int, default=512, help="window start step (both passes)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="autocast of the LM's forward passes")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="autocast of the LM's forward passes")
     p.add_argument("--kind", choices=["flat", "ivf"], default="ivf", help="datastore index: exact or inverted file")
     p.add_argument("--storage", choices=["fp16", "pq"], default="fp16", help="key storage: fp16 or PQ codes")
     p.add_argument("--nlist", type=int, default=1024, help="ivf: k-means cells")
@@ -122,7 +122,8 @@ def main(argv=None) -> dict:
     path = model_dir(args.model)
     out = Path(args.out)
     model, tok = load_adapted(path).eval(), Tokenizer.load(path)
-    autocast = Precision(args.precision, next(model.parameters()).device).autocast
+    precision = Precision(args.precision, next(model.parameters()).device)  # auto -> what it runs as
+    autocast = precision.autocast
     cfg = IndexConfig(kind=args.kind, storage=args.storage, metric="l2", nlist=args.nlist, nprobe=args.nprobe,
                       pq_m=args.pq_m)
     full_ds, full_eval = len(text_tokens(ds_text, tok)), len(text_tokens(ev_text, tok))
@@ -158,7 +159,7 @@ def main(argv=None) -> dict:
     lines = [f"| k | T | " + " | ".join(f"λ = {lam:g}" for lam in lambdas) + " |",
              "|---|---|" + "---|" * len(lambdas), *rows, "",
              f"SmolLM2-135M ({path.name}), {r['tokens']:,} tokens of {ev_text.name} scored in windows of "
-             f"{args.window} with stride {args.stride}, {args.precision}; base perplexity **{base:.3f}** (the λ = 0 "
+             f"{args.window} with stride {args.stride}, {precision.mode}; base perplexity **{base:.3f}** (the λ = 0 "
              f"column, equal to `ptm evaluate --text` by construction). Datastore: {len(store):,} entries from "
              f"{ds_text.parent.name}/{ds_text.name} (first {ds_tokens:,} of {full_ds:,} tokens), keys = the final "
              f"hidden state (576-d) in FAISS `{factory}`"

@@ -336,7 +336,7 @@ def run_finetuning(args, paths: dict, runs: dict, times: dict, random_from: str 
                 finetune(FinetuneConfig(model=model_dir, task="table", init=init, data_dir=str(data), out=str(out),
                                         text_fields=["pair", "sentence"], label_field="relation", max_length=96,
                                         epochs=args.ft_epochs, lr=args.ft_lr, batch_size=32, seed=seed,
-                                        precision="bf16", device="cpu", overwrite=True, show_progress=False))
+                                        precision="auto", device="cpu", overwrite=True, show_progress=False))
             res = json.loads((out / "results.json").read_text())
             scores.setdefault(row, []).append(100 * res["final"][res["main_metric"]])
             times[f"finetune_{row}_{seed}_s"] = res.get("wall_time_s", 0.0)

@@ -47,7 +47,7 @@ BASE = {
               "config": {"max_position_embeddings": 128, "dropout": 0.1, "attention_dropout": 0.1}},
     "data": {"seq_len": 128, "batch_size": 32, "boundary": "no_cross", "eval_batches": 8},
     "objective": {"name": "mlm", "params": {"mask_prob": 0.15}},
-    "train": {"steps": 600, "precision": "bf16", "log_every": 10, "eval_every": 0, "checkpoint_every": 200},
+    "train": {"steps": 600, "precision": "auto", "log_every": 10, "eval_every": 0, "checkpoint_every": 200},
     "optim": {"lr": 1e-3, "weight_decay": 0.01, "betas": [0.9, 0.98], "grad_clip": 1.0},
     "schedule": {"warmup_steps": 100, "decay": "linear"},
 }
@@ -363,7 +363,8 @@ def markdown(args, models: dict, table: dict, rows: list[dict]) -> str:
                      + f" | {gain} |")
     lines += ["", f"Mean ± standard deviation over fine-tuning seeds {args.seeds} of the final dev score × 100 (no "
               f"checkpoint selection on dev). Fine-tuning: {args.ft_epochs:g} epochs, lr {args.ft_lr:g} unless the "
-              f"row says otherwise, batch {args.ft_batch_size}, 64 tokens, bf16 autocast, the model's own dropout "
+              f"row says otherwise, batch {args.ft_batch_size}, 64 tokens, autocast precision auto (bf16 where the CPU has it "
+              f"natively, else fp32), the model's own dropout "
               f"unless the row says otherwise; SST-2 on a {args.sst2_train}-example training subset "
               f"(seeded), CoLA on all of its training set; \"gain over random\" in the table of every run is against "
               f"random initialisation fine-tuned at the same lr. Measured {date.today().isoformat()} on {args.device} "

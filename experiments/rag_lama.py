@@ -142,7 +142,7 @@ def build_index(args, name: str, times: dict) -> Path:
     d = Path(args.out) / f"index-{name}"
     if not (d / "manifest.json").exists():
         log(f"indexing corpus '{name}' ({CORPORA[name]})")
-        encoder = load_encoder(model_dir(args.encoder), EncoderConfig(precision="bf16", batch_size=128))
+        encoder = load_encoder(model_dir(args.encoder), EncoderConfig(precision="auto", batch_size=128))
         idx = PassageIndex.build(Path(args.out) / f"corpus-{name}.txt", encoder, IndexConfig(kind="flat"),
                                  ChunkConfig(max_tokens=128, overlap=32), show_progress=False)
         idx.save(d)

@@ -135,7 +135,7 @@ def prepare(args, times: dict) -> dict[str, str]:
             prepare_shards(text, tok_dir, p[shards], progress=False, overwrite=True)
     if not (Path(p["index"]) / "manifest.json").exists():
         log("indexing the training sentences (the retriever's starting vectors)")
-        encoder = load_encoder(model_dir(args.encoder), EncoderConfig(precision="bf16", batch_size=128))
+        encoder = load_encoder(model_dir(args.encoder), EncoderConfig(precision="auto", batch_size=128))
         PassageIndex.build(p["text"], encoder, IndexConfig(kind="flat"), ChunkConfig(max_tokens=128, overlap=32),
                            show_progress=False).save(p["index"])
     times["prepare_s"] = time.perf_counter() - t0

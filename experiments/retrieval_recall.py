@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="the sample's seed")
     p.add_argument("--ks", default="1,5,20", help="recall cut-offs, comma-separated")
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat", help="the dense index's FAISS structure")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="the encoder's autocast")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="the encoder's autocast")
     p.add_argument("--batch-size", type=int, default=128, help="texts embedded per forward pass")
     p.add_argument("--k1", type=float, default=0.9, help="BM25 k1")
     p.add_argument("--b", type=float, default=0.4, help="BM25 b")

@@ -29,7 +29,7 @@ if [ ! -f "$OUT/data/gutenberg/meta.json" ]; then
         --tokenizer "$OUT/tokenizer" --out "$OUT/data/wikitext2-valid" --overwrite
 fi
 if [ ! -f "$OUT/pretrain/model/model.safetensors" ]; then
-    stage "3/5 pre-training BERT-mini with masked LM ($PRETRAIN_STEPS steps, bf16 autocast)"
+    stage "3/5 pre-training BERT-mini with masked LM ($PRETRAIN_STEPS steps; bf16 autocast where the CPU has it, else fp32)"
     # an interrupted earlier run continues from its last checkpoint; a folder without one starts afresh
     CONTINUE=--overwrite; [ -d "$OUT/pretrain/checkpoints" ] && CONTINUE=--resume
     "${PTM[@]}" pretrain configs/bert-mini-mlm.yaml --out "$OUT/pretrain" "$CONTINUE" --train.steps "$PRETRAIN_STEPS" \

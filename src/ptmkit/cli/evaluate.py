@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--overlong", choices=["truncate", "error"], default="truncate",
                    help="longer examples: truncate (one warning with the count) or stop with an error")
     p.add_argument("--batch-size", type=int, default=128, help="examples per batch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16", help="autocast precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast precision; auto = bf16 where the device has it natively, else fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--text-fields", nargs="+", default=None, help="task=table: text columns; unset: the fine-tuning run's")
     p.add_argument("--label-field", default=None, help="task=table: label column; unset: the fine-tuning run's")

@@ -129,8 +129,9 @@ def add_parser(sub) -> None:
     p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=_D["decay"],
                    help="learning-rate decay after warm-up")
     p.add_argument("--grad-clip", type=float, default=_D["grad_clip"], help="max global gradient norm (0 = off)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=_D["precision"],
-                   help="autocast precision (weights stay fp32, but see --frozen-dtype)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=_D["precision"],
+                   help="autocast precision (weights stay fp32, but see --frozen-dtype); auto = bf16 where the device "
+                        "has it natively (CUDA, a CPU with AVX512-BF16 or AMX), else fp32")
     p.add_argument("--frozen-dtype", choices=["fp32", "bf16"], default=_D["frozen_dtype"],
                    help="with a delta method and --precision bf16: hold the frozen weights in bf16 (half their "
                         "memory; the method's parameters and the head stay fp32; OUT/best/ keeps them in bf16)")

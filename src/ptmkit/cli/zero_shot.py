@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                    help="score only the first N images of the split and their captions (a visualbert / lxmert model "
                         "runs N x M pair passes)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of the forward passes")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json")
     p.set_defaults(run=run)

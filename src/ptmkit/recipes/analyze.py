@@ -7,8 +7,9 @@ directory, each writing DIR/results.json and DIR/<analysis>.png. The model is on
              (analysis.syntax, Clark et al. 2019 §4)
   perturbed  Perturbed Masking impact matrices decoded into dependency trees, UAS against right-branching
              (analysis.perturbed, Wu et al. 2020)
-  probe      linear probes per layer on a CoNLL-U treebank's UPOS (or relation) labels, with control tasks;
-             optionally tested on another treebank (cross-lingual transfer) (analysis.probing)
+  probe      linear probes per layer on a CoNLL-U treebank's UPOS (or relation) labels or a CoNLL-2003 file's entity
+             tags, with control tasks; optionally tested on another language's file (cross-lingual transfer)
+             (analysis.probing)
   cka        linear CKA between the layers (and anisotropy per layer) on sentences of a text file
              (analysis.representations)
   attack     TextFooler word substitution or DeepWordBug character edits against a fine-tuned classifier on a
@@ -199,21 +200,44 @@ def attention(model_dir: str | Path, out: str | Path, text: str | Path, lines: i
                                            "statistics": stats})
 
 
+PROBE_LABELS = ("upos", "deprel", "ner")  # UD part of speech and relation (CoNLL-U), CoNLL-2003 entity tag (IOB2)
+
+
+def _labelled_sentences(path: str | Path, label: str, limit: int | None) -> tuple[list[list[str]], list[list[str]]]:
+    """(words, labels) per sentence: a CoNLL-U treebank's UPOS or relation column, or a CoNLL-2003 file's entity tags
+    spelled IOB2 (B- opens every entity, so files in IOB1 and IOB2 give the same labels)."""
+    if label == "ner":
+        from ptmkit.data.conll import read_conll
+
+        try:
+            data = read_conll(path, tag_scheme="iob2")
+        except ValueError as e:
+            raise ConfigError(f"probe --label ner reads CoNLL-2003 files (token ... NER-tag columns, blank line "
+                              f"between sentences), e.g. <data root>/ner/conll2003/train.txt: {e}") from e
+        words = data.sentences[:limit]
+        return words, [[data.tag_names[t] for t in tags] for tags in data.tags[:limit]]
+    try:
+        sents = read_conllu(path)[:limit]
+    except ValueError as e:
+        raise ConfigError(f"probe --label {label} reads CoNLL-U treebanks (10 tab-separated columns); for "
+                          f"CoNLL-2003 entity files use --label ner: {e}") from e
+    return [s.words for s in sents], [getattr(s, label) for s in sents]
+
+
 def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str | Path, label: str = "upos",
           transfer: str | Path | None = None, max_train: int | None = None, cfg: probing.ProbeConfig | None = None,
           cache: str | Path | None = None, max_test: int | None = None) -> dict[str, Any]:
-    """Probe every layer for `label` (upos | deprel) trained on `train`, tested on `test` (and on `transfer`, another
-    language's treebank with the same label set), with Hewitt & Liang's control task on the same words."""
-    if label not in ("upos", "deprel"):
-        raise ConfigError(f"probe: label must be 'upos' or 'deprel', got {label!r}")
+    """Probe every layer for `label` trained on `train`, tested on `test` (and on `transfer`, another language's file
+    with the same label set), with Hewitt & Liang's control task on the same words. `label` is upos or deprel (CoNLL-U
+    treebanks) or ner (CoNLL-2003 files, IOB2 entity tags)."""
+    if label not in PROBE_LABELS:
+        raise ConfigError(f"probe: label must be one of {list(PROBE_LABELS)}, got {label!r}")
     model, tok = load_adapted(model_dir).eval(), Tokenizer.load(model_dir)
     cfg = cfg or probing.ProbeConfig()
 
     def split(path, limit=None):
-        sents = read_conllu(path)[:limit]
-        words = [s.words for s in sents]
+        words, labels = _labelled_sentences(path, label, limit)
         keep = probing.kept(tok, words)
-        labels = [getattr(s, label) for s in sents]
         flat_words = [w[i] for w, k in zip(words, keep) for i in k]
         flat_labels = [lab[i] for lab, k in zip(labels, keep) for i in k]
         return probing.word_features(model, tok, words, cache=cache), flat_words, flat_labels
@@ -238,8 +262,11 @@ def probe(model_dir: str | Path, out: str | Path, train: str | Path, test: str |
         tx, y_tr = tx[:, known], np.array([index[tl[i]] for i in known])
     curve = probing.layer_curve(train_x, y_train, test_x, y_test, len(names), cfg, both[:len(y_train)],
                                 both[len(y_train):], transfer=None if tx is None else (tx, y_tr))
+    # the accuracy of always answering the training words' most frequent label: an entity probe's floor is high
+    # (most words are O), a part-of-speech probe's low
+    majority = float(np.mean(y_test == np.bincount(y_train, minlength=len(names)).argmax()))
     result = {"analysis": "probe", "model": str(model_dir), "label": label, "labels": names,
-              "train_words": len(y_train), "test_words": len(y_test), "curve": curve}
+              "train_words": len(y_train), "test_words": len(y_test), "majority_accuracy": majority, "curve": curve}
     if transfer is not None:  # the same probes, tested on the other treebank
         result["transfer"] = [{"layer": r["layer"], "accuracy": r.pop("transfer_accuracy")} for r in curve]
     plt = _plt()

@@ -145,7 +145,7 @@ def evaluate(
     max_length: int | None = None,
     overlong: str = "truncate",
     batch_size: int = 128,
-    precision: str = "bf16",
+    precision: str = "auto",
     device: str = "auto",
     text_fields: list[str] | None = None,
     label_field: str | None = None,

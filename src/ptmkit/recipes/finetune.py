@@ -48,6 +48,7 @@ from ptmkit.train.flops import applied_parameters, mfu_denominator, training_flo
 from ptmkit.train.loop import TrainConfig, train
 from ptmkit.train.optim import OPTIMIZERS, OptimConfig
 from ptmkit.train.precision import Precision
+from ptmkit.train.precision import resolve as resolve_precision
 from ptmkit.train.schedule import ScheduleConfig
 
 # what a resumed run may change: presentation only; everything else must match the interrupted run
@@ -129,7 +130,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1  # fraction of the steps with linear warm-up
     decay: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where native (train.precision)
     device: str = "auto"  # auto = cuda when available, else cpu
     seed: int = 0
     eval_every: int = 0  # steps between evaluations; 0 = at the end of each epoch
@@ -202,10 +203,14 @@ class FinetuneConfig:
         self._check_compression(where)
         if self.frozen_dtype not in ("fp32", "bf16"):
             raise ConfigError(f"{where}: frozen_dtype must be fp32 or bf16, got {self.frozen_dtype!r}")
-        if self.frozen_dtype == "bf16" and (self.method == "full" or self.precision != "bf16"):
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"{where}: precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.frozen_dtype == "bf16" and (self.method == "full" or resolve_precision(self.precision, self.device)
+                                             != "bf16"):
             raise ConfigError(f"{where}: frozen_dtype='bf16' holds a delta method's frozen weights in bf16, which "
                               f"needs a delta method (method={self.method!r}) and precision='bf16' (got "
-                              f"{self.precision!r}): full fine-tuning keeps fp32 master weights, and only bf16 "
+                              f"{self.precision!r}, which is {resolve_precision(self.precision, self.device)} on "
+                              f"{self.device}): full fine-tuning keeps fp32 master weights, and only bf16 "
                               "autocast computes with bf16 weights beside fp32 ones")
         if (self.template is None) != (self.verbalizer is None):
             raise ConfigError(f"{where}: prompt-based fine-tuning needs both template and verbalizer (got only "
@@ -229,8 +234,6 @@ class FinetuneConfig:
             raise ConfigError(f"{where}: data_parallel must be ddp or fsdp, got {self.data_parallel!r}")
         if self.decay not in ("linear", "cosine", "constant"):
             raise ConfigError(f"{where}: decay must be linear, cosine or constant, got {self.decay!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"{where}: precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.eval_split == self.train_split:
             raise ConfigError(
                 f"{where}: eval_split and train_split are both {self.train_split!r}; evaluate on "
@@ -568,7 +571,7 @@ def _finetune(cfg: FinetuneConfig, resume: bool, state) -> dict[str, Any]:
     fpt = training_flops_per_token(applied_parameters(run.model), bcfg.num_layers,
                                    round(float(np.mean(run.enc_train.lengths))), bcfg.hidden_size,
                                    causal=backbone_of(run.model).causal)
-    peak, _ = mfu_denominator(str(run.device), cfg.precision)
+    peak, _ = mfu_denominator(str(run.device), resolve_precision(cfg.precision, run.device))
     summary = train(run.model, run.objective, run.batches, out, train_cfg, optim_cfg, sched_cfg, evaluate=evaluator,
                     resume=resume, flops_per_token=fpt, peak_flops=peak, parallel=state,
                     keep_best=KeepBest(spec.main_metric, save_best, from_step=_final_step(run.on_step, run.steps)),
@@ -605,7 +608,8 @@ def _results(cfg: FinetuneConfig, run: _Run, summary: dict[str, Any], wall0: flo
         "final": summary["eval"], "steps": summary["steps"], "epochs": round(summary["sequences"] / n_train, 4),
         "train_examples": n_train, "eval_examples": len(run.enc_dev),
         "truncated": {"train": run.enc_train.truncated, "eval": run.enc_dev.truncated},
-        "precision": cfg.precision, "device": str(run.device), "threads": torch.get_num_threads(),
+        "precision": resolve_precision(cfg.precision, run.device), "device": str(run.device),
+        "threads": torch.get_num_threads(),
         "method": cfg.method, "parameters": adapt.count_parameters(run.model),
         "train_time_s": round(train_s, 2), "eval_time_s": round(summary["eval_s"], 2),
         "examples_per_s": round(summary["sequences"] / train_s, 2),

@@ -57,7 +57,7 @@ class ICLConfig:
     columns: list[str] | None = None
     max_eval_examples: int | None = None  # a seeded subset of the eval split
     batch_size: int = 16
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 where the device has it natively, else fp32 (train/precision.py)
     device: str = "auto"
     overwrite: bool = False
     show_progress: bool = True

@@ -33,6 +33,7 @@ from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
 from ptmkit.train.loop import TrainConfig, TrainingModule, train
 from ptmkit.train.optim import OptimConfig
 from ptmkit.train.precision import Precision
+from ptmkit.train.precision import resolve as resolve_precision
 from ptmkit.train.schedule import ScheduleConfig
 
 log = get(__name__)
@@ -331,7 +332,7 @@ def _check_inputs(cfg: PretrainConfig, objective, dataset) -> None:
 def _check_layout(cfg: PretrainConfig, state, bcfg) -> None:
     check_model(state.cfg, bcfg.num_layers, bcfg.num_heads, getattr(bcfg, "num_kv_heads", None),
                 getattr(bcfg, "intermediate_size", None), cfg.data.batch_size)
-    if state.cfg.pp > 1 and (cfg.data.eval or cfg.train.precision == "fp16"):
+    if state.cfg.pp > 1 and (cfg.data.eval or resolve_precision(cfg.train.precision, cfg.train.device) == "fp16"):
         raise ConfigError("pipeline-parallel runs do not evaluate during training or use fp16 loss scaling yet: "
                           "leave data.eval empty and use precision bf16 or fp32 (evaluate the exported model)")
 

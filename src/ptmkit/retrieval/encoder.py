@@ -170,7 +170,7 @@ class DenseEncoder:
         return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
 
     def _autocast(self):
-        from ptmkit.train.precision import resolve
+        from ptmkit.nn.autocast import resolve
 
         if resolve(self.cfg.precision, self.device) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)

@@ -182,7 +182,7 @@ def _cpu_peak(dtype: str, threads: int) -> float:
 def mfu_denominator(device: str, precision: str) -> tuple[float | None, str]:
     """Peak FLOP/s per device for MFU and where it comes from: the datasheet's dense bf16/fp16 figure on a known GPU,
     a measured matmul rate on the CPU (no datasheet figure there is reachable by torch)."""
-    from ptmkit.train.precision import resolve
+    from ptmkit.nn.autocast import resolve
 
     precision = resolve(precision, device)  # "auto" counts as what it runs as
     if device.startswith("cuda"):

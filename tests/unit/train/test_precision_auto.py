@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from ptmkit.config import ConfigError
-from ptmkit.train import precision
+from ptmkit.nn import autocast as precision
 from ptmkit.train.loop import TrainConfig
+from ptmkit.train.precision import Precision
 
 
 @pytest.mark.parametrize("fast, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_follows_the_cpu(monkeypatch, fast, expected):
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
     assert precision.resolve("auto", "cpu") == expected
-    assert precision.Precision("auto", torch.device("cpu")).mode == expected
+    assert Precision("auto", torch.device("cpu")).mode == expected
     for mode in ("fp32", "fp16"):  # explicit choices are kept
         assert precision.resolve(mode, "cpu") == mode
 

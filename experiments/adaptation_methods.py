@@ -12,6 +12,7 @@ so the table grows across sessions and machines: --report-only builds it from th
     .venv/bin/python experiments/adaptation_methods.py                         # every method, 4 tasks, 3 seeds
     .venv/bin/python experiments/adaptation_methods.py --methods full,lora --tasks sst2 --seeds 0
     .venv/bin/python experiments/adaptation_methods.py --report-only           # the table from finished runs
+    .venv/bin/python experiments/adaptation_methods.py --workers 2             # two one-thread runs at a time
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ptmkit.recipes.finetune import FinetuneConfig, finetune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
 from _records import record_path, reuse_or_run  # noqa: E402
+from _workers import run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,19 +90,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--rerun", action="store_true",
                    help="measure again runs whose results exist (in --out or experiments/records), replacing them")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run the pending runs in this many one-thread processes at once (2 on a 2-core CPU); the "
+                        "table is built when all have finished")
     p.add_argument("--no-record", action="store_true",
                    help="neither read nor write experiments/records (runs with other caps, epochs, batch or model "
                         "never do)")
     return p.parse_args(argv)
 
 
-def run_one(args, row: str, task: str, seed: int) -> dict | None:
-    method, options, lr = SETTINGS[row]
-    out = Path(args.out) / row / f"{task}-seed{seed}"
+def record_name(args, row: str, task: str, seed: int) -> str | None:
     # a record stands for the table's own protocol: a run with other caps, epochs, batch or model is not kept
     protocol = (args.model_given is None and args.max_train is None and args.max_eval is None and args.epochs == 3.0
                 and args.batch_size == 32)
-    record = f"adaptation_methods/{row}/{task}-seed{seed}" if protocol and not args.no_record else None
+    return f"adaptation_methods/{row}/{task}-seed{seed}" if protocol and not args.no_record else None
+
+
+def finished(args, row: str, task: str, seed: int) -> bool:
+    record = record_name(args, row, task, seed)
+    return (Path(args.out) / row / f"{task}-seed{seed}" / "results.json").is_file() or bool(
+        record and record_path(record).is_file())
+
+
+def in_workers(args) -> list[str]:
+    """Every pending run of the grid as its own one-thread process, args.workers at a time; the failed ones."""
+    jobs = [(f"{row}/{task}-seed{seed}", ["--methods", row, "--tasks", task, "--seeds", str(seed)])
+            for row in args.methods for task in args.tasks for seed in args.seeds
+            if args.rerun or not finished(args, row, task, seed)]
+    common = ["--docs", "", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--out", args.out,
+              "--device", args.device]
+    for flag, value in (("--model", args.model_given), ("--max-train", args.max_train),
+                        ("--max-eval", args.max_eval)):
+        if value is not None:
+            common += [flag, str(value)]
+    common += ["--rerun"] * args.rerun + ["--no-record"] * args.no_record
+    return run_in_workers(__file__, jobs, common, args.workers, Path(args.out) / "logs")
+
+
+def run_one(args, row: str, task: str, seed: int) -> dict | None:
+    method, options, lr = SETTINGS[row]
+    out = Path(args.out) / row / f"{task}-seed{seed}"
+    record = record_name(args, row, task, seed)
 
     def train() -> dict:
         max_length, cap = TASKS[task]
@@ -118,7 +148,7 @@ def run_one(args, row: str, task: str, seed: int) -> dict | None:
         return results
 
     if args.report_only:
-        if not (out / "results.json").is_file() and not (record and record_path(record).is_file()):
+        if not finished(args, row, task, seed):
             return None
     return reuse_or_run(out, train, reuse=not args.rerun, record=record)
 
@@ -136,6 +166,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     args.model_given, args.model = args.model, args.model or minilm_dir()
     t0 = time.perf_counter()
+    failed = []
+    if args.workers > 1 and not args.report_only:
+        failed = in_workers(args)
+        args.report_only, args.rerun = True, False  # every run has been tried: the table reads what finished
     table: dict[str, dict] = {}
     precisions: dict[str, int] = {}  # what the runs computed in (records from other machines may differ)
     for row in args.methods:
@@ -174,6 +208,8 @@ def main(argv=None) -> dict:
                "table": {row: {t: (round(statistics.fmean(v) * 100, 2) if v else None) for t, v in r["cells"].items()}
                          for row, r in table.items()}}
     print(json.dumps(summary))
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed (their logs are in {Path(args.out) / 'logs'}): {', '.join(failed)}")
     return summary
 
 

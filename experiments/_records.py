@@ -38,6 +38,11 @@ def write_record(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def is_finished(out: Path, record: str | None) -> bool:
+    """Whether the run in `out` has results there, or (with `record`) as a kept record."""
+    return (out / "results.json").is_file() or bool(record and record_path(record).is_file())
+
+
 def reuse_or_run(out: Path, compute: Callable[[], dict[str, Any]], *, reuse: bool = True, record: str | None = None,
                  needs: tuple[str, ...] = ("results.json",)) -> dict[str, Any]:
     """The result of the run in `out`: read from out/results.json when `reuse` and every file of `needs` is there,

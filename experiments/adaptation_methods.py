@@ -33,7 +33,7 @@ from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
-from _records import record_path, reuse_or_run  # noqa: E402
+from _records import is_finished, reuse_or_run  # noqa: E402
 from _workers import run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-record", action="store_true",
                    help="neither read nor write experiments/records (runs with other caps, epochs, batch or model "
                         "never do)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    return args
 
 
 def record_name(args, row: str, task: str, seed: int) -> str | None:
@@ -107,9 +110,7 @@ def record_name(args, row: str, task: str, seed: int) -> str | None:
 
 
 def finished(args, row: str, task: str, seed: int) -> bool:
-    record = record_name(args, row, task, seed)
-    return (Path(args.out) / row / f"{task}-seed{seed}" / "results.json").is_file() or bool(
-        record and record_path(record).is_file())
+    return is_finished(Path(args.out) / row / f"{task}-seed{seed}", record_name(args, row, task, seed))
 
 
 def in_workers(args) -> list[str]:

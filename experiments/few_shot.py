@@ -39,7 +39,7 @@ from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.recipes.icl import ICLConfig, icl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
-from _records import record_path, reuse_or_run  # noqa: E402
+from _records import is_finished, reuse_or_run  # noqa: E402
 from _workers import run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rerun", action="store_true",
                    help="measure again runs whose results exist (in --out or experiments/records), replacing them")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
     defaults = p.parse_args([])
     # a record stands for the table's protocol: every option that changes a result at its default
     args.protocol = all(getattr(args, k) == getattr(defaults, k) for k in (
@@ -105,8 +107,7 @@ def words_of(args, task: str) -> list[str]:
 
 
 def has_results(args, out: Path, record: str | None) -> bool:
-    record = record if args.protocol else None
-    return (out / "results.json").is_file() or bool(record and record_path(record).is_file())
+    return is_finished(out, record if args.protocol else None)
 
 
 def reuse(args, out: Path, compute, record: str | None) -> dict | None:

@@ -240,6 +240,9 @@ def test_adaptation_methods_in_workers(capsys, data_dir, tmp_path):
         assert (tmp_path / "runs" / "bitfit" / f"sst2-seed{seed}" / "results.json").is_file()
         assert (tmp_path / "runs" / "logs" / f"bitfit_sst2-seed{seed}.log").is_file()
     mod = load_script(EXP / "adaptation_methods.py")
+    with pytest.raises(SystemExit):  # argparse's error: --workers must be at least 1
+        mod.main([*common[:-1], "0"])
+    assert "--workers must be at least 1" in capsys.readouterr().err
     mod.main(common)
     assert "[workers] started" not in capsys.readouterr().out  # nothing pending
     with pytest.raises(SystemExit, match="1 run\\(s\\) failed.*bitfit/sst2-seed2"):

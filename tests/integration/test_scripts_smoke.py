@@ -249,6 +249,14 @@ def test_adaptation_methods_in_workers(capsys, data_dir, tmp_path):
         mod.main([*common[:5], "2", *common[6:], "--model", str(tmp_path / "no-such-model")])
 
 
+def test_adaptation_grid_order_and_variant_rows():
+    """The grid runs task by task (SST-2's column first) and the SST-2 variant rows only on SST-2."""
+    mod = load_script(EXP / "adaptation_methods.py")
+    args = mod.parse_args(["--methods", "full,houlsby-b8", "--tasks", "sst2,rte", "--seeds", "0,1"])
+    assert mod.grid(args) == [("full", "sst2", 0), ("houlsby-b8", "sst2", 0), ("full", "sst2", 1),
+                              ("houlsby-b8", "sst2", 1), ("full", "rte", 0), ("full", "rte", 1)]
+
+
 def test_records_are_reused_and_back_filled(tmp_path, monkeypatch):
     """reuse_or_run: a run's own results.json first, then a kept record, else it measures and keeps the record."""
     sys.path.insert(0, str(EXP))

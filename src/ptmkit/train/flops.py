@@ -114,19 +114,19 @@ def device_peak_flops(name: str) -> float | None:
 
 
 def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5,
-                           warmup: int = 2) -> float:
+                           warmup: int = 2, work: float = 1e9) -> float:
     """Measured matmul FLOP/s of this CPU: the denominator for CPU MFU (CPUs have no datasheet figure that
     torch can reach, and the achievable rate depends on threads, dtype and the BLAS build).
 
     Times torch.mm of two size x size matrices (2 size^3 FLOPs each) with torch's current thread count
     (set it with torch.set_num_threads first), after `warmup` untimed products; returns the median over
-    `repeats` timings. Small sizes repeat the product within one timing so that each lasts ~1 GFLOP."""
+    `repeats` timings. Small sizes repeat the product within one timing so that each lasts ~`work` FLOPs."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=g).to(dtype)
     b = torch.randn(size, size, generator=g).to(dtype)
     out = torch.empty(size, size, dtype=dtype)
     flops = 2.0 * size**3
-    inner = max(1, math.ceil(1e9 / flops))
+    inner = max(1, math.ceil(work / flops))
     for _ in range(warmup):
         torch.mm(a, b, out=out)
     rates = []
@@ -176,7 +176,14 @@ def measured_step_flops(step) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _cpu_peak(dtype: str, threads: int) -> float:
-    return measure_cpu_peak_flops(getattr(torch, dtype), size=1024, repeats=3)  # ~0.2 s, once per process
+    """~0.2 s, once per process. A probe first: where the dtype is emulated (bf16 on a CPU without AVX512-BF16 or
+    AMX runs ~50x slower than fp32) the full-size measurement took 17 s of every run's start; there the matrices
+    shrink to 256 and each timing to ~50 ms (the rate of an emulated dtype barely depends on the size)."""
+    dt = getattr(torch, dtype)
+    rough = measure_cpu_peak_flops(dt, size=256, repeats=1, warmup=1, work=1e7)
+    if rough >= 20e9:
+        return measure_cpu_peak_flops(dt, size=1024, repeats=3)
+    return measure_cpu_peak_flops(dt, size=256, repeats=3, warmup=1, work=rough * 0.05)
 
 
 def mfu_denominator(device: str, precision: str) -> tuple[float | None, str]:

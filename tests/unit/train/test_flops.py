@@ -130,3 +130,22 @@ def test_applied_parameters_count_a_shared_layer_once_per_use():
     assert applied_parameters(shared) == applied_parameters(unshared) == sum(p.numel() for p in unshared.parameters())
     tied = _tiny_gpt2(width=32, layers=2, seq=16)  # output layer tied to the embedding
     assert applied_parameters(tied) == sum(p.numel() for p in tied.parameters())
+
+
+def test_cpu_peak_shrinks_the_measurement_where_the_dtype_is_emulated(monkeypatch):
+    """A slow (emulated) dtype is timed on small matrices for ~50 ms a timing; a fast one at full size."""
+    from ptmkit.train import flops
+
+    for rough, size, work in ((1.3e9, 256, 1.3e9 * 0.05), (9e10, 1024, 1e9)):
+        calls = []
+
+        def fake(dtype, size=2048, repeats=5, warmup=2, work=1e9, rough=rough):
+            calls.append((size, work))
+            return rough
+
+        monkeypatch.setattr(flops, "measure_cpu_peak_flops", fake)
+        flops._cpu_peak.cache_clear()
+        assert flops._cpu_peak("bfloat16", 1) == rough
+        assert calls == [(256, 1e7), (size, work)]
+    flops._cpu_peak.cache_clear()
+

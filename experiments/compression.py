@@ -97,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-train", type=int, default=None, help="cap every task's training set (smoke tests)")
     p.add_argument("--max-eval", type=int, default=None, help="score a seeded subset of each dev split (smoke tests)")
     p.add_argument("--rounds", type=int, default=7, help="timed repeats per model and batch size")
+    p.add_argument("--latency-length", type=int, default=None,
+                   help="tokens per sequence of the latency timings (default: the first task's max length)")
     p.add_argument("--out", default="runs/compression", help="run directories")
     p.add_argument("--docs", default=str(ROOT / "docs" / "compression.md"), help="page whose 'table' block is written")
     return p.parse_args(argv)
@@ -221,7 +223,8 @@ def main(argv=None) -> dict:
             final[row][task] = path
             params[row] = res["parameters"]["total"] if "parameters" in res else res["after"]["parameters"]
     first = args.tasks[0]
-    lat = latency({row: final[row][first] for row in args.rows}, TASKS[first][0], args.rounds)
+    length = args.latency_length or TASKS[first][0]
+    lat = latency({row: final[row][first] for row in args.rows}, length, args.rounds)
     base = lat.get("teacher", {})
     lines = ["| method | parameters | size on disk (MB) | latency b1 fp32 / bf16 (ms) | latency b32 fp32 / bf16 (ms) | "
              + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in args.tasks) + " | retention |",
@@ -247,7 +250,7 @@ def main(argv=None) -> dict:
               f"Teacher: all-MiniLM-L6-v2 fine-tuned per task; students: 3 layers (the teacher's 1, 3, 5), "
               f"{args.epochs:g} epochs, batch 32, seed {args.seed}; final dev score x 100 (no checkpoint selection); "
               f"retention = mean over tasks of student / teacher. Latency: the {first.upper()} models on "
-              f"{TASKS[first][0]} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "
+              f"{length} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "
               f"threads, speed-up against the teacher at batch 32 fp32 in brackets. Measured {date.today().isoformat()}"
               " with `python experiments/compression.py`."]
     block = "\n".join(lines)

@@ -294,7 +294,8 @@ def test_compression(capsys, data_dir, tmp_path):
     _, line = run_main(EXP / "compression.py",
                        ["--rows", "teacher,tinybert-3L,heads+ffn-40%,int8-dynamic", "--tasks", "sst2",
                         "--max-train", "16",
-                        "--max-eval", "16", "--epochs", "1", "--rounds", "1", "--teachers", str(tmp_path / "none"),
+                        "--max-eval", "16", "--epochs", "1", "--rounds", "1", "--latency-length", "8",
+                        "--teachers", str(tmp_path / "none"),
                         "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
     rows = line["rows"]
     assert set(rows) == {"teacher", "tinybert-3L", "heads+ffn-40%", "int8-dynamic"}

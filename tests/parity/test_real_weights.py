@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.util
 from pathlib import Path
@@ -53,7 +54,18 @@ def smollm():
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
     ref = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32).eval()
-    ours = load_model(path, gguf_file=gguf).eval()
+    # ptmkit reads GGUF through this same transformers call (models/io.py read_gguf) and converts what it returns;
+    # a copy of the model it gave stands in for a second parse of the file (~25 s of Python on this CPU)
+    calls = []
+
+    def same_read(*args, **kwargs):
+        calls.append((args, kwargs))
+        return copy.deepcopy(ref)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AutoModelForCausalLM, "from_pretrained", same_read)
+        ours = load_model(path, gguf_file=gguf).eval()
+    assert calls == [((str(path),), {"gguf_file": gguf, "dtype": torch.float32})]
     return tok, ref, ours
 
 

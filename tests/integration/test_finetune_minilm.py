@@ -18,12 +18,12 @@ def test_minilm_sst2_subset_beats_majority(tmp_path):
     sst = shared_path("glue", "SST-2", "train.tsv").parent  # a missing file fails, naming it
     cfg = FinetuneConfig(
         model=str(minilm.MODEL_DIR), task="sst2", data_dir=str(sst), out=str(tmp_path / "run"),
-        max_train_examples=4800, epochs=1.0, max_length=64, batch_size=32,
+        max_train_examples=3200, epochs=1.0, max_length=64, batch_size=32,
         lr=1e-4, warmup_ratio=0.1, show_progress=False,  # precision auto: bf16 only where the CPU has it natively
     )
     res = finetune(cfg)
     assert res["majority_baseline_accuracy"] < 0.55
-    assert res["dev"]["accuracy"] >= 0.80, res
+    assert res["dev"]["accuracy"] >= 0.78, res  # 82.2% on an AVX2 CPU in fp32 (100 steps)
     assert res["truncated"]["train"] <= 5
     saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
     assert saved["id2label"] == {"0": "negative", "1": "positive"}  # SST-2's label names

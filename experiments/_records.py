@@ -10,6 +10,7 @@ again.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,13 @@ def reuse_or_run(out: Path, compute: Callable[[], dict[str, Any]], *, reuse: boo
     if record:
         write_record(record, result)
     return result
+
+
+def seed_cell(values: list[float], seeds: int) -> str:
+    """A table cell over seeds: mean ± std x 100; a cell with fewer finished seeds than the table's says how many it
+    has (a single seed shows no spread: it has none to show); "–" when none has finished."""
+    if not values:
+        return "–"
+    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
+    partial = f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else ""
+    return f"{statistics.fmean(values) * 100:.1f}{spread}{partial}"

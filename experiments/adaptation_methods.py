@@ -33,7 +33,7 @@ from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
-from _records import is_finished, reuse_or_run  # noqa: E402
+from _records import is_finished, reuse_or_run, seed_cell  # noqa: E402
 from _workers import run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,15 +163,6 @@ def run_one(args, row: str, task: str, seed: int) -> dict | None:
     return reuse_or_run(out, train, reuse=not args.rerun, record=record)
 
 
-def stats(values: list[float], seeds: int) -> str:
-    """mean ± std × 100; a cell with fewer finished seeds than the table's says how many it has."""
-    if not values:
-        return "–"
-    mean = statistics.fmean(values) * 100
-    std = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}" + (f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else "")
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.model_given, args.model = args.model, args.model or minilm_dir()
@@ -195,7 +186,7 @@ def main(argv=None) -> dict:
     for row, r in table.items():
         p = r["parameters"]
         count = f"{p['trainable']:,} ({p['trainable_pct']:.2f}%)" if p else "–"
-        cells = [stats(r["cells"].get(t, []), len(args.seeds)) if t in VARIANT_TASKS.get(row, TASKS) else "not run"
+        cells = [seed_cell(r["cells"].get(t, []), len(args.seeds)) if t in VARIANT_TASKS.get(row, TASKS) else "not run"
                  for t in args.tasks]
         lines.append(f"| {row} | {count} | " + " | ".join(cells) + " |")
     caps = ", ".join(f"{t.upper()} {TASKS[t][1] or 'all'}" for t in args.tasks)

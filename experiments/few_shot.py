@@ -39,7 +39,7 @@ from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.recipes.icl import ICLConfig, icl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
-from _records import is_finished, reuse_or_run  # noqa: E402
+from _records import is_finished, reuse_or_run, seed_cell  # noqa: E402
 from _workers import run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,15 +180,6 @@ def icl_row(args, task: str) -> dict | None:
     return reuse(args, out, run, icl_record(args, task))
 
 
-def cell(values: list[float], seeds: int) -> str:
-    """mean ± std × 100; a cell with fewer finished seeds than the table's says how many it has."""
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    partial = f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else ""
-    return f"{statistics.fmean(values) * 100:.1f} ± {sd:.1f}{partial}"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if not args.report_only:
@@ -208,7 +199,7 @@ def main(argv=None) -> dict:
                 if (got := finetune_row(args, row, task, seed)) is not None:
                     scores.append(got[0])
                     majority[task] = got[1]
-            table.setdefault(row, {})[task] = cell(scores, len(args.seeds))
+            table.setdefault(row, {})[task] = seed_cell(scores, len(args.seeds))
             raw.setdefault(row, {})[task] = round(statistics.fmean(scores) * 100, 2) if scores else None
         if "icl" in args.rows and (res := icl_row(args, task)) is not None:
             majority[task] = res["majority_baseline_accuracy"]

@@ -257,6 +257,18 @@ def test_adaptation_grid_order_and_variant_rows():
                               ("houlsby-b8", "sst2", 1), ("full", "rte", 0), ("full", "rte", 1)]
 
 
+def test_seed_cell_shows_spread_and_missing_seeds():
+    sys.path.insert(0, str(EXP))
+    try:
+        from _records import seed_cell
+    finally:
+        sys.path.remove(str(EXP))
+    assert seed_cell([0.8, 0.9, 0.85], 3) == "85.0 ± 5.0"
+    assert seed_cell([0.8, 0.9], 3) == "85.0 ± 7.1 (2 of 3 seeds)"
+    assert seed_cell([0.865], 3) == "86.5 (1 of 3 seeds)"  # one seed: no "± 0.0"
+    assert seed_cell([], 3) == "–"
+
+
 def test_records_are_reused_and_back_filled(tmp_path, monkeypatch):
     """reuse_or_run: a run's own results.json first, then a kept record, else it measures and keeps the record."""
     sys.path.insert(0, str(EXP))

@@ -755,6 +755,34 @@ def test_realm(capsys, tmp_path, monkeypatch, tiny_retrieval_models, mini_data_r
     assert (out / "pretrain" / "realm" / "retriever" / "query_encoder" / "retriever.json").is_file()
 
 
+def test_knowledge_pretraining(capsys, tmp_path, monkeypatch, mini_data_root):
+    """--smoke at bert-tiny over six LAMA relations: graph, tokenizer, TransE, links, the equal-compute plan, every
+    row's pre-training, held-out MLM and LAMA (ERNIE also with linked entities), relation classification with a
+    random-init baseline; the command's own caps win over the smoke's, and a repeated command reuses finished runs."""
+    monkeypatch.setenv("PTMKIT_DATA", str(mini_data_root))
+    out = tmp_path / "kp"
+    argv = ["--smoke", "--preset", "bert-tiny", "--batch-size", "4", "--rows", "bert,ernie,kepler", "--ft-train",
+            "24", "--ft-dev", "12", "--lama-max", "20", "--out", str(out)]
+    mod = load_script(EXP / "knowledge_pretraining.py")
+    res = mod.main(argv)
+    assert res["runs"]["bert"]["steps"] == 8  # the smoke's budget, in steps of the bert row
+    for row in ("ernie", "kepler"):  # equal FLOPs: a costlier step buys fewer steps
+        assert res["runs"][row]["step_flops"] > res["runs"]["bert"]["step_flops"]
+        assert 1 <= res["runs"][row]["steps"] < 8
+    assert set(res["evaluation"]) == {"bert", "ernie", "ernie + linked entities", "kepler"}
+    for ev in res["evaluation"].values():
+        assert 0 < ev["lama_seen"]["asked"] <= 20 and 0 < ev["lama_unseen"]["asked"] <= 20  # --lama-max kept
+        assert 0 < ev["mlm_heldout"] < 20
+    assert set(res["finetune"]) == {"bert", "ernie", "kepler", "random"} and "estimated_full_min" not in res
+    text = (out / "knowledge.md").read_text()
+    assert "| bert-tiny, MLM (no knowledge) | 8 |" in text and "no pre-training (bert-tiny, random init)" in text
+    ft = out / "finetune" / "kepler" / "seed0" / "results.json"
+    saved = json.loads(ft.read_text())
+    ft.write_text(json.dumps({**saved, "final": {**saved["final"], saved["main_metric"]: 0.625}}))
+    again = mod.main(argv)
+    assert again["finetune"]["kepler"] == [62.5] and again["runs"] == res["runs"]
+
+
 def _image_text_subset(tmp_path: Path, name: str, jsonl: str, held: int, train: int, fraction: float) -> Path:
     """`held` images of the shared set's held-out split (at `fraction`, split seed 0) and `train` of its training
     split, in a JSON-lines file beside a link to the shared images: the lines keep their relative image paths, so the

@@ -19,12 +19,15 @@ experiments/adaptation_methods.py, seed 0: the same capped training sets, so bot
   ternarybert                  ternary weights, int8 activations, trained while the fp32 teacher distils (Zhang et al.)
   shared-3x2                   layers tied in 3 pairs (ALBERT's sharing), then DistilBERT-style recovery from the teacher
 
-Every stage is a `ptm finetune` or `ptm compress` run (resumable: a finished run's results are reused). Latency is measured at the
+Every stage is a `ptm finetune` or `ptm compress` run (resumable: a finished run's results are reused), and each
+finished (row, task) of the table's protocol is kept as a record in experiments/records/compression/ (committed), so
+the table grows across sessions and machines; `--workers N` runs the pending (row, task) runs N at a time. Latency is measured at the
 end for every row in one process, rows alternating (benchmarks/_timing.py), batch 1 and 32 at the task's length,
 fp32 and bf16 autocast (bf16 only on a CPU that has it natively: "–" elsewhere), `torch.no_grad`, median of --rounds. Writes the "table" block of docs/compression.md.
 
     .venv/bin/python experiments/compression.py                                   # all rows, 4 tasks
     .venv/bin/python experiments/compression.py --rows teacher,distilbert-3L --tasks sst2
+    .venv/bin/python experiments/compression.py --workers 2                       # two one-thread runs at a time
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import names  # noqa: E402
+from _records import read_record, write_record  # noqa: E402
+from _workers import run_in_workers  # noqa: E402
 from _timing import alternate  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
@@ -99,9 +104,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=7, help="timed repeats per model and batch size")
     p.add_argument("--latency-length", type=int, default=None,
                    help="tokens per sequence of the latency timings (default: the first task's max length)")
+    p.add_argument("--skip-latency", action="store_true",
+                   help="train and score only (what each --workers process does); the table's latency shows –")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run the pending (row, task) runs as this many one-thread processes at once")
+    p.add_argument("--no-record", action="store_true",
+                   help="neither read nor write experiments/records (runs with other caps, epochs, seed or teachers "
+                        "never do)")
     p.add_argument("--out", default="runs/compression", help="run directories")
     p.add_argument("--docs", default=str(ROOT / "docs" / "compression.md"), help="page whose 'table' block is written")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    return args
 
 
 def minilm_dir() -> str:
@@ -210,21 +225,67 @@ def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, 
     return out
 
 
+def record_name(args, row: str, task: str) -> str | None:
+    # a record stands for the table's own protocol: other caps, epochs, seed or teachers are not kept
+    protocol = (args.max_train is None and args.max_eval is None and args.epochs == 3.0 and args.seed == 0
+                and args.teachers == parse_args([]).teachers)
+    return f"compression/{row}/{task}" if protocol and not args.no_record else None
+
+
+def needs_model(args, task: str) -> bool:
+    """Latency is timed on the first task's models, so those must be on this machine (a record is not enough)."""
+    return task == args.tasks[0] and not args.skip_latency
+
+
+def row_result(args, row: str, task: str) -> dict:
+    """One row on one task: its final dev score (no selection), parameters and size on disk, and its model
+    directory when on this machine. From the kept record where the model is not needed, else from the row's runs
+    (each resumable: finished stages are read back, not trained again); a new result is kept as a record."""
+    record = record_name(args, row, task)
+    if record and not needs_model(args, task) and (kept := read_record(record)) is not None:
+        return kept
+    path, res, score = row_runs(args, row, task, teacher_dir(args, task))
+    result = {"score": score, "size_mb": round(size_on_disk(path) / 1e6, 3),
+              "parameters": res["parameters"]["total"] if "parameters" in res else res["after"]["parameters"]}
+    if record:
+        write_record(record, result)
+    return {**result, "model": str(path)}
+
+
+def in_workers(args) -> list[str]:
+    """The pending (row, task) runs as one-thread processes, args.workers at a time; the failed ones. The teachers
+    are made first, here, so no two processes fine-tune the same one."""
+    pending = [(row, task) for task in args.tasks for row in args.rows
+               if not ((rec := record_name(args, row, task)) and read_record(rec) is not None)]
+    for task in dict.fromkeys(task for _, task in pending):
+        teacher_dir(args, task)
+    common = ["--docs", "", "--skip-latency", "--teachers", args.teachers, "--seed", str(args.seed), "--epochs",
+              str(args.epochs), "--out", args.out] + ["--no-record"] * args.no_record
+    for flag, value in (("--max-train", args.max_train), ("--max-eval", args.max_eval)):
+        if value is not None:
+            common += [flag, str(value)]
+    jobs = [(f"{row}/{task}", ["--rows", row, "--tasks", task]) for row, task in pending]
+    return run_in_workers(__file__, jobs, common, args.workers, Path(args.out) / "logs")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    failed = in_workers(args) if args.workers > 1 else []
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed (their logs are in {Path(args.out) / 'logs'}): {', '.join(failed)}")
     scores: dict[str, dict[str, float]] = {r: {} for r in args.rows}
-    final: dict[str, dict[str, Path]] = {r: {} for r in args.rows}
+    final: dict[str, dict[str, dict]] = {r: {} for r in args.rows}
     params: dict[str, int] = {}
     for task in args.tasks:
-        teacher = teacher_dir(args, task)
         for row in args.rows:
-            path, res, scores[row][task] = row_runs(args, row, task, teacher)  # final dev score, no selection
-            final[row][task] = path
-            params[row] = res["parameters"]["total"] if "parameters" in res else res["after"]["parameters"]
+            final[row][task] = row_result(args, row, task)
+            scores[row][task] = final[row][task]["score"]
+            params[row] = final[row][task]["parameters"]
     first = args.tasks[0]
     length = args.latency_length or TASKS[first][0]
-    lat = latency({row: final[row][first] for row in args.rows}, length, args.rounds)
+    lat = ({row: {} for row in args.rows} if args.skip_latency else
+           latency({row: Path(final[row][first]["model"]) for row in args.rows}, length, args.rounds))
     base = lat.get("teacher", {})
     lines = ["| method | parameters | size on disk (MB) | latency b1 fp32 / bf16 (ms) | latency b32 fp32 / bf16 (ms) | "
              + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in args.tasks) + " | retention |",
@@ -233,13 +294,13 @@ def main(argv=None) -> dict:
     for row in args.rows:
         ret = [scores[row][t] / scores["teacher"][t] * 100 for t in args.tasks
                if "teacher" in scores and scores["teacher"].get(t)]
-        size = size_on_disk(final[row][first]) / 1e6
+        size = final[row][first]["size_mb"]
         speed = (f" ({base['b32_fp32_ms'] / lat[row]['b32_fp32_ms']:.2f}x)" if base and row != "teacher" else "")
         retention = f"{statistics.fmean(ret):.1f}%" if ret else "–"
-        b1_bf16, b32_bf16 = (f"{lat[row][k]:{f}}" if k in lat[row] else "–"
-                             for k, f in (("b1_bf16_ms", ".1f"), ("b32_bf16_ms", ".0f")))
-        lines.append(f"| {row} | {params[row]:,} | {size:.1f} | {lat[row]['b1_fp32_ms']:.1f} / {b1_bf16}"
-                     f" | {lat[row]['b32_fp32_ms']:.0f} / {b32_bf16}{speed} | "
+        b1_fp32, b1_bf16, b32_fp32, b32_bf16 = (f"{lat[row][k]:{f}}" if k in lat[row] else "–" for k, f in (
+            ("b1_fp32_ms", ".1f"), ("b1_bf16_ms", ".1f"), ("b32_fp32_ms", ".0f"), ("b32_bf16_ms", ".0f")))
+        lines.append(f"| {row} | {params[row]:,} | {size:.1f} | {b1_fp32} / {b1_bf16}"
+                     f" | {b32_fp32} / {b32_bf16}{speed} | "
                      + " | ".join(f"{scores[row][t] * 100:.1f}" for t in args.tasks) + f" | {retention} |")
         summary_rows[row] = {"parameters": params[row], "size_mb": round(size, 2), **lat[row],
                              **{t: round(scores[row][t] * 100, 2) for t in args.tasks},
@@ -252,7 +313,8 @@ def main(argv=None) -> dict:
               f"retention = mean over tasks of student / teacher. Latency: the {first.upper()} models on "
               f"{length} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "
               f"threads, speed-up against the teacher at batch 32 fp32 in brackets. Measured {date.today().isoformat()}"
-              " with `python experiments/compression.py`."]
+              " with `python experiments/compression.py`; each (row, task) result is kept in "
+              "experiments/records/compression/."]
     block = "\n".join(lines)
     print(block)
     if args.docs:

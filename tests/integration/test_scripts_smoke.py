@@ -307,9 +307,17 @@ def test_compression(capsys, data_dir, tmp_path):
                        ["--rows", "teacher,tinybert-3L,heads+ffn-40%,int8-dynamic", "--tasks", "sst2",
                         "--max-train", "16",
                         "--max-eval", "16", "--epochs", "1", "--rounds", "1", "--latency-length", "8",
-                        "--teachers", str(tmp_path / "none"),
+                        "--teachers", str(tmp_path / "none"), "--workers", "2",
                         "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
     rows = line["rows"]
+    # --workers 2: the teacher fine-tuned once, here; each (row, task) its own process with its log; latency here
+    assert (tmp_path / "runs" / "teacher" / "sst2" / "best" / "config.json").is_file()
+    assert {p.name for p in (tmp_path / "runs" / "logs").glob("*.log")} == {
+        "teacher_sst2.log", "tinybert-3L_sst2.log", "heads+ffn-40%_sst2.log", "int8-dynamic_sst2.log"}
+    assert all(rows[r]["b1_fp32_ms"] > 0 for r in rows)
+    mod = load_script(EXP / "compression.py")  # only the table's own protocol is kept as records
+    assert mod.record_name(mod.parse_args([]), "pkd-3L", "rte") == "compression/pkd-3L/rte"
+    assert mod.record_name(mod.parse_args(["--max-train", "16"]), "pkd-3L", "rte") is None
     assert set(rows) == {"teacher", "tinybert-3L", "heads+ffn-40%", "int8-dynamic"}
     assert rows["heads+ffn-40%"]["parameters"] < rows["teacher"]["parameters"]
     assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]

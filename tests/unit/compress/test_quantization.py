@@ -227,16 +227,22 @@ def test_weight_only_quantises_embedding_tables_when_asked(tmp_path):
 
 
 def test_int8_activation_methods_multiply_in_int8(monkeypatch):
-    """int8-dynamic, static-int8 and converted QAT run torch._int_mm on int8 (or VNNI's uint8-shifted) operands:
-    the activations really are 8-bit integers on CPU, not fake-quantised floats."""
+    """int8-dynamic, static-int8 and converted QAT multiply int8 (or VNNI's uint8-shifted) operands, in torch._int_mm
+    or, on a CPU without VNNI/AMX, in its exact float64 stand-in: the activations really are 8-bit integers on CPU,
+    not fake-quantised floats."""
+    from ptmkit.compress.quant import _cpu_int8
+
     calls = []
-    int_mm = torch._int_mm
+    int_mm, exact = torch._int_mm, _cpu_int8.exact_int8_mm
 
-    def counting(a, b):
-        calls.append((a.dtype, b.dtype))
-        return int_mm(a, b)
+    def counting(mm):
+        def run(a, b):
+            calls.append((a.dtype, b.dtype))
+            return mm(a, b)
+        return run
 
-    monkeypatch.setattr(torch, "_int_mm", counting)
+    monkeypatch.setattr(torch, "_int_mm", counting(int_mm))
+    monkeypatch.setattr(_cpu_int8, "exact_int8_mm", counting(exact))
     for name in ("int8-dynamic", "static-int8", "qat-int8"):
         model = _quantized(name)
         calls.clear()
@@ -436,3 +442,35 @@ def test_load_model_on_a_quantised_directory_points_to_load_quantized(tmp_path):
     save_quantized(model, tmp_path / "q")
     with pytest.raises(ConfigError, match="load_quantized"):
         load_model(tmp_path / "q")
+
+
+def test_exact_int8_product_matches_torch_int_mm_bit_for_bit():
+    """The float64 route for CPUs without VNNI/AMX: exact int32 results, extreme values and a long K included."""
+    import torch
+
+    from ptmkit.compress.quant._cpu_int8 import exact_int8_mm
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (48, 1536), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (1536, 40), dtype=torch.int8, generator=g)
+    a[0], b[:, 0] = -128, -128  # the largest terms: a sum of 1536 x 2^14 (beyond fp32's exact integers)
+    want = torch._int_mm(a, b)
+    got = exact_int8_mm(a, b)
+    assert got.dtype == torch.int32 and torch.equal(got, want) and got[0, 0] == 1536 * 2**14
+
+
+def test_torchao_cpu_int8_path_is_routed_where_the_cpu_needs_it():
+    """Installed exactly where torch._int_mm has no fast kernel; an int8-dynamic layer then gives torchao's result."""
+    import torch
+    import torchao.kernel.intmm as intmm
+
+    from ptmkit.compress.quant import _cpu_int8
+
+    assert _cpu_int8.INSTALLED == _cpu_int8.needs_fallback()
+    assert (intmm._int_scaled_matmul_cpu is _cpu_int8._scaled) == _cpu_int8.INSTALLED
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(-128, 128, (16, 64), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (64, 24), dtype=torch.int8, generator=g)
+    scales = torch.rand(16, 1, generator=g)
+    torch.testing.assert_close(intmm.int_scaled_matmul(a, b, scales),
+                               _cpu_int8._torchao_cpu_path(a, b, scales), rtol=0, atol=0)

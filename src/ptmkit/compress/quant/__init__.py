@@ -18,6 +18,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ptmkit.compress.quant import _torchao  # noqa: F401,I001  (first: torchao imported quietly)
+from ptmkit.compress.quant import _cpu_int8  # noqa: F401,I001  (an exact fast int8 product where torch lacks one)
 from ptmkit.compress.quant import dynamic, qat, qbert, static, ternary, weight_only
 from ptmkit.compress.quant.base import DEFAULT_EXCLUDE, DEFAULT_TARGETS, QuantRecord, integer_bits, report
 from ptmkit.compress.quant.hessian import hutchinson_traces

@@ -846,3 +846,95 @@ def test_the_defended_model_is_fine_tuned_with_the_attacked_models_own_recipe(tm
     assert mod.recipe(tmp_path / "run" / "best", '{"lr": 1e-5}') == {"lr": 1e-5}  # given options win
     (tmp_path / "plain").mkdir()
     assert mod.recipe(tmp_path / "plain", None) == json.loads(mod.FALLBACK)  # not a fine-tuning run
+
+
+def test_retrieval_recall(capsys, tmp_path, monkeypatch, tiny_retrieval_models, mini_data_root):
+    """Issue 17's recall@k on the tiny encoder over a seeded sample of the six LAMA relations, no docs: the counts
+    of the json line match the corpus written, recall@k lies in [0, 1] and grows with k, a cut-off past the corpus's
+    size finds every gold sentence (the passage -> sentence mapping is whole), and BM25, which sees the subject's
+    words, beats chance at k = 1."""
+    import numpy as np
+
+    enc, _ = tiny_retrieval_models
+    monkeypatch.setenv("PTMKIT_DATA", str(mini_data_root))
+    mod = load_script(EXP / "retrieval_recall.py")
+    # recall() on a planted ranking: question 0's gold document is second, question 1's is never retrieved
+    assert mod.recall(np.array([[2, 0, 1], [1, 2, 0]]), [{0}, {5}], [1, 2, 3]) == {1: 0.0, 2: 0.5, 3: 0.5}
+    assert mod.question("[X] was born in [Y] .", "Allan Peiper") == "Allan Peiper was born in ?"
+    out = tmp_path / "rr"
+    summary, line = run_main(EXP / "retrieval_recall.py",
+                             ["--encoder", str(enc), "--max-facts", "40", "--ks", "1,5,100000", "--precision", "fp32",
+                              "--batch-size", "64", "--out", str(out), "--docs", ""], capsys)
+    assert line == json.loads(json.dumps(summary)) == json.loads((out / "result.json").read_text())
+    assert line["experiment"] == "retrieval_recall" and line["questions"] == 40
+    sentences = (out / "corpus.txt").read_text().splitlines()
+    assert line["sentences"] == len(sentences) == len(set(sentences)) >= 40  # deduplicated, one a line
+    assert line["passages"] >= line["sentences"]
+    assert set(line["recall"]) == {"bm25", "dense"}
+    for r in line["recall"].values():
+        assert list(r) == ["1", "5", "100000"] and all(0.0 <= v <= 1.0 for v in r.values())
+        assert r["1"] <= r["5"] <= r["100000"] == 1.0
+    # each question owns about sentences / questions of the corpus's sentences, so chance at k = 1 is ~ 1 / questions
+    assert line["recall"]["bm25"]["1"] > 10 / line["questions"]
+    assert (out / "index").is_dir()
+
+
+def test_knn_lm(capsys, tmp_path):
+    """kNN-LM on a tiny causal LM with a flat datastore from a WikiText-2 valid slice, scoring a test slice, no docs:
+    the grid holds exactly the (k, T, λ) asked (k capped by the entries), λ = 0 reproduces the plain sliding-window
+    perplexity (causal_perplexity) bit for bit, and a repeated command reuses the datastore."""
+    import itertools
+
+    from ptmkit.analysis.lm_eval import causal_perplexity
+    from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.recipes.evaluate import load_adapted
+    from ptmkit.recipes.knn_lm import eval_tokens
+
+    model = _tiny_causal_lm(tmp_path / "lm")
+    wt = shared_path("corpora", "wikitext-2")
+    texts = {}
+    for split, n in (("valid", 40), ("test", 20)):
+        with open(wt / f"{split}.txt", encoding="utf-8") as f:
+            texts[split] = tmp_path / f"{split}.txt"
+            texts[split].write_text("".join(itertools.islice((x for x in f if x.strip()), n)))
+    out = tmp_path / "knn"
+    argv = ["--model", str(model), "--datastore-corpus", str(texts["valid"]), "--eval-text", str(texts["test"]),
+            "--max-datastore-tokens", "1500", "--max-eval-tokens", "300", "--window", "64", "--stride", "32",
+            "--precision", "fp32", "--kind", "flat", "--ks", "4,16,100000", "--lambdas", "0,0.25,0.5",
+            "--temperatures", "1,10", "--out", str(out), "--docs", ""]
+    summary, line = run_main(EXP / "knn_lm.py", argv, capsys)
+    assert line == json.loads(json.dumps(summary))
+    assert line["experiment"] == "knn_lm" and line["entries"] == 1500 - 1 and line["eval_tokens"] == 300 - 1
+    grid = json.loads((out / "result.json").read_text())["grid"]
+    assert sorted((g["k"], g["temperature"], g["lambda"]) for g in grid) == \
+        sorted(itertools.product([4, 16], [1.0, 10.0], [0.0, 0.25, 0.5]))  # 100000 > entries: dropped
+    lm, tok = load_adapted(model).eval(), Tokenizer.load(model)
+    plain = causal_perplexity(lm, eval_tokens(texts["test"], tok, 300), window=64, stride=32, show_progress=False)
+    assert plain["tokens"] == line["eval_tokens"]
+    assert all(g["perplexity"] == plain["perplexity"] for g in grid if g["lambda"] == 0)  # exactly, not approximately
+    assert line["base"] == round(plain["perplexity"], 4)
+    assert line["best"]["perplexity"] == min(g["perplexity"] for g in grid) and line["paper_setting"] is None
+    assert all(math.isfinite(g["perplexity"]) and g["perplexity"] > 1 for g in grid)
+    assert all(g["perplexity"] != plain["perplexity"] for g in grid if g["lambda"] > 0)  # the neighbours count
+    again = load_script(EXP / "knn_lm.py").main(argv)
+    assert f"reusing the datastore in {out / 'store'} (1,499 entries" in capsys.readouterr().out
+    assert again["entries"] == line["entries"] and again["base"] == line["base"] and again["best"] == line["best"]
+
+
+def test_retrieval_benchmark(capsys, tiny_retrieval_models):
+    """Index build and batched search, ptmkit against sentence-transformers + FAISS, on the tiny encoder: both
+    sides' rates, positive ratios consistent with them, the counts asked, and both sides finding the same passages.
+    (Most of its time is importing sentence-transformers.)"""
+    enc, _ = tiny_retrieval_models
+    summary, line = run_main(BENCH / "retrieval.py", ["--model", str(enc), "--passages", "40", "--queries", "16",
+                                                      "--k", "5", "--batch-size", "16", "--rounds", "1"], capsys)
+    assert line == json.loads(json.dumps(summary))
+    assert line["benchmark"] == "retrieval" and line["model"] == "enc" and line["passages"] == 40
+    assert line["ours"] > 0 and line["reference"] > 0 and line["ratio"] > 0
+    s = line["search"]
+    assert s["queries"] == 16 and s["k"] == 5 and s["ours"] > 0 and s["reference"] > 0 and s["ratio"] > 0
+    assert line["ratio"] == pytest.approx(line["ours"] / line["reference"], rel=0.01)  # the same medians
+    assert s["ratio"] == pytest.approx(s["ours"] / s["reference"], rel=0.01)
+    # the same weights and pooling on both sides: the same top 5 of 40 (chance would share ~ 5 / 40 of them)
+    assert 0.9 <= s["top_k_agreement"] <= 1.0
+    assert line["ours_s"]["n"] == line["reference_s"]["n"] == 1

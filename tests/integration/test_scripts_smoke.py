@@ -825,6 +825,40 @@ def test_vl_retrieval(capsys, tmp_path):
     assert "<!-- results:vl-retrieval:begin -->" in docs.read_text()
 
 
+def test_clip_emoji(capsys, tmp_path):
+    """--tiny on 24 emoji (8 held out) and 8 COCO-mini photos (4 held out): both models train the same steps, each is
+    scored beside chance (retrieval both ways, zero-shot categories, a linear probe); the figure and the results block
+    go where --figure and --docs say; a repeated command reuses the finished runs."""
+    emoji = _image_text_subset(tmp_path, "emoji", "emoji.jsonl", 8, 16, 0.1)
+    coco = _image_text_subset(tmp_path, "coco-mini", "captions.jsonl", 4, 4, 0.5)
+    argv = ["--tiny", "--steps", "3", "--emoji", str(emoji), "--coco", str(coco), "--out", str(tmp_path / "clip"),
+            "--docs", str(tmp_path / "m.md"), "--figure", str(tmp_path / "c.png")]
+    _, line = run_main(EXP / "clip_emoji.py", argv, capsys)
+    assert line["experiment"] == "clip_emoji" and set(line["results"]) == {"emoji", "emoji+coco"}
+    assert {r["steps"] for r in line["runs"].values()} == {3}  # equal compute: the same recipe and steps
+    for r in line["results"].values():
+        assert r["emoji"]["chance"]["text_to_image"]["1"] == pytest.approx(1 / 8)
+        assert r["coco"]["chance"]["text_to_image"]["1"] == pytest.approx(1 / 4)
+        for test in ("emoji", "coco"):
+            for way in r[test]["recall"].values():
+                assert all(0.0 <= v <= 1.0 for v in way.values()) and way["1"] <= way["5"] <= way["10"]
+        assert 0.0 <= r["zero_shot"] <= 1.0 and 0.0 <= r["linear_probe"] <= 1.0
+    assert (tmp_path / "c.png").is_file() and "<!-- results:clip:begin -->" in (tmp_path / "m.md").read_text()
+    summary = tmp_path / "clip" / "emoji" / "summary.json"
+    mtime = summary.stat().st_mtime_ns
+    run_main(EXP / "clip_emoji.py", argv, capsys)
+    assert summary.stat().st_mtime_ns == mtime  # reused, not trained again
+
+
+def test_clip_step(capsys):
+    """One timed CLIP step of ptmkit and of transformers' CLIPModel on the same tiny config and batch (the
+    benchmark first checks that both compute the same loss): throughputs, their ratio, the house JSON line."""
+    _, line = run_main(BENCH / "clip_step.py", ["--shapes", "clip-tiny", "--rounds", "1", "--warmup", "0"], capsys)
+    assert line["benchmark"] == "clip_step" and line["unit"] == "pairs/s" and line["failures"] == {}
+    assert line["ours"] > 0 and line["reference"] > 0 and set(line["all_ratios"]) == {"clip-tiny"}
+    assert line["ratio"] == pytest.approx(line["ours"] / line["reference"], abs=2e-3)
+
+
 def test_text_to_image(capsys, tmp_path):
     """--smoke on 24 emoji (8 held out): a tiny VQ-VAE, generator and CLIP judge, samples for the 8 held-out names,
     the figure and results in --out, no docs."""

@@ -856,7 +856,7 @@ def test_clip_step(capsys):
     _, line = run_main(BENCH / "clip_step.py", ["--shapes", "clip-tiny", "--rounds", "1", "--warmup", "0"], capsys)
     assert line["benchmark"] == "clip_step" and line["unit"] == "pairs/s" and line["failures"] == {}
     assert line["ours"] > 0 and line["reference"] > 0 and set(line["all_ratios"]) == {"clip-tiny"}
-    assert line["ratio"] == pytest.approx(line["ours"] / line["reference"], abs=2e-3)
+    assert line["ratio"] == pytest.approx(line["ours"] / line["reference"], rel=1e-2)  # the rates print rounded
 
 
 def test_text_to_image(capsys, tmp_path):

@@ -318,6 +318,9 @@ def test_compression(capsys, data_dir, tmp_path):
     mod = load_script(EXP / "compression.py")  # only the table's own protocol is kept as records
     assert mod.record_name(mod.parse_args([]), "pkd-3L", "rte") == "compression/pkd-3L/rte"
     assert mod.record_name(mod.parse_args(["--max-train", "16"]), "pkd-3L", "rte") is None
+    with pytest.raises(SystemExit):  # argparse's error: --workers must be at least 1
+        mod.parse_args(["--workers", "0"])
+    assert "--workers must be at least 1" in capsys.readouterr().err
     assert set(rows) == {"teacher", "tinybert-3L", "heads+ffn-40%", "int8-dynamic"}
     assert rows["heads+ffn-40%"]["parameters"] < rows["teacher"]["parameters"]
     assert rows["int8-dynamic"]["size_mb"] < rows["teacher"]["size_mb"]

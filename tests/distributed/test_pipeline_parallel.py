@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.launch import losses, resume_in_one_process, torchrun, write_config
+from tests.distributed.launch import losses, pretrain_args, resume_in_one_process, torchrun, torchrun_many, write_config
 from tests.distributed.test_data_parallel import _gpt2
 from tests.integration.test_pretrain import corpus  # noqa: F401  (pytest fixture)
 
@@ -28,27 +28,45 @@ def single(corpus, tmp_path_factory):  # noqa: F811
     return {"dir": d / "single", "losses": losses(d / "single"), "config": write_config(d / "pp.yaml", cfg)}
 
 
-@pytest.mark.parametrize("nproc, args", [
-    (2, ["--parallel.pp", "2", "--parallel.pp_schedule", "1f1b"]),
-    (2, ["--parallel.pp", "2", "--parallel.pp_schedule", "gpipe", "--parallel.pp_microbatches", "8"]),
-    (3, ["--parallel.pp", "3", "--parallel.pp_microbatches", "4"]),  # stages of 2, 1 and 1 blocks
-    (4, ["--parallel.pp", "2", "--parallel.dp_shard", "2", "--parallel.pp_microbatches", "2"]),
-], ids=["1f1b", "gpipe", "three-stages", "pp-x-fsdp2"])
-def test_pipeline_reproduces_the_single_process_curve(single, tmp_path, nproc, args):
-    if "--parallel.dp_shard" not in args:
-        args = [*args, "--parallel.dp_shard", "1"]
-    torchrun(nproc, single["config"], tmp_path / "run", *args)
-    torch.testing.assert_close(torch.tensor(losses(tmp_path / "run")), torch.tensor(single["losses"]),
-                               rtol=0, atol=1e-5)
+TWO_STAGES = {
+    "1f1b": ["--parallel.pp", "2", "--parallel.pp_schedule", "1f1b"],
+    "gpipe": ["--parallel.pp", "2", "--parallel.pp_schedule", "gpipe", "--parallel.pp_microbatches", "8"],
+    "resumable": ["--parallel.pp", "2"],  # the default schedule; its step-3 checkpoint resumes in one process
+}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(single, tmp_path_factory):
+    """The two-rank runs of this file in one torchrun launch (launch.torchrun_many)."""
+    d = tmp_path_factory.mktemp("pp_two_ranks")
+    torchrun_many(2, [pretrain_args(single["config"], d / name, *args, "--parallel.dp_shard", "1")
+                      for name, args in TWO_STAGES.items()], d)
+    return {name: d / name for name in TWO_STAGES}
+
+
+def _same_as_single(single, run):
+    torch.testing.assert_close(torch.tensor(losses(run)), torch.tensor(single["losses"]), rtol=0, atol=1e-5)
     a = load_file(single["dir"] / "model" / "model.safetensors")
-    b = load_file(tmp_path / "run" / "model" / "model.safetensors")  # merged from the stages
+    b = load_file(run / "model" / "model.safetensors")  # merged from the stages
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
-def test_pipeline_checkpoint_resumes_in_one_process(single, tmp_path):
-    run = tmp_path / "pp"
-    torchrun(2, single["config"], run, "--parallel.pp", "2", "--parallel.dp_shard", "1")
-    resumed = resume_in_one_process(run, 3, single["config"], tmp_path / "resumed")
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_two_stages_reproduce_the_single_process_curve(single, two_ranks, schedule):
+    _same_as_single(single, two_ranks[schedule])
+
+
+@pytest.mark.parametrize("nproc, args", [
+    (3, ["--parallel.pp", "3", "--parallel.pp_microbatches", "4", "--parallel.dp_shard", "1"]),  # 2, 1, 1 blocks
+    (4, ["--parallel.pp", "2", "--parallel.dp_shard", "2", "--parallel.pp_microbatches", "2"]),
+], ids=["three-stages", "pp-x-fsdp2"])
+def test_pipeline_reproduces_the_single_process_curve(single, tmp_path, nproc, args):
+    torchrun(nproc, single["config"], tmp_path / "run", *args)
+    _same_as_single(single, tmp_path / "run")
+
+
+def test_pipeline_checkpoint_resumes_in_one_process(single, two_ranks, tmp_path):
+    resumed = resume_in_one_process(two_ranks["resumable"], 3, single["config"], tmp_path / "resumed")
     torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(single["losses"]), rtol=0, atol=1e-5)
 
 

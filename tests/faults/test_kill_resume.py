@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import pickle
-import random
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 
 from ptmkit.config import to_dict
 from ptmkit.train.logging import read_metrics
+from tests.faults.kill import kill_repeatedly_then_finish
 from tests.integration.test_pretrain import _cfg, corpus  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -71,20 +71,10 @@ def reference(corpus, tmp_path_factory):  # noqa: F811
 
 def test_kill_9_at_random_moments_then_resume(reference, tmp_path):
     config, ref = reference
-    rng = random.Random(1)
-    landed = 0
-    for seed in range(3):
-        out = tmp_path / f"run{seed}"
-        proc = _start_and_wait_for_a_checkpoint(config, out)
-        time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            landed += 1
-        proc.wait()
-        r = subprocess.run(_cmd(config, out, "--resume"), env=ENV, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
-        _assert_same(ref, out)
-    assert landed >= 2  # the kills really landed mid-run
+    out = tmp_path / "run"
+    landed = kill_repeatedly_then_finish(_cmd(config, out), out, ENV, kills=3, max_delay=0.5, seed=1)
+    assert landed >= 2  # the kills really landed mid-run (and the run resumed from each)
+    _assert_same(ref, out)
 
 
 def test_ctrl_c_checkpoints_and_resumes(reference, tmp_path):

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from ptmkit.config import ConfigError
 from ptmkit.data.task_batches import TaskBatches
 from ptmkit.recipes.finetune import finetune
 from ptmkit.train.logging import read_metrics
+from tests.faults.kill import kill_repeatedly_then_finish
 from tests.unit.recipes.test_finetune import _cfg, _one_thread, sst_dir, tiny_model  # noqa: F401  (fixtures)
 
 
@@ -85,29 +84,14 @@ def _cli(model, data, out, *extra):
 
 @pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume(tiny_model, sst_dir, tmp_path):
-    """SIGKILL a real `ptm finetune` process at random moments after its first checkpoint (mid-step, mid-write),
-    then `--resume`: the same losses and best weights as a run never interrupted."""
+    """SIGKILL a real `ptm finetune` process at random moments after a checkpoint (mid-step, mid-write), three times
+    over one run, resuming each time: the same losses and best weights as a run never interrupted."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     subprocess.run(_cli(tiny_model, sst_dir, tmp_path / "ref"), check=True, env=env, capture_output=True)
-    rng = random.Random(0)
-    killed = 0
-    for attempt in range(3):
-        out = tmp_path / f"kill{attempt}"
-        proc = subprocess.Popen(_cli(tiny_model, sst_dir, out), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while not (out / "checkpoints").is_dir() or not any((out / "checkpoints").glob("step-*")):
-            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
-        r = subprocess.run(_cli(tiny_model, sst_dir, out, "--resume"), env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
-        _assert_same_run(tmp_path / "ref", out)
-    assert killed >= 2  # the kills really landed mid-run
+    out = tmp_path / "run"
+    landed = kill_repeatedly_then_finish(_cli(tiny_model, sst_dir, out), out, env, kills=3, max_delay=0.5, seed=0)
+    assert landed >= 2  # the kills really landed mid-run (and the run resumed from each)
+    _assert_same_run(tmp_path / "ref", out)
 
 
 def test_accumulation_lamb_and_mfu_come_from_the_engine(tiny_model, sst_dir, tmp_path):

@@ -92,3 +92,31 @@ def test_prompt_finetuning_from_the_command_line(tiny_mlm, sst_dir, tmp_path):  
                  "--no-progress"])
     assert code == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["train_examples"] == 16
+
+
+def test_long_inputs_are_cut_inside_the_texts_longest_first(tiny_mlm):
+    """prompt_examples cuts the longer of text_a/text_b a token at a time until the filled template fits max_length:
+    the slot and the template's own words always survive, short examples pass through untouched."""
+    from ptmkit.adapt.prompt_model import prompt_examples
+    from ptmkit.adapt.prompts import Template
+    from ptmkit.data.examples import Example, TaskData
+
+    tok = Tokenizer.load(tiny_mlm)
+    rng = random.Random(3)
+    long_a, long_b = _sentence(rng, 0) * 6, _sentence(rng, 1) * 3
+    short = Example(_sentence(rng, 1), "john", 1)
+    data = TaskData([Example(long_a, long_b, 0), Example(long_b, long_a, 1), short, Example(long_a, "", 0)],
+                    ["bad", "good"], False, ("a", "b"))
+    template = Template("{text_a} ? {mask} , {text_b}")
+    out = prompt_examples(data, template, tok, 40, causal=False)
+    mask = tok.special_tokens["mask"]
+    for e, cut in zip(data.examples, out.examples):
+        ids = tok.encode(cut.text_a)
+        assert len(ids) <= 40 and cut.text_a.count(mask) == 1 and cut.text_b is None and cut.label == e.label
+    assert out.examples[2].text_a == template.fill(short.text_a, short.text_b, mask)  # fits: untouched
+    # longest first: both sides of the first pair were cut to equal lengths (a tie keeps text_a one longer at most)
+    a, b = out.examples[0].text_a.split(f" ? {mask} , ")
+    na, nb = len(tok.encode(a, add_special_tokens=False)), len(tok.encode(b, add_special_tokens=False))
+    assert abs(na - nb) <= 1 and na + nb == 40 - len(tok.encode(template.fill("", "", mask)))
+    causal = prompt_examples(data, Template("{text_a} , {text_b} ? {mask}"), tok, 40, causal=True)
+    assert all(mask not in e.text_a and len(tok.encode(e.text_a)) <= 40 for e in causal.examples)  # up to the slot

@@ -14,12 +14,6 @@ import torch
 from ptmkit.models.convert.base import Adapter, Reader
 
 
-def _names(module_cls, config_cls, **small) -> list[str]:
-    """Tensor names of a module built on the meta device from a tiny config (names do not depend on sizes)."""
-    with torch.device("meta"):
-        return list(module_cls(config_cls(**small)).state_dict())
-
-
 @dataclass
 class VLAdapter(Adapter):
     config_cls: type = None
@@ -31,8 +25,10 @@ class VLAdapter(Adapter):
 
         tiny = dict(vocab_size=8, hidden_size=8, num_heads=1, intermediate_size=8, image_size=4, patch_size=2,
                     num_visual_classes=2)
-        with torch.device("meta"):
-            model = VLPreTraining(self.backbone_cls(self.config_cls(**tiny)))
+        # Names do not depend on sizes, so a tiny model on the CPU gives them in a millisecond. Not the meta device:
+        # this runs when the registry is imported, and initialising meta tensors imports torch._dynamo (1.5-2 s
+        # added to every process start, `ptm --help` included).
+        model = VLPreTraining(self.backbone_cls(self.config_cls(**tiny)))
         head = [n for n in model.state_dict() if not n.startswith("backbone.")]
         self.heads = {"vl-pretraining": {n: n for n in head}}
         self.head_key_prefixes = tuple(sorted({n.split(".")[0] + "." for n in head} | {"codebook"}))

@@ -17,12 +17,15 @@ def _checkpoints(out: Path) -> set[str]:
 def kill_after_a_new_checkpoint(cmd: list[str], out: Path, env: dict, delay: float, timeout: float = 120) -> bool:
     """Start `cmd`, wait until it publishes a checkpoint that `out` did not hold before, sleep `delay` seconds (the
     kill then lands mid-step, mid-write or mid-log) and SIGKILL it. True when the kill landed, False when the run
-    had already finished by itself."""
+    finished by itself first (then it must have exited 0)."""
     before = _checkpoints(out)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not _checkpoints(out) - before:
-        assert proc.poll() is None and time.time() < deadline, "the run ended before writing a new checkpoint"
+        if proc.poll() is not None:  # a resumed run whose last checkpoint was its end has nothing left to write
+            assert proc.returncode == 0, f"the run failed (exit {proc.returncode}) before writing a checkpoint"
+            return False
+        assert time.time() < deadline, "no new checkpoint within the timeout"
         time.sleep(0.01)
     time.sleep(delay)
     landed = proc.poll() is None
@@ -42,7 +45,7 @@ def kill_repeatedly_then_finish(cmd: list[str], out: Path, env: dict, kills: int
     landed = 0
     for i in range(kills):
         if not kill_after_a_new_checkpoint(cmd + (["--resume"] if i else []), out, env, rng.uniform(0, max_delay)):
-            return landed  # the run finished before this kill: nothing left to resume
+            return landed  # the run finished before this kill (exit 0): nothing left to resume
         landed += 1
     r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -11,7 +11,7 @@ special tokens and the post-processor that makes encode() add them. ``TOKENIZER_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import tokenizers
@@ -44,6 +44,13 @@ class TokenizerKind:
     def trainer(self, vocab_size: int, min_frequency: int, specials: list[str], roles: Mapping[str, str],
                 show_progress: bool) -> trainers.Trainer:
         raise NotImplementedError
+
+    def train(self, tok: tokenizers.Tokenizer, batches: Iterator[list[str]], vocab_size: int, min_frequency: int,
+              specials: list[str], roles: Mapping[str, str], show_progress: bool) -> tokenizers.Tokenizer:
+        """Train `tok` (this family's untrained tokenizer, from build) on batches of texts."""
+        tok.train_from_iterator(batches, trainer=self.trainer(vocab_size, min_frequency, specials, roles,
+                                                              show_progress))
+        return tok
 
     def check(self, vocab_size: int, roles: Mapping[str, str], specials: list[str]) -> None:
         """Refuse settings this family cannot train with."""
@@ -140,10 +147,45 @@ class WordPiece(TokenizerKind):
         return decoders.WordPiece(prefix="##")
 
     def trainer(self, vocab_size, min_frequency, specials, roles, show_progress):
-        return trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-            continuing_subword_prefix="##", show_progress=show_progress,
-        )
+        # BPE merges over words whose first character carries the word-start mark (see train)
+        return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                   show_progress=show_progress)
+
+    def train(self, tok, batches, vocab_size, min_frequency, specials, roles, show_progress):
+        """WordPiece's vocabulary is learned by BPE merges, as HF's WordPieceTrainer does, but deterministically.
+        That trainer (a BPE trainer with the "##" continuation prefix) creates its "##" pieces in hash-map order,
+        which decides ties between equally frequent merges: two trainings on the same text in two processes gave
+        different vocabularies (huggingface/tokenizers#1794; measured with 0.23.3: 184 of 2,000 SST-2 dev pieces
+        differed), so a pre-training run could not be repeated. The BPE trainer without a prefix is deterministic:
+        it learns here over words whose first character carries a word-start mark (▁, as SentencePiece), and the
+        pieces are renamed for WordPiece — "▁ab" (word-initial) -> "ab", "ab" (continuation) -> "##ab"."""
+        bpe = tokenizers.Tokenizer(models.BPE(unk_token=roles["unk"]))
+        bpe.normalizer = tok.normalizer
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [tok.pre_tokenizer, pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always", split=False)])
+        bpe.train_from_iterator(batches, trainer=self.trainer(vocab_size, min_frequency, specials, roles,
+                                                              show_progress))
+        vocab = wordpiece_vocab(bpe.get_vocab(), specials, vocab_size)
+        tok.model = models.WordPiece(vocab=vocab, unk_token=roles["unk"], continuing_subword_prefix="##")
+        tok.add_special_tokens(specials)  # matched whole in text, never split (as the trainer's special_tokens are)
+        return tok
+
+
+WORD_START = "\u2581"
+
+
+def wordpiece_vocab(bpe_vocab: Mapping[str, int], specials: list[str], vocab_size: int) -> dict[str, int]:
+    """WordPiece pieces from a BPE vocabulary learned over word-start-marked words: the specials, then every
+    character both word-initial and as a continuation (so any word of seen characters has a segmentation, as in
+    BERT's vocabularies), then the merged pieces in the order they were learned, renamed (▁x -> x, x -> ##x);
+    at most vocab_size pieces (the last merges give way to the characters)."""
+    ordered = sorted(bpe_vocab, key=bpe_vocab.__getitem__)
+    special = set(specials)
+    learned = [t for t in ordered if t not in special and t != WORD_START]
+    chars = sorted({t.removeprefix(WORD_START) for t in learned if len(t.removeprefix(WORD_START)) == 1})
+    pieces = list(dict.fromkeys([*specials, *chars, *(f"##{c}" for c in chars),
+                                 *(t[1:] if t.startswith(WORD_START) else f"##{t}" for t in learned)]))
+    return {p: i for i, p in enumerate(pieces[:max(vocab_size, len(specials) + 2 * len(chars))])}
 
 
 class Unigram(TokenizerKind):

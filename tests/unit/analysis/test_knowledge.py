@@ -20,7 +20,7 @@ WORDS = "paris berlin rome france germany italy was born in the capital of is".s
 
 @pytest.fixture(scope="module")
 def mlm():
-    tok = Tokenizer.train([" ".join(WORDS)] * 50 + ["zanzibarian"], "wordpiece", vocab_size=80, min_frequency=1)
+    tok = Tokenizer.train([" ".join(WORDS)] * 50 + ["zanzibarian"], "wordpiece", vocab_size=90, min_frequency=1)
     torch.manual_seed(0)
     model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
                                                          num_heads=2, intermediate_size=64,

@@ -93,7 +93,7 @@ def test_control_labels_are_one_label_per_word_type():
 
 def test_word_features_take_each_words_first_piece_per_layer_and_cache(tmp_path):
     texts = ["the cats sat on mats", "unbelievable things happened"]
-    tok = Tokenizer.train(texts * 20, "wordpiece", vocab_size=60, min_frequency=1)
+    tok = Tokenizer.train(texts * 20, "wordpiece", vocab_size=70, min_frequency=1)
     model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
                                                          num_heads=2, intermediate_size=64,
                                                          max_position_embeddings=32))).eval()
@@ -115,7 +115,7 @@ def test_word_features_take_each_words_first_piece_per_layer_and_cache(tmp_path)
 def test_word_features_batched_by_length_come_back_in_sentence_order():
     texts = ["the cats sat on mats and then the cats sat on more mats", "cats", "unbelievable things happened",
              "the mats sat", "on"]
-    tok = Tokenizer.train(texts * 20, "wordpiece", vocab_size=60, min_frequency=1)
+    tok = Tokenizer.train(texts * 20, "wordpiece", vocab_size=70, min_frequency=1)
     model = build_model("bert", make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
                                                          num_heads=2, intermediate_size=64,
                                                          max_position_embeddings=32))).eval()

@@ -36,7 +36,7 @@ class BagClassifier(nn.Module):
 @pytest.fixture(scope="module")
 def victim():
     words = "the movie was good great fine decent goods awful plot acting".split()
-    tok = Tokenizer.train([" ".join(words)] * 30, "wordpiece", vocab_size=80, min_frequency=1)
+    tok = Tokenizer.train([" ".join(words)] * 30, "wordpiece", vocab_size=90, min_frequency=1)
     return Victim(BagClassifier(tok, {"good": 5.0, "great": 5.0, "awful": -5.0}), tok)
 
 

@@ -102,6 +102,38 @@ def test_fingerprint_is_deterministic_and_sensitive() -> None:
     assert len(a.fingerprint()) == 64
 
 
+_TRAIN_ALL = """
+import hashlib, sys
+from ptmkit.data.tokenizer import train_tokenizer
+texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
+for kind in ("bpe", "wordpiece", "unigram"):
+    print(kind, hashlib.sha256(train_tokenizer(texts, kind, vocab_size=600, min_frequency=2).to_str().encode()).hexdigest())
+"""
+
+
+def test_training_repeats_exactly_in_another_process(tmp_path: Path) -> None:
+    """The same text trains the same tokenizer (pieces, ids, scores) in every process. HF's WordPieceTrainer and
+    UnigramTrainer break ties in hash-map order, which is seeded per process (huggingface/tokenizers#1794): before
+    ptmkit's deterministic WordPiece training and Unigram numbering, two processes disagreed on hundreds of pieces."""
+    import subprocess
+    import sys
+
+    from tests.conftest import shared_path
+
+    lines = shared_path("glue", "SST-2", "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    corpus = tmp_path / "sst2.txt"
+    corpus.write_text("\n".join(line.split("\t")[0] for line in lines), encoding="utf-8")
+    runs = [subprocess.run([sys.executable, "-c", _TRAIN_ALL, str(corpus)], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 3
+    tok = Tokenizer.train(corpus, "wordpiece", vocab_size=600, min_frequency=2)
+    vocab = tok.backend.get_vocab()
+    assert vocab["[PAD]"] == 0 and vocab["[MASK]"] == 4  # the specials lead, in their order
+    assert all(c in vocab and f"##{c}" in vocab for c in "abcdefghijklmnopqrstuvwxyz")  # every letter, both forms
+    assert tok.backend.decode(tok.encode("an unbelievably charming film", add_special_tokens=False)) == \
+        "an unbelievably charming film"
+
+
 def test_gpt2_files(gpt2_dir: Path, gpt2: Tokenizer, tmp_path: Path) -> None:
     assert gpt2.encode("Hello world") == [15496, 995]
     assert gpt2.vocab_size == 50257

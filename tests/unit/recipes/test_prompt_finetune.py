@@ -25,7 +25,7 @@ def tiny_mlm(tmp_path_factory):
     """A BERT with its masked-LM head and a WordPiece tokenizer that has [MASK]."""
     rng = random.Random(0)
     tok = Tokenizer.train([_sentence(rng, i % 2) + " it was good bad" for i in range(200)], "wordpiece",
-                          vocab_size=120, min_frequency=1)
+                          vocab_size=110, min_frequency=1)
     cfg = make_config("bert", dict(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
                                    intermediate_size=64, max_position_embeddings=64, dropout=0.0,
                                    attention_dropout=0.0))

@@ -178,7 +178,8 @@ def wordpiece_vocab(bpe_vocab: Mapping[str, int], specials: list[str], vocab_siz
     """WordPiece pieces from a BPE vocabulary learned over word-start-marked words: the specials, then every
     character both word-initial and as a continuation (so any word of seen characters has a segmentation, as in
     BERT's vocabularies), then the merged pieces in the order they were learned, renamed (▁x -> x, x -> ##x);
-    at most vocab_size pieces (the last merges give way to the characters)."""
+    vocab_size pieces (the last merges give way to the characters), more only where the specials and the
+    characters alone need more."""
     ordered = sorted(bpe_vocab, key=bpe_vocab.__getitem__)
     special = set(specials)
     learned = [t for t in ordered if t not in special and t != WORD_START]

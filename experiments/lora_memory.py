@@ -55,7 +55,8 @@ def run(args, name: str, out: Path) -> dict:
     cmd = [sys.executable, "-m", "ptmkit.cli", "finetune", args.model, "--task", "sst2", "--out", str(out),
            "--template", TEMPLATE, "--verbalizer", *WORDS, "--batch-size", str(args.batch_size),
            "--max-length", str(args.max_length), "--max-steps", str(args.steps), "--max-eval-examples", "16",
-           # the examples the steps use, not all 67k of SST-2: templating and tokenizing them cost 7 s a run
+           # a seeded subset of one epoch's worth (steps x batch), not all 67k of SST-2: templating and tokenising
+           # them cost 7 s a run (peaks measured before this cap held the 67k tokenised sentences too)
            "--max-train-examples", str(args.steps * args.batch_size),
            "--eval-every", str(10 ** 6), "--log-every", "1", "--precision", "bf16", "--device", "cpu",
            "--no-progress", "--overwrite", *CANDIDATES[name]]

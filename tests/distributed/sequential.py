@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 
 import torch.distributed as dist
@@ -45,10 +46,15 @@ def _setup_then_meet(cfg, device):
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     mesh.setup, mesh.teardown = _setup_then_meet, _wait_only  # run_on_ranks looks both up at call time
+    code = 0
     for i, argv in enumerate(json.loads(open(sys.argv[1]).read())):
         code = main(argv)
         if code:
             print(f"sequential.py: run {i} ({' '.join(argv)}) exited with {code}", file=sys.stderr)
-            sys.exit(code)
-    dist.barrier()
-    dist.destroy_process_group()
+            break
+    else:
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as ptmkit.cli.main.entry: gloo can abort at interpreter shutdown (pytorch#179291)

@@ -52,8 +52,7 @@ class VocabMismatchError(ValueError):
 
 
 def _stable_scores(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
-    """Round Unigram log-probabilities to 10 decimals so JSON save/load round-trips exactly, and number the pieces
-    in a fixed order.
+    """Round Unigram log-probabilities to 10 decimals so JSON save/load round-trips exactly.
 
     The Rust JSON reader is not correctly rounded for long decimals (a 17-digit score comes back
     1 ulp off), so fingerprints would drift on every save/load. Short decimals parse exactly.
@@ -65,20 +64,6 @@ def _stable_scores(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     vocab = data["model"]["vocab"]
     for entry in vocab:
         entry[1] = round(float(entry[1]), 10)
-    # The trainer lists pieces of equal score in hash-map order, which differs between processes: the same text gave
-    # the same pieces under other ids. Ids after the specials (which lead, in their order) follow the score, then the
-    # piece, so a training repeats exactly.
-    # The characters it must keep come last, at scores min - 1e-4, min - 2e-4, ... (the last ones equal), also
-    # handed out in hash-map order: those scores go to the characters in sorted order.
-    n = len({t["content"] for t in data.get("added_tokens", [])})
-    unk = vocab[data["model"]["unk_id"]][0] if data["model"].get("unk_id") is not None else None
-    vocab[n:] = sorted(vocab[n:], key=lambda e: (-e[1], e[0]))
-    tail = len(vocab) - 1  # the first of that run
-    while tail - 1 >= n and min(abs(vocab[tail - 1][1] - vocab[tail][1] - step) for step in (0, 1e-4)) < 1e-9:
-        tail -= 1
-    vocab[tail:] = [[p, v] for p, v in zip(sorted(e[0] for e in vocab[tail:]), [e[1] for e in vocab[tail:]])]
-    if unk is not None:
-        data["model"]["unk_id"] = next(i for i, e in enumerate(vocab) if e[0] == unk)
     return tokenizers.Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
 
 

@@ -160,7 +160,9 @@ class WordPiece(TokenizerKind):
         it learns here over words whose first character carries a word-start mark (▁, as SentencePiece), and the
         pieces are renamed for WordPiece — "▁ab" (word-initial) -> "ab", "ab" (continuation) -> "##ab"."""
         bpe = tokenizers.Tokenizer(models.BPE(unk_token=roles["unk"]))
-        bpe.normalizer = tok.normalizer
+        # the corpus's own ▁ (text split by SentencePiece) stands in for itself while ▁ marks word starts
+        own = normalizers.Replace(WORD_START, STAND_IN)
+        bpe.normalizer = own if tok.normalizer is None else normalizers.Sequence([tok.normalizer, own])
         bpe.pre_tokenizer = pre_tokenizers.Sequence(
             [tok.pre_tokenizer, pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always", split=False)])
         bpe.train_from_iterator(batches, trainer=self.trainer(vocab_size, min_frequency, specials, roles,
@@ -172,6 +174,7 @@ class WordPiece(TokenizerKind):
 
 
 WORD_START = "\u2581"
+STAND_IN = "\U000f0000"  # a private-use character: the corpus's own ▁ while training
 
 
 def wordpiece_vocab(bpe_vocab: Mapping[str, int], specials: list[str], vocab_size: int) -> dict[str, int]:
@@ -186,6 +189,7 @@ def wordpiece_vocab(bpe_vocab: Mapping[str, int], specials: list[str], vocab_siz
     chars = sorted({t.removeprefix(WORD_START) for t in learned if len(t.removeprefix(WORD_START)) == 1})
     pieces = list(dict.fromkeys([*specials, *chars, *(f"##{c}" for c in chars),
                                  *(t[1:] if t.startswith(WORD_START) else f"##{t}" for t in learned)]))
+    pieces = [p if p in special else p.replace(STAND_IN, WORD_START) for p in pieces]
     return {p: i for i, p in enumerate(pieces[:max(vocab_size, len(specials) + 2 * len(chars))])}
 
 

@@ -106,15 +106,16 @@ _TRAIN_ALL = """
 import hashlib, sys
 from ptmkit.data.tokenizer import train_tokenizer
 texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
-for kind in ("bpe", "wordpiece", "unigram"):
+for kind in ("bpe", "wordpiece"):
     print(kind, hashlib.sha256(train_tokenizer(texts, kind, vocab_size=600, min_frequency=2).to_str().encode()).hexdigest())
 """
 
 
 def test_training_repeats_exactly_in_another_process(tmp_path: Path) -> None:
-    """The same text trains the same tokenizer (pieces, ids, scores) in every process. HF's WordPieceTrainer and
-    UnigramTrainer break ties in hash-map order, which is seeded per process (huggingface/tokenizers#1794): before
-    ptmkit's deterministic WordPiece training and Unigram numbering, two processes disagreed on hundreds of pieces."""
+    """The same text trains the same BPE and WordPiece tokenizer (pieces and ids) in every process. HF's
+    WordPieceTrainer breaks ties in hash-map order, which is seeded per process (huggingface/tokenizers#1794): before
+    ptmkit's deterministic WordPiece training, two processes disagreed on up to 184 of 2,000 pieces. (Unigram is not
+    covered: its trainer's scores differ in the 10th decimal between processes, and ties follow.)"""
     import subprocess
     import sys
 
@@ -125,13 +126,17 @@ def test_training_repeats_exactly_in_another_process(tmp_path: Path) -> None:
     corpus.write_text("\n".join(line.split("\t")[0] for line in lines), encoding="utf-8")
     runs = [subprocess.run([sys.executable, "-c", _TRAIN_ALL, str(corpus)], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
-    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 3
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 2
     tok = Tokenizer.train(corpus, "wordpiece", vocab_size=600, min_frequency=2)
     vocab = tok.backend.get_vocab()
     assert vocab["[PAD]"] == 0 and vocab["[MASK]"] == 4  # the specials lead, in their order
     assert all(c in vocab and f"##{c}" in vocab for c in "abcdefghijklmnopqrstuvwxyz")  # every letter, both forms
     assert tok.backend.decode(tok.encode("an unbelievably charming film", add_special_tokens=False)) == \
         "an unbelievably charming film"
+    # a corpus that holds the word-start mark itself (text split by SentencePiece) keeps it as a character
+    marked = Tokenizer.train(["\u2581the cat sat on the mat", "the \u2581cat a\u2581mat"] * 20, "wordpiece",
+                             vocab_size=80, min_frequency=1)
+    assert marked.unk_id not in marked.encode("\u2581cat a\u2581mat the", add_special_tokens=False)
 
 
 def test_gpt2_files(gpt2_dir: Path, gpt2: Tokenizer, tmp_path: Path) -> None:

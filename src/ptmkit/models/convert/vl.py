@@ -28,7 +28,8 @@ class VLAdapter(Adapter):
         # Names do not depend on sizes, so a tiny model on the CPU gives them in a millisecond. Not the meta device:
         # this runs when the registry is imported, and initialising meta tensors imports torch._dynamo (1.5-2 s
         # added to every process start, `ptm --help` included).
-        model = VLPreTraining(self.backbone_cls(self.config_cls(**tiny)))
+        with torch.random.fork_rng(devices=[]):  # importing ptmkit.models leaves the caller's random stream as it was
+            model = VLPreTraining(self.backbone_cls(self.config_cls(**tiny)))
         head = [n for n in model.state_dict() if not n.startswith("backbone.")]
         self.heads = {"vl-pretraining": {n: n for n in head}}
         self.head_key_prefixes = tuple(sorted({n.split(".")[0] + "." for n in head} | {"codebook"}))

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import names  # noqa: E402
 from _records import read_record, write_record  # noqa: E402
 from _workers import run_in_workers  # noqa: E402
-from _timing import alternate  # noqa: E402
+from _timing import alternate, report_failures  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.nn.autocast import cpu_has_fast_bf16  # noqa: E402
@@ -97,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", type=names(TASKS), default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
     p.add_argument("--teachers", default="runs/adaptation/methods/full/{task}-seed0/best",
                    help="the fine-tuned teacher per task ({task} is replaced); fine-tuned here if missing")
+    p.add_argument("--model", default=None,
+                   help="model directory fine-tuned into a task's teacher where --teachers has none (default: "
+                        "all-MiniLM-L6-v2 from its package); it needs more than 3 layers")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed of every student")
     p.add_argument("--epochs", type=float, default=3.0, help="epochs of every student run")
     p.add_argument("--max-train", type=int, default=None, help="cap every task's training set (smoke tests)")
@@ -144,7 +147,7 @@ def teacher_dir(args, task: str) -> Path:
     if (path / "config.json").is_file():
         return path
     out = Path(args.out) / "teacher" / task  # no teacher run to reuse: fine-tune one as adaptation_methods does
-    _run(args, out, task, model=minilm_dir(), lr=1e-4)
+    _run(args, out, task, model=args.model or minilm_dir(), lr=1e-4)
     return out / "best"
 
 
@@ -209,9 +212,11 @@ def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, 
     timed only on a CPU that computes it natively: elsewhere oneDNN emulates it (~50x slower on an AVX2 CPU), which
     times the emulation, not the model."""
     loaded = {name: load_adapted(path).eval() for name, path in models.items()}  # quantised ones too
+    vocab = min(json.loads((Path(path) / "config.json").read_text())["vocab_size"] for path in models.values())
+    low = min(1000, vocab // 2)  # past the special tokens where the vocabulary is large enough to have them there
     out: dict[str, dict[str, float]] = {name: {} for name in models}
     for batch in (1, 32):
-        ids = torch.randint(1000, 20000, (batch, max_length), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(low, vocab, (batch, max_length), generator=torch.Generator().manual_seed(0))
         mask = torch.ones_like(ids)
         for dtype in ("fp32", "bf16") if cpu_has_fast_bf16() else ("fp32",):
             def call(m):
@@ -220,6 +225,10 @@ def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, 
                         m(ids, attention_mask=mask)
                 return run
             timed = alternate({name: call(m) for name, m in loaded.items()}, rounds, warmup=1)
+            if timed.failures:  # a row without its latency would leave a silent gap in the table
+                report_failures(timed.failures, f"latency, batch {batch} {dtype}")
+                sys.exit(f"{len(timed.failures)} model(s) failed their latency timing (above); --skip-latency "
+                         "builds the table without it")
             for name, s in timed.summaries.items():
                 out[name][f"b{batch}_{dtype}_ms"] = round(s.median * 1000, 2)
     return out
@@ -228,7 +237,7 @@ def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, 
 def record_name(args, row: str, task: str) -> str | None:
     # a record stands for the table's own protocol: other caps, epochs, seed or teachers are not kept
     protocol = (args.max_train is None and args.max_eval is None and args.epochs == 3.0 and args.seed == 0
-                and args.teachers == parse_args([]).teachers)
+                and args.teachers == parse_args([]).teachers and args.model is None)
     return f"compression/{row}/{task}" if protocol and not args.no_record else None
 
 
@@ -261,7 +270,7 @@ def in_workers(args) -> list[str]:
         teacher_dir(args, task)
     common = ["--docs", "", "--skip-latency", "--teachers", args.teachers, "--seed", str(args.seed), "--epochs",
               str(args.epochs), "--out", args.out] + ["--no-record"] * args.no_record
-    for flag, value in (("--max-train", args.max_train), ("--max-eval", args.max_eval)):
+    for flag, value in (("--max-train", args.max_train), ("--max-eval", args.max_eval), ("--model", args.model)):
         if value is not None:
             common += [flag, str(value)]
     jobs = [(f"{row}/{task}", ["--rows", row, "--tasks", task]) for row, task in pending]
@@ -305,10 +314,11 @@ def main(argv=None) -> dict:
         summary_rows[row] = {"parameters": params[row], "size_mb": round(size, 2), **lat[row],
                              **{t: round(scores[row][t] * 100, 2) for t in args.tasks},
                              "retention_pct": round(statistics.fmean(ret), 2) if ret else None}
+    teacher = Path(args.model).name if args.model else "all-MiniLM-L6-v2"
     lines += ["", "Size on disk of structurally pruned rows stays dense: their directories keep the removed heads and "
               "neurons as zeros so transformers loads them (docs/compression.md); their parameters column is the real "
               "size, and ptmkit runs them at the pruned shapes. Unstructured sparsity does not shrink a dense file.",
-              f"Teacher: all-MiniLM-L6-v2 fine-tuned per task; students: 3 layers (the teacher's 1, 3, 5), "
+              f"Teacher: {teacher} fine-tuned per task; students: 3 layers (the teacher's 1, 3, 5), "
               f"{args.epochs:g} epochs, batch 32, seed {args.seed}; final dev score x 100 (no checkpoint selection); "
               f"retention = mean over tasks of student / teacher. Latency: the {first.upper()} models on "
               f"{length} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "

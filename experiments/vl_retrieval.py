@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT  # noqa: E402
 
 from ptmkit.analysis.report import write_results_block  # noqa: E402
+from ptmkit.config import to_dict  # noqa: E402
 from ptmkit.cli.overrides import build_config  # noqa: E402
 from ptmkit.data.images import ImageTextSource  # noqa: E402
 from ptmkit.recipes.image_text import build_run  # noqa: E402
@@ -111,6 +112,36 @@ def plan(args) -> dict:
     return {"budget_flops": budget, "models": out}
 
 
+# what may differ between two runs of one recipe: where they write, and when they evaluate and checkpoint (neither
+# changes the trained weights' recipe)
+BOOKKEEPING = (("out",), ("images", "cache_dir"), ("train", "progress_bar"), ("train", "eval_every"),
+               ("train", "checkpoint_every"))
+
+
+def finished(run: Path, steps: int) -> bool:
+    done = run / "summary.json"
+    if not done.is_file():
+        return False
+    summary = json.loads(done.read_text())
+    return not summary.get("interrupted") and summary.get("steps") == steps and (run / "model").is_dir()
+
+
+def same_recipe(run: Path, cfg: PretrainConfig) -> bool:
+    """Whether the run in `run` was trained with `cfg`'s recipe (its run_config.json equal but for BOOKKEEPING)."""
+    if not (run / "run_config.json").is_file():
+        return False
+    theirs, ours = json.loads((run / "run_config.json").read_text()), json.loads(json.dumps(to_dict(cfg)))
+    for d in (theirs, ours):  # a tokenizer the run trained on its captions is recorded as kept in its out/tokenizer
+        if d["data"].get("tokenizer") == str(Path(d["out"]) / "tokenizer"):
+            d["data"]["tokenizer"] = ""
+    for path in BOOKKEEPING:
+        for d in (theirs, ours):
+            for key in path[:-1]:
+                d = d.get(key, {})
+            d.pop(path[-1], None)
+    return theirs == ours
+
+
 def evaluate(name: str, model_dir: Path, args) -> dict:
     common = dict(model=str(model_dir), cache_dir=str(Path(args.out) / "cache"), split="held_out",
                   max_images=args.max_images)
@@ -158,6 +189,10 @@ def main(argv=None) -> dict:
                    help="score only the first N held-out images of each set (pairwise models run N x M passes)")
     p.add_argument("--out", default="runs/vl_retrieval")
     p.add_argument("--docs", default=str(ROOT / "docs" / "multimodal.md"))
+    p.add_argument("--reuse-clip", default="runs/clip_emoji/emoji+coco",
+                   help="a finished CLIP run to score instead of training one, used only when its run_config.json is "
+                        "this study's CLIP recipe and budget (experiments/clip_emoji.py's emoji+coco model is); "
+                        "'' always trains")
     p.add_argument("--smoke", action="store_true", help="tiny models, CLIP budget of 4 steps, 16 test images")
     p.add_argument("--estimate-only", action="store_true", help="print the equal-compute plan and stop")
     args = p.parse_args(argv)
@@ -178,12 +213,17 @@ def main(argv=None) -> dict:
     for name, m in the_plan["models"].items():
         cfg = run_config(name, args, steps=m["steps"])
         run = Path(cfg.out)
-        done = run / "summary.json"
-        if not (done.is_file() and not json.loads(done.read_text()).get("interrupted")
-                and json.loads(done.read_text()).get("steps") == m["steps"]):
+        elsewhere = Path(args.reuse_clip) if name == "clip" and args.reuse_clip else None
+        if not finished(run, m["steps"]) and elsewhere and finished(elsewhere, m["steps"]) \
+                and same_recipe(elsewhere, cfg):
+            print(f"clip: {elsewhere} was trained with this recipe and budget; it is scored instead of a new run",
+                  flush=True)
+            run = elsewhere
+        elif not finished(run, m["steps"]):
             resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
             pretrain(cfg, resume=resume, overwrite=not resume)
-        m["train_s"] = json.loads(done.read_text())["train_s"]
+        m["train_s"] = json.loads((run / "summary.json").read_text())["train_s"]
+        m["run"] = str(run)
         results[name] = evaluate(name, run / "model", args)
     text = block(results, the_plan, args)
     print(text)

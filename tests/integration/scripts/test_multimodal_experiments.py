@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_path
-from tests.integration.scripts.helpers import EXP, run_main
+from tests.integration.scripts.helpers import EXP, load_script, run_main
 
 
 def _image_text_subset(tmp_path: Path, name: str, jsonl: str, held: int, train: int, fraction: float) -> Path:
@@ -44,6 +44,19 @@ def test_vl_retrieval(capsys, tmp_path):
         assert r["coco"]["chance"]["text_to_image"]["1"] == pytest.approx(1 / 4)
         assert all(0.0 <= v <= 1.0 for way in r["emoji"]["recall"].values() for v in way.values())
     assert "<!-- results:vl-retrieval:begin -->" in docs.read_text()
+    # a finished CLIP run of the same recipe and budget (clip_emoji.py's emoji+coco model) is scored, not retrained
+    _, again = run_main(EXP / "vl_retrieval.py", ["--smoke", "--models", "clip", "--emoji", str(emoji), "--coco",
+                                                  str(coco), "--out", str(tmp_path / "vl2"), "--docs", "",
+                                                  "--reuse-clip", str(tmp_path / "vl" / "clip")], capsys)
+    assert again["plan"]["models"]["clip"]["run"] == str(tmp_path / "vl" / "clip")
+    assert not (tmp_path / "vl2" / "clip").exists()
+    assert again["results"]["clip"] == line["results"]["clip"]
+    mod = load_script(EXP / "vl_retrieval.py")  # another recipe is never taken for this one
+    args = mod.argparse.Namespace(emoji=str(emoji), coco=str(coco), out=str(tmp_path / "vl3"), smoke=True)
+    cfg = mod.run_config("clip", args, steps=4)
+    assert mod.same_recipe(tmp_path / "vl" / "clip", cfg)
+    cfg.optim.lr *= 2
+    assert not mod.same_recipe(tmp_path / "vl" / "clip", cfg)
 
 
 def test_clip_emoji(capsys, tmp_path):

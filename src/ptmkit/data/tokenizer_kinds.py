@@ -11,6 +11,7 @@ special tokens and the post-processor that makes encode() add them. ``TOKENIZER_
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -173,6 +174,29 @@ class WordPiece(TokenizerKind):
         return tok
 
 
+def unigram_canonical(vocab: list[tuple[str, float]], specials: set[str]) -> list[tuple[str, float]]:
+    """A trained Unigram vocabulary in an order (and with scores) that do not depend on the trainer's hash maps: the
+    specials first, as trained; then the pieces by score, those within 1e-7 of each other (ties, up to the float
+    noise between processes) by their text and at one score rounded to 8 decimals; then the characters the trainer
+    keeps though they scored too low. It gives those the lowest score less 1e-4 per character, in hash-map order: here
+    they are taken in their text's order and given the same scores in turn."""
+    head = [v for v in vocab if v[0] in specials]
+    rest = sorted((v for v in vocab if v[0] not in specials), key=lambda v: -v[1])
+    tail = len(rest)  # the kept characters: a run of single characters at the end, 1e-4 (or 0) apart
+    while tail > 0 and len(rest[tail - 1][0]) == 1 and (
+            tail == len(rest) or any(abs(rest[tail - 1][1] - rest[tail][1] - gap) < 1e-7 for gap in (0.0, 1e-4))):
+        tail -= 1
+    groups: list[list[tuple[str, float]]] = []
+    for piece, score in rest[:tail]:
+        if groups and groups[-1][0][1] - score <= 1e-7:
+            groups[-1].append((piece, score))
+        else:
+            groups.append([(piece, score)])
+    body = [(p, round(g[0][1], 8)) for g in groups for p, _ in sorted(g)]
+    kept = rest[tail:]
+    return head + body + list(zip(sorted(p for p, _ in kept), (round(s, 8) for _, s in kept)))
+
+
 WORD_START = "\u2581"
 STAND_IN = "\U000f0000"  # a private-use character: the corpus's own ▁ while training
 
@@ -220,6 +244,20 @@ class Unigram(TokenizerKind):
         # Unigram prunes by likelihood; min_frequency does not apply.
         return trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=roles["unk"],
                                        show_progress=show_progress)
+
+    def train(self, tok, batches, vocab_size, min_frequency, specials, roles, show_progress):
+        """HF's UnigramTrainer learns the same pieces in every process, but numbers them differently: pieces of equal
+        score keep hash-map order (seeded per process), the characters it must keep are scored in that order, and
+        the scores themselves differ in the 10th decimal. Measured with tokenizers 0.23.3 on SST-2 dev at 300, 800
+        and 2,000 pieces: the same piece sets, 19 ids out of 800 moved between two processes. The trained vocabulary
+        is put in a canonical order here (unigram_canonical), so a training run can be repeated exactly; a loaded
+        vocabulary (T5's, XLM-R's) is never reordered."""
+        tok = super().train(tok, batches, vocab_size, min_frequency, specials, roles, show_progress)
+        state = json.loads(tok.to_str())["model"]
+        vocab = unigram_canonical([tuple(v) for v in state["vocab"]], set(specials))
+        tok.model = models.Unigram(vocab, unk_id=[p for p, _ in vocab].index(roles["unk"]),
+                                   byte_fallback=state.get("byte_fallback", False))
+        return tok
 
 
 TOKENIZER_KINDS: dict[str, TokenizerKind] = {k.name: k for k in (BPE(), WordPiece(), Unigram())}

@@ -106,16 +106,18 @@ _TRAIN_ALL = """
 import hashlib, sys
 from ptmkit.data.tokenizer import train_tokenizer
 texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
-for kind in ("bpe", "wordpiece"):
-    print(kind, hashlib.sha256(train_tokenizer(texts, kind, vocab_size=600, min_frequency=2).to_str().encode()).hexdigest())
+for kind, size in (("bpe", 600), ("wordpiece", 600), ("unigram", 300), ("unigram", 800), ("unigram", 2000)):
+    tok = train_tokenizer(texts, kind, vocab_size=size, min_frequency=2)
+    print(kind, size, hashlib.sha256(tok.to_str().encode()).hexdigest())
 """
 
 
 def test_training_repeats_exactly_in_another_process(tmp_path: Path) -> None:
-    """The same text trains the same BPE and WordPiece tokenizer (pieces and ids) in every process. HF's
-    WordPieceTrainer breaks ties in hash-map order, which is seeded per process (huggingface/tokenizers#1794): before
-    ptmkit's deterministic WordPiece training, two processes disagreed on up to 184 of 2,000 pieces. (Unigram is not
-    covered: its trainer's scores differ in the 10th decimal between processes, and ties follow.)"""
+    """The same text trains the same BPE, WordPiece and Unigram tokenizer (pieces, ids and scores) in every process.
+    HF's WordPieceTrainer breaks ties in hash-map order, which is seeded per process (huggingface/tokenizers#1794):
+    before ptmkit's deterministic WordPiece training, two processes disagreed on up to 184 of 2,000 pieces. The
+    UnigramTrainer learns the same pieces but orders ties, and scores the characters it must keep, in hash-map order
+    (19 of 800 ids moved); ptmkit puts its vocabulary in a canonical order."""
     import subprocess
     import sys
 
@@ -126,7 +128,7 @@ def test_training_repeats_exactly_in_another_process(tmp_path: Path) -> None:
     corpus.write_text("\n".join(line.split("\t")[0] for line in lines), encoding="utf-8")
     runs = [subprocess.run([sys.executable, "-c", _TRAIN_ALL, str(corpus)], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
-    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 2
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 5
     tok = Tokenizer.train(corpus, "wordpiece", vocab_size=600, min_frequency=2)
     vocab = tok.backend.get_vocab()
     assert vocab["[PAD]"] == 0 and vocab["[MASK]"] == 4  # the specials lead, in their order
@@ -195,3 +197,20 @@ def test_backend_padding_and_truncation_are_switched_off(small_bpe: Tokenizer, t
     assert tok.encode(long) == small_bpe.encode(long) and len(tok.encode(long)) > 32
     assert tok.encode_batch(["a"]) == small_bpe.encode_batch(["a"])
     assert tok.model_max_length == 8 and tok.fingerprint() == small_bpe.fingerprint()
+
+
+def test_unigram_canonical_order_ignores_the_trainers_hash_order() -> None:
+    """Two trainings' vocabularies as HF's UnigramTrainer gives them (measured on SST-2 dev): ties in another order,
+    scores 1e-10 apart, and the kept characters scored -1e-4 apart in another order. Both come out identical."""
+    from ptmkit.data.tokenizer_kinds import unigram_canonical
+
+    specials = {"<pad>", "<unk>"}
+    one = [("<pad>", 0.0), ("<unk>", 0.0), ("▁the", -3.84), (";", -7.9440363848), (":", -7.9440363848),
+           ("ard", -7.3244625841), ("'", -10.94), ("\\", -11.0468), ("!", -11.0469), ("/", -11.0470), ("?", -11.0470)]
+    two = [("<pad>", 0.0), ("<unk>", 0.0), ("▁the", -3.84), ("ard", -7.3244625842), (":", -7.9440363848),
+           (";", -7.9440363849), ("'", -10.94), ("?", -11.0468), ("/", -11.0469), ("!", -11.0470), ("\\", -11.0470)]
+    a, b = unigram_canonical(one, specials), unigram_canonical(two, specials)
+    assert a == b
+    assert [p for p, _ in a] == ["<pad>", "<unk>", "▁the", "ard", ":", ";", "'", "!", "/", "?", "\\"]
+    assert [s for _, s in a][-4:] == [-11.0468, -11.0469, -11.047, -11.047]  # the kept characters' scores, in turn
+    assert len(a) == len(one) and {p for p, _ in a} == {p for p, _ in one}

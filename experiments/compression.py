@@ -88,6 +88,7 @@ ROWS: dict[str, list[tuple[str, str | None, dict, float | None]]] = {
                                                    "cosine_weight": 0.0}, 5e-5)],
 }
 STUDENT_LAYERS = 3
+TEACHERS = "runs/adaptation/methods/full/{task}-seed0/best"  # the adaptation grid's full fine-tuning runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,11 +96,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=names(["teacher", *ROWS]), default=",".join(["teacher", *ROWS]),
                    help="comma list of rows")
     p.add_argument("--tasks", type=names(TASKS), default=",".join(TASKS), help=f"comma list from {list(TASKS)}")
-    p.add_argument("--teachers", default="runs/adaptation/methods/full/{task}-seed0/best",
-                   help="the fine-tuned teacher per task ({task} is replaced); fine-tuned here if missing")
+    p.add_argument("--teachers", default=None,
+                   help=f"the fine-tuned teacher per task ({{task}} is replaced; default {TEACHERS}); fine-tuned here "
+                        "from all-MiniLM-L6-v2 if missing")
     p.add_argument("--model", default=None,
-                   help="model directory fine-tuned into a task's teacher where --teachers has none (default: "
-                        "all-MiniLM-L6-v2 from its package); it needs more than 3 layers")
+                   help="compress another model: every task's teacher is fine-tuned here from this model directory "
+                        f"(at least {STUDENT_LAYERS + 1} layers: the students keep {STUDENT_LAYERS}) instead of "
+                        "--teachers")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed of every student")
     p.add_argument("--epochs", type=float, default=3.0, help="epochs of every student run")
     p.add_argument("--max-train", type=int, default=None, help="cap every task's training set (smoke tests)")
@@ -119,6 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.model and args.teachers:
+        p.error("--model fine-tunes the teachers from that model; --teachers names finished ones: give one of them")
+    if not args.model:
+        args.teachers = args.teachers or TEACHERS
     return args
 
 
@@ -131,22 +138,36 @@ def minilm_dir() -> str:
     return str(Path(spec.submodule_search_locations[0]) / "model")
 
 
+def _finished(out: Path, name: str, model: str) -> dict | None:
+    """The finished run's results in `out` (None if there is none), refusing one that started from another model: a
+    finished run is reused, so an --out shared with a study of another base model would mix the two."""
+    if not (out / name).exists():
+        return None
+    res = json.loads((out / name).read_text())
+    if res.get("model") and Path(res["model"]).resolve() != Path(model).resolve():
+        sys.exit(f"{out} holds a finished run that started from {res['model']}, not {model}: give this study its own "
+                 f"--out, or delete {out} to run it again")
+    return res
+
+
 def _run(args, out: Path, task: str, **kw) -> dict:
-    if not (out / "results.json").exists():
+    res = _finished(out, "results.json", kw["model"])
+    if res is None:
         max_length, cap = TASKS[task]
         print(f"[compression] {out}", flush=True)
         finetune(FinetuneConfig(task=task, out=str(out), epochs=args.epochs, batch_size=32, max_length=max_length,
                                 seed=args.seed, max_train_examples=args.max_train or cap,
                                 max_eval_examples=args.max_eval, device="cpu", overwrite=True, show_progress=False,
                                 **kw))
-    return json.loads((out / "results.json").read_text())
+        res = json.loads((out / "results.json").read_text())
+    return res
 
 
 def teacher_dir(args, task: str) -> Path:
-    path = Path(args.teachers.format(task=task))
-    if (path / "config.json").is_file():
+    path = Path(args.teachers.format(task=task)) if args.teachers else None
+    if path is not None and (path / "config.json").is_file():
         return path
-    out = Path(args.out) / "teacher" / task  # no teacher run to reuse: fine-tune one as adaptation_methods does
+    out = Path(args.out) / "teacher" / task  # no teacher to reuse: fine-tune one as adaptation_methods does
     _run(args, out, task, model=args.model or minilm_dir(), lr=1e-4)
     return out / "best"
 
@@ -168,12 +189,13 @@ def row_runs(args, row: str, task: str, teacher: Path) -> tuple[Path, dict, floa
             options = {**options, "schedule": {**options["schedule"], "end": max(1, steps * 2 // 3),
                                                "every": max(1, steps // 30)}}
         if kind == "oneshot":
-            if not (out / "report.json").exists():
+            res = _finished(out, "report.json", str(start))
+            if res is None:
                 print(f"[compression] {out}", flush=True)
                 compress(CompressConfig(model=str(start), out=str(out), method=method, method_options=options,
                                         task=task, max_eval_examples=args.max_eval, overwrite=True,
                                         show_progress=False))
-            res = json.loads((out / "report.json").read_text())
+                res = json.loads((out / "report.json").read_text())
             previous, score = out / "model", res["dev"]["after"][METRIC[task]]
             continue
         how = {}
@@ -237,7 +259,7 @@ def latency(models: dict[str, Path], max_length: int, rounds: int) -> dict[str, 
 def record_name(args, row: str, task: str) -> str | None:
     # a record stands for the table's own protocol: other caps, epochs, seed or teachers are not kept
     protocol = (args.max_train is None and args.max_eval is None and args.epochs == 3.0 and args.seed == 0
-                and args.teachers == parse_args([]).teachers and args.model is None)
+                and args.teachers == TEACHERS and args.model is None)
     return f"compression/{row}/{task}" if protocol and not args.no_record else None
 
 
@@ -268,8 +290,8 @@ def in_workers(args) -> list[str]:
                if not ((rec := record_name(args, row, task)) and read_record(rec) is not None)]
     for task in dict.fromkeys(task for _, task in pending):
         teacher_dir(args, task)
-    common = ["--docs", "", "--skip-latency", "--teachers", args.teachers, "--seed", str(args.seed), "--epochs",
-              str(args.epochs), "--out", args.out] + ["--no-record"] * args.no_record
+    common = ["--docs", "", "--skip-latency", "--seed", str(args.seed), "--epochs", str(args.epochs), "--out",
+              args.out] + ["--no-record"] * args.no_record + (["--teachers", args.teachers] if args.teachers else [])
     for flag, value in (("--max-train", args.max_train), ("--max-eval", args.max_eval), ("--model", args.model)):
         if value is not None:
             common += [flag, str(value)]
@@ -315,10 +337,11 @@ def main(argv=None) -> dict:
                              **{t: round(scores[row][t] * 100, 2) for t in args.tasks},
                              "retention_pct": round(statistics.fmean(ret), 2) if ret else None}
     teacher = Path(args.model).name if args.model else "all-MiniLM-L6-v2"
+    layers = "" if args.model else " (the teacher's 1, 3, 5)"
     lines += ["", "Size on disk of structurally pruned rows stays dense: their directories keep the removed heads and "
               "neurons as zeros so transformers loads them (docs/compression.md); their parameters column is the real "
               "size, and ptmkit runs them at the pruned shapes. Unstructured sparsity does not shrink a dense file.",
-              f"Teacher: {teacher} fine-tuned per task; students: 3 layers (the teacher's 1, 3, 5), "
+              f"Teacher: {teacher} fine-tuned per task; students: {STUDENT_LAYERS} layers{layers}, "
               f"{args.epochs:g} epochs, batch 32, seed {args.seed}; final dev score x 100 (no checkpoint selection); "
               f"retention = mean over tasks of student / teacher. Latency: the {first.upper()} models on "
               f"{length} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "

@@ -122,22 +122,29 @@ def finished(run: Path, steps: int) -> bool:
     done = run / "summary.json"
     if not done.is_file():
         return False
-    summary = json.loads(done.read_text())
+    try:
+        summary = json.loads(done.read_text())
+    except ValueError:  # torn: the run did not finish
+        return False
     return not summary.get("interrupted") and summary.get("steps") == steps and (run / "model").is_dir()
 
 
 def same_recipe(run: Path, cfg: PretrainConfig) -> bool:
     """Whether the run in `run` was trained with `cfg`'s recipe (its run_config.json equal but for BOOKKEEPING)."""
-    if not (run / "run_config.json").is_file():
+    try:
+        theirs = json.loads((run / "run_config.json").read_text())
+    except (OSError, ValueError):  # none, or not readable: not a run to reuse
         return False
-    theirs, ours = json.loads((run / "run_config.json").read_text()), json.loads(json.dumps(to_dict(cfg)))
+    ours = json.loads(json.dumps(to_dict(cfg)))
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("data"), dict):
+        return False
     for d in (theirs, ours):  # a tokenizer the run trained on its captions is recorded as kept in its out/tokenizer
-        if d["data"].get("tokenizer") == str(Path(d["out"]) / "tokenizer"):
+        if d["data"].get("tokenizer") == str(Path(str(d.get("out"))) / "tokenizer"):
             d["data"]["tokenizer"] = ""
     for path in BOOKKEEPING:
         for d in (theirs, ours):
             for key in path[:-1]:
-                d = d.get(key, {})
+                d = d.get(key) if isinstance(d.get(key), dict) else {}
             d.pop(path[-1], None)
     return theirs == ours
 

@@ -1,7 +1,8 @@
 """What the script smoke tests share. Every benchmark (benchmarks/*.py) and experiment (experiments/*.py) runs end to
 end at a tiny size in tests/integration/scripts/, one file per chapter, exits 0 and prints its result line. Speeds and
 study results are not asserted, only that the scripts still work. Scripts are loaded by path and their main(argv)
-called in the test's process (one torch import for all of them).
+called in the test's process (one torch import for all of them); one benchmark also runs as a subprocess, to check
+the command line's exit status.
 
 Covered elsewhere (not repeated there): benchmarks/gpu_train.py (tests/unit/train/test_gpu_train_benchmark.py, the
 CPU --tiny path), benchmarks/activation_memory.py (tests/unit/train/test_activation_checkpoint.py),

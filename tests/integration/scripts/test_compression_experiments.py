@@ -14,7 +14,7 @@ def test_compression(capsys, data_dir, tmp_path):
                        ["--rows", "teacher,tinybert-3L,heads+ffn-40%,int8-dynamic", "--tasks", "sst2",
                         "--model", str(base), "--max-train", "16",
                         "--max-eval", "16", "--epochs", "1", "--rounds", "1", "--latency-length", "8",
-                        "--teachers", str(tmp_path / "none"), "--workers", "2",
+                        "--workers", "2",
                         "--out", str(tmp_path / "runs"), "--docs", str(docs)], capsys)
     rows = line["rows"]
     # --workers 2: the teacher fine-tuned once, here; each (row, task) its own process with its log; latency here
@@ -26,6 +26,13 @@ def test_compression(capsys, data_dir, tmp_path):
     assert mod.record_name(mod.parse_args([]), "pkd-3L", "rte") == "compression/pkd-3L/rte"
     assert mod.record_name(mod.parse_args(["--max-train", "16"]), "pkd-3L", "rte") is None
     assert mod.record_name(mod.parse_args(["--model", str(base)]), "pkd-3L", "rte") is None
+    with pytest.raises(SystemExit):  # --model fine-tunes the teachers: finished ones cannot be given as well
+        mod.parse_args(["--model", str(base), "--teachers", "runs/x/{task}"])
+    assert "give one of them" in capsys.readouterr().err
+    # a finished run is reused only if it started from the same model: an --out shared between two studies is refused
+    with pytest.raises(SystemExit, match="holds a finished run that started from"):
+        mod._finished(tmp_path / "runs" / "teacher" / "sst2", "results.json", str(tmp_path / "another"))
+    assert mod._finished(tmp_path / "runs" / "teacher" / "sst2", "results.json", str(base))["task"] == "sst2"
     with pytest.raises(SystemExit):  # argparse's error: --workers must be at least 1
         mod.parse_args(["--workers", "0"])
     assert "--workers must be at least 1" in capsys.readouterr().err

@@ -109,6 +109,8 @@ texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
 for kind, size in (("bpe", 600), ("wordpiece", 600), ("unigram", 300), ("unigram", 800), ("unigram", 2000)):
     tok = train_tokenizer(texts, kind, vocab_size=size, min_frequency=2)
     print(kind, size, hashlib.sha256(tok.to_str().encode()).hexdigest())
+big = open(sys.argv[2], encoding="utf-8").read().splitlines()  # its kept characters tie the lowest piece's score
+print("unigram", 16000, hashlib.sha256(train_tokenizer(big, "unigram", vocab_size=16000).to_str().encode()).hexdigest())
 """
 
 
@@ -126,9 +128,14 @@ def test_training_repeats_exactly_in_another_process(tmp_path: Path) -> None:
     lines = shared_path("glue", "SST-2", "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     corpus = tmp_path / "sst2.txt"
     corpus.write_text("\n".join(line.split("\t")[0] for line in lines), encoding="utf-8")
-    runs = [subprocess.run([sys.executable, "-c", _TRAIN_ALL, str(corpus)], capture_output=True, text=True,
-                           check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
-    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 5
+    train = tmp_path / "sst2-train.txt"
+    train.write_text("\n".join(line.split("\t")[0] for line in
+                               shared_path("glue", "SST-2", "train.tsv").read_text(encoding="utf-8").splitlines()[1:]),
+                     encoding="utf-8")
+    # (Rust seeds its hash maps per process whatever PYTHONHASHSEED says: two processes are two seeds)
+    runs = [subprocess.run([sys.executable, "-c", _TRAIN_ALL, str(corpus), str(train)], capture_output=True,
+                           text=True, check=True).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 6
     tok = Tokenizer.train(corpus, "wordpiece", vocab_size=600, min_frequency=2)
     vocab = tok.backend.get_vocab()
     assert vocab["[PAD]"] == 0 and vocab["[MASK]"] == 4  # the specials lead, in their order
@@ -206,11 +213,15 @@ def test_unigram_canonical_order_ignores_the_trainers_hash_order() -> None:
 
     specials = {"<pad>", "<unk>"}
     one = [("<pad>", 0.0), ("<unk>", 0.0), ("▁the", -3.84), (";", -7.9440363848), (":", -7.9440363848),
-           ("ard", -7.3244625841), ("'", -10.94), ("\\", -11.0468), ("!", -11.0469), ("/", -11.0470), ("?", -11.0470)]
+           ("ard", -7.3244625841), ("'", -10.94), ("\\", -11.0468), ("!", -11.0469), ("/", -11.0470), ("?", -11.0470),
+           ("▁cras", -11.0470)]
     two = [("<pad>", 0.0), ("<unk>", 0.0), ("▁the", -3.84), ("ard", -7.3244625842), (":", -7.9440363848),
-           (";", -7.9440363849), ("'", -10.94), ("?", -11.0468), ("/", -11.0469), ("!", -11.0470), ("\\", -11.0470)]
+           (";", -7.9440363849), ("'", -10.94), ("?", -11.0468), ("/", -11.0469), ("▁cras", -11.0470),
+           ("!", -11.0470), ("\\", -11.0470)]
     a, b = unigram_canonical(one, specials), unigram_canonical(two, specials)
     assert a == b
-    assert [p for p, _ in a] == ["<pad>", "<unk>", "▁the", "ard", ":", ";", "'", "!", "/", "?", "\\"]
-    assert [s for _, s in a][-4:] == [-11.0468, -11.0469, -11.047, -11.047]  # the kept characters' scores, in turn
+    assert [p for p, _ in a] == ["<pad>", "<unk>", "▁the", "ard", ":", ";", "'", "!", "/", "?", "\\", "▁cras"]
+    # the kept characters sit on the trainer's grid (lowest score + 1e-4 each) and take its scores in text order;
+    # a longer piece at the lowest score is not one of them
+    assert [s for _, s in a][-5:] == [-11.0468, -11.0469, -11.047, -11.047, -11.047]
     assert len(a) == len(one) and {p for p, _ in a} == {p for p, _ in one}

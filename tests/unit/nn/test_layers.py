@@ -37,6 +37,32 @@ def test_gated_mlp_is_swiglu():
     assert_close(ffn(x), want)
 
 
+def test_gated_mlp_paths_agree_and_a_hooked_projection_runs_as_a_module():
+    """The plain path (two matmuls over the weight's gate and up rows) and the module path (one matmul, then a
+    de-interleaving copy: taken when a delta method hooks gate_up) give the same outputs and gradients; the hook
+    fires only on the module path."""
+    torch.manual_seed(0)
+    ffn = GatedMLP(8, 12, bias=True)
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    assert ffn._plain_projection()
+    plain = ffn(x)
+    plain.square().sum().backward()
+    grads = [x.grad.clone(), ffn.gate_up.weight.grad.clone(), ffn.gate_up.bias.grad.clone()]
+    x.grad = None
+    ffn.zero_grad()
+    calls = []
+    handle = ffn.gate_up.register_forward_hook(lambda m, i, y: calls.append(y.shape))
+    assert not ffn._plain_projection()
+    hooked = ffn(x)
+    hooked.square().sum().backward()
+    assert calls == [(2, 3, 24)]
+    assert_close(hooked, plain)
+    for got, want in zip([x.grad, ffn.gate_up.weight.grad, ffn.gate_up.bias.grad], grads):
+        assert_close(got, want)
+    handle.remove()
+    assert ffn._plain_projection()
+
+
 def test_mlp_gelu_variants_differ():
     exact, approx = MLP(4, 8, "gelu"), MLP(4, 8, "gelu_new")
     approx.load_state_dict(exact.state_dict())

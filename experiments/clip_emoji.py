@@ -117,7 +117,8 @@ def plot(runs: dict[str, Path], path: Path) -> None:
         if evals:
             ax[1].axhline(evals[-1]["t2i_r1_chance"], color="grey", lw=0.8)
     ax[0].set(xlabel="step", ylabel="training loss (symmetric InfoNCE)", title="training")
-    ax[1].set(xlabel="step", ylabel="held-out R@1", title="held-out retrieval (grey: chance)")
+    ax[1].set(xlabel="step", ylabel="held-out R@1", title="each model's own held-out images (grey: chance)")
+    ax[0].legend(fontsize=7)
     ax[1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

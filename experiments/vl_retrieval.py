@@ -159,6 +159,28 @@ def evaluate(name: str, model_dir: Path, args) -> dict:
     return {"emoji": emoji["retrieval"], "coco": coco["retrieval"]}
 
 
+def scored(name: str, run: Path, args) -> dict:
+    """evaluate(), kept in OUT/NAME-retrieval.json and reused while the run's model, the test sets and --max-images
+    are the same: the pairwise models take minutes to score, and one process per model (--models) can each score
+    its own before a last call assembles the table."""
+    key = {"model": str((run / "model").resolve()), "weights_mtime": max(
+        f.stat().st_mtime for f in (run / "model").glob("*.safetensors")), "emoji": args.emoji, "coco": args.coco,
+        "max_images": args.max_images}
+    path = Path(args.out) / f"{name}-retrieval.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:  # JSON made the recall levels (1, 5, 10) strings
+            return {test: {**r, **{part: {way: {int(k): v for k, v in levels.items()} for way, levels in
+                                          r[part].items()} for part in ("recall", "chance")}}
+                    for test, r in kept["results"].items()}
+    results = evaluate(name, run / "model", args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")  # whole or absent: another process may read it
+    tmp.write_text(json.dumps({"key": key, "results": results}, indent=2) + "\n")
+    tmp.replace(path)
+    return results
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -231,7 +253,7 @@ def main(argv=None) -> dict:
             pretrain(cfg, resume=resume, overwrite=not resume)
         m["train_s"] = json.loads((run / "summary.json").read_text())["train_s"]
         m["run"] = str(run)
-        results[name] = evaluate(name, run / "model", args)
+        results[name] = scored(name, run, args)
     text = block(results, the_plan, args)
     print(text)
     if args.docs:

@@ -51,6 +51,16 @@ def test_vl_retrieval(capsys, tmp_path):
     assert again["plan"]["models"]["clip"]["run"] == str(tmp_path / "vl" / "clip")
     assert not (tmp_path / "vl2" / "clip").exists()
     assert again["results"]["clip"] == line["results"]["clip"]
+    # each model's scores are kept beside the runs and reused while its weights and the test sets stay the same
+    kept = json.loads((tmp_path / "vl" / "two-stream-retrieval.json").read_text())
+    kept["results"]["emoji"]["recall"]["image_to_text"]["1"] = 0.99  # what the table shows comes from there
+    (tmp_path / "vl" / "two-stream-retrieval.json").write_text(json.dumps(kept))
+    _, third = run_main(EXP / "vl_retrieval.py", ["--smoke", "--emoji", str(emoji), "--coco", str(coco), "--out",
+                                                  str(tmp_path / "vl"), "--docs", str(docs)], capsys)
+    assert third["results"]["two-stream"]["emoji"]["recall"]["image_to_text"]["1"] == 0.99
+    assert third["results"]["single-stream"] == line["results"]["single-stream"]
+    assert "| two-stream | held-out emoji (name as query): 8 images, 8 captions | image → text | 99.0 |" in \
+        docs.read_text()
     mod = load_script(EXP / "vl_retrieval.py")  # another recipe is never taken for this one
     args = mod.argparse.Namespace(emoji=str(emoji), coco=str(coco), out=str(tmp_path / "vl3"), smoke=True)
     cfg = mod.run_config("clip", args, steps=4)

@@ -161,8 +161,11 @@ class GatedMLP(PrunableUnits, nn.Module):
 
     def _plain_projection(self) -> bool:
         """gate_up is an unwrapped nn.Linear whose weight is a plain tensor: nothing hooks its call (LoRA, IA3,
-        adapters do), and slicing the weight means what it says (not a DTensor shard or a quantised tensor)."""
+        adapters do; nor a hook on every module), and slicing the weight means what it says (not a DTensor shard or a
+        quantised tensor)."""
         lin = self.gate_up
+        hooked_globally = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
         return (type(lin) is nn.Linear and not lin._forward_hooks and not lin._forward_pre_hooks
+                and not hooked_globally
                 and type(lin.weight) in (torch.Tensor, nn.Parameter)
                 and (lin.bias is None or type(lin.bias) in (torch.Tensor, nn.Parameter)))

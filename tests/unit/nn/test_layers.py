@@ -61,6 +61,10 @@ def test_gated_mlp_paths_agree_and_a_hooked_projection_runs_as_a_module():
         assert_close(got, want)
     handle.remove()
     assert ffn._plain_projection()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, y: None)  # a hook on every module
+    assert not ffn._plain_projection()
+    handle.remove()
+    assert ffn._plain_projection()
 
 
 def test_mlp_gelu_variants_differ():

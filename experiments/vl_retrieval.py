@@ -35,6 +35,7 @@ from ptmkit.data.images import ImageTextSource  # noqa: E402
 from ptmkit.recipes.image_text import build_run  # noqa: E402
 from ptmkit.recipes.pretrain import PretrainConfig, pretrain  # noqa: E402
 from ptmkit.recipes.zero_shot import ZeroShotConfig, evaluate_zero_shot  # noqa: E402
+from ptmkit.retrieval.fingerprint import files_fingerprint  # noqa: E402
 from ptmkit.train.flops import measured_step_flops  # noqa: E402
 from ptmkit.train.optim import OptimConfig, build_optimizer  # noqa: E402
 from ptmkit.train.precision import Precision  # noqa: E402
@@ -163,9 +164,9 @@ def scored(name: str, run: Path, args) -> dict:
     """evaluate(), kept in OUT/NAME-retrieval.json and reused while the run's model, the test sets and --max-images
     are the same: the pairwise models take minutes to score, and one process per model (--models) can each score
     its own before a last call assembles the table."""
-    key = {"model": str((run / "model").resolve()), "weights_mtime": max(
-        f.stat().st_mtime for f in (run / "model").glob("*.safetensors")), "emoji": args.emoji, "coco": args.coco,
-        "max_images": args.max_images}
+    # the weights' content, not their path or mtime: a copied or moved run keeps its scores, retrained weights do not
+    key = {"weights": files_fingerprint(sorted((run / "model").glob("*.safetensors"))), "emoji": args.emoji,
+           "coco": args.coco, "max_images": args.max_images}
     path = Path(args.out) / f"{name}-retrieval.json"
     if path.is_file():
         kept = json.loads(path.read_text())

@@ -183,7 +183,10 @@ class SparseMoE(nn.Module):
         if self.b_in is not None:
             h = h + self.b_in[:, None, :].to(h.dtype)
         if self.gated:
-            # columns alternate gate_f, up_f (as GatedMLP); de-interleaved by one copy, as GatedMLP does (why: there)
+            # columns alternate gate_f, up_f (as GatedMLP's rows); de-interleaved by one copy of the activations.
+            # GatedMLP's copy-free path (two GEMMs over every other weight row) has no twin here: the interleave
+            # is along w_in's unit-stride dimension, so w_in[..., 0::2] has no unit stride and bmm would copy the
+            # weight instead (E x H x F, forward and backward) — the copy moves, it does not go.
             gate, up = h.unflatten(-1, (-1, 2)).movedim(-1, 0).contiguous().unbind(0)  # (E, M, F) each
             h = self.act(gate) * up  # (E, M, F)
         else:

@@ -59,9 +59,21 @@ def test_vl_retrieval(capsys, tmp_path):
                                                   str(tmp_path / "vl"), "--docs", str(docs)], capsys)
     assert third["results"]["two-stream"]["emoji"]["recall"]["image_to_text"]["1"] == 0.99
     assert third["results"]["single-stream"] == line["results"]["single-stream"]
+    # the key is the weights' content: a copied run keeps its kept scores; other weights are scored again
+    import shutil
+    shutil.copytree(tmp_path / "vl" / "two-stream", tmp_path / "copy" / "two-stream")
+    shutil.copy(tmp_path / "vl" / "two-stream-retrieval.json", tmp_path / "copy")
+    mod = load_script(EXP / "vl_retrieval.py")
+    ns = mod.argparse.Namespace(emoji=str(emoji), coco=str(coco), out=str(tmp_path / "copy"), max_images=16)
+    assert mod.scored("two-stream", tmp_path / "copy" / "two-stream", ns)["emoji"]["recall"]["image_to_text"][1] == 0.99
+    weights = next((tmp_path / "copy" / "two-stream" / "model").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor: not the weights that were scored
+    weights.write_bytes(bytes(data))
+    assert mod.scored("two-stream", tmp_path / "copy" / "two-stream", ns)["emoji"]["recall"]["image_to_text"][1] != 0.99
     assert "| two-stream | held-out emoji (name as query): 8 images, 8 captions | image → text | 99.0 |" in \
         docs.read_text()
-    mod = load_script(EXP / "vl_retrieval.py")  # another recipe is never taken for this one
+    # another recipe is never taken for this one
     args = mod.argparse.Namespace(emoji=str(emoji), coco=str(coco), out=str(tmp_path / "vl3"), smoke=True)
     cfg = mod.run_config("clip", args, steps=4)
     assert mod.same_recipe(tmp_path / "vl" / "clip", cfg)

@@ -41,12 +41,11 @@ from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.layer_drop import LayerDropConfig, apply_layer_drop
-from ptmkit.train.loop import TrainConfig, TrainingModule, train
-from ptmkit.train.optim import OptimConfig, build_optimizer
-from ptmkit.train.precision import Precision
+from ptmkit.train.loop import TrainingModule, train
+from ptmkit.train.optim import build_optimizer
+from ptmkit.train.precision import Precision, resolve
 from ptmkit.recipes.pretrain import PretrainConfig, build_objective, build_pretrain_model, make_evaluator
 from ptmkit.models.progressive import stack_layers
-from ptmkit.train.schedule import ScheduleConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
 
@@ -57,7 +56,7 @@ LABELS = {"baseline": "AdamW (baseline)", "lamb": "LAMB", "stacking": "progressi
 SCALES = {
     # 2 CPU cores: BERT 4 x 128 (the equal-compute study's encoder), 10 minutes per method
     "cpu": dict(hidden=128, layers=4, heads=2, budget_s=600.0, batch_size=32, seq_len=128, lr=1e-3, lamb_lr=1e-2,
-                eval_batches=16, precision="bf16"),
+                eval_batches=16, precision="auto"),
     # one GPU: 12 x 256 (ELECTRA-Small's encoder shape), 20 minutes per method
     "gpu": dict(hidden=256, layers=12, heads=4, budget_s=1200.0, batch_size=128, seq_len=128, lr=5e-4, lamb_lr=5e-3,
                 eval_batches=32, precision="bf16"),
@@ -86,7 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=ints, default="0", help="comma list; one run per method and seed")
     p.add_argument("--eval-batches", type=int, help="held-out batches of --batch-size sequences")
     p.add_argument("--probe-steps", type=int, default=6, help="timed steps per timing probe (after 2 untimed)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto, the cpu scale's default: bf16 where the device computes it "
+                        "natively, else fp32 — emulated bf16 would spend the time budget on emulation)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tokenizer", default="runs/demo/tokenizer", help="tokenizer directory")
     p.add_argument("--shards", default="runs/demo/data/gutenberg", help="training token shards")
@@ -108,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "(scripts/demo.sh) or point the option at your own")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.precision = resolve(args.precision, torch.device(args.device))  # plans and tables record what ran
     return args
 
 

@@ -43,7 +43,7 @@ from ptmkit.models.registry import backbone_of
 from ptmkit.nn.moe import SparseMoE
 from ptmkit.train.logging import read_metrics
 from ptmkit.train.loop import train
-from ptmkit.train.precision import Precision
+from ptmkit.train.precision import Precision, resolve
 from ptmkit.recipes.pretrain import PretrainConfig, build_objective, build_pretrain_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
@@ -53,7 +53,7 @@ VARIANTS = ("dense", "moe")
 SCALES = {
     # 2 CPU cores: GPT-2 4 x 256, 8 experts in blocks 1 and 3, 150 steps of 8 x 128 tokens for each variant
     "cpu": dict(hidden=256, layers=4, heads=4, experts=8, steps=150, batch_size=8, seq_len=128, lr=1e-3,
-                eval_batches=16, precision="bf16"),
+                eval_batches=16, precision="auto"),
     # one GPU: GPT-2 8 x 512, 8 experts in every other block
     "gpu": dict(hidden=512, layers=8, heads=8, experts=8, steps=3000, batch_size=32, seq_len=256, lr=6e-4,
                 eval_batches=64, precision="bf16"),
@@ -82,7 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up as a fraction of the steps (then cosine decay)")
     p.add_argument("--seeds", type=ints, default="0", help="comma list; one run per variant and seed")
     p.add_argument("--eval-batches", type=int, help="held-out batches of --batch-size sequences")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto, the cpu scale's default: bf16 where the device computes it "
+                        "natively, else fp32 — emulated bf16 would spend the time budget on emulation)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--tokenizer", default="runs/demo/tokenizer", help="tokenizer directory")
@@ -103,6 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "(scripts/demo.sh) or point the option at your own")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.precision = resolve(args.precision, torch.device(args.device))  # plans and tables record what ran
     if args.threads:
         torch.set_num_threads(args.threads)
     return args

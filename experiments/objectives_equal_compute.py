@@ -36,7 +36,7 @@ from ptmkit.data.sampler import PackedDataset
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.train.flops import measured_step_flops
-from ptmkit.train.precision import Precision
+from ptmkit.train.precision import Precision, resolve
 from ptmkit.recipes.pretrain import (
     PretrainConfig, plain_training_module, pretrain, save_trained,
 )
@@ -55,7 +55,7 @@ SCALES = {
     # 2 CPU cores: 4 layers x 128, 1,200 MLM-step budget (~4.9M tokens per objective)
     "cpu": dict(hidden=128, layers=4, heads=2, embedding=None, budget=1200, batch_size=32, seq_len=128, lr=1e-3,
                 pretrain_seeds=[0], finetune_seeds=[0, 1, 2], ft_epochs=3.0, ft_lr=3e-4, ft_full=False,
-                precision="bf16"),
+                precision="auto"),
     # ELECTRA-Small's shape (Clark et al. Table 6: 12 x 256, 128-wide embeddings), 20k steps of 128 x 128
     "gpu": dict(hidden=256, layers=12, heads=4, embedding=128, budget=20000, batch_size=128, seq_len=128, lr=5e-4,
                 pretrain_seeds=[0, 1, 2], finetune_seeds=[0, 1, 2, 3, 4], ft_epochs=3.0, ft_lr=3e-4, ft_full=True,
@@ -85,7 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (same for every model and task)")
     p.add_argument("--ft-max-train", type=int, help="cap on training examples per task (default: the scale's)")
     p.add_argument("--ft-max-eval", type=int, help="cap on dev examples per task (default: all)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto, the cpu scale's default: bf16 where the device computes it "
+                        "natively, else fp32 — emulated bf16 would spend the time budget on emulation)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tokenizer", help="tokenizer directory (default: runs/demo/tokenizer, built if missing)")
     p.add_argument("--shards", help="Gutenberg token shards (default: runs/demo/data/gutenberg, built if missing)")
@@ -100,6 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         setattr(args, key, list(getattr(args, key)))
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.precision = resolve(args.precision, torch.device(args.device))  # plans and tables record what ran
     return args
 
 

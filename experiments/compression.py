@@ -50,6 +50,7 @@ from _records import read_record, write_record  # noqa: E402
 from _workers import run_in_workers  # noqa: E402
 from _timing import alternate, report_failures  # noqa: E402
 
+from ptmkit.analysis.machine import device_text  # noqa: E402
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.nn.autocast import cpu_has_fast_bf16  # noqa: E402
 from ptmkit.recipes.evaluate import load_adapted  # noqa: E402
@@ -344,8 +345,8 @@ def main(argv=None) -> dict:
               f"Teacher: {teacher} fine-tuned per task; students: {STUDENT_LAYERS} layers{layers}, "
               f"{args.epochs:g} epochs, batch 32, seed {args.seed}; final dev score x 100 (no checkpoint selection); "
               f"retention = mean over tasks of student / teacher. Latency: the {first.upper()} models on "
-              f"{length} tokens, median of {args.rounds} alternating repeats, {torch.get_num_threads()} "
-              f"threads, speed-up against the teacher at batch 32 fp32 in brackets. Measured {date.today().isoformat()}"
+              f"{length} tokens, median of {args.rounds} alternating repeats on "
+              f"{device_text('cpu')}, speed-up against the teacher at batch 32 fp32 in brackets. Measured {date.today().isoformat()}"
               " with `python experiments/compression.py`; each (row, task) result is kept in "
               "experiments/records/compression/."]
     block = "\n".join(lines)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.cli.options import add_precision_option
+from ptmkit.analysis.machine import device_text
 from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict, to_dict
 from ptmkit.data.batches import PretrainBatches, fixed_batches
@@ -85,9 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=ints, default="0", help="comma list; one run per method and seed")
     p.add_argument("--eval-batches", type=int, help="held-out batches of --batch-size sequences")
     p.add_argument("--probe-steps", type=int, default=6, help="timed steps per timing probe (after 2 untimed)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto, the cpu scale's default: bf16 where the device computes it "
-                        "natively, else fp32 — emulated bf16 would spend the time budget on emulation)")
+    add_precision_option(p, default=None, extra="default: the scale's preset, auto at the cpu scale")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tokenizer", default="runs/demo/tokenizer", help="tokenizer directory")
     p.add_argument("--shards", default="runs/demo/data/gutenberg", help="training token shards")
@@ -303,7 +303,7 @@ def markdown(args, probe: dict, plan: dict, results: list[dict], wall_s: float) 
     seeds = f"mean ± std over {n} seeds" if n > 1 else "one seed"
     notes = [
         f"BERT {args.layers} layers × {args.hidden} ({args.heads} heads), {args.batch_size} × {args.seq_len} tokens "
-        f"per step, precision {args.precision}, device {args.device}.",
+        f"per step, precision {args.precision}, device {device_text(args.device)}.",
         f"AdamW lr {args.lr:g}; LAMB lr {args.lamb_lr:g} (untuned); LayerDrop p = {args.layerdrop_rate:g}; PLD "
         f"θ̄ = {args.pld_theta:g}, γ = {plan['pld']['gamma']:.3g} (γ·T = {args.pld_gamma_t:g}); stacking "
         f"{args.layers // 2} → {args.layers} layers after {args.stack_fraction:.0%} of the budget.",

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT, model_dir  # noqa: E402
 
+from ptmkit.cli.options import add_precision_option  # noqa: E402
 from ptmkit.analysis.lm_eval import text_tokens, windows  # noqa: E402
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 from ptmkit.config import ConfigError  # noqa: E402
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-eval-tokens", type=int, default=None, help="cap on the scored text's tokens")
     p.add_argument("--window", type=int, default=1024, help="tokens of context per window (both passes)")
     p.add_argument("--stride", type=int, default=512, help="window start step (both passes)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="autocast of the LM's forward passes")
+    add_precision_option(p, what="autocast of the LM's forward passes", choices=("auto", "fp32", "bf16"))
     p.add_argument("--kind", choices=["flat", "ivf"], default="ivf", help="datastore index: exact or inverted file")
     p.add_argument("--storage", choices=["fp16", "pq"], default="fp16", help="key storage: fp16 or PQ codes")
     p.add_argument("--nlist", type=int, default=1024, help="ivf: k-means cells")
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
         f"{next(g['perplexity'] for g in r['grid'] if (g['k'], g['temperature'], g['lambda']) == (k, t, lam)):.3f}"
         for lam in lambdas) + " |" for k in ks for t in floats(args.temperatures)]
     best = r["best"]
-    lines = [f"| k | T | " + " | ".join(f"λ = {lam:g}" for lam in lambdas) + " |",
+    lines = ["| k | T | " + " | ".join(f"λ = {lam:g}" for lam in lambdas) + " |",
              "|---|---|" + "---|" * len(lambdas), *rows, "",
              f"SmolLM2-135M ({path.name}), {r['tokens']:,} tokens of {ev_text.name} scored in windows of "
              f"{args.window} with stride {args.stride}, {precision.mode}; base perplexity **{base:.3f}** (the λ = 0 "

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ptmkit.cli.options import add_precision_option
+from ptmkit.nn.autocast import resolve
 from ptmkit.analysis.report import write_results_block
 from ptmkit.data.demo import ensure_demo_data
 from ptmkit.data.shards import TokenShards
@@ -83,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-batches", type=int, default=2,
                    help="score the first n batches of eval-lanes windows (0 = every whole window of WikiText-2 valid, "
                         "136 at the defaults; the CPU default scores 16 to stay near 20 minutes)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="autocast precision")
+    add_precision_option(p, choices=("auto", "fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (the same initial weights per kernel)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -96,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default="docs/architectures/efficient_attention.md",
                    help="markdown page whose 'long-context' results block is rewritten ('' = none); plot beside it")
     args = p.parse_args(argv)
+    args.precision = resolve(args.precision, args.device)  # records and tables name what ran
     try:
         overrides = json.loads(args.kernel_options)
     except json.JSONDecodeError as e:

@@ -31,8 +31,10 @@ from _timing import round_order  # noqa: E402
 
 import torch  # noqa: E402
 
+from ptmkit.cli.options import add_precision_option  # noqa: E402
 from ptmkit.nn.autocast import resolve  # noqa: E402
 
+from ptmkit.analysis.machine import device_text  # noqa: E402
 from ptmkit.analysis.report import write_results_block  # noqa: E402
 
 TEMPLATE, WORDS = "Review: {text_a}\nSentiment: {mask}", ["negative", "positive"]
@@ -52,10 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
     p.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the step-time median")
     p.add_argument("--rounds", type=int, default=2, help="runs of each candidate (alternating order)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="training precision of every run; auto (the default): bf16 autocast where the CPU computes "
-                        "bf16 natively, else fp32 (emulated bf16 matmuls run an order of magnitude slower, so their "
-                        "step times say nothing about LoRA)")
+    add_precision_option(p, what="training precision of every run", choices=("auto", "fp32", "bf16"))
     p.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'memory' block is written")
     return p.parse_args(argv)
@@ -122,7 +121,8 @@ def main(argv=None) -> dict:
               f"{args.max_length} tokens, {args.steps} steps, {PRECISION_TEXT[args.precision]}, AdamW; median "
               "(min–max) of "
               f"{args.rounds} runs each, every run its own process (peak = its ru_maxrss; step time = median "
-              f"metrics.jsonl step_s after {args.skip_steps} steps). Measured {date.today().isoformat()} with "
+              f"metrics.jsonl step_s after {args.skip_steps} steps), on {device_text('cpu')}. Measured "
+              f"{date.today().isoformat()} with "
               "`python experiments/lora_memory.py`."]
     block = "\n".join(lines)
     print(block)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.cli.options import add_precision_option
+from ptmkit.analysis.machine import device_text
 from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict, to_dict
 from ptmkit.data.batches import PretrainBatches, fixed_batches
@@ -82,9 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up as a fraction of the steps (then cosine decay)")
     p.add_argument("--seeds", type=ints, default="0", help="comma list; one run per variant and seed")
     p.add_argument("--eval-batches", type=int, help="held-out batches of --batch-size sequences")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto, the cpu scale's default: bf16 where the device computes it "
-                        "natively, else fp32 — emulated bf16 would spend the time budget on emulation)")
+    add_precision_option(p, default=None, extra="default: the scale's preset, auto at the cpu scale")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--tokenizer", default="runs/demo/tokenizer", help="tokenizer directory")
@@ -265,7 +265,7 @@ def markdown(args, results: list[dict], wall_s: float, plot_name: str | None) ->
                      f"{_mean(rs, 'tokens_per_s'):.0f} | {_mean(rs, 'final_train_loss'):.3f} | {loss_txt} | "
                      f"{_mean(rs, 'perplexity'):.1f} | {util[0]} | {util[1]} |")
     n = len(args.seeds)
-    device = f"{args.device}, {torch.get_num_threads()} threads" if args.device == "cpu" else args.device
+    device = device_text(args.device)
     sparse = [i for i in range(args.layers) if (i + 1) % args.every == 0]
     notes = [
         f"GPT-2 {args.layers} layers × {args.hidden} ({args.heads} heads, FFN {4 * args.hidden}), causal LM on the "

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.cli.options import add_precision_option
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
+from ptmkit.analysis.machine import device_text
 from ptmkit.analysis.report import write_results_block
 from ptmkit.config import from_dict
 from ptmkit.data.batches import PretrainBatches
@@ -85,9 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (same for every model and task)")
     p.add_argument("--ft-max-train", type=int, help="cap on training examples per task (default: the scale's)")
     p.add_argument("--ft-max-eval", type=int, help="cap on dev examples per task (default: all)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto, the cpu scale's default: bf16 where the device computes it "
-                        "natively, else fp32 — emulated bf16 would spend the time budget on emulation)")
+    add_precision_option(p, default=None, extra="default: the scale's preset, auto at the cpu scale")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--tokenizer", help="tokenizer directory (default: runs/demo/tokenizer, built if missing)")
     p.add_argument("--shards", help="Gutenberg token shards (default: runs/demo/data/gutenberg, built if missing)")
@@ -307,7 +307,7 @@ def markdown(args, plan: dict, table: dict, rows: list[dict]) -> str:
               f"fine-tuning seeds {args.finetune_seeds}); final dev score after {args.ft_epochs:g} epochs, no "
               f"checkpoint selection on dev. Scale `{args.scale}`: {args.layers} layers × {args.hidden}, "
               f"budget = {args.budget} MLM steps of {args.batch_size} × {args.seq_len} tokens, precision "
-              f"{args.precision}, device {args.device}; measured {date.today().isoformat()}. Time spent (sum of the "
+              f"{args.precision}, device {device_text(args.device)}; measured {date.today().isoformat()}. Time spent (sum of the "
               f"runs' wall clocks, across invocations): pre-training {pretrain_min:.0f} min, fine-tuning "
               f"{finetune_min:.0f} min."]
     return "\n".join(lines)

@@ -27,6 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import ROOT, model_dir  # noqa: E402
 
+from ptmkit.cli.options import add_precision_option  # noqa: E402
+from ptmkit.nn.autocast import resolve  # noqa: E402
 from ptmkit import atomic  # noqa: E402
 from ptmkit.analysis.knowledge import templates  # noqa: E402
 from ptmkit.analysis.report import write_results_block  # noqa: E402
@@ -80,7 +82,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="the sample's seed")
     p.add_argument("--ks", default="1,5,20", help="recall cut-offs, comma-separated")
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat", help="the dense index's FAISS structure")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="the encoder's autocast")
+    add_precision_option(p, what="the encoder's autocast", choices=("auto", "fp32", "bf16"))
     p.add_argument("--batch-size", type=int, default=128, help="texts embedded per forward pass")
     p.add_argument("--k1", type=float, default=0.9, help="BM25 k1")
     p.add_argument("--b", type=float, default=0.4, help="BM25 b")
@@ -88,6 +90,7 @@ def main(argv=None) -> dict:
     p.add_argument("--docs", default=str(ROOT / "docs" / "knowledge.md"),
                    help="page whose 'retrieval' block is written ('' to skip: smoke runs)")
     args = p.parse_args(argv)
+    args.precision = resolve(args.precision, "cpu")  # records and tables name what ran
     given = sys.argv[1:] if argv is None else argv
     ks = sorted(int(k) for k in args.ks.split(","))
     out = Path(args.out)

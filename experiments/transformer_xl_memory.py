@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ptmkit.cli.options import add_precision_option
+from ptmkit.nn.autocast import resolve
 from ptmkit.analysis.report import write_results_block
 from ptmkit.data.demo import ensure_demo_data
 from ptmkit.data.shards import TokenShards
@@ -61,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, linear warm-up and decay)")
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--dropout", type=float, default=0.1, help="residual / embedding / FFN dropout")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="autocast precision (train and eval)")
+    add_precision_option(p, what="autocast precision (train and eval)", choices=("auto", "fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0, help="model initialisation and dropout seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -74,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default="docs/architectures/transformer_xl.md",
                    help="markdown page whose results block is rewritten ('' = none); the plot goes beside it")
     args = p.parse_args(argv)
+    args.precision = resolve(args.precision, args.device)  # records and tables name what ran
     args.train_mems = [int(x) for x in args.train_mems.split(",") if x]
     args.eval_mems = [int(x) for x in args.eval_mems.split(",") if x]
     if any(m < 0 for m in args.train_mems + args.eval_mems):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 
+from ptmkit.cli.options import add_precision_option
 from ptmkit.cli.formatting import Defaults
 
 
@@ -36,8 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--overlong", choices=["truncate", "error"], default="truncate",
                    help="longer examples: truncate (one warning with the count) or stop with an error")
     p.add_argument("--batch-size", type=int, default=128, help="examples per batch")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="autocast precision; auto = bf16 where the device has it natively, else fp32")
+    add_precision_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--text-fields", nargs="+", default=None, help="task=table: text columns; unset: the fine-tuning run's")
     p.add_argument("--label-field", default=None, help="task=table: label column; unset: the fine-tuning run's")

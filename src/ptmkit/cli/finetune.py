@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
+from ptmkit.cli.options import add_precision_option
 from ptmkit.adapt import METHODS
 from ptmkit.cli.formatting import DefaultsRaw
 from ptmkit.cli.overrides import describe, parse_dotted
@@ -129,9 +129,7 @@ def add_parser(sub) -> None:
     p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=_D["decay"],
                    help="learning-rate decay after warm-up")
     p.add_argument("--grad-clip", type=float, default=_D["grad_clip"], help="max global gradient norm (0 = off)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=_D["precision"],
-                   help="autocast precision (weights stay fp32, but see --frozen-dtype); auto = bf16 where the device "
-                        "has it natively (CUDA, a CPU with AVX512-BF16 or AMX), else fp32")
+    add_precision_option(p, default=_D["precision"], extra="weights stay fp32, but see --frozen-dtype")
     p.add_argument("--frozen-dtype", choices=["fp32", "bf16"], default=_D["frozen_dtype"],
                    help="with a delta method and --precision bf16: hold the frozen weights in bf16 (half their "
                         "memory; the method's parameters and the head stay fp32; OUT/best/ keeps them in bf16)")

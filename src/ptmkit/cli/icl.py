@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ptmkit.cli.options import add_precision_option
 from ptmkit.cli.formatting import Defaults
 
 
@@ -46,8 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--columns", nargs="+", default=None, help="task=table, header-less files: the column names")
     p.add_argument("--max-eval-examples", type=int, default=None, help="classify a seeded subset of this size")
     p.add_argument("--batch-size", type=int, default=16, help="queries per forward pass")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="autocast precision; auto = bf16 where the device has it natively, else fp32")
+    add_precision_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

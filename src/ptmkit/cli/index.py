@@ -3,9 +3,9 @@ ptmkit.recipes.index."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from ptmkit.cli.options import add_precision_option
 from ptmkit.cli.formatting import Defaults
 from ptmkit.data.corpus import TXT_MODES
 from ptmkit.retrieval import ChunkConfig, EncoderConfig, IndexConfig
@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
                    help="encoder input tokens per passage, specials included (default: 256, or the model's positions "
                         "if fewer)")
     b.add_argument("--batch-size", type=int, default=64, help="passages embedded per forward pass")
-    b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="encoder autocast precision")
+    add_precision_option(b, what="the encoder's autocast precision", choices=("auto", "fp32", "bf16"))
     b.add_argument("--device", default="cpu", help="encoder device: cpu, cuda, cuda:N or auto")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ptmkit.cli.options import add_precision_option
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -45,8 +47,7 @@ def add_parser(sub) -> None:
                    help="score only the first N images of the split and their captions (a visualbert / lxmert model "
                         "runs N x M pair passes)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast precision of the forward passes")
+    add_precision_option(p, what="autocast precision of the forward passes")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json")
     p.set_defaults(run=run)
 

@@ -44,7 +44,7 @@ class ZeroShotConfig:
     batch_size: int = 256
     max_images: int | None = None  # score only the first images (a pairwise model runs N x M forward passes)
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the device computes it natively, else fp32 (nn/autocast.py)
     out: str | None = None  # folder for results.json; None = not written
 
     def __post_init__(self) -> None:

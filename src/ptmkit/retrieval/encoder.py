@@ -55,7 +55,7 @@ class EncoderConfig:
     normalize: bool = True
     max_length: int | None = None
     batch_size: int = 64
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the device computes it natively, else fp32 (nn/autocast.py)
     device: str = "cpu"
 
     def __post_init__(self) -> None:

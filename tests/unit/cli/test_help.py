@@ -60,3 +60,35 @@ def _epilog_configs():
 @pytest.mark.parametrize("where,cls", list(_epilog_configs()), ids=lambda x: x if isinstance(x, str) else "")
 def test_every_config_key_in_a_help_epilog_is_explained(where, cls):
     assert not _undocumented(cls), f"{where}: keys without a comment: {_undocumented(cls)}"
+
+
+def test_every_precision_option_is_the_shared_one():
+    """--precision means the same on every command: choices among nn/autocast's modes, and where "auto" is offered,
+    the shared help that says what it resolves to (cli/options.py)."""
+    from ptmkit.cli.options import AUTO_HELP
+    from ptmkit.nn.autocast import MODES
+
+    seen, wrong = [], []
+    for path, parser in _commands(build_parser()):
+        for a in parser._actions:
+            if "--precision" in a.option_strings:
+                seen.append(path)
+                if not set(a.choices) <= set(MODES) or ("auto" in a.choices and AUTO_HELP not in a.help) \
+                        or a.default not in (None, *a.choices):
+                    wrong.append(" ".join(path))
+    assert {("finetune",), ("evaluate",), ("icl",), ("zero-shot",), ("index", "build")} <= set(seen), seen
+    assert not wrong, f"--precision differs from cli/options.add_precision_option on: {wrong}"
+
+
+def test_precision_option_refuses_a_default_outside_its_choices():
+    from ptmkit.cli.options import add_precision_option
+
+    p = argparse.ArgumentParser()
+    with pytest.raises(ValueError, match="not among its choices"):
+        add_precision_option(p, default="fp16", choices=("auto", "fp32", "bf16"))
+    with pytest.raises(ValueError, match="not among"):
+        add_precision_option(p, choices=("auto", "int8"))
+    add_precision_option(p, choices=("auto", "fp32"))
+    assert p.parse_args([]).precision == "auto" and p.parse_args(["--precision", "fp32"]).precision == "fp32"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--precision", "bf16"])

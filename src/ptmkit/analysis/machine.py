@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ptmkit.nn.autocast import cpu_has_fast_bf16
+from ptmkit.nn.autocast import _device_type, cpu_has_fast_bf16
 
 
 @functools.cache
@@ -30,8 +30,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 def device_text(device: str | torch.device = "cpu", threads: int | None = None) -> str:
     """E.g. "AMD EPYC 7B13 (2 cores, 1 thread, bf16 emulated)" or "NVIDIA H200": the machine that a table's times
     were measured on; `threads` defaults to torch's intra-op thread count."""
-    kind = "cuda" if str(device) == "auto" and torch.cuda.is_available() else str(device).split(":")[0]
-    if kind == "cuda":
+    if _device_type(device) == "cuda":  # "auto" resolves as precision's "auto" does
         return torch.cuda.get_device_name(torch.device(device) if ":" in str(device) else None)
     threads = torch.get_num_threads() if threads is None else threads
     bf16 = "native bf16" if cpu_has_fast_bf16() else "bf16 emulated"

@@ -27,8 +27,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-
 from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,6 +171,7 @@ def main(argv=None) -> dict:
         args.report_only, args.rerun = True, False  # every run has been tried: the table reads what finished
     table: dict[str, dict] = {row: {"cells": {}, "parameters": None} for row in args.methods}
     precisions: dict[str, int] = {}  # what the runs computed in (records from other machines may differ)
+    threads: set = set()  # threads per run, from the records (the report itself trains nothing)
     for row, task, seed in grid(args):
         res = run_one(args, row, task, seed)
         if res is None:
@@ -180,6 +179,7 @@ def main(argv=None) -> dict:
         # the last evaluation: no selection on dev
         table[row]["cells"].setdefault(task, []).append(res["final"][METRIC_NAMES[task]])
         precisions[res.get("precision", "?")] = precisions.get(res.get("precision", "?"), 0) + 1
+        threads.add(res.get("threads", "?"))
         table[row]["parameters"] = table[row]["parameters"] or res["parameters"]
     lines = ["| method | trainable parameters | " + " | ".join(
         f"{t.upper()} ({METRIC_NAMES[t]})" for t in args.tasks) + " |", "|" + "---|" * (2 + len(args.tasks))]
@@ -196,8 +196,9 @@ def main(argv=None) -> dict:
               f"{caps}. Rows {', '.join(VARIANT_TASKS)} are variants for the SST-2 target and run on SST-2 only. "
               f"Trainable parameters include the task head (2 or 1 outputs; STS-B's differs by a few "
               f"hundred). Options and lrs per method: experiments/adaptation_methods.py SETTINGS. Runs kept in "
-              f"experiments/records/adaptation_methods/; table built {date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "
-              f"`python experiments/adaptation_methods.py`."]
+              f"experiments/records/adaptation_methods/; runs on {args.device} with "
+              f"{'/'.join(map(str, sorted(threads, key=str)))} thread(s) each; table built {date.today().isoformat()} "
+              f"with `python experiments/adaptation_methods.py`."]
     block = "\n".join(lines)
     print(block)
     if args.docs:

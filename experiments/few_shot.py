@@ -32,8 +32,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-
 from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 from ptmkit.recipes.icl import ICLConfig, icl
@@ -145,7 +143,7 @@ def in_workers(args) -> list[str]:
     return run_in_workers(__file__, jobs, common, args.workers, Path(args.out) / "logs")
 
 
-def finetune_row(args, row: str, task: str, seed: int) -> tuple[float, float] | None:
+def finetune_row(args, row: str, task: str, seed: int) -> dict | None:
     template, _, max_length = TASKS[task]
     out = Path(args.out) / task / row / f"seed{seed}"
 
@@ -162,8 +160,7 @@ def finetune_row(args, row: str, task: str, seed: int) -> tuple[float, float] | 
             shutil.rmtree(out / kept, ignore_errors=True)
         return json.loads((out / "results.json").read_text())
 
-    res = reuse(args, out, train, f"few_shot/{task}/{row}/seed{seed}")
-    return None if res is None else (res["final"][METRIC], res["majority_baseline_accuracy"])
+    return reuse(args, out, train, f"few_shot/{task}/{row}/seed{seed}")
 
 
 def icl_row(args, task: str) -> dict | None:
@@ -192,17 +189,24 @@ def main(argv=None) -> dict:
     table: dict[str, dict[str, str]] = {}
     raw: dict[str, dict[str, float]] = {}
     majority: dict[str, float] = {}
+    how: set[str] = set()  # precision and threads of the runs, from their results (the report trains nothing)
+
+    def seen(res: dict) -> None:
+        how.add(f"{res.get('precision', 'precision not recorded')}, {res.get('threads', '?')} thread(s)")
+
     for task in args.tasks:
         for row in [r for r in args.rows if r != "icl"]:
             scores = []
             for seed in args.seeds:
-                if (got := finetune_row(args, row, task, seed)) is not None:
-                    scores.append(got[0])
-                    majority[task] = got[1]
+                if (res := finetune_row(args, row, task, seed)) is not None:
+                    scores.append(res["final"][METRIC])
+                    majority[task] = res["majority_baseline_accuracy"]
+                    seen(res)
             table.setdefault(row, {})[task] = seed_cell(scores, len(args.seeds))
             raw.setdefault(row, {})[task] = round(statistics.fmean(scores) * 100, 2) if scores else None
         if "icl" in args.rows and (res := icl_row(args, task)) is not None:
             majority[task] = res["majority_baseline_accuracy"]
+            seen(res)
             for k in args.shots:
                 name = "zero-shot prompt" if k == 0 else f"icl ({k} demo{'s' if k > 1 else ''})"
                 r = res["shots"][str(k)]
@@ -217,11 +221,10 @@ def main(argv=None) -> dict:
         lines.append(f"| {name} | " + " | ".join(cells.get(t, "–") for t in args.tasks) + " |")
     lines += ["", f"{Path(args.model).name}; K = {args.k} training examples per class drawn with seeds {args.seeds}, "
               f"mean ± std of the final dev accuracy × 100 over the seeds (no checkpoint selection). Fine-tuning: "
-              f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (prompt-lora {args.lora_lr:g}), autocast "
-              f"precision auto (bf16 where the CPU has it natively, else fp32). Templates and label words: " + "; ".join(
+              f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (prompt-lora {args.lora_lr:g}). Templates and label words: " + "; ".join(
                   f"{t.upper()} {TASKS[t][0]!r} -> {', '.join(words_of(args, t))}" for t in args.tasks)
-              + f". In-context: demonstrations from the whole training set, one draw per seed. Measured "
-              f"{date.today().isoformat()} on {args.device} ({torch.get_num_threads()} threads) with "
+              + f". In-context: demonstrations from the whole training set, one draw per seed. Runs on "
+              f"{args.device} ({'; '.join(sorted(how)) or 'none finished'}); table built {date.today().isoformat()} with "
               "`python experiments/few_shot.py`."]
     block = "\n".join(lines)
     print(block)

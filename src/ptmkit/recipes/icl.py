@@ -210,7 +210,7 @@ def icl(cfg: ICLConfig) -> dict[str, Any]:
                "template": cfg.template, "verbalizer": dict(zip(names, cfg.verbalizer)), "shots": table,
                "majority_class": names[majority], "majority_baseline_accuracy": _accuracy(
                    np.full_like(gold, majority), gold), "wall_time_s": round(time.perf_counter() - t0, 1),
-               "device": str(device), "threads": torch.get_num_threads()}
+               "device": str(device), "precision": scorer.precision.mode, "threads": torch.get_num_threads()}
     atomic.write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     _plot(out / "icl.png", table, results["majority_baseline_accuracy"], f"{Path(cfg.model).name} on {cfg.task}")
     return results

@@ -4,6 +4,7 @@ end at a tiny size."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -24,6 +25,7 @@ def test_adaptation_methods(capsys, data_dir, tmp_path):
     assert all(v is not None for row in line["table"].values() for v in row.values())
     text = docs.read_text()
     assert "<!-- results:methods:begin -->" in text and "| lora |" in text and "%)" in text
+    assert re.search(r"runs on cpu with \d+ thread\(s\) each", text)
     # a smoke protocol (capped sets, 1 epoch) is never kept as a record of the table
     assert set((EXP / "records").rglob("*.json")) == kept
 
@@ -134,6 +136,8 @@ def test_few_shot(capsys, data_dir, tmp_path):
     assert {"head", "prompt", "prompt-lora", "icl (1 demo)", "icl (2 demos)",
                                      "zero-shot prompt, calibrated"} <= set(line["table"])
     assert "<!-- results:few-shot:begin -->" in docs.read_text()
+    # read from the runs' results (auto: fp32 or bf16 by CPU), not from the process that builds the table
+    assert re.search(r"Runs on cpu \((fp32|bf16), \d+ thread\(s\)\)", docs.read_text())
     assert set((EXP / "records").rglob("*.json")) == kept  # not the table's protocol: nothing kept
     # --report-only with a seed never run: that seed is left out and each cell says how many seeds it has
     _, again = run_main(EXP / "few_shot.py", common + ["--seeds", "0,1", "--rows", "head,prompt", "--report-only"],

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from ptmkit.analysis.report import write_results_block
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
-from ptmkit.recipes.icl import ICLConfig, icl
+from ptmkit.config import ConfigError
+from ptmkit.recipes.icl import ICLConfig, finished_runs, icl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
 from _records import is_finished, reuse_or_run, seed_cell  # noqa: E402
@@ -168,10 +169,15 @@ def icl_row(args, task: str) -> dict | None:
     out = Path(args.out) / task / "icl"
 
     def run() -> dict:
-        print(f"[few-shot] in-context on {task}", flush=True)
-        icl(ICLConfig(model=args.model, task=task, out=str(out), template=template, verbalizer=words_of(args, task),
-                      shots=args.shots, seeds=args.seeds, max_eval_examples=args.max_eval,
-                      device=args.device, overwrite=True, show_progress=False))
+        cfg = ICLConfig(model=args.model, task=task, out=str(out), template=template, verbalizer=words_of(args, task),
+                        shots=args.shots, seeds=args.seeds, max_eval_examples=args.max_eval,
+                        device=args.device, overwrite=True, show_progress=False)
+        try:  # an evaluation cut off (e.g. by the end of a session) goes on from its last finished (k, seed)
+            resume = not args.rerun and bool(finished_runs(out, cfg))
+        except ConfigError:  # none there, or one started with other settings: from the start
+            resume = False
+        print(f"[few-shot] in-context on {task}" + " (resumed)" * resume, flush=True)
+        icl(cfg, resume=resume)
         return json.loads((out / "results.json").read_text())
 
     return reuse(args, out, run, icl_record(args, task))

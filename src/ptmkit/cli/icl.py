@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
     add_precision_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation in --out: its finished (k, seed) runs are kept, the "
+                        "others are scored (same options; --batch-size and --device may change)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
@@ -68,7 +71,7 @@ def run(args) -> int:
                     columns=args.columns, max_eval_examples=args.max_eval_examples, batch_size=args.batch_size,
                     precision=args.precision, device=args.device, overwrite=args.overwrite,
                     show_progress=not args.no_progress)
-    res = icl(cfg)
+    res = icl(cfg, resume=args.resume)
     print(f"{res['task']} {res['eval_split']} ({res['eval_examples']} examples), majority class "
           f"{res['majority_baseline_accuracy']:.4f}")
     for k, row in res["shots"].items():

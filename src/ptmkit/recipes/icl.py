@@ -10,6 +10,8 @@ it (W = diag(p_cf)^-1). Both raw and calibrated accuracy are reported, with the 
 The demonstrations are the same for every query of a (k, seed), so their keys and values are computed once and
 shared through the KV cache: each batch runs only its queries' tokens (what makes 16-shot prompting of a 135M
 model affordable on a CPU). Writes OUT/results.json, metrics.jsonl (one line per k and seed) and icl.png.
+An interrupted evaluation continues with resume=True (`ptm icl --resume`): the (k, seed) runs already in
+metrics.jsonl are kept and only the others are scored.
 
 Dimension legend: B queries, P prefix tokens, T query tokens, H hidden, C classes.
 """
@@ -37,6 +39,8 @@ from ptmkit.train.precision import Precision
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021 §4
 RUN_MARKERS = ("results.json", "metrics.jsonl")
+# what a resumed evaluation may change: presentation only; everything else must match the interrupted one
+_RESUMABLE_CHANGES = ("overwrite", "show_progress", "batch_size", "device")
 
 
 @dataclass
@@ -135,10 +139,35 @@ def _accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
     return float((pred == gold).mean())
 
 
-def icl(cfg: ICLConfig) -> dict[str, Any]:
+def finished_runs(out: Path, cfg: ICLConfig) -> list[dict]:
+    """The (k, seed) records of an interrupted evaluation in `out`, refusing one started with other settings."""
+    saved = out / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"resume: {out} holds no in-context evaluation (config.json missing); start it without "
+                          "--resume")
+    old, new = json.loads(saved.read_text()), to_dict(cfg)
+    changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(f"resume: {out} was started with other settings: "
+                          + ", ".join(f"{k}={old.get(k)!r} (now {new[k]!r})" for k in changed)
+                          + "; resume with the same options, or start again with --overwrite")
+    done = []
+    path = out / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            done.append(json.loads(line))
+        except json.JSONDecodeError:  # the line being written when it stopped: that run is scored again
+            break
+    return done
+
+
+def icl(cfg: ICLConfig, resume: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    outputs.check_free(out, RUN_MARKERS, overwrite=cfg.overwrite, kind="in-context evaluation")
+    done = finished_runs(out, cfg) if resume else []
+    if not resume:
+        outputs.check_free(out, RUN_MARKERS, overwrite=cfg.overwrite, kind="in-context evaluation",
+                           resume_flag="--resume")
     spec = TaskSpec(cfg.task, cfg.data_dir, cfg.text_fields, cfg.label_field, False, columns=cfg.columns)
     train, _ = load_split(spec, cfg.train_split)
     dev, dev_path = load_split(spec, cfg.eval_split, label_names=train.label_names)
@@ -164,15 +193,19 @@ def icl(cfg: ICLConfig) -> dict[str, Any]:
     content_free = [_encode(tok, template.before_slot(c, c if template.pair else None)[0], False)
                     for c in CONTENT_FREE]
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    runs = [(k, s) for k in cfg.shots for s in (cfg.seeds if k > 0 else cfg.seeds[:1])]
+    finished = {(r["shots"], r["seed"]) for r in done}
+    runs = [(k, s) for k in cfg.shots for s in (cfg.seeds if k > 0 else cfg.seeds[:1]) if (k, s) not in finished]
     n_batches = sum(-(-len(queries) // cfg.batch_size) for _ in runs)
-    records = []
-    if cfg.overwrite:  # everything is validated: only now does the run touch its folder
+    records = list(done)
+    if cfg.overwrite and not resume:  # everything is validated: only now does the run touch its folder
         outputs.discard(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    if not resume:
+        atomic.write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     bar = progress(n_batches, desc="icl", enabled=cfg.show_progress)
-    with open(out / "metrics.jsonl", "w") as metrics:
+    # the kept runs, rewritten in one step (a torn last line of the interrupted run is dropped), then appended to
+    atomic.write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in done))
+    with open(out / "metrics.jsonl", "a") as metrics:
         for k, seed in runs:
             if k > len(train.examples):
                 raise ConfigError(f"icl: {k} shots but the training split has {len(train.examples)} examples")
@@ -210,7 +243,8 @@ def icl(cfg: ICLConfig) -> dict[str, Any]:
                "template": cfg.template, "verbalizer": dict(zip(names, cfg.verbalizer)), "shots": table,
                "majority_class": names[majority], "majority_baseline_accuracy": _accuracy(
                    np.full_like(gold, majority), gold), "wall_time_s": round(time.perf_counter() - t0, 1),
-               "device": str(device), "precision": scorer.precision.mode, "threads": torch.get_num_threads()}
+               "device": str(device), "precision": scorer.precision.mode, "threads": torch.get_num_threads(),
+               "resumed_runs": len(done)}
     atomic.write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     _plot(out / "icl.png", table, results["majority_baseline_accuracy"], f"{Path(cfg.model).name} on {cfg.task}")
     return results

@@ -139,6 +139,13 @@ def test_few_shot(capsys, data_dir, tmp_path):
     # read from the runs' results (auto: fp32 or bf16 by CPU), not from the process that builds the table
     assert re.search(r"Runs on cpu \((fp32|bf16), \d+ thread\(s\)\)", docs.read_text())
     assert set((EXP / "records").rglob("*.json")) == kept  # not the table's protocol: nothing kept
+    # in-context learning cut off after two of its three (k, seed) runs goes on from there
+    icl_out = tmp_path / "runs" / "sst2" / "icl"
+    (icl_out / "results.json").unlink()
+    (icl_out / "metrics.jsonl").write_text("".join((icl_out / "metrics.jsonl").read_text().splitlines(True)[:2]))
+    _, resumed = run_main(EXP / "few_shot.py", common + ["--seeds", "0", "--tasks", "sst2", "--rows", "icl"], capsys)
+    assert json.loads((icl_out / "results.json").read_text())["resumed_runs"] == 2
+    assert resumed["table"]["icl (2 demos)"]["sst2"] == line["table"]["icl (2 demos)"]["sst2"]
     # --report-only with a seed never run: that seed is left out and each cell says how many seeds it has
     _, again = run_main(EXP / "few_shot.py", common + ["--seeds", "0,1", "--rows", "head,prompt", "--report-only"],
                         capsys)

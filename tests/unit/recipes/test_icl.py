@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 
-import numpy as np
 import pytest
 import torch
 
@@ -67,6 +66,28 @@ def test_icl_writes_its_table_and_is_seeded(tiny_lm, sst_dir, tmp_path):  # noqa
         icl(ICLConfig(out=str(tmp_path / "a"), **kw))
 
 
+def test_icl_resumes_an_interrupted_evaluation(tiny_lm, sst_dir, tmp_path):  # noqa: F811
+    """Resume keeps the finished (k, seed) runs, scores only the others, and gives what one whole run gives."""
+    kw = dict(model=str(tiny_lm), task="sst2", data_dir=str(sst_dir), template=TEMPLATE, verbalizer="bad,good",
+              shots=[0, 2, 4], seeds=[0, 1], precision="fp32", show_progress=False)
+    whole = icl(ICLConfig(out=str(tmp_path / "whole"), **kw))
+    out = tmp_path / "cut"
+    icl(ICLConfig(out=str(out), **kw))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    # stopped during the fourth run: three whole lines and a torn one; no results.json
+    (out / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    (out / "results.json").unlink()
+    with pytest.raises(ConfigError, match="already holds.*--resume"):
+        icl(ICLConfig(out=str(out), **kw))
+    res = icl(ICLConfig(out=str(out), **{**kw, "show_progress": True}), resume=True)
+    assert res["resumed_runs"] == 3 and res["shots"] == whole["shots"]
+    assert (out / "metrics.jsonl").read_text().splitlines() == lines
+    with pytest.raises(ConfigError, match=r"other settings: seeds=\[0, 1\] \(now \[0, 2\]\)"):
+        icl(ICLConfig(out=str(out), **{**kw, "seeds": [0, 2]}), resume=True)
+    with pytest.raises(ConfigError, match="config.json missing"):
+        icl(ICLConfig(out=str(tmp_path / "none"), **kw), resume=True)
+
+
 def test_icl_command(tiny_lm, sst_dir, tmp_path, capsys):  # noqa: F811
     code = main(["icl", str(tiny_lm), "--task", "sst2", "--data-dir", str(sst_dir), "--out", str(tmp_path / "r"),
                  "--template", "Review: {text_a}\\nSentiment: {mask}", "--verbalizer", "bad,good", "--shots", "0,1",
@@ -74,6 +95,11 @@ def test_icl_command(tiny_lm, sst_dir, tmp_path, capsys):  # noqa: F811
     assert code == 0
     assert "calibrated" in capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "config.json").read_text())["template"] == TEMPLATE
+    # --resume on a finished evaluation keeps all its runs and scores none again
+    assert main(["icl", str(tiny_lm), "--task", "sst2", "--data-dir", str(sst_dir), "--out", str(tmp_path / "r"),
+                 "--template", "Review: {text_a}\\nSentiment: {mask}", "--verbalizer", "bad,good", "--shots", "0,1",
+                 "--seeds", "0", "--precision", "fp32", "--no-progress", "--resume"]) == 0
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["resumed_runs"] == 2
 
 
 def test_templates_and_verbalizers_refuse_bad_input(tiny_lm):

@@ -157,3 +157,12 @@ def test_few_shot(capsys, data_dir, tmp_path):
     assert (tmp_path / "runs" / "sst2" / "head" / "seed1" / "results.json").is_file()
     assert not (tmp_path / "runs" / "logs" / "sst2_head_seed0.log").exists()
     assert third["table"]["head"]["sst2"] is not None
+
+
+def test_few_shot_floor_is_the_dev_sets_majority_class(data_dir):
+    """Not the K-shot runs' own majority baseline: their training sets are class-balanced, a tie."""
+    from types import SimpleNamespace
+
+    script = load_script(EXP / "few_shot.py")
+    assert script.dev_majority(SimpleNamespace(max_eval=None), "sst2") == pytest.approx(444 / 872)  # positive
+    assert script.dev_majority(SimpleNamespace(max_eval=None), "rte") == pytest.approx(146 / 277)  # entailment

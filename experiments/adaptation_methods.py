@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'methods' block is written")
     p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32; pin it to add seeds "
+                        "to a table measured in one precision on a machine that would pick the other")
     p.add_argument("--rerun", action="store_true",
                    help="measure again runs whose results exist (in --out or experiments/records), replacing them")
     p.add_argument("--workers", type=int, default=1,
@@ -126,7 +129,7 @@ def in_workers(args) -> list[str]:
     jobs = [(f"{row}/{task}-seed{seed}", ["--methods", row, "--tasks", task, "--seeds", str(seed)])
             for row, task, seed in grid(args) if args.rerun or not finished(args, row, task, seed)]
     common = ["--docs", "", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--out", args.out,
-              "--device", args.device]
+              "--device", args.device, "--precision", args.precision]
     for flag, value in (("--model", args.model_given), ("--max-train", args.max_train),
                         ("--max-eval", args.max_eval)):
         if value is not None:
@@ -147,7 +150,7 @@ def run_one(args, row: str, task: str, seed: int) -> dict | None:
             model=args.model, task=task, out=str(out), method=method, method_options=options, lr=lr,
             epochs=args.epochs, batch_size=args.batch_size, max_length=max_length, seed=seed,
             max_train_examples=args.max_train or cap, max_eval_examples=args.max_eval, device=args.device,
-            overwrite=True, show_progress=False))
+            precision=args.precision, overwrite=True, show_progress=False))
         # resume states are not needed once results.json exists; full fine-tuning's seed-0 models stay: they are the
         # teachers of experiments/compression.py (and minilm-sst2 of the analysis experiments)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)

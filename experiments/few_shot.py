@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/adaptation/few_shot", help="run directories")
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'few-shot' block is written")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32; pin it to add seeds "
+                        "to a table measured in one precision on a machine that would pick the other")
     p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
     p.add_argument("--workers", type=int, default=1,
                    help="run the pending runs in this many one-thread processes at once (2 on a 2-core CPU); the "
@@ -139,7 +142,8 @@ def in_workers(args) -> list[str]:
                                          "--seeds", ",".join(map(str, args.seeds))]))
     common = ["--docs", "", "--model", args.model, "--k", str(args.k), "--shots", ",".join(map(str, args.shots)),
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-              "--lora-lr", str(args.lora_lr), "--out", args.out, "--device", args.device]
+              "--lora-lr", str(args.lora_lr), "--out", args.out, "--device", args.device,
+              "--precision", args.precision]
     common += [x for w in args.words for x in ("--words", w)]
     common += ["--max-eval", str(args.max_eval)] * (args.max_eval is not None) + ["--rerun"] * args.rerun
     return run_in_workers(__file__, jobs, common, args.workers, Path(args.out) / "logs")
@@ -164,8 +168,8 @@ def finetune_row(args, row: str, task: str, seed: int) -> dict | None:
         finetune(FinetuneConfig(
             model=args.model, task=task, out=str(out), shots_per_class=args.k, seed=seed, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lora_lr if lora else args.lr, max_length=max_length,
-            eval_every=10 ** 6, max_eval_examples=args.max_eval, device=args.device, overwrite=True,
-            show_progress=False, **prompt, **lora))
+            eval_every=10 ** 6, max_eval_examples=args.max_eval, device=args.device,
+            precision=args.precision, overwrite=True, show_progress=False, **prompt, **lora))
         for kept in ("best", "checkpoints"):  # a full SmolLM2 each (0.5 GB): the table needs only results.json
             shutil.rmtree(out / kept, ignore_errors=True)
         return json.loads((out / "results.json").read_text())
@@ -180,7 +184,7 @@ def icl_row(args, task: str) -> dict | None:
     def run() -> dict:
         cfg = ICLConfig(model=args.model, task=task, out=str(out), template=template, verbalizer=words_of(args, task),
                         shots=args.shots, seeds=args.seeds, max_eval_examples=args.max_eval,
-                        device=args.device, overwrite=True, show_progress=False)
+                        device=args.device, precision=args.precision, overwrite=True, show_progress=False)
         try:  # an evaluation cut off (e.g. by the end of a session) goes on from its last finished (k, seed)
             resume = not args.rerun and bool(finished_runs(out, cfg))
         except ConfigError:  # none there, or one started with other settings: from the start

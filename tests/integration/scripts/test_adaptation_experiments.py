@@ -31,15 +31,16 @@ def test_adaptation_methods(capsys, data_dir, tmp_path):
 
 
 def test_adaptation_methods_in_workers(capsys, data_dir, tmp_path):
-    """--workers 2: each pending run is its own one-thread process (the second command finds them finished and
-    trains nothing); a run that fails is named with its log and the command exits non-zero."""
+    """--workers 2: each pending run is its own one-thread process, in the pinned precision (the second command finds
+    them finished and trains nothing); a run that fails is named with its log and the command exits non-zero."""
     common = ["--methods", "bitfit", "--tasks", "sst2", "--seeds", "0,1", "--max-train", "16", "--max-eval", "16",
               "--epochs", "1", "--batch-size", "8", "--model", str(tiny_bert(tmp_path / "base")),
-              "--out", str(tmp_path / "runs"), "--docs", "", "--workers", "2"]
+              "--out", str(tmp_path / "runs"), "--docs", "", "--precision", "bf16", "--workers", "2"]
     _, line = run_main(EXP / "adaptation_methods.py", common, capsys)
     assert line["table"]["bitfit"]["sst2"] is not None
     for seed in (0, 1):
-        assert (tmp_path / "runs" / "bitfit" / f"sst2-seed{seed}" / "results.json").is_file()
+        results = json.loads((tmp_path / "runs" / "bitfit" / f"sst2-seed{seed}" / "results.json").read_text())
+        assert results["precision"] == "bf16"  # --precision reaches the worker processes (auto may pick fp32)
         assert (tmp_path / "runs" / "logs" / f"bitfit_sst2-seed{seed}.log").is_file()
     mod = load_script(EXP / "adaptation_methods.py")
     with pytest.raises(SystemExit):  # argparse's error: --workers must be at least 1
@@ -153,8 +154,9 @@ def test_few_shot(capsys, data_dir, tmp_path):
     assert not (tmp_path / "runs" / "sst2" / "head" / "seed1").exists()
     # --workers: only the pending run (seed 1 of head on SST-2) is started, in its own process
     _, third = run_main(EXP / "few_shot.py", common + ["--tasks", "sst2", "--seeds", "0,1", "--rows", "head",
-                                                       "--workers", "2"], capsys)
-    assert (tmp_path / "runs" / "sst2" / "head" / "seed1" / "results.json").is_file()
+                                                       "--precision", "bf16", "--workers", "2"], capsys)
+    seed1 = json.loads((tmp_path / "runs" / "sst2" / "head" / "seed1" / "results.json").read_text())
+    assert seed1["precision"] == "bf16"  # pinned, and passed on to the worker
     assert not (tmp_path / "runs" / "logs" / "sst2_head_seed0.log").exists()
     assert third["table"]["head"]["sst2"] is not None
 

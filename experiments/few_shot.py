@@ -196,6 +196,14 @@ def icl_row(args, task: str) -> dict | None:
     return reuse(args, out, run, icl_record(args, task))
 
 
+def which(how: dict[str, dict[str, list[str]]]) -> str:
+    """'bf16, 1 thread(s)' alone when every run agrees, else each setting with the cells it holds."""
+    if len(how) == 1:
+        return next(iter(how))
+    return "; ".join(f"{k}: " + ", ".join(f"{task} {'/'.join(rows)}" for task, rows in v.items())
+                     for k, v in sorted(how.items()))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if not args.report_only:
@@ -208,10 +216,15 @@ def main(argv=None) -> dict:
     table: dict[str, dict[str, str]] = {}
     raw: dict[str, dict[str, float]] = {}
     majority: dict[str, float] = {}
-    how: set[str] = set()  # precision and threads of the runs, from their results (the report trains nothing)
+    # precision and threads of each row's runs, from their results (the report trains nothing): records made on
+    # machines with and without native bf16 can share the table, and the note must say which cells are which
+    how: dict[str, dict[str, list[str]]] = {}  # "bf16, 1 thread(s)" -> task -> rows
 
-    def seen(res: dict) -> None:
-        how.add(f"{res.get('precision', 'precision not recorded')}, {res.get('threads', '?')} thread(s)")
+    def seen(res: dict, task: str, row: str) -> None:
+        rows = how.setdefault(f"{res.get('precision', 'precision not recorded')}, {res.get('threads', '?')} "
+                              "thread(s)", {}).setdefault(task.upper(), [])
+        if row not in rows:
+            rows.append(row)
 
     for task in args.tasks:
         majority[task] = dev_majority(args, task)
@@ -220,11 +233,11 @@ def main(argv=None) -> dict:
             for seed in args.seeds:
                 if (res := finetune_row(args, row, task, seed)) is not None:
                     scores.append(res["final"][METRIC])
-                    seen(res)
+                    seen(res, task, row)
             table.setdefault(row, {})[task] = seed_cell(scores, len(args.seeds))
             raw.setdefault(row, {})[task] = round(statistics.fmean(scores) * 100, 2) if scores else None
         if "icl" in args.rows and (res := icl_row(args, task)) is not None:
-            seen(res)
+            seen(res, task, "in-context")
             for k in args.shots:
                 name = "zero-shot prompt" if k == 0 else f"icl ({k} demo{'s' if k > 1 else ''})"
                 r = res["shots"][str(k)]
@@ -242,7 +255,7 @@ def main(argv=None) -> dict:
               f"{args.epochs:g} epochs, batch {args.batch_size}, lr {args.lr:g} (prompt-lora {args.lora_lr:g}). Templates and label words: " + "; ".join(
                   f"{t.upper()} {TASKS[t][0]!r} -> {', '.join(words_of(args, t))}" for t in args.tasks)
               + f". In-context: demonstrations from the whole training set, one draw per seed. Runs on "
-              f"{args.device} ({'; '.join(sorted(how)) or 'none finished'}); table built {date.today().isoformat()} with "
+              f"{args.device} ({which(how) or 'none finished'}); table built {date.today().isoformat()} with "
               "`python experiments/few_shot.py`."]
     block = "\n".join(lines)
     print(block)

@@ -168,3 +168,13 @@ def test_few_shot_floor_is_the_dev_sets_majority_class(data_dir):
     script = load_script(EXP / "few_shot.py")
     assert script.dev_majority(SimpleNamespace(max_eval=None), "sst2") == pytest.approx(444 / 872)  # positive
     assert script.dev_majority(SimpleNamespace(max_eval=None), "rte") == pytest.approx(146 / 277)  # entailment
+
+
+def test_few_shot_note_says_which_cells_ran_in_which_precision():
+    """Records from machines with and without native bf16 share the table: the note names each one's cells."""
+    script = load_script(EXP / "few_shot.py")
+    assert script.which({"fp32, 1 thread(s)": {"SST2": ["head", "prompt"]}}) == "fp32, 1 thread(s)"
+    both = {"fp32, 1 thread(s)": {"SST2": ["head", "prompt"]},
+            "bf16, 1 thread(s)": {"SST2": ["in-context"], "RTE": ["head", "in-context"]}}
+    assert script.which(both) == ("bf16, 1 thread(s): SST2 in-context, RTE head/in-context; "
+                                  "fp32, 1 thread(s): SST2 head/prompt")

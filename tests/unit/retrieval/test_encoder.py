@@ -17,7 +17,9 @@ from .conftest import sentences
 
 def test_encode_equals_embed_in_order_and_is_unit_length(encoder_dir):
     texts = sentences(23, seed=3)
-    enc = DenseEncoder.from_dir(encoder_dir, EncoderConfig(batch_size=4))
+    # fp32 pinned: "auto" is bf16 on a CPU with native bf16, and the reference below runs outside autocast
+    # (test_bf16_is_close_to_fp32 covers bf16)
+    enc = DenseEncoder.from_dir(encoder_dir, EncoderConfig(batch_size=4, precision="fp32"))
     z = enc.encode(texts)
     assert z.shape == (23, 64) and z.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)

@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 from ptmkit.analysis.report import write_results_block
+from ptmkit.cli.options import add_precision_option
 from ptmkit.recipes.finetune import FinetuneConfig, finetune
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _lists import ints, names  # noqa: E402
@@ -89,9 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", default=str(ROOT / "docs" / "adaptation.md"), help="page whose 'methods' block is written")
     p.add_argument("--report-only", action="store_true", help="build the table from finished runs; train nothing")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast where the CPU/GPU computes bf16 natively, else fp32; pin it to add seeds "
-                        "to a table measured in one precision on a machine that would pick the other")
+    add_precision_option(p, what="training precision of every run", choices=("auto", "fp32", "bf16"),
+                         extra="pin it to add seeds to a table measured in one precision on a machine that would "
+                               "pick the other")
     p.add_argument("--rerun", action="store_true",
                    help="measure again runs whose results exist (in --out or experiments/records), replacing them")
     p.add_argument("--workers", type=int, default=1,
